@@ -1,0 +1,488 @@
+//! The loop: per source, single-flight: trigger -> fetch -> validate ->
+//! publish -> report.
+//!
+//! Each source has one worker task, so a source never syncs twice at once;
+//! pokes that arrive mid-sync coalesce into one follow-up sync (a `Notify`
+//! permit). A failing remote backs off exponentially with jitter and never
+//! stops the worker, let alone the process. On shutdown an in-flight fetch is
+//! cancelled, while a publish runs to its end: its last step is one atomic
+//! rename, so there is no half-swapped state to leave behind either way.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use git2::Oid;
+use tokio::sync::{Notify, watch};
+
+use crate::config::Config;
+use crate::dags::{DagsError, DagsOutcome, DagsTarget};
+use crate::metrics::{self, FileLabels, Metrics, ResultLabels};
+use crate::source::{GitSource, SourceError};
+use crate::status::{ErrorReport, StatusStore, timestamp};
+
+/// Pokes one source's worker; cheap to clone and to call from anywhere.
+#[derive(Clone, Default)]
+pub struct Trigger(Arc<Notify>);
+
+impl Trigger {
+    pub fn poke(&self) {
+        self.0.notify_one();
+    }
+}
+
+/// Result of one sync, as the worker records it.
+#[derive(Debug)]
+pub enum SyncResult {
+    /// Nothing new since the last evaluation.
+    Unchanged {
+        commit: Oid,
+    },
+    /// A source without a target was fetched.
+    Fetched {
+        commit: Oid,
+    },
+    Published(DagsOutcome),
+    Failed(SyncFailure),
+}
+
+#[derive(Debug)]
+pub struct SyncFailure {
+    pub kind: &'static str,
+    pub commit: Option<Oid>,
+    pub error: String,
+    /// A bad commit: retried only when the branch moves. Otherwise the same
+    /// sync is retried with backoff.
+    pub commit_rejected: bool,
+    pub dags: Option<DagsError>,
+}
+
+impl SyncResult {
+    fn label(&self) -> &'static str {
+        match self {
+            SyncResult::Unchanged { .. } => "unchanged",
+            SyncResult::Fetched { .. } | SyncResult::Published(_) => "success",
+            SyncResult::Failed(f) => f.kind,
+        }
+    }
+}
+
+struct Worker {
+    source: GitSource,
+    dags: Option<Mutex<DagsTarget>>,
+    interval: Duration,
+    max_backoff: Duration,
+    trigger: Trigger,
+    status: StatusStore,
+    metrics: Arc<Metrics>,
+    /// Last commit fully evaluated, and whether it was accepted.
+    evaluated: Mutex<Option<(Oid, bool)>>,
+}
+
+pub struct Agent {
+    workers: Vec<Arc<Worker>>,
+    status: StatusStore,
+    metrics: Arc<Metrics>,
+}
+
+impl Agent {
+    /// Builds the workers and recovers every DAGs destination (removing
+    /// half-written revisions) before anything syncs.
+    pub fn new(
+        config: &Config,
+        status: StatusStore,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<Agent> {
+        use anyhow::Context;
+        std::fs::create_dir_all(&config.cache_dir)
+            .with_context(|| format!("cannot create cache_dir {}", config.cache_dir.display()))?;
+        let shortest = config
+            .sources
+            .iter()
+            .map(|s| s.timeout)
+            .min()
+            .unwrap_or(Duration::from_secs(60));
+        crate::source::set_network_timeouts(shortest.min(Duration::from_secs(30)), shortest);
+        let mut workers = Vec::new();
+        for source_config in &config.sources {
+            let source = GitSource::new(source_config, &config.cache_dir);
+            status.register(&source.name, &source.url, &source.branch);
+            let dags = match &config.targets.dags {
+                Some(dags) if dags.source == source.name => {
+                    let target = DagsTarget::open(dags.clone()).with_context(|| {
+                        format!(
+                            "cannot open DAGs destination {}",
+                            dags.destination.display()
+                        )
+                    })?;
+                    let live = target.live_commit().map(|c| c.to_string());
+                    if let Some(live) = &live {
+                        metrics.set_revision(&source.name, live);
+                    }
+                    status.update(&source.name, |s| s.published_revision = live);
+                    Some(Mutex::new(target))
+                }
+                _ => None,
+            };
+            workers.push(Arc::new(Worker {
+                source,
+                dags,
+                interval: source_config.interval,
+                max_backoff: source_config.max_backoff,
+                trigger: Trigger::default(),
+                status: status.clone(),
+                metrics: metrics.clone(),
+                evaluated: Mutex::new(None),
+            }));
+        }
+        Ok(Agent {
+            workers,
+            status,
+            metrics,
+        })
+    }
+
+    pub fn status(&self) -> StatusStore {
+        self.status.clone()
+    }
+
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.metrics.clone()
+    }
+
+    /// Triggers by source name, for the webhook receiver.
+    pub fn triggers(&self) -> HashMap<String, Trigger> {
+        self.workers
+            .iter()
+            .map(|w| (w.source.name.clone(), w.trigger.clone()))
+            .collect()
+    }
+
+    /// Syncs every source once, in order (quickstart `--once`, one-shot CLI).
+    pub async fn sync_once(&self) -> Vec<(String, SyncResult)> {
+        let cancel = Arc::new(AtomicBool::new(false));
+        let mut results = Vec::new();
+        for worker in &self.workers {
+            let result = worker.clone().sync(cancel.clone()).await;
+            worker.record(&result);
+            results.push((worker.source.name.clone(), result));
+        }
+        results
+    }
+
+    /// Runs every worker until `shutdown` turns true.
+    pub async fn run(self, shutdown: watch::Receiver<bool>) {
+        let mut tasks = tokio::task::JoinSet::new();
+        for worker in self.workers {
+            tasks.spawn(worker.run(shutdown.clone()));
+        }
+        while let Some(joined) = tasks.join_next().await {
+            if let Err(err) = joined {
+                tracing::error!(error = %err, "source worker ended abnormally");
+            }
+        }
+    }
+}
+
+impl Worker {
+    async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let mut backoff = Backoff::new(self.max_backoff);
+        loop {
+            if *shutdown.borrow() {
+                break;
+            }
+            let cancel = Arc::new(AtomicBool::new(false));
+            let sync = tokio::spawn(self.clone().sync(cancel.clone()));
+            tokio::pin!(sync);
+            let result = tokio::select! {
+                r = &mut sync => r,
+                _ = shutdown.changed() => {
+                    // Abort a fetch; a publish in progress finishes (see module docs).
+                    cancel.store(true, Ordering::Relaxed);
+                    sync.await
+                }
+            };
+            let result = match result {
+                Ok(result) => result,
+                Err(err) => SyncResult::Failed(SyncFailure {
+                    kind: "internal_error",
+                    commit: None,
+                    error: format!("sync task failed: {err}"),
+                    commit_rejected: false,
+                    dags: None,
+                }),
+            };
+            let retry_soon = self.record(&result);
+            let delay = if retry_soon {
+                backoff.next_delay()
+            } else {
+                backoff.reset();
+                self.interval
+            };
+            self.status.update(&self.source.name, |s| {
+                s.next_attempt = Some(timestamp(SystemTime::now() + delay));
+            });
+            tokio::select! {
+                _ = shutdown.changed() => break,
+                _ = self.trigger.0.notified() => {
+                    tracing::debug!(source = %self.source.name, "triggered");
+                }
+                _ = tokio::time::sleep(delay) => {}
+            }
+        }
+        tracing::info!(source = %self.source.name, "worker stopped");
+    }
+
+    async fn sync(self: Arc<Self>, cancel: Arc<AtomicBool>) -> SyncResult {
+        let started = Instant::now();
+        let worker = self.clone();
+        let result = tokio::task::spawn_blocking(move || worker.sync_blocking(&cancel)).await;
+        let result = result.unwrap_or_else(|err| {
+            SyncResult::Failed(SyncFailure {
+                kind: "internal_error",
+                commit: None,
+                error: format!("sync panicked: {err}"),
+                commit_rejected: false,
+                dags: None,
+            })
+        });
+        self.metrics
+            .sync_duration
+            .get_or_create(&metrics::source(&self.source.name))
+            .observe(started.elapsed().as_secs_f64());
+        result
+    }
+
+    fn sync_blocking(&self, cancel: &AtomicBool) -> SyncResult {
+        let name = &self.source.name;
+        self.status.update(name, |s| {
+            s.last_attempt = Some(timestamp(SystemTime::now()))
+        });
+        let fetch_started = Instant::now();
+        let fetched = self.source.fetch_branch(cancel);
+        self.metrics
+            .fetch_duration
+            .get_or_create(&metrics::source(name))
+            .observe(fetch_started.elapsed().as_secs_f64());
+        let fetched = match fetched {
+            Ok(f) => f,
+            Err(err) => return fetch_failure(err),
+        };
+        let commit = fetched.commit;
+        self.status
+            .update(name, |s| s.revision = Some(commit.to_string()));
+
+        let evaluated = *self.evaluated.lock().unwrap_or_else(|e| e.into_inner());
+        if evaluated.map(|(c, _)| c) == Some(commit) {
+            return SyncResult::Unchanged { commit };
+        }
+        let Some(dags) = &self.dags else {
+            self.set_evaluated(commit, true);
+            return SyncResult::Fetched { commit };
+        };
+        let repo = match self.source.open() {
+            Ok(repo) => repo,
+            Err(err) => return fetch_failure(err),
+        };
+        let mut target = dags.lock().unwrap_or_else(|e| e.into_inner());
+        match target.sync(&repo, commit, cancel) {
+            Ok(outcome) => {
+                self.set_evaluated(commit, true);
+                SyncResult::Published(outcome)
+            }
+            Err(err) => {
+                let rejected = matches!(err, DagsError::Blocked { .. } | DagsError::Snapshot(_));
+                if rejected {
+                    self.set_evaluated(commit, false);
+                }
+                SyncResult::Failed(SyncFailure {
+                    kind: if rejected {
+                        "validation_failed"
+                    } else {
+                        "publish_error"
+                    },
+                    commit: Some(commit),
+                    error: err.to_string(),
+                    commit_rejected: rejected,
+                    dags: Some(err),
+                })
+            }
+        }
+    }
+
+    fn set_evaluated(&self, commit: Oid, accepted: bool) {
+        *self.evaluated.lock().unwrap_or_else(|e| e.into_inner()) = Some((commit, accepted));
+    }
+
+    /// Records a result in status, metrics and logs. Returns true when the
+    /// sync should be retried with backoff rather than at the next interval.
+    fn record(&self, result: &SyncResult) -> bool {
+        let name = &self.source.name;
+        let now = timestamp(SystemTime::now());
+        self.metrics
+            .syncs
+            .get_or_create(&ResultLabels {
+                source: name.clone(),
+                result: result.label().to_string(),
+            })
+            .inc();
+        let accepted = match result {
+            SyncResult::Unchanged { commit } => {
+                let accepted = self
+                    .evaluated
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .is_some_and(|(c, ok)| c == *commit && ok);
+                tracing::debug!(source = %name, commit = %commit, "unchanged");
+                accepted
+            }
+            SyncResult::Fetched { commit } => {
+                tracing::info!(source = %name, commit = %commit, "fetched");
+                self.metrics.set_revision(name, &commit.to_string());
+                true
+            }
+            SyncResult::Published(outcome) => {
+                if outcome.published {
+                    tracing::info!(
+                        source = %name,
+                        commit = %outcome.commit,
+                        files_written = outcome.stats.files_written,
+                        files_linked = outcome.stats.files_linked,
+                        duration_ms = outcome.duration_ms,
+                        pruned = outcome.pruned.len(),
+                        "published DAGs"
+                    );
+                }
+                for warning in &outcome.warnings {
+                    tracing::warn!(source = %name, commit = %outcome.commit, problem = %warning, "published with a DAG problem (policy: warn)");
+                }
+                for (how, n) in [
+                    ("written", outcome.stats.files_written),
+                    ("linked", outcome.stats.files_linked),
+                ] {
+                    self.metrics
+                        .files_published
+                        .get_or_create(&FileLabels {
+                            source: name.clone(),
+                            how: how.into(),
+                        })
+                        .inc_by(n as u64);
+                }
+                self.metrics.set_revision(name, &outcome.commit);
+                let outcome = outcome.clone();
+                self.status.update(name, |s| {
+                    s.published_revision = Some(outcome.commit.clone());
+                    s.last_outcome = Some(outcome);
+                });
+                true
+            }
+            SyncResult::Failed(failure) => {
+                tracing::warn!(source = %name, kind = failure.kind, commit = ?failure.commit.map(|c| c.to_string()), error = %failure.error, "sync failed");
+                let problems = failure
+                    .dags
+                    .as_ref()
+                    .map(|d| d.problems().to_vec())
+                    .unwrap_or_default();
+                let hook = failure.dags.as_ref().and_then(|d| d.hook().cloned());
+                let report = ErrorReport {
+                    kind: failure.kind,
+                    message: failure.error.clone(),
+                    commit: failure.commit.map(|c| c.to_string()),
+                    file: problems.first().map(|p| p.file.clone()),
+                    line: problems.first().and_then(|p| p.line),
+                    problems,
+                    hook,
+                    at: now.clone(),
+                };
+                self.status.update(name, |s| {
+                    s.last_error = Some(report);
+                    s.consecutive_failures += 1;
+                    s.first_sync_done = true;
+                });
+                self.metrics
+                    .consecutive_failures
+                    .get_or_create(&metrics::source(name))
+                    .inc();
+                return !failure.commit_rejected;
+            }
+        };
+        if accepted {
+            let unix = SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map(|d| d.as_secs_f64())
+                .unwrap_or(0.0);
+            self.metrics
+                .last_success
+                .get_or_create(&metrics::source(name))
+                .set(unix);
+            self.metrics
+                .consecutive_failures
+                .get_or_create(&metrics::source(name))
+                .set(0);
+            self.status.update(name, |s| {
+                s.last_success = Some(now);
+                s.last_error = None;
+                s.consecutive_failures = 0;
+                s.first_sync_done = true;
+            });
+        } else {
+            self.status.update(name, |s| s.first_sync_done = true);
+        }
+        false
+    }
+}
+
+fn fetch_failure(err: SourceError) -> SyncResult {
+    SyncResult::Failed(SyncFailure {
+        kind: "fetch_error",
+        commit: None,
+        error: err.to_string(),
+        commit_rejected: false,
+        dags: None,
+    })
+}
+
+/// Exponential backoff with "equal jitter": each delay is drawn from
+/// [d/2, d] with d doubling from 1 s up to the cap, so many agents that lost
+/// the same server do not come back in lockstep.
+pub struct Backoff {
+    attempt: u32,
+    cap: Duration,
+}
+
+impl Backoff {
+    pub fn new(cap: Duration) -> Backoff {
+        Backoff { attempt: 0, cap }
+    }
+
+    pub fn next_delay(&mut self) -> Duration {
+        let exp = Duration::from_secs(1).saturating_mul(1u32 << self.attempt.min(16));
+        self.attempt = self.attempt.saturating_add(1);
+        let d = exp.min(self.cap);
+        let half = d / 2;
+        half + half.mul_f64(fastrand::f64())
+    }
+
+    pub fn reset(&mut self) {
+        self.attempt = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Backoff;
+    use std::time::Duration;
+
+    #[test]
+    fn backoff_grows_is_capped_and_jittered() {
+        let mut b = Backoff::new(Duration::from_secs(10));
+        let delays: Vec<Duration> = (0..8).map(|_| b.next_delay()).collect();
+        assert!(delays[0] >= Duration::from_millis(500) && delays[0] <= Duration::from_secs(1));
+        assert!(delays[3] >= Duration::from_secs(4) && delays[3] <= Duration::from_secs(8));
+        assert!(delays.iter().all(|d| *d <= Duration::from_secs(10)));
+        assert!(delays[7] >= Duration::from_secs(5));
+        b.reset();
+        assert!(b.next_delay() <= Duration::from_secs(1));
+    }
+}

@@ -1,0 +1,585 @@
+//! `ferry.yaml`: the one config file, parsed strictly.
+//!
+//! Every struct denies unknown keys, and every error names the key path
+//! (`sources[0].auth.token_file`) and, where the YAML parser knows it, the
+//! line. Secrets are never inline: only file paths and environment variable
+//! names appear here, and [`crate::secret`] reads them at use time so that a
+//! rotated Kubernetes Secret is picked up without a restart.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: cannot read config: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}: {key}: {message}", location(path, *line))]
+    Invalid {
+        path: PathBuf,
+        /// Key path such as `sources[0].interval`; `(root)` for the document itself.
+        key: String,
+        line: Option<usize>,
+        message: String,
+    },
+}
+
+fn location(path: &Path, line: Option<usize>) -> String {
+    match line {
+        Some(line) => format!("{}:{line}", path.display()),
+        None => path.display().to_string(),
+    }
+}
+
+impl ConfigError {
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            ConfigError::Invalid { key, .. } => Some(key),
+            ConfigError::Read { .. } => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where bare mirrors of the sources live. Safe to lose: ferry refetches.
+    #[serde(default = "default_cache_dir")]
+    pub cache_dir: PathBuf,
+    #[serde(default)]
+    pub server: ServerConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+    pub sources: Vec<SourceConfig>,
+    #[serde(default)]
+    pub targets: TargetsConfig,
+}
+
+fn default_cache_dir() -> PathBuf {
+    PathBuf::from("/var/cache/ferry")
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: default_listen(),
+        }
+    }
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 8080))
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    #[serde(default)]
+    pub format: LogFormat,
+    /// A tracing filter directive, e.g. `info` or `ferry=debug,info`.
+    #[serde(default = "default_log_level")]
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::default(),
+            level: default_log_level(),
+        }
+    }
+}
+
+fn default_log_level() -> String {
+    "info".into()
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    pub name: String,
+    /// `https://`, `http://`, `ssh://`, `git://` or `file://` URL (or a local path).
+    pub url: String,
+    #[serde(default = "default_branch")]
+    pub branch: String,
+    /// How often to poll when nothing pokes the source.
+    #[serde(default = "default_interval", with = "humantime_serde")]
+    pub interval: Duration,
+    /// Upper bound for one fetch, connect included.
+    #[serde(default = "default_fetch_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Longest wait between retries while the remote keeps failing.
+    #[serde(default = "default_max_backoff", with = "humantime_serde")]
+    pub max_backoff: Duration,
+    #[serde(default)]
+    pub auth: AuthConfig,
+}
+
+fn default_max_backoff() -> Duration {
+    Duration::from_secs(300)
+}
+
+fn default_branch() -> String {
+    "main".into()
+}
+fn default_interval() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_fetch_timeout() -> Duration {
+    Duration::from_secs(120)
+}
+
+/// Credentials for one source; every secret is a file or an environment variable.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// HTTPS user name. Defaults to `x-access-token` with a token, which GitHub accepts.
+    pub username: Option<String>,
+    pub token_file: Option<PathBuf>,
+    pub token_env: Option<String>,
+    pub password_file: Option<PathBuf>,
+    pub password_env: Option<String>,
+    pub ssh_key_file: Option<PathBuf>,
+    /// OpenSSH known_hosts file; SSH hosts not listed in it are refused.
+    pub known_hosts_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetsConfig {
+    pub dags: Option<DagsTargetConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DagsTargetConfig {
+    /// Name of the source that feeds this target.
+    pub source: String,
+    /// Directory inside the repo to publish; `""` or `.` publishes the whole repo.
+    #[serde(default)]
+    pub subdir: String,
+    /// Volume root. Revisions live in `<destination>/.ferry/<sha>`.
+    pub destination: PathBuf,
+    /// Name of the symlink in `destination` that Airflow's `dags_folder` points at.
+    #[serde(default = "default_link")]
+    pub link: String,
+    #[serde(default)]
+    pub retention: RetentionConfig,
+    #[serde(default)]
+    pub validation: ValidationConfig,
+}
+
+fn default_link() -> String {
+    "current".into()
+}
+
+/// A superseded revision is removed only when it is outside the newest `keep`
+/// AND was superseded more than `max_age` ago, so tasks that started on it
+/// can finish.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionConfig {
+    #[serde(default = "default_keep")]
+    pub keep: usize,
+    #[serde(default = "default_max_age", with = "humantime_serde")]
+    pub max_age: Duration,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        RetentionConfig {
+            keep: default_keep(),
+            max_age: default_max_age(),
+        }
+    }
+}
+
+fn default_keep() -> usize {
+    5
+}
+fn default_max_age() -> Duration {
+    Duration::from_secs(3600)
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ValidationPolicy {
+    /// A revision with an invalid DAG is not published; the last good one stays live.
+    #[default]
+    Block,
+    /// Publish anyway and report the problems.
+    Warn,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ValidationConfig {
+    #[serde(default)]
+    pub policy: ValidationPolicy,
+    /// argv of a hook run in the staged revision directory (also passed as
+    /// `FERRY_STAGED_DIR`); a non-zero exit fails validation.
+    #[serde(default)]
+    pub command: Vec<String>,
+    #[serde(default = "default_validate_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+impl Default for ValidationConfig {
+    fn default() -> Self {
+        ValidationConfig {
+            policy: ValidationPolicy::default(),
+            command: Vec::new(),
+            timeout: default_validate_timeout(),
+        }
+    }
+}
+
+fn default_validate_timeout() -> Duration {
+    Duration::from_secs(120)
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Parses and validates; `path` is only used to name the file in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let de = serde_yaml_ng::Deserializer::from_str(text);
+        let config: Config = serde_path_to_error::deserialize(de).map_err(|err| {
+            let key = err.path().to_string();
+            let inner = err.into_inner();
+            let line = inner.location().map(|l| l.line());
+            let message = strip_location(&inner.to_string());
+            // serde_yaml_ng prefixes its own copy of the path; ferry prints the key once.
+            let message = match message.split_once(": ") {
+                Some((prefix, rest)) if !prefix.contains(' ') && key.starts_with(prefix) => {
+                    rest.to_string()
+                }
+                _ => message,
+            };
+            // Name the unknown key itself, not only its parent.
+            let key = match unknown_field(&message) {
+                Some(field) if key == "." => field.to_string(),
+                Some(field) if key.ends_with(&format!(".{field}")) => key,
+                Some(field) => format!("{key}.{field}"),
+                None if key == "." => "(root)".to_string(),
+                None => key,
+            };
+            ConfigError::Invalid {
+                path: path.to_path_buf(),
+                key,
+                line,
+                message,
+            }
+        })?;
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    pub fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |key: String, message: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            key,
+            line: None,
+            message,
+        };
+        if self.sources.is_empty() {
+            return Err(invalid(
+                "sources".into(),
+                "at least one source is required".into(),
+            ));
+        }
+        let mut names = HashSet::new();
+        for (i, source) in self.sources.iter().enumerate() {
+            let key = |k: &str| format!("sources[{i}].{k}");
+            if !valid_name(&source.name) {
+                return Err(invalid(
+                    key("name"),
+                    format!(
+                        "`{}` is not a valid name: use 1-63 lowercase letters, digits and `-`",
+                        source.name
+                    ),
+                ));
+            }
+            if !names.insert(source.name.as_str()) {
+                return Err(invalid(
+                    key("name"),
+                    format!("duplicate source name `{}`", source.name),
+                ));
+            }
+            if source.branch.is_empty() || git2::Branch::name_is_valid(&source.branch) != Ok(true) {
+                return Err(invalid(
+                    key("branch"),
+                    format!("`{}` is not a valid branch name", source.branch),
+                ));
+            }
+            if source.interval < Duration::from_secs(1) {
+                return Err(invalid(key("interval"), "must be at least 1s".into()));
+            }
+            if source.max_backoff < Duration::from_secs(1) {
+                return Err(invalid(key("max_backoff"), "must be at least 1s".into()));
+            }
+            if source.timeout < Duration::from_secs(1) {
+                return Err(invalid(key("timeout"), "must be at least 1s".into()));
+            }
+            validate_auth(&source.url, &source.auth)
+                .map_err(|(k, message)| invalid(key(k), message))?;
+        }
+        if let Some(dags) = &self.targets.dags {
+            if !names.contains(dags.source.as_str()) {
+                return Err(invalid(
+                    "targets.dags.source".into(),
+                    format!(
+                        "no source named `{}`; defined sources: {}",
+                        dags.source,
+                        self.sources
+                            .iter()
+                            .map(|s| s.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                ));
+            }
+            if dags.link.is_empty()
+                || dags.link.contains('/')
+                || dags.link.starts_with('.')
+                || dags.link == ".ferry"
+            {
+                return Err(invalid(
+                    "targets.dags.link".into(),
+                    format!(
+                        "`{}` must be a plain file name that does not start with `.`",
+                        dags.link
+                    ),
+                ));
+            }
+            if Path::new(&dags.subdir).is_absolute() || dags.subdir.split('/').any(|c| c == "..") {
+                return Err(invalid(
+                    "targets.dags.subdir".into(),
+                    "must be a relative path inside the repository".into(),
+                ));
+            }
+            if dags
+                .validation
+                .command
+                .first()
+                .is_some_and(|c| c.is_empty())
+            {
+                return Err(invalid(
+                    "targets.dags.validation.command".into(),
+                    "the first element must be the program to run".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn source(&self, name: &str) -> Option<&SourceConfig> {
+        self.sources.iter().find(|s| s.name == name)
+    }
+}
+
+/// Returns (key below `auth` or `url`, message) on error.
+fn validate_auth(url: &str, auth: &AuthConfig) -> Result<(), (&'static str, String)> {
+    let scheme = url_scheme(url);
+    if matches!(scheme, Some("http" | "https")) && url_has_password(url) {
+        return Err((
+            "url",
+            "the URL carries a password; put it in auth.password_file or auth.token_file instead"
+                .into(),
+        ));
+    }
+    let secrets = [
+        auth.token_file.is_some(),
+        auth.token_env.is_some(),
+        auth.password_file.is_some(),
+        auth.password_env.is_some(),
+    ]
+    .iter()
+    .filter(|s| **s)
+    .count();
+    if secrets > 1 {
+        return Err((
+            "auth",
+            "set only one of token_file, token_env, password_file, password_env".into(),
+        ));
+    }
+    let is_ssh = scheme == Some("ssh") || (scheme.is_none() && is_scp_like(url));
+    if auth.ssh_key_file.is_some() || auth.known_hosts_file.is_some() {
+        if !is_ssh {
+            return Err((
+                "auth.ssh_key_file",
+                "SSH keys need an ssh:// or user@host:path URL".into(),
+            ));
+        }
+        if secrets > 0 {
+            return Err((
+                "auth",
+                "an SSH source takes ssh_key_file and known_hosts_file, not a token or password"
+                    .into(),
+            ));
+        }
+    }
+    if is_ssh {
+        if auth.ssh_key_file.is_none() {
+            return Err((
+                "auth.ssh_key_file",
+                "an SSH URL needs auth.ssh_key_file (a private key file)".into(),
+            ));
+        }
+        if auth.known_hosts_file.is_none() {
+            return Err((
+                "auth.known_hosts_file",
+                "an SSH URL needs auth.known_hosts_file: ferry refuses hosts it cannot verify"
+                    .into(),
+            ));
+        }
+    }
+    if secrets > 0 && !matches!(scheme, Some("http" | "https")) {
+        return Err((
+            "auth",
+            "tokens and passwords are only sent over http(s) URLs".into(),
+        ));
+    }
+    if (auth.password_file.is_some() || auth.password_env.is_some()) && auth.username.is_none() {
+        return Err((
+            "auth.username",
+            "a password needs a username (or use token_file for token auth)".into(),
+        ));
+    }
+    Ok(())
+}
+
+pub(crate) fn url_scheme(url: &str) -> Option<&str> {
+    url.split_once("://").map(|(s, _)| s)
+}
+
+fn url_has_password(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split('/').next().unwrap_or("");
+    authority
+        .rsplit_once('@')
+        .is_some_and(|(userinfo, _)| userinfo.contains(':'))
+}
+
+/// `git@github.com:org/repo.git`
+fn is_scp_like(url: &str) -> bool {
+    match url.split_once(':') {
+        Some((host, _)) => host.contains('@') && !host.contains('/'),
+        None => false,
+    }
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !name.starts_with('-')
+}
+
+fn strip_location(message: &str) -> String {
+    // serde_yaml_ng appends " at line N column M"; ferry prints the line itself.
+    match message.rfind(" at line ") {
+        Some(idx) => message[..idx].to_string(),
+        None => message.to_string(),
+    }
+}
+
+fn unknown_field(message: &str) -> Option<&str> {
+    let rest = message.strip_prefix("unknown field `")?;
+    rest.split('`').next()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("ferry.yaml"))
+    }
+
+    const MINIMAL: &str = "sources:\n  - name: dags\n    url: https://example.com/dags.git\n";
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let config = parse(MINIMAL).unwrap();
+        assert_eq!(config.sources[0].branch, "main");
+        assert_eq!(config.sources[0].interval, Duration::from_secs(60));
+        assert_eq!(config.server.listen.port(), 8080);
+        assert!(config.targets.dags.is_none());
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_its_path_and_line() {
+        let err = parse(&format!("{MINIMAL}    brnach: dev\n")).unwrap_err();
+        assert_eq!(err.key(), Some("sources[0].brnach"));
+        let text = err.to_string();
+        assert!(
+            text.starts_with("ferry.yaml:4: sources[0].brnach: unknown field `brnach`"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn wrong_type_names_the_key() {
+        let err = parse(&format!("{MINIMAL}    interval: often\n")).unwrap_err();
+        assert_eq!(err.key(), Some("sources[0].interval"));
+        let err = parse(&format!("{MINIMAL}server:\n  listen: 12\n")).unwrap_err();
+        assert_eq!(err.key(), Some("server.listen"));
+    }
+
+    #[test]
+    fn inline_password_in_url_is_refused() {
+        let err = parse("sources:\n  - name: a\n    url: https://u:hunter2@example.com/r.git\n")
+            .unwrap_err();
+        assert_eq!(err.key(), Some("sources[0].url"));
+        assert!(!err.to_string().contains("hunter2"));
+    }
+
+    #[test]
+    fn ssh_without_known_hosts_is_refused() {
+        let err = parse(
+            "sources:\n  - name: a\n    url: ssh://git@example.com/r.git\n    auth:\n      ssh_key_file: /k\n",
+        )
+        .unwrap_err();
+        assert_eq!(err.key(), Some("sources[0].auth.known_hosts_file"));
+    }
+
+    #[test]
+    fn dags_target_must_name_a_defined_source() {
+        let err = parse(&format!(
+            "{MINIMAL}targets:\n  dags:\n    source: nope\n    destination: /tmp/x\n"
+        ))
+        .unwrap_err();
+        assert_eq!(err.key(), Some("targets.dags.source"));
+        assert!(err.to_string().contains("defined sources: dags"));
+    }
+}

@@ -1,0 +1,238 @@
+//! The DAGs target: validate one commit of the DAGs repo and publish it
+//! atomically into the folder Airflow reads.
+
+pub mod publish;
+pub mod snapshot;
+pub mod validate;
+
+use std::sync::atomic::AtomicBool;
+use std::time::{Instant, SystemTime};
+
+use git2::{Oid, Repository};
+use serde::Serialize;
+
+use crate::config::{DagsTargetConfig, ValidationPolicy};
+pub use publish::{PublishError, PublishStats, Publisher};
+pub use snapshot::{Snapshot, SnapshotError};
+pub use validate::{HookError, HookReport, Problem, PythonChecker};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DagsError {
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
+    #[error("{}", blocked_message(problems, hook))]
+    Blocked {
+        commit: Oid,
+        problems: Vec<Problem>,
+        hook: Option<HookReport>,
+    },
+    #[error(transparent)]
+    Publish(#[from] PublishError),
+    #[error(transparent)]
+    Hook(#[from] HookError),
+}
+
+impl DagsError {
+    /// The first file problem, for status lines that name one file and line.
+    pub fn problems(&self) -> &[Problem] {
+        match self {
+            DagsError::Blocked { problems, .. } => problems,
+            _ => &[],
+        }
+    }
+
+    pub fn hook(&self) -> Option<&HookReport> {
+        match self {
+            DagsError::Blocked { hook, .. } => hook.as_ref(),
+            _ => None,
+        }
+    }
+}
+
+fn blocked_message(problems: &[Problem], hook: &Option<HookReport>) -> String {
+    let mut parts = Vec::new();
+    if let Some(first) = problems.first() {
+        let more = match problems.len() {
+            1 => String::new(),
+            n => format!(" (and {} more)", n - 1),
+        };
+        parts.push(format!("{first}{more}"));
+    }
+    if let Some(hook) = hook.as_ref().filter(|h| !h.success) {
+        let why = if hook.timed_out {
+            "timed out".to_string()
+        } else {
+            match hook.exit_code {
+                Some(code) => format!("exited with {code}"),
+                None => "was killed".to_string(),
+            }
+        };
+        let last_line = hook
+            .output
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("");
+        parts.push(format!("validation command {why}: {last_line}"));
+    }
+    format!(
+        "not published, the last good revision stays live: {}",
+        parts.join("; ")
+    )
+}
+
+/// What one sync of the DAGs target did.
+#[derive(Debug, Clone, Serialize)]
+pub struct DagsOutcome {
+    pub commit: String,
+    /// False when the commit was already live.
+    pub published: bool,
+    pub stats: PublishStats,
+    /// Problems published anyway under the `warn` policy.
+    pub warnings: Vec<Problem>,
+    pub hook: Option<HookReport>,
+    pub skipped: Vec<String>,
+    pub pruned: Vec<String>,
+    pub duration_ms: u64,
+}
+
+pub struct DagsTarget {
+    config: DagsTargetConfig,
+    publisher: Publisher,
+    checker: PythonChecker,
+    /// Snapshot of the live revision: the base for hardlink reuse.
+    live: Option<Snapshot>,
+}
+
+impl DagsTarget {
+    /// Opens the destination, cleaning up after any interrupted publish.
+    pub fn open(config: DagsTargetConfig) -> Result<DagsTarget, PublishError> {
+        let publisher =
+            Publisher::open(&config.destination, &config.link, config.retention.clone())?;
+        Ok(DagsTarget {
+            config,
+            publisher,
+            checker: PythonChecker::default(),
+            live: None,
+        })
+    }
+
+    pub fn publisher(&self) -> &Publisher {
+        &self.publisher
+    }
+
+    pub fn config(&self) -> &DagsTargetConfig {
+        &self.config
+    }
+
+    /// The commit Airflow currently sees.
+    pub fn live_commit(&self) -> Option<Oid> {
+        self.publisher.current()
+    }
+
+    /// Validates `commit` and, if the policy allows, publishes it.
+    pub fn sync(
+        &mut self,
+        repo: &Repository,
+        commit: Oid,
+        cancel: &AtomicBool,
+    ) -> Result<DagsOutcome, DagsError> {
+        let started = Instant::now();
+        let snapshot = snapshot::read(repo, commit, &self.config.subdir)?;
+        let problems = self.checker.check(repo, &snapshot, &self.config.subdir);
+        let policy = self.config.validation.policy;
+        if !problems.is_empty() && policy == ValidationPolicy::Block {
+            return Err(DagsError::Blocked {
+                commit,
+                problems,
+                hook: None,
+            });
+        }
+
+        let current = self.publisher.current();
+        if current == Some(commit) {
+            // Already live, so it passed validation when it was published.
+            let skipped = snapshot.skipped.clone();
+            self.live = Some(snapshot);
+            return Ok(DagsOutcome {
+                commit: commit.to_string(),
+                published: false,
+                stats: PublishStats::default(),
+                warnings: problems,
+                hook: None,
+                skipped,
+                pruned: Vec::new(),
+                duration_ms: elapsed_ms(started),
+            });
+        }
+        self.ensure_live_snapshot(repo, current);
+
+        let staged = self.publisher.stage(repo, &snapshot, self.live.as_ref())?;
+        let hook = if self.config.validation.command.is_empty() {
+            None
+        } else {
+            let report = validate::run_hook(
+                &self.config.validation.command,
+                staged.path(),
+                commit,
+                self.config.validation.timeout,
+                cancel,
+            );
+            let report = match report {
+                Ok(r) => r,
+                Err(err) => {
+                    self.publisher.discard(staged);
+                    return Err(err.into());
+                }
+            };
+            if !report.success && policy == ValidationPolicy::Block {
+                self.publisher.discard(staged);
+                return Err(DagsError::Blocked {
+                    commit,
+                    problems,
+                    hook: Some(report),
+                });
+            }
+            Some(report)
+        };
+        let stats = staged.stats;
+        self.publisher.publish(staged)?;
+        let skipped = snapshot.skipped.clone();
+        self.live = Some(snapshot);
+        let pruned = match self.publisher.prune(SystemTime::now()) {
+            Ok(p) => p.iter().map(|o| o.to_string()).collect(),
+            Err(err) => {
+                // Pruning is housekeeping: a failure must not fail the publish.
+                tracing::warn!(error = %err, "cannot prune old DAG revisions");
+                Vec::new()
+            }
+        };
+        Ok(DagsOutcome {
+            commit: commit.to_string(),
+            published: true,
+            stats,
+            warnings: problems,
+            hook,
+            skipped,
+            pruned,
+            duration_ms: elapsed_ms(started),
+        })
+    }
+
+    /// After a restart the live revision's snapshot is rebuilt from git so
+    /// the first publish can reuse its files too.
+    fn ensure_live_snapshot(&mut self, repo: &Repository, current: Option<Oid>) {
+        let Some(current) = current else {
+            self.live = None;
+            return;
+        };
+        if self.live.as_ref().is_some_and(|s| s.commit == current) {
+            return;
+        }
+        self.live = snapshot::read(repo, current, &self.config.subdir).ok();
+    }
+}
+
+fn elapsed_ms(started: Instant) -> u64 {
+    u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX)
+}

@@ -1,0 +1,426 @@
+//! The `ferry` command line: errors are reported here, with context.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use tokio::sync::watch;
+
+use ferry::agent::{Agent, SyncResult};
+use ferry::config::{
+    AuthConfig, Config, DagsTargetConfig, LogFormat, RetentionConfig, SourceConfig, TargetsConfig,
+    ValidationConfig, ValidationPolicy,
+};
+use ferry::dags::DagsTarget;
+use ferry::metrics::Metrics;
+use ferry::quickstart::{self, Layout};
+use ferry::server::{self, AppState};
+use ferry::source::GitSource;
+use ferry::status::StatusStore;
+
+#[derive(Parser)]
+#[command(
+    name = "ferry",
+    version,
+    about = "GitOps agent for an ML platform: publishes Airflow DAGs atomically and reconciles platform config from git.",
+    after_help = "Start here:  ferry quickstart --once\nDocs:        README.md (config reference, how ferry differs from git-sync)"
+)]
+struct Cli {
+    /// Log format; overrides `log.format` in ferry.yaml.
+    #[arg(long, global = true, value_enum, env = "FERRY_LOG_FORMAT")]
+    log_format: Option<LogFormat>,
+    /// Log filter (e.g. `debug`, `ferry=debug,info`); overrides `log.level`.
+    #[arg(long, global = true, env = "FERRY_LOG_LEVEL")]
+    log_level: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the agent: watch every source, publish, serve status and metrics.
+    #[command(
+        after_help = "Example:\n  ferry run --config /etc/ferry/ferry.yaml\n  ferry --log-format json run --config ferry.yaml\n\n\
+        Stops cleanly on SIGTERM or Ctrl-C: an in-flight fetch is abandoned, a publish in progress completes."
+    )]
+    Run {
+        #[arg(long, short, default_value = "ferry.yaml")]
+        config: PathBuf,
+    },
+    /// Try ferry locally: seed a git repo from the DAGs template and publish it.
+    #[command(
+        after_help = "Example:\n  ferry quickstart --once                 # publish once, print what happened, exit\n  \
+        ferry quickstart --dir /tmp/fq          # keep running; push to the printed repo to see a new publish\n\n\
+        Needs no cloud account and no Docker. Running it again keeps the repo (and your pushes)."
+    )]
+    Quickstart {
+        /// Working directory (created if missing).
+        #[arg(long, default_value = "ferry-quickstart")]
+        dir: PathBuf,
+        /// Exit after the first publish instead of running until Ctrl-C.
+        #[arg(long)]
+        once: bool,
+        /// Address of the status API and metrics.
+        #[arg(long, default_value = "127.0.0.1:8484")]
+        listen: SocketAddr,
+    },
+    /// Validate a config file and exit non-zero with the offending key if it is wrong.
+    #[command(
+        after_help = "Example:\n  ferry check-config ferry.yaml\n  ferry check-config deploy/ferry.yaml && kubectl apply -k deploy/"
+    )]
+    CheckConfig { file: PathBuf },
+    /// Fetch one ref and publish its DAGs once (for init containers).
+    #[command(
+        after_help = "Example (init container, so Airflow starts with DAGs in place):\n  \
+        ferry publish-dags --repo https://github.com/acme/dags.git --ref main \\\n      \
+        --dest /opt/airflow/dags --subdir dags --token-file /var/run/secrets/ferry/token\n\n\
+        Airflow's dags_folder is then /opt/airflow/dags/current. Exits non-zero, publishing nothing, if a DAG does not parse."
+    )]
+    PublishDags(PublishDagsArgs),
+}
+
+#[derive(clap::Args)]
+struct PublishDagsArgs {
+    /// Repository URL (https, ssh, git, file) or local path.
+    #[arg(long)]
+    repo: String,
+    /// Branch name, or a full ref such as refs/pull/12/head.
+    #[arg(long = "ref", default_value = "main")]
+    reference: String,
+    /// Destination root; the link and .ferry/ are created inside it.
+    #[arg(long)]
+    dest: PathBuf,
+    /// Directory inside the repo to publish.
+    #[arg(long, default_value = "")]
+    subdir: String,
+    /// Name of the symlink Airflow reads through.
+    #[arg(long, default_value = "current")]
+    link: String,
+    /// Where to keep the bare mirror between runs.
+    #[arg(long, default_value = "/tmp/ferry-cache")]
+    cache_dir: PathBuf,
+    #[arg(long, value_enum, default_value = "block")]
+    policy: PolicyArg,
+    #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
+    timeout: Duration,
+    #[arg(long)]
+    username: Option<String>,
+    /// File holding an HTTPS token (or password with --username).
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    #[arg(long)]
+    ssh_key_file: Option<PathBuf>,
+    #[arg(long)]
+    known_hosts_file: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum PolicyArg {
+    Block,
+    Warn,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(16)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dispatch(cli)) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    let log = |config_format: LogFormat, config_level: &str| {
+        ferry::logging::init(
+            cli.log_format.unwrap_or(config_format),
+            cli.log_level.as_deref().unwrap_or(config_level),
+        );
+    };
+    match cli.command {
+        Command::Run { ref config } => {
+            let config = Config::load(config)?;
+            log(config.log.format, &config.log.level);
+            run(config).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::CheckConfig { ref file } => {
+            let config = Config::load(file)?;
+            let targets = match &config.targets.dags {
+                Some(d) => format!("dags (from source `{}`)", d.source),
+                None => "none".into(),
+            };
+            println!(
+                "{}: ok ({} source(s): {}; targets: {targets})",
+                file.display(),
+                config.sources.len(),
+                config
+                    .sources
+                    .iter()
+                    .map(|s| s.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Quickstart {
+            ref dir,
+            once,
+            listen,
+        } => {
+            log(LogFormat::Text, "info");
+            quickstart_cmd(dir, once, listen).await
+        }
+        Command::PublishDags(ref args) => {
+            log(LogFormat::Text, "info");
+            publish_dags(args).await
+        }
+    }
+}
+
+fn shutdown_signal() -> watch::Receiver<bool> {
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutting down: finishing in-flight work (signal again to exit now)");
+        let _ = tx.send(true);
+        wait_for_signal().await;
+        tracing::warn!("second signal: exiting now; published revisions stay consistent");
+        std::process::exit(130);
+    });
+    rx
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
+    let status = StatusStore::default();
+    let metrics = Metrics::new();
+    let agent = Agent::new(&config, status.clone(), metrics.clone())?;
+    let shutdown = shutdown_signal();
+    let (addr, server) = server::serve(
+        config.server.listen,
+        AppState { status, metrics },
+        shutdown.clone(),
+    )
+    .await?;
+    tracing::info!(%addr, sources = config.sources.len(), "ferry running");
+    agent.run(shutdown).await;
+    let _ = server.await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn quickstart_cmd(dir: &Path, once: bool, listen: SocketAddr) -> anyhow::Result<ExitCode> {
+    let layout = Layout::new(dir);
+    let (config, seeded) = quickstart::prepare(&layout, listen)?;
+    let layout = Layout::new(&layout.dir.canonicalize()?);
+    println!("ferry quickstart in {}", layout.dir.display());
+    if seeded {
+        println!(
+            "  created git repo   {} (from dags-repo-template/)",
+            layout.dags_repo.display()
+        );
+    } else {
+        println!("  reusing git repo   {}", layout.dags_repo.display());
+    }
+    println!("  wrote config       {}", layout.config_path.display());
+
+    let status = StatusStore::default();
+    let metrics = Metrics::new();
+    let agent = Agent::new(&config, status.clone(), metrics.clone())?;
+    let results = agent.sync_once().await;
+    let mut ok = true;
+    for (source, result) in &results {
+        match result {
+            SyncResult::Published(o) => println!(
+                "  published          {source} @ {} ({} files written, {} reused) in {} ms",
+                &o.commit[..12],
+                o.stats.files_written,
+                o.stats.files_linked,
+                o.duration_ms
+            ),
+            SyncResult::Unchanged { commit } | SyncResult::Fetched { commit } => {
+                println!(
+                    "  up to date         {source} @ {}",
+                    &commit.to_string()[..12]
+                );
+            }
+            SyncResult::Failed(f) => {
+                ok = false;
+                println!("  FAILED             {source}: {}", f.error);
+            }
+        }
+    }
+    println!("  Airflow dags_folder {}", layout.dags_folder().display());
+    if once {
+        let json = serde_json::to_string_pretty(&status.all())?;
+        println!("\nstatus (as served on /api/v1/status):\n{json}");
+        return Ok(if ok {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        });
+    }
+    let shutdown = shutdown_signal();
+    let (addr, server) = server::serve(
+        config.server.listen,
+        AppState { status, metrics },
+        shutdown.clone(),
+    )
+    .await?;
+    println!("  status API         http://{addr}/api/v1/status   (metrics: /metrics)");
+    println!(
+        "\nTry a change:\n  git clone {repo} /tmp/dags-work && cd /tmp/dags-work\n  \
+         # edit dags/*.py, then: git commit -am 'my change' && git push\n\
+         ferry polls every 10s. Ctrl-C to stop.",
+        repo = layout.dags_repo.display()
+    );
+    agent.run(shutdown).await;
+    let _ = server.await;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn publish_dags(args: &PublishDagsArgs) -> anyhow::Result<ExitCode> {
+    let source_config = SourceConfig {
+        name: "dags".into(),
+        url: args.repo.clone(),
+        branch: if args.reference.starts_with("refs/") {
+            "main".into()
+        } else {
+            args.reference.clone()
+        },
+        interval: Duration::from_secs(60),
+        timeout: args.timeout,
+        max_backoff: Duration::from_secs(300),
+        auth: AuthConfig {
+            username: args.username.clone(),
+            token_file: args.token_file.clone().filter(|_| args.username.is_none()),
+            password_file: args.token_file.clone().filter(|_| args.username.is_some()),
+            ssh_key_file: args.ssh_key_file.clone(),
+            known_hosts_file: args.known_hosts_file.clone(),
+            ..AuthConfig::default()
+        },
+    };
+    let target_config = DagsTargetConfig {
+        source: "dags".into(),
+        subdir: args.subdir.clone(),
+        destination: args.dest.clone(),
+        link: args.link.clone(),
+        retention: RetentionConfig::default(),
+        validation: ValidationConfig {
+            policy: match args.policy {
+                PolicyArg::Block => ValidationPolicy::Block,
+                PolicyArg::Warn => ValidationPolicy::Warn,
+            },
+            ..ValidationConfig::default()
+        },
+    };
+    // Same checks as ferry.yaml, so the flags cannot say what the file could not.
+    let config = Config {
+        cache_dir: args.cache_dir.clone(),
+        server: Default::default(),
+        log: Default::default(),
+        sources: vec![source_config.clone()],
+        targets: TargetsConfig {
+            dags: Some(target_config.clone()),
+        },
+    };
+    if let Err(err) = config.validate(Path::new("(flags)")) {
+        let flag = err
+            .key()
+            .and_then(|k| k.rsplit('.').next())
+            .unwrap_or("")
+            .replace('_', "-");
+        bail!("--{flag}: {err}");
+    }
+    std::fs::create_dir_all(&args.cache_dir)
+        .with_context(|| format!("cannot create --cache-dir {}", args.cache_dir.display()))?;
+    std::fs::create_dir_all(&args.dest)
+        .with_context(|| format!("cannot create --dest {}", args.dest.display()))?;
+
+    let reference = args.reference.clone();
+    let outcome = tokio::task::spawn_blocking(move || -> anyhow::Result<ExitCode> {
+        ferry::source::set_network_timeouts(Duration::from_secs(30), source_config.timeout);
+        let source = GitSource::new(&source_config, &config.cache_dir);
+        let cancel = AtomicBool::new(false);
+        let fetched = if reference.starts_with("refs/") {
+            source.fetch_ref(&reference, "refs/ferry/oneshot", &cancel)?
+        } else {
+            source.fetch_branch(&cancel)?
+        };
+        let repo = source.open()?;
+        let mut target = DagsTarget::open(target_config)?;
+        match target.sync(&repo, fetched.commit, &Arc::new(AtomicBool::new(false))) {
+            Ok(outcome) => {
+                for warning in &outcome.warnings {
+                    eprintln!("warning: {warning}");
+                }
+                println!(
+                    "{} {} -> {} ({} files written, {} reused)",
+                    if outcome.published {
+                        "published"
+                    } else {
+                        "already live:"
+                    },
+                    outcome.commit,
+                    target.publisher().link_path().display(),
+                    outcome.stats.files_written,
+                    outcome.stats.files_linked
+                );
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(err) => {
+                for problem in err.problems() {
+                    eprintln!("{problem}");
+                }
+                if let Some(hook) = err.hook() {
+                    eprintln!("{}", hook.output);
+                }
+                eprintln!("error: {err}");
+                Ok(ExitCode::FAILURE)
+            }
+        }
+    })
+    .await
+    .context("publish task failed")??;
+    Ok(outcome)
+}

@@ -1,0 +1,145 @@
+//! Prometheus metrics, exposed on `/metrics` in the text format.
+
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabels {
+    pub source: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub source: String,
+    /// `success`, `unchanged`, `fetch_error`, `validation_failed`, `publish_error`
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RevisionLabels {
+    pub source: String,
+    pub revision: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FileLabels {
+    pub source: String,
+    /// `written` or `linked`
+    pub how: String,
+}
+
+type HistogramFamily = Family<SourceLabels, Histogram, fn() -> Histogram>;
+
+fn duration_histogram() -> Histogram {
+    Histogram::new([
+        0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+    ])
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub sync_duration: HistogramFamily,
+    pub fetch_duration: HistogramFamily,
+    pub syncs: Family<ResultLabels, Counter>,
+    pub last_success: Family<SourceLabels, Gauge<f64, AtomicU64>>,
+    pub revision: Family<RevisionLabels, Gauge>,
+    pub files_published: Family<FileLabels, Counter>,
+    pub consecutive_failures: Family<SourceLabels, Gauge>,
+    /// Last revision label set per source, so a new revision replaces it.
+    live_revision: Mutex<Vec<RevisionLabels>>,
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Metrics> {
+        let mut registry = Registry::with_prefix("ferry");
+        let sync_duration: HistogramFamily = Family::new_with_constructor(duration_histogram);
+        let fetch_duration: HistogramFamily = Family::new_with_constructor(duration_histogram);
+        let syncs = Family::<ResultLabels, Counter>::default();
+        let last_success = Family::<SourceLabels, Gauge<f64, AtomicU64>>::default();
+        let revision = Family::<RevisionLabels, Gauge>::default();
+        let files_published = Family::<FileLabels, Counter>::default();
+        let consecutive_failures = Family::<SourceLabels, Gauge>::default();
+        registry.register(
+            "sync_duration_seconds",
+            "Duration of one sync (fetch, validate, publish) of a source",
+            sync_duration.clone(),
+        );
+        registry.register(
+            "fetch_duration_seconds",
+            "Duration of one git fetch (ref listing included)",
+            fetch_duration.clone(),
+        );
+        registry.register("syncs", "Syncs by result", syncs.clone());
+        registry.register(
+            "last_success_timestamp_seconds",
+            "Unix time of the last successful sync",
+            last_success.clone(),
+        );
+        registry.register(
+            "revision_info",
+            "Commit currently live for the source (value is always 1)",
+            revision.clone(),
+        );
+        registry.register(
+            "dags_files_published",
+            "Files placed into DAG revisions, written fresh or hardlinked from the previous one",
+            files_published.clone(),
+        );
+        registry.register(
+            "source_consecutive_failures",
+            "Failed syncs since the last success",
+            consecutive_failures.clone(),
+        );
+        Arc::new(Metrics {
+            registry,
+            sync_duration,
+            fetch_duration,
+            syncs,
+            last_success,
+            revision,
+            files_published,
+            consecutive_failures,
+            live_revision: Mutex::new(Vec::new()),
+        })
+    }
+
+    pub fn set_revision(&self, source: &str, revision: &str) {
+        let labels = RevisionLabels {
+            source: source.to_string(),
+            revision: revision.to_string(),
+        };
+        let mut live = self.live_revision.lock().unwrap_or_else(|e| e.into_inner());
+        live.retain(|old| {
+            if old.source == source && old.revision != revision {
+                self.revision.remove(old);
+                false
+            } else {
+                true
+            }
+        });
+        if !live.contains(&labels) {
+            live.push(labels.clone());
+        }
+        self.revision.get_or_create(&labels).set(1);
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+pub fn source(name: &str) -> SourceLabels {
+    SourceLabels {
+        source: name.to_string(),
+    }
+}

@@ -1,0 +1,113 @@
+//! HTTP face: health, readiness, metrics and the JSON status API.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Serialize;
+use tokio::sync::watch;
+
+use crate::metrics::Metrics;
+use crate::status::{SourceStatus, StatusStore};
+
+#[derive(Clone)]
+pub struct AppState {
+    pub status: StatusStore,
+    pub metrics: Arc<Metrics>,
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/api/v1/status", get(status_all))
+        .route("/api/v1/status/{source}", get(status_one))
+        .with_state(state)
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    if state.status.ready() {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        let waiting: Vec<String> = state
+            .status
+            .all()
+            .into_iter()
+            .filter(|s| !s.first_sync_done)
+            .map(|s| s.name)
+            .collect();
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("waiting for the first sync of: {}\n", waiting.join(", ")),
+        )
+            .into_response()
+    }
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.encode(),
+    )
+        .into_response()
+}
+
+#[derive(Serialize)]
+struct StatusResponse {
+    ready: bool,
+    sources: Vec<SourceStatus>,
+}
+
+async fn status_all(State(state): State<AppState>) -> Json<StatusResponse> {
+    Json(StatusResponse {
+        ready: state.status.ready(),
+        sources: state.status.all(),
+    })
+}
+
+async fn status_one(State(state): State<AppState>, Path(source): Path<String>) -> Response {
+    match state.status.get(&source) {
+        Some(status) => Json(status).into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            Json(serde_json::json!({"error": format!("no source named `{source}`")})),
+        )
+            .into_response(),
+    }
+}
+
+/// Binds `addr` and serves until `shutdown` turns true. Binding happens
+/// before this returns, so a taken port is an immediate, clear error.
+pub async fn serve(
+    addr: SocketAddr,
+    state: AppState,
+    mut shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    use anyhow::Context;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} (server.listen)"))?;
+    let local = listener
+        .local_addr()
+        .context("listener has no local address")?;
+    let app = router(state);
+    let handle = tokio::spawn(async move {
+        let result = axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = shutdown.wait_for(|stop| *stop).await;
+            })
+            .await;
+        if let Err(err) = result {
+            tracing::error!(error = %err, "HTTP server failed");
+        }
+    });
+    Ok((local, handle))
+}

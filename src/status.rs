@@ -1,0 +1,107 @@
+//! What ferry knows about each source right now: the data behind
+//! `/api/v1/status`, `/readyz` and (later) GitHub reports.
+//!
+//! Only commit ids, URLs without credentials, file paths and error messages
+//! live here; config validation guarantees URLs carry no password, and error
+//! messages are built from typed errors that never hold a secret.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+use std::time::SystemTime;
+
+use serde::Serialize;
+
+use crate::dags::{DagsOutcome, HookReport, Problem};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ErrorReport {
+    /// Short machine-readable kind: `fetch`, `validation`, `publish`, ...
+    pub kind: &'static str,
+    pub message: String,
+    /// Commit the error belongs to, when known.
+    pub commit: Option<String>,
+    pub file: Option<String>,
+    pub line: Option<usize>,
+    pub problems: Vec<Problem>,
+    pub hook: Option<HookReport>,
+    pub at: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SourceStatus {
+    pub name: String,
+    pub url: String,
+    pub branch: String,
+    /// Last commit fetched from the branch.
+    pub revision: Option<String>,
+    /// Commit the DAGs link points at (DAGs sources only).
+    pub published_revision: Option<String>,
+    pub last_attempt: Option<String>,
+    pub last_success: Option<String>,
+    pub last_error: Option<ErrorReport>,
+    pub consecutive_failures: u32,
+    pub next_attempt: Option<String>,
+    pub last_outcome: Option<DagsOutcome>,
+    /// True once the first sync attempt has finished, whatever its result.
+    pub first_sync_done: bool,
+}
+
+#[derive(Clone, Default)]
+pub struct StatusStore {
+    inner: Arc<RwLock<BTreeMap<String, SourceStatus>>>,
+}
+
+pub fn timestamp(at: SystemTime) -> String {
+    humantime::format_rfc3339_millis(at).to_string()
+}
+
+impl StatusStore {
+    pub fn register(&self, name: &str, url: &str, branch: &str) {
+        let mut map = self.write();
+        map.insert(
+            name.to_string(),
+            SourceStatus {
+                name: name.to_string(),
+                url: url.to_string(),
+                branch: branch.to_string(),
+                revision: None,
+                published_revision: None,
+                last_attempt: None,
+                last_success: None,
+                last_error: None,
+                consecutive_failures: 0,
+                next_attempt: None,
+                last_outcome: None,
+                first_sync_done: false,
+            },
+        );
+    }
+
+    pub fn update(&self, name: &str, f: impl FnOnce(&mut SourceStatus)) {
+        if let Some(status) = self.write().get_mut(name) {
+            f(status);
+        }
+    }
+
+    pub fn get(&self, name: &str) -> Option<SourceStatus> {
+        self.read().get(name).cloned()
+    }
+
+    pub fn all(&self) -> Vec<SourceStatus> {
+        self.read().values().cloned().collect()
+    }
+
+    pub fn ready(&self) -> bool {
+        self.read().values().all(|s| s.first_sync_done)
+    }
+
+    // A panic while holding the lock poisons it; the data is plain values
+    // that stay consistent field by field, so keep serving them.
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, SourceStatus>> {
+        self.inner.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, SourceStatus>> {
+        self.inner.write().unwrap_or_else(|e| e.into_inner())
+    }
+}
