@@ -70,7 +70,10 @@ impl<'a> CallbackState<'a> {
         false
     }
 
+    /// Callbacks for one connection. libgit2 connects anew for the fetch
+    /// after the ref listing, so the rejection count restarts here.
     pub(super) fn callbacks(&self) -> RemoteCallbacks<'_> {
+        self.attempts.set(0);
         let mut callbacks = RemoteCallbacks::new();
         callbacks.credentials(|_url, username_from_url, allowed| {
             self.credentials(username_from_url, allowed)

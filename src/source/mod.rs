@@ -69,6 +69,8 @@ pub struct GitSource {
     timeout: Duration,
     /// Cleared the first time the server (or transport) refuses a shallow fetch.
     shallow: AtomicBool,
+    /// Set once stale lock files of an earlier, killed process are gone.
+    recovered: AtomicBool,
 }
 
 /// What a branch fetch found.
@@ -92,6 +94,7 @@ impl GitSource {
             shallow: AtomicBool::new(
                 crate::config::url_scheme(&config.url).is_some_and(|s| s != "file"),
             ),
+            recovered: AtomicBool::new(false),
         }
     }
 
@@ -107,6 +110,9 @@ impl GitSource {
     /// Opens the mirror, creating it when missing and recreating it when it
     /// is unreadable (the cache is disposable: everything in it is refetched).
     pub fn open(&self) -> Result<Repository, SourceError> {
+        if !self.recovered.swap(true, Ordering::Relaxed) {
+            remove_stale_locks(&self.mirror);
+        }
         let mirror_err = |e: git2::Error| SourceError::Mirror {
             path: self.mirror.clone(),
             detail: e.message().to_string(),
@@ -259,6 +265,7 @@ impl GitSource {
             || lower.contains("not found")
             || lower.contains("does not appear to be a git repository")
             || lower.contains("not exported")
+            || lower.contains("no such repository")
             || lower.contains("could not find repository")
             || lower.contains("failed to resolve path")
         {
@@ -278,6 +285,37 @@ impl GitSource {
                 action,
                 detail,
             },
+        }
+    }
+}
+
+/// A process killed mid-fetch leaves `*.lock` files that make every later
+/// fetch fail. The mirror belongs to this agent alone (one per cache dir), so
+/// at the first open in this process any lock is stale.
+fn remove_stale_locks(mirror: &Path) {
+    fn walk(dir: &Path, depth: usize) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
+            if is_dir && depth < 8 && entry.file_name() != "objects" {
+                walk(&path, depth + 1);
+            } else if path.extension().is_some_and(|e| e == "lock") {
+                tracing::info!(path = %path.display(), "removing stale git lock file");
+                let _ = std::fs::remove_file(&path);
+            }
+        }
+    }
+    walk(mirror, 0);
+    // Half-written packs of a killed fetch are unreferenced temp files.
+    if let Ok(entries) = std::fs::read_dir(mirror.join("objects").join("pack")) {
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            if name.to_string_lossy().starts_with("tmp_") {
+                let _ = std::fs::remove_file(entry.path());
+            }
         }
     }
 }

@@ -1,0 +1,451 @@
+//! The DAG publisher's invariants, on a real filesystem.
+
+mod support;
+
+use std::collections::{BTreeMap, HashMap};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use ferry::config::{DagsTargetConfig, RetentionConfig, ValidationConfig, ValidationPolicy};
+use ferry::dags::{DagsError, DagsTarget};
+use git2::{Oid, Repository};
+use support::*;
+
+type Files = BTreeMap<String, (Vec<u8>, i32)>;
+
+fn file(content: &str) -> (Vec<u8>, i32) {
+    (content.as_bytes().to_vec(), 0o100644)
+}
+
+fn target(dest: &Path, subdir: &str, retention: RetentionConfig, validation: ValidationConfig) -> DagsTarget {
+    DagsTarget::open(DagsTargetConfig {
+        source: "dags".into(),
+        subdir: subdir.into(),
+        destination: dest.to_path_buf(),
+        link: "current".into(),
+        retention,
+        validation,
+    })
+    .expect("open destination")
+}
+
+fn keep_all() -> RetentionConfig {
+    RetentionConfig {
+        keep: 1000,
+        max_age: Duration::from_secs(3600),
+    }
+}
+
+fn no_cancel() -> AtomicBool {
+    AtomicBool::new(false)
+}
+
+fn live(dest: &Path) -> Option<String> {
+    std::fs::read_link(dest.join("current"))
+        .ok()
+        .map(|t| t.file_name().unwrap().to_string_lossy().into_owned())
+}
+
+/// The files of a revision as they should appear (subdir stripped).
+fn expected(files: &Files, subdir: &str) -> Vec<(String, String)> {
+    let prefix = format!("{subdir}/");
+    let mut out: Vec<(String, String)> = files
+        .iter()
+        .filter_map(|(p, (c, _))| {
+            p.strip_prefix(&prefix)
+                .map(|rel| (rel.to_string(), String::from_utf8_lossy(c).into_owned()))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn concurrent_reader_never_sees_two_commits_or_a_missing_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = Repository::init_bare(tmp.path().join("repo.git")).unwrap();
+    let dest = tmp.path().join("dest");
+    let retention = RetentionConfig {
+        keep: 2,
+        max_age: Duration::from_secs(2),
+    };
+    let mut dags = target(&dest, "dags", retention, ValidationConfig::default());
+
+    // Commit n: 30 files that change every time, 30 that never do, and a
+    // file that exists only in even commits (so a missing file shows).
+    let mut commits = Vec::new();
+    let mut expectations: HashMap<String, Vec<(String, String)>> = HashMap::new();
+    let mut parent = None;
+    for n in 0..220 {
+        let mut files = Files::new();
+        for i in 0..30 {
+            files.insert(format!("dags/changing/f{i:02}.py"), file(&format!("REV = {n}\nFILE = {i}\n")));
+            files.insert(format!("dags/static/s{i:02}.py"), file(&format!("STATIC = {i}\n")));
+        }
+        if n % 2 == 0 {
+            files.insert("dags/even.py".into(), file(&format!("EVEN = {n}\n")));
+        }
+        let oid = build_commit(&repo, &files, parent, "refs/heads/main", &format!("commit {n}"));
+        parent = Some(oid);
+        expectations.insert(oid.to_string(), expected(&files, "dags"));
+        commits.push(oid);
+    }
+    dags.sync(&repo, commits[0], &no_cancel()).unwrap();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let walks = Arc::new(AtomicUsize::new(0));
+    let failures = Arc::new(Mutex::new(Vec::<String>::new()));
+    let readers: Vec<_> = (0..2)
+        .map(|_| {
+            let (stop, walks, failures, dest) = (stop.clone(), walks.clone(), failures.clone(), dest.clone());
+            let expectations = expectations.clone();
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    // Resolve the link once per walk, as pin_symlink_on_refresh does.
+                    let target = std::fs::read_link(dest.join("current")).unwrap();
+                    let sha = target.file_name().unwrap().to_string_lossy().into_owned();
+                    let seen = read_tree(&dest.join(&target));
+                    if seen != expectations[&sha] {
+                        failures.lock().unwrap().push(format!("revision {sha} read as {} files", seen.len()));
+                    }
+                    walks.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+
+    let mut linked = 0;
+    for oid in &commits[1..] {
+        let outcome = dags.sync(&repo, *oid, &no_cancel()).unwrap();
+        assert!(outcome.published);
+        linked += outcome.stats.files_linked;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for r in readers {
+        r.join().unwrap();
+    }
+    let failures = failures.lock().unwrap();
+    assert!(failures.is_empty(), "{} bad walks, first: {}", failures.len(), failures[0]);
+    assert!(walks.load(Ordering::Relaxed) > 50, "readers must actually have raced the publisher");
+    assert_eq!(live(&dest).as_deref(), Some(commits.last().unwrap().to_string().as_str()));
+    // The 30 static files were reused every time, never rewritten.
+    assert!(linked >= 30 * 219, "only {linked} files hardlinked");
+}
+
+#[test]
+fn unchanged_files_are_hardlinked_and_modes_kept() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = Repository::init_bare(tmp.path().join("repo.git")).unwrap();
+    let dest = tmp.path().join("dest");
+    let mut dags = target(&dest, "", keep_all(), ValidationConfig::default());
+    let mut files = Files::new();
+    files.insert("a.py".into(), file("a = 1\n"));
+    files.insert("lib/b.py".into(), file("b = 1\n"));
+    files.insert("bin/run.sh".into(), (b"#!/bin/sh\necho hi\n".to_vec(), 0o100755));
+    let c1 = build_commit(&repo, &files, None, "refs/heads/main", "one");
+    let first = dags.sync(&repo, c1, &no_cancel()).unwrap();
+    assert_eq!((first.stats.files_written, first.stats.files_linked), (3, 0));
+
+    files.insert("a.py".into(), file("a = 2\n"));
+    let c2 = build_commit(&repo, &files, Some(c1), "refs/heads/main", "two");
+    let second = dags.sync(&repo, c2, &no_cancel()).unwrap();
+    assert_eq!((second.stats.files_written, second.stats.files_linked), (1, 2));
+    let r1 = dest.join(".ferry").join(c1.to_string());
+    let r2 = dest.join(".ferry").join(c2.to_string());
+    let ino = |p: PathBuf| std::fs::metadata(p).unwrap().ino();
+    assert_eq!(ino(r1.join("lib/b.py")), ino(r2.join("lib/b.py")));
+    assert_ne!(ino(r1.join("a.py")), ino(r2.join("a.py")));
+    assert_eq!(std::fs::read_to_string(r1.join("a.py")).unwrap(), "a = 1\n", "old revision untouched");
+    let mode = |p: PathBuf| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(r2.join("bin/run.sh")), 0o755);
+    assert_eq!(mode(r2.join("a.py")), 0o644);
+
+    // A restarted agent rebuilds the live snapshot from git and still reuses.
+    drop(dags);
+    let mut restarted = target(&dest, "", keep_all(), ValidationConfig::default());
+    files.insert("a.py".into(), file("a = 3\n"));
+    let c3 = build_commit(&repo, &files, Some(c2), "refs/heads/main", "three");
+    let third = restarted.sync(&repo, c3, &no_cancel()).unwrap();
+    assert_eq!((third.stats.files_written, third.stats.files_linked), (1, 2));
+    // Publishing the live commit again is a no-op.
+    let again = restarted.sync(&repo, c3, &no_cancel()).unwrap();
+    assert!(!again.published);
+}
+
+#[test]
+fn retention_removes_old_revisions_only_after_the_window() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = Repository::init_bare(tmp.path().join("repo.git")).unwrap();
+    let dest = tmp.path().join("dest");
+    let window = Duration::from_secs(600);
+    let mut dags = target(
+        &dest,
+        "",
+        RetentionConfig { keep: 1, max_age: window },
+        ValidationConfig::default(),
+    );
+    let mut commits = Vec::new();
+    let mut parent = None;
+    for n in 0..5 {
+        let mut files = Files::new();
+        files.insert("a.py".into(), file(&format!("n = {n}\n")));
+        let oid = build_commit(&repo, &files, parent, "refs/heads/main", "c");
+        parent = Some(oid);
+        dags.sync(&repo, oid, &no_cancel()).unwrap();
+        commits.push(oid);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let on_disk = |d: &DagsTarget| {
+        let mut v = d.publisher().revisions();
+        v.sort();
+        v
+    };
+    assert_eq!(on_disk(&dags).len(), 5, "inside the window nothing is removed");
+    let removed = dags.publisher().prune(SystemTime::now() + window / 2).unwrap();
+    assert!(removed.is_empty(), "still inside the window: {removed:?}");
+
+    let removed = dags.publisher().prune(SystemTime::now() + window * 2).unwrap();
+    let mut expected_removed = commits[..3].to_vec();
+    expected_removed.sort();
+    let mut removed_sorted = removed.clone();
+    removed_sorted.sort();
+    assert_eq!(removed_sorted, expected_removed, "the live one and the newest superseded one stay");
+    let mut left = vec![commits[3], commits[4]];
+    left.sort();
+    assert_eq!(on_disk(&dags), left);
+    assert_eq!(live(&dest), Some(commits[4].to_string()));
+    let leftovers: Vec<_> = std::fs::read_dir(dest.join(".ferry"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".tmp-") || commits[..3].iter().any(|c| n.starts_with(&c.to_string())))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+#[test]
+fn symlinks_inside_are_materialized_and_escaping_ones_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = Repository::init_bare(tmp.path().join("repo.git")).unwrap();
+    let dest = tmp.path().join("dest");
+    let mut dags = target(&dest, "dags", keep_all(), ValidationConfig::default());
+    let mut files = Files::new();
+    files.insert("dags/common/util.py".into(), file("X = 1\n"));
+    files.insert("dags/util.py".into(), (b"common/util.py".to_vec(), 0o120000));
+    files.insert("dags/shared".into(), (b"common".to_vec(), 0o120000));
+    files.insert("secrets.txt".into(), file("outside the subdir\n"));
+    let good = build_commit(&repo, &files, None, "refs/heads/main", "links");
+    dags.sync(&repo, good, &no_cancel()).unwrap();
+    let rev = dest.join("current");
+    let meta = std::fs::symlink_metadata(rev.join("util.py")).unwrap();
+    assert!(meta.file_type().is_file(), "a link inside the subdir becomes a regular file");
+    assert_eq!(std::fs::read_to_string(rev.join("util.py")).unwrap(), "X = 1\n");
+    assert!(std::fs::symlink_metadata(rev.join("shared")).unwrap().is_dir());
+    assert_eq!(std::fs::read_to_string(rev.join("shared/util.py")).unwrap(), "X = 1\n");
+
+    files.insert("dags/leak.py".into(), (b"../secrets.txt".to_vec(), 0o120000));
+    let bad = build_commit(&repo, &files, Some(good), "refs/heads/main", "escape");
+    let err = dags.sync(&repo, bad, &no_cancel()).unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, DagsError::Snapshot(_)), "{err:?}");
+    assert!(text.contains("dags/leak.py") && text.contains("outside"), "{text}");
+    assert_eq!(live(&dest), Some(good.to_string()), "the last good revision stays live");
+
+    let mut abs = files.clone();
+    abs.remove("dags/leak.py");
+    abs.insert("dags/passwd".into(), (b"/etc/passwd".to_vec(), 0o120000));
+    let absolute = build_commit(&repo, &abs, Some(good), "refs/heads/main", "absolute");
+    assert!(dags.sync(&repo, absolute, &no_cancel()).is_err());
+    assert_eq!(live(&dest), Some(good.to_string()));
+}
+
+#[test]
+fn broken_python_is_blocked_with_file_and_line_or_published_under_warn() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = Repository::init_bare(tmp.path().join("repo.git")).unwrap();
+    let dest = tmp.path().join("dest");
+    let mut dags = target(&dest, "dags", keep_all(), ValidationConfig::default());
+    let mut files = Files::new();
+    files.insert("dags/ok.py".into(), file("x = 1\n"));
+    let good = build_commit(&repo, &files, None, "refs/heads/main", "good");
+    dags.sync(&repo, good, &no_cancel()).unwrap();
+
+    files.insert("dags/broken.py".into(), file("import os\n\n\ndef f(:\n    pass\n"));
+    let bad = build_commit(&repo, &files, Some(good), "refs/heads/main", "bad");
+    let err = dags.sync(&repo, bad, &no_cancel()).unwrap_err();
+    let problems = err.problems();
+    assert_eq!(problems.len(), 1);
+    assert_eq!(problems[0].file, "dags/broken.py");
+    assert_eq!(problems[0].line, Some(4));
+    assert!(err.to_string().contains("dags/broken.py:4:"), "{err}");
+    assert_eq!(live(&dest), Some(good.to_string()));
+    assert_eq!(dags.publisher().revisions(), vec![good], "nothing of the bad commit is on disk");
+
+    let mut warn = target(
+        &dest,
+        "dags",
+        keep_all(),
+        ValidationConfig {
+            policy: ValidationPolicy::Warn,
+            ..ValidationConfig::default()
+        },
+    );
+    let outcome = warn.sync(&repo, bad, &no_cancel()).unwrap();
+    assert!(outcome.published);
+    assert_eq!(outcome.warnings.len(), 1);
+    assert_eq!(live(&dest), Some(bad.to_string()));
+}
+
+#[test]
+fn validate_command_runs_on_the_staged_tree_and_can_block() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = Repository::init_bare(tmp.path().join("repo.git")).unwrap();
+    let dest = tmp.path().join("dest");
+    let script = "pwd > \"$FERRY_STAGED_DIR/../hook-pwd\"; test -f ok.py || exit 9; \
+                  if grep -rq FORBIDDEN .; then echo \"dags/x.py uses FORBIDDEN\"; exit 1; fi";
+    let validation = ValidationConfig {
+        command: vec!["sh".into(), "-c".into(), script.into()],
+        ..ValidationConfig::default()
+    };
+    let mut dags = target(&dest, "dags", keep_all(), validation);
+    let mut files = Files::new();
+    files.insert("dags/ok.py".into(), file("x = 1\n"));
+    let good = build_commit(&repo, &files, None, "refs/heads/main", "good");
+    let outcome = dags.sync(&repo, good, &no_cancel()).unwrap();
+    assert!(outcome.hook.as_ref().unwrap().success);
+    let pwd = std::fs::read_to_string(dest.join(".ferry/hook-pwd")).unwrap();
+    assert!(pwd.contains("/.ferry/.tmp-"), "hook must run in the staging dir, ran in {pwd}");
+
+    files.insert("dags/x.py".into(), file("# FORBIDDEN\n"));
+    let bad = build_commit(&repo, &files, Some(good), "refs/heads/main", "bad");
+    let err = dags.sync(&repo, bad, &no_cancel()).unwrap_err();
+    let hook = err.hook().expect("hook report kept");
+    assert_eq!(hook.exit_code, Some(1));
+    assert!(hook.output.contains("uses FORBIDDEN"));
+    assert!(err.to_string().contains("validation command exited with 1"), "{err}");
+    assert_eq!(live(&dest), Some(good.to_string()));
+    let tmp_left = std::fs::read_dir(dest.join(".ferry"))
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with(".tmp-"))
+        .count();
+    assert_eq!(tmp_left, 0, "a blocked staging dir is removed");
+}
+
+#[test]
+fn leftovers_of_an_interrupted_publish_are_removed_at_start() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dest = tmp.path().join("dest");
+    std::fs::create_dir_all(dest.join(".ferry/.tmp-deadbeef-1-0/sub")).unwrap();
+    std::fs::write(dest.join(".ferry/.tmp-deadbeef-1-0/sub/x.py"), "half").unwrap();
+    std::os::unix::fs::symlink(".ferry/whatever", dest.join(".current.tmp-77")).unwrap();
+    let _dags = target(&dest, "", keep_all(), ValidationConfig::default());
+    assert!(!dest.join(".ferry/.tmp-deadbeef-1-0").exists());
+    assert!(std::fs::symlink_metadata(dest.join(".current.tmp-77")).is_err());
+
+    // A real directory where the link belongs is refused, not clobbered.
+    let occupied = tmp.path().join("occupied");
+    std::fs::create_dir_all(occupied.join("current")).unwrap();
+    let err = DagsTarget::open(DagsTargetConfig {
+        source: "dags".into(),
+        subdir: String::new(),
+        destination: occupied.clone(),
+        link: "current".into(),
+        retention: keep_all(),
+        validation: ValidationConfig::default(),
+    })
+    .err()
+    .expect("occupied link path must be refused");
+    assert!(err.to_string().contains("not a symlink"), "{err}");
+}
+
+/// kill -9 of `ferry publish-dags` at random points: the link always names a
+/// complete revision, and the next run cleans up and succeeds.
+#[test]
+fn kill_9_at_random_points_always_leaves_a_complete_revision() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bare = tmp.path().join("repo.git");
+    let repo = Repository::init_bare(&bare).unwrap();
+    let dest = tmp.path().join("dest");
+    let cache = tmp.path().join("cache");
+    // Two branches whose trees differ in every file, large enough that a
+    // publish takes long enough to be interrupted in every phase.
+    let mut trees: HashMap<String, Vec<(String, String)>> = HashMap::new();
+    let mut tips: Vec<Oid> = Vec::new();
+    for branch in ["a", "b", "c"] {
+        let mut files = Files::new();
+        for i in 0..1500 {
+            let body = format!("BRANCH = {branch:?}\nI = {i}\n{}\n", "#".repeat(2000));
+            files.insert(format!("dir{:02}/f{i:04}.py", i % 37), file(&body));
+        }
+        // Shared files exercise the hardlink path under kill too.
+        for i in 0..300 {
+            files.insert(format!("shared/s{i:03}.py"), file(&format!("S = {i}\n")));
+        }
+        let oid = build_commit(&repo, &files, None, &format!("refs/heads/{branch}"), "tree");
+        trees.insert(oid.to_string(), expected(&files.iter().map(|(k, v)| (format!("x/{k}"), v.clone())).collect(), "x"));
+        tips.push(oid);
+    }
+    let publish = |branch: &str| {
+        Command::new(env!("CARGO_BIN_EXE_ferry"))
+            .args(["publish-dags", "--repo"])
+            .arg(&bare)
+            .args(["--ref", branch, "--dest"])
+            .arg(&dest)
+            .arg("--cache-dir")
+            .arg(&cache)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    // Time one uninterrupted publish to spread the kills over it.
+    let started = Instant::now();
+    assert!(publish("a").wait().unwrap().success());
+    let full = started.elapsed();
+    let check = |run: usize| {
+        let sha = live(&dest).unwrap_or_else(|| panic!("run {run}: link missing"));
+        let seen = read_tree(&dest.join(".ferry").join(&sha));
+        assert!(seen == trees[&sha], "run {run}: revision {sha} is incomplete ({} files)", seen.len());
+        // Every revision-named directory is complete, not only the live one.
+        for entry in std::fs::read_dir(dest.join(".ferry")).unwrap() {
+            let name = entry.unwrap().file_name().to_string_lossy().into_owned();
+            if let Some(tree) = trees.get(&name) {
+                assert!(read_tree(&dest.join(".ferry").join(&name)) == *tree, "run {run}: {name} incomplete");
+            }
+        }
+    };
+    let mut killed_mid_run = 0;
+    for run in 0..60 {
+        let branch = ["a", "b", "c"][run % 3];
+        let mut child = publish(branch);
+        let delay = full.mul_f64(fastrand_f64(run) * 1.2);
+        std::thread::sleep(delay);
+        if child.try_wait().unwrap().is_none() {
+            killed_mid_run += 1;
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        check(run);
+    }
+    assert!(killed_mid_run >= 40, "only {killed_mid_run} of 60 kills landed mid-publish");
+    // After all that, an uninterrupted run cleans up and publishes.
+    let status = publish("c").wait().unwrap();
+    assert!(status.success());
+    assert_eq!(live(&dest), Some(tips[2].to_string()));
+    check(999);
+    let tmp_left: Vec<_> = std::fs::read_dir(dest.join(".ferry"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".tmp-"))
+        .collect();
+    assert!(tmp_left.is_empty(), "{tmp_left:?}");
+}
+
+/// Deterministic spread over [0, 1) so a failure can be replayed.
+fn fastrand_f64(run: usize) -> f64 {
+    let x = (run as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 11;
+    (x as f64) / ((1u64 << 53) as f64)
+}

@@ -1,0 +1,395 @@
+//! Real git servers and helpers for ferry's integration tests.
+//!
+//! Every server listens on 127.0.0.1 on a free port and is killed on drop.
+//! Missing server binaries fail the test with the command that installs
+//! them: `.ci/setup` (run by `.ci/run`).
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free port on 127.0.0.1")
+}
+
+pub fn wait_for_port(port: u16, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("nothing listens on 127.0.0.1:{port} after {timeout:?}");
+}
+
+pub fn require_binary(path: &str) -> PathBuf {
+    let p = PathBuf::from(path);
+    assert!(
+        p.exists(),
+        "{path} is missing: run `.ci/setup` (installs lighttpd, openssh-server and the Airflow venv)"
+    );
+    p
+}
+
+pub fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn git(dir: &Path) -> Command {
+    let mut cmd = Command::new("git");
+    cmd.current_dir(dir)
+        .env("GIT_AUTHOR_NAME", "test")
+        .env("GIT_AUTHOR_EMAIL", "test@example.invalid")
+        .env("GIT_COMMITTER_NAME", "test")
+        .env("GIT_COMMITTER_EMAIL", "test@example.invalid")
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("HOME", dir)
+        .stdin(Stdio::null());
+    cmd
+}
+
+/// A bare repository (served) plus a work tree that pushes to it.
+pub struct Repo {
+    pub root: PathBuf,
+    pub bare: PathBuf,
+    pub work: PathBuf,
+    pub name: String,
+}
+
+impl Repo {
+    /// Creates `<root>/<name>.git` and a clone to commit from.
+    pub fn new(root: &Path, name: &str) -> Repo {
+        let bare = root.join(format!("{name}.git"));
+        let work = root.join(format!("{name}-work"));
+        run(git(root).args(["init", "-q", "--bare", "-b", "main"]).arg(&bare));
+        // smart HTTP and git daemon serve only repos that say so or are exported;
+        // uploadpack.allowAnySHA1InWant keeps shallow fetches simple for every server.
+        run(git(&bare).args(["config", "http.receivepack", "false"]));
+        std::fs::write(bare.join("git-daemon-export-ok"), "").unwrap();
+        run(git(root).args(["init", "-q", "-b", "main"]).arg(&work));
+        run(git(&work).args(["remote", "add", "origin"]).arg(&bare));
+        Repo {
+            root: root.to_path_buf(),
+            bare,
+            work,
+            name: name.to_string(),
+        }
+    }
+
+    /// Writes files (path, content; `None` deletes), commits and pushes `branch`.
+    pub fn commit(&self, files: &[(&str, Option<&str>)], message: &str) -> String {
+        for (path, content) in files {
+            let full = self.work.join(path);
+            match content {
+                Some(text) => {
+                    std::fs::create_dir_all(full.parent().unwrap()).unwrap();
+                    std::fs::write(&full, text).unwrap();
+                }
+                None => {
+                    let _ = std::fs::remove_file(&full);
+                }
+            }
+        }
+        run(git(&self.work).args(["add", "-A"]));
+        run(git(&self.work).args(["commit", "-q", "--allow-empty", "-m", message]));
+        self.push("main");
+        self.head()
+    }
+
+    pub fn push(&self, branch: &str) {
+        run(git(&self.work).args(["push", "-q", "-f", "origin"]).arg(format!("HEAD:refs/heads/{branch}")));
+    }
+
+    pub fn head(&self) -> String {
+        run(git(&self.work).args(["rev-parse", "HEAD"])).trim().to_string()
+    }
+
+    /// Rewrites history: a new root commit, force-pushed.
+    pub fn force_push_rewrite(&self, files: &[(&str, Option<&str>)]) -> String {
+        run(git(&self.work).args(["checkout", "-q", "--orphan", "rewrite"]));
+        run(git(&self.work).args(["rm", "-rq", "--cached", "."]));
+        for entry in std::fs::read_dir(&self.work).unwrap() {
+            let entry = entry.unwrap();
+            if entry.file_name() != ".git" {
+                let p = entry.path();
+                if p.is_dir() {
+                    std::fs::remove_dir_all(p).unwrap();
+                } else {
+                    std::fs::remove_file(p).unwrap();
+                }
+            }
+        }
+        let head = self.commit(files, "rewritten history");
+        run(git(&self.work).args(["branch", "-q", "-M", "main"]));
+        head
+    }
+
+    pub fn delete_branch(&self, branch: &str) {
+        run(git(&self.bare).args(["update-ref", "-d"]).arg(format!("refs/heads/{branch}")));
+    }
+}
+
+pub struct Server {
+    child: Child,
+    pub port: u16,
+    pub log: PathBuf,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Server {
+    pub fn stop(self) {}
+}
+
+/// `git daemon` serving every repo under `root` at git://127.0.0.1:port/<name>.git
+pub fn git_daemon(root: &Path, port: u16) -> Server {
+    let log = root.join(format!("git-daemon-{port}.log"));
+    let child = Command::new("git")
+        .args(["daemon", "--reuseaddr", "--export-all", "--listen=127.0.0.1", "--informative-errors"])
+        .arg(format!("--port={port}"))
+        .arg(format!("--base-path={}", root.display()))
+        .arg(root)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("cannot start git daemon (is git installed?)");
+    wait_for_port(port, Duration::from_secs(10));
+    Server { child, port, log }
+}
+
+/// lighttpd + git-http-backend at http://127.0.0.1:port/git/<name>.git,
+/// basic auth required (user / password).
+pub fn smart_http(root: &Path, user: &str, password: &str) -> Server {
+    let lighttpd = require_binary("/usr/sbin/lighttpd");
+    let port = free_port();
+    let dir = root.join(format!("lighttpd-{port}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("users"), format!("{user}:{password}\n")).unwrap();
+    let backend = "/usr/lib/git-core/git-http-backend";
+    require_binary(backend);
+    let conf = format!(
+        r#"server.document-root = "{root}"
+server.bind = "127.0.0.1"
+server.port = {port}
+server.errorlog = "{dir}/error.log"
+server.modules = ("mod_alias", "mod_setenv", "mod_auth", "mod_authn_file", "mod_cgi")
+alias.url = ( "/git/" => "{backend}/" )
+$HTTP["url"] =~ "^/git/" {{
+  cgi.assign = ( "" => "" )
+  setenv.set-environment = ( "GIT_PROJECT_ROOT" => "{root}", "GIT_HTTP_EXPORT_ALL" => "1" )
+  auth.backend = "plain"
+  auth.backend.plain.userfile = "{dir}/users"
+  auth.require = ( "" => ( "method" => "basic", "realm" => "git", "require" => "valid-user" ) )
+}}
+"#,
+        root = root.display(),
+        dir = dir.display(),
+    );
+    let conf_path = dir.join("lighttpd.conf");
+    std::fs::write(&conf_path, conf).unwrap();
+    let log = dir.join("error.log");
+    let child = Command::new(lighttpd)
+        .arg("-D")
+        .arg("-f")
+        .arg(&conf_path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("stderr.log")).unwrap())
+        .spawn()
+        .expect("cannot start lighttpd");
+    wait_for_port(port, Duration::from_secs(10));
+    Server { child, port, log }
+}
+
+pub struct Ssh {
+    pub server: Server,
+    pub client_key: PathBuf,
+    pub known_hosts: PathBuf,
+    pub user: String,
+    pub dir: PathBuf,
+}
+
+/// sshd on a high port with its own host key; `client_key` may log in.
+pub fn sshd(root: &Path) -> Ssh {
+    let sshd = require_binary("/usr/sbin/sshd");
+    let port = free_port();
+    let dir = root.join(format!("sshd-{port}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let keygen = |path: &Path| {
+        run(Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-C", "ferry-test", "-f"]).arg(path));
+    };
+    let host_key = dir.join("host_ed25519");
+    let client_key = dir.join("client_ed25519");
+    keygen(&host_key);
+    keygen(&client_key);
+    std::fs::copy(dir.join("client_ed25519.pub"), dir.join("authorized_keys")).unwrap();
+    let host_pub = std::fs::read_to_string(dir.join("host_ed25519.pub")).unwrap();
+    let mut fields = host_pub.split_whitespace();
+    let (kind, key) = (fields.next().unwrap(), fields.next().unwrap());
+    let known_hosts = dir.join("known_hosts");
+    std::fs::write(&known_hosts, format!("[127.0.0.1]:{port} {kind} {key}\n")).unwrap();
+    // sshd insists on its privilege-separation directory.
+    let _ = std::fs::create_dir_all("/run/sshd");
+    let user = run(&mut Command::new("id").arg("-un")).trim().to_string();
+    let conf = format!(
+        "Port {port}\nListenAddress 127.0.0.1\nHostKey {dir}/host_ed25519\nAuthorizedKeysFile {dir}/authorized_keys\n\
+         PasswordAuthentication no\nKbdInteractiveAuthentication no\nPubkeyAuthentication yes\n\
+         PermitRootLogin prohibit-password\nStrictModes no\nUsePAM no\nPidFile {dir}/sshd.pid\n",
+        dir = dir.display()
+    );
+    let conf_path = dir.join("sshd_config");
+    std::fs::write(&conf_path, conf).unwrap();
+    let log = dir.join("sshd.log");
+    let child = Command::new(sshd)
+        .args(["-D", "-e", "-f"])
+        .arg(&conf_path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("cannot start sshd");
+    wait_for_port(port, Duration::from_secs(10));
+    Ssh {
+        server: Server { child, port, log },
+        client_key,
+        known_hosts,
+        user,
+        dir,
+    }
+}
+
+/// Minimal HTTP/1.1 GET against ferry's server: (status, body).
+pub fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).expect("connect to ferry");
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    // axum answers small bodies unchunked; decode chunked ones anyway.
+    let body = if response.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        dechunk(&body)
+    } else {
+        body
+    };
+    (status, body)
+}
+
+fn dechunk(body: &str) -> String {
+    let mut out = String::new();
+    let mut rest = body;
+    while let Some((size, tail)) = rest.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else { break };
+        if n == 0 {
+            break;
+        }
+        out.push_str(&tail[..n]);
+        rest = &tail[n + 2..];
+    }
+    out
+}
+
+/// Polls `check` every 20 ms until it returns Some, or panics after `timeout`.
+pub fn eventually<T>(timeout: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Reads every file under `dir` into (relative path, content), sorted.
+pub fn read_tree(dir: &Path) -> Vec<(String, String)> {
+    fn walk(base: &Path, dir: &Path, out: &mut Vec<(String, String)>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let entry = entry.unwrap();
+            let path = entry.path();
+            if path.is_dir() {
+                walk(base, &path, out);
+            } else {
+                let rel = path.strip_prefix(base).unwrap().to_string_lossy().into_owned();
+                out.push((rel, std::fs::read_to_string(&path).unwrap()));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(dir, dir, &mut out);
+    out.sort();
+    out
+}
+
+/// Creates a commit in `repo` whose tree holds exactly `files`
+/// (path -> (content, mode)), and points `refname` at it. Much faster than
+/// the git CLI for the hundreds of commits the invariant tests need.
+pub fn build_commit(
+    repo: &git2::Repository,
+    files: &std::collections::BTreeMap<String, (Vec<u8>, i32)>,
+    parent: Option<git2::Oid>,
+    refname: &str,
+    message: &str,
+) -> git2::Oid {
+    use std::collections::BTreeMap;
+    #[derive(Default)]
+    struct Node {
+        files: BTreeMap<String, (git2::Oid, i32)>,
+        dirs: BTreeMap<String, Node>,
+    }
+    fn write(repo: &git2::Repository, node: &Node) -> git2::Oid {
+        let mut builder = repo.treebuilder(None).unwrap();
+        for (name, (oid, mode)) in &node.files {
+            builder.insert(name, *oid, *mode).unwrap();
+        }
+        for (name, child) in &node.dirs {
+            builder.insert(name, write(repo, child), 0o040000).unwrap();
+        }
+        builder.write().unwrap()
+    }
+    let mut root = Node::default();
+    for (path, (content, mode)) in files {
+        let blob = repo.blob(content).unwrap();
+        let mut parts: Vec<&str> = path.split('/').collect();
+        let name = parts.pop().unwrap();
+        let mut node = &mut root;
+        for part in parts {
+            node = node.dirs.entry(part.to_string()).or_default();
+        }
+        node.files.insert(name.to_string(), (blob, *mode));
+    }
+    let tree = repo.find_tree(write(repo, &root)).unwrap();
+    let sig = git2::Signature::now("test", "test@example.invalid").unwrap();
+    let parents: Vec<git2::Commit> = parent.map(|p| repo.find_commit(p).unwrap()).into_iter().collect();
+    let parent_refs: Vec<&git2::Commit> = parents.iter().collect();
+    let oid = repo.commit(None, &sig, &sig, message, &tree, &parent_refs).unwrap();
+    repo.reference(refname, oid, true, message).unwrap();
+    oid
+}
