@@ -277,6 +277,10 @@ impl Config {
             let line = inner.location().map(|l| l.line());
             let message = strip_location(&inner.to_string());
             // serde_yaml_ng prefixes its own copy of the path; ferry prints the key once.
+            let message = message.replace(
+                "expected a duration",
+                "expected a duration such as 30s, 5m or 1h",
+            );
             let message = match message.split_once(": ") {
                 Some((prefix, rest)) if !prefix.contains(' ') && key.starts_with(prefix) => {
                     rest.to_string()
@@ -286,7 +290,7 @@ impl Config {
             // Name the unknown key itself, not only its parent.
             let key = match unknown_field(&message) {
                 Some(field) if key == "." => field.to_string(),
-                Some(field) if key.ends_with(&format!(".{field}")) => key,
+                Some(field) if key == field || key.ends_with(&format!(".{field}")) => key,
                 Some(field) => format!("{key}.{field}"),
                 None if key == "." => "(root)".to_string(),
                 None => key,
@@ -298,7 +302,20 @@ impl Config {
                 message,
             }
         })?;
-        config.validate(path)?;
+        config.validate(path).map_err(|err| match err {
+            ConfigError::Invalid {
+                path,
+                key,
+                line: None,
+                message,
+            } => ConfigError::Invalid {
+                line: line_of(text, &key),
+                path,
+                key,
+                message,
+            },
+            other => other,
+        })?;
         Ok(config)
     }
 
@@ -505,6 +522,67 @@ fn valid_name(name: &str) -> bool {
         && !name.starts_with('-')
 }
 
+/// Best-effort line of a key path such as `sources[1].auth.token_file` in
+/// block-style YAML: the line of the deepest part of the path that exists.
+/// Semantic checks run on parsed values, which carry no positions.
+fn line_of(text: &str, key: &str) -> Option<usize> {
+    let lines: Vec<&str> = text.lines().collect();
+    let indent = |l: &str| l.len() - l.trim_start().len();
+    let content = |l: &str| {
+        let t = l.trim();
+        !t.is_empty() && !t.starts_with('#')
+    };
+    let (mut from, mut min_indent, mut found) = (0usize, 0usize, None);
+    for segment in key.split('.') {
+        let (name, index) = match segment.split_once('[') {
+            Some((n, i)) => (n, i.trim_end_matches(']').parse::<usize>().ok()),
+            None => (segment, None),
+        };
+        let hit = (from..lines.len()).find(|&i| {
+            let l = lines[i];
+            let t = l.trim_start();
+            let t = t.strip_prefix("- ").unwrap_or(t).trim_start();
+            indent(l) >= min_indent && t.starts_with(&format!("{name}:"))
+        });
+        let Some(i) = hit else { return found };
+        found = Some(i + 1);
+        from = i + 1;
+        let key_indent = indent(lines[i])
+            + if lines[i].trim_start().starts_with("- ") {
+                2
+            } else {
+                0
+            };
+        min_indent = key_indent + 1;
+        if let Some(index) = index {
+            let mut seen = 0;
+            let mut item = None;
+            for (j, l) in lines.iter().enumerate().skip(from) {
+                if !content(l) {
+                    continue;
+                }
+                if indent(l) < key_indent
+                    || (indent(l) == key_indent && !l.trim_start().starts_with("- "))
+                {
+                    break;
+                }
+                if l.trim_start().starts_with("- ") {
+                    if seen == index {
+                        item = Some(j);
+                        break;
+                    }
+                    seen += 1;
+                }
+            }
+            let Some(j) = item else { return found };
+            found = Some(j + 1);
+            from = j;
+            min_indent = indent(lines[j]);
+        }
+    }
+    found
+}
+
 fn strip_location(message: &str) -> String {
     // serde_yaml_ng appends " at line N column M"; ferry prints the line itself.
     match message.rfind(" at line ") {
@@ -513,8 +591,11 @@ fn strip_location(message: &str) -> String {
     }
 }
 
+/// The key an "unknown field" or "missing field" message is about.
 fn unknown_field(message: &str) -> Option<&str> {
-    let rest = message.strip_prefix("unknown field `")?;
+    let rest = message
+        .strip_prefix("unknown field `")
+        .or_else(|| message.strip_prefix("missing field `"))?;
     rest.split('`').next()
 }
 
@@ -571,6 +652,18 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(err.key(), Some("sources[0].auth.known_hosts_file"));
+    }
+
+    #[test]
+    fn semantic_errors_carry_the_line_of_the_key() {
+        let text = "sources:\n  - name: a\n    url: https://e.com/a.git\n  - name: b\n    url: ssh://git@e.com/b.git\n    auth:\n      ssh_key_file: /k\n";
+        let err = parse(text).unwrap_err();
+        assert_eq!(err.key(), Some("sources[1].auth.known_hosts_file"));
+        // The missing key itself has no line; its nearest parent, `auth`, does.
+        assert!(err.to_string().starts_with("ferry.yaml:6: "), "{err}");
+        assert_eq!(line_of(text, "sources[1].url"), Some(5));
+        assert_eq!(line_of(text, "sources[0].name"), Some(2));
+        assert_eq!(line_of(text, "targets.dags"), None);
     }
 
     #[test]

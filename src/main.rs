@@ -271,6 +271,9 @@ async fn quickstart_cmd(dir: &Path, once: bool, listen: SocketAddr) -> anyhow::R
     let mut ok = true;
     for (source, result) in &results {
         match result {
+            SyncResult::Published(o) if !o.published => {
+                println!("  up to date         {source} @ {}", &o.commit[..12]);
+            }
             SyncResult::Published(o) => println!(
                 "  published          {source} @ {} ({} files written, {} reused) in {} ms",
                 &o.commit[..12],

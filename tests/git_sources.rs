@@ -31,7 +31,11 @@ fn git_daemon_follows_commits_force_pushes_and_reports_a_deleted_branch() {
     let repo = Repo::new(tmp.path(), "dags");
     let first = repo.commit(&[("dags/a.py", Some("a = 1\n"))], "first");
     let daemon = git_daemon(tmp.path(), free_port());
-    let src = source("", &format!("git://127.0.0.1:{}/dags.git", daemon.port), &tmp.path().join("cache"));
+    let src = source(
+        "",
+        &format!("git://127.0.0.1:{}/dags.git", daemon.port),
+        &tmp.path().join("cache"),
+    );
 
     let fetched = src.fetch_branch(&no_cancel()).unwrap();
     assert_eq!(fetched.commit.to_string(), first);
@@ -44,11 +48,18 @@ fn git_daemon_follows_commits_force_pushes_and_reports_a_deleted_branch() {
     assert!(!again.changed, "an unchanged branch must not refetch");
 
     let second = repo.commit(&[("dags/b.py", Some("b = 2\n"))], "second");
-    assert_eq!(src.fetch_branch(&no_cancel()).unwrap().commit.to_string(), second);
+    assert_eq!(
+        src.fetch_branch(&no_cancel()).unwrap().commit.to_string(),
+        second
+    );
 
     let rewritten = repo.force_push_rewrite(&[("dags/c.py", Some("c = 3\n"))]);
     let fetched = src.fetch_branch(&no_cancel()).unwrap();
-    assert_eq!(fetched.commit.to_string(), rewritten, "force-push must be followed");
+    assert_eq!(
+        fetched.commit.to_string(),
+        rewritten,
+        "force-push must be followed"
+    );
 
     repo.delete_branch("main");
     let err = src.fetch_branch(&no_cancel()).unwrap_err();
@@ -65,7 +76,11 @@ fn git_daemon_follows_commits_force_pushes_and_reports_a_deleted_branch() {
 fn git_daemon_missing_repo_is_a_clear_error() {
     let tmp = tempfile::tempdir().unwrap();
     let daemon = git_daemon(tmp.path(), free_port());
-    let src = source("", &format!("git://127.0.0.1:{}/nope.git", daemon.port), &tmp.path().join("cache"));
+    let src = source(
+        "",
+        &format!("git://127.0.0.1:{}/nope.git", daemon.port),
+        &tmp.path().join("cache"),
+    );
     let err = src.fetch_branch(&no_cancel()).unwrap_err();
     assert!(matches!(err, SourceError::RepoNotFound { .. }), "{err:?}");
 }
@@ -90,17 +105,29 @@ fn smart_http_with_basic_auth_accepts_the_right_password_only() {
     let good = source(&auth("good"), &url, &tmp.path().join("cache-good"));
     let fetched = good.fetch_branch(&no_cancel()).unwrap();
     assert_eq!(fetched.commit.to_string(), head);
-    assert!(good.mirror_path().join("shallow").exists(), "smart HTTP allows shallow fetches");
+    assert!(
+        good.mirror_path().join("shallow").exists(),
+        "smart HTTP allows shallow fetches"
+    );
     let next = repo.commit(&[("dags/a.py", Some("a = 2\n"))], "second");
-    assert_eq!(good.fetch_branch(&no_cancel()).unwrap().commit.to_string(), next);
+    assert_eq!(
+        good.fetch_branch(&no_cancel()).unwrap().commit.to_string(),
+        next
+    );
 
     let bad = source(&auth("bad"), &url, &tmp.path().join("cache-bad"));
     let err = bad.fetch_branch(&no_cancel()).unwrap_err();
     assert!(matches!(err, SourceError::Auth { .. }), "{err:?}");
     let text = err.to_string();
     assert!(text.contains("rejected"), "{text}");
-    assert!(text.contains("password_file"), "the error names where the secret came from: {text}");
-    assert!(!text.contains("wrong-password-value") && !format!("{err:?}").contains("wrong-password-value"));
+    assert!(
+        text.contains("password_file"),
+        "the error names where the secret came from: {text}"
+    );
+    assert!(
+        !text.contains("wrong-password-value")
+            && !format!("{err:?}").contains("wrong-password-value")
+    );
 
     let anonymous = source("", &url, &tmp.path().join("cache-anon"));
     let err = anonymous.fetch_branch(&no_cancel()).unwrap_err();
@@ -114,7 +141,12 @@ fn ssh_with_pinned_host_key_and_refusal_of_unknown_or_wrong_keys() {
     let repo = Repo::new(tmp.path(), "dags");
     let head = repo.commit(&[("dags/a.py", Some("a = 1\n"))], "first");
     let ssh = sshd(tmp.path());
-    let url = format!("ssh://{}@127.0.0.1:{}{}", ssh.user, ssh.server.port, repo.bare.display());
+    let url = format!(
+        "ssh://{}@127.0.0.1:{}{}",
+        ssh.user,
+        ssh.server.port,
+        repo.bare.display()
+    );
     let auth = |known_hosts: &Path| {
         format!(
             "    auth:\n      ssh_key_file: {}\n      known_hosts_file: {}\n",
@@ -124,26 +156,44 @@ fn ssh_with_pinned_host_key_and_refusal_of_unknown_or_wrong_keys() {
     };
 
     let src = source(&auth(&ssh.known_hosts), &url, &tmp.path().join("cache"));
-    let fetched = src
-        .fetch_branch(&no_cancel())
-        .unwrap_or_else(|e| panic!("{e}\nsshd log:\n{}", std::fs::read_to_string(&ssh.server.log).unwrap_or_default()));
+    let fetched = src.fetch_branch(&no_cancel()).unwrap_or_else(|e| {
+        panic!(
+            "{e}\nsshd log:\n{}",
+            std::fs::read_to_string(&ssh.server.log).unwrap_or_default()
+        )
+    });
     assert_eq!(fetched.commit.to_string(), head);
 
     // Same host, another key: refused as a possible man-in-the-middle.
     let other = tmp.path().join("other_key");
-    run(Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(&other));
+    run(Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&other));
     let other_pub = std::fs::read_to_string(other.with_extension("pub")).unwrap();
     let mut f = other_pub.split_whitespace();
     let wrong = tmp.path().join("wrong_known_hosts");
-    std::fs::write(&wrong, format!("[127.0.0.1]:{} {} {}\n", ssh.server.port, f.next().unwrap(), f.next().unwrap())).unwrap();
-    let err = source(&auth(&wrong), &url, &tmp.path().join("cache-wrong")).fetch_branch(&no_cancel()).unwrap_err();
+    std::fs::write(
+        &wrong,
+        format!(
+            "[127.0.0.1]:{} {} {}\n",
+            ssh.server.port,
+            f.next().unwrap(),
+            f.next().unwrap()
+        ),
+    )
+    .unwrap();
+    let err = source(&auth(&wrong), &url, &tmp.path().join("cache-wrong"))
+        .fetch_branch(&no_cancel())
+        .unwrap_err();
     assert!(matches!(err, SourceError::HostKey { .. }), "{err:?}");
     assert!(err.to_string().contains("does not match"), "{err}");
 
     // Host not listed at all.
     let empty = tmp.path().join("empty_known_hosts");
     std::fs::write(&empty, "").unwrap();
-    let err = source(&auth(&empty), &url, &tmp.path().join("cache-empty")).fetch_branch(&no_cancel()).unwrap_err();
+    let err = source(&auth(&empty), &url, &tmp.path().join("cache-empty"))
+        .fetch_branch(&no_cancel())
+        .unwrap_err();
     assert!(matches!(err, SourceError::HostKey { .. }), "{err:?}");
     assert!(err.to_string().contains("is not in"), "{err}");
 }
@@ -178,17 +228,31 @@ async fn agent_backs_off_while_the_server_is_down_and_recovers() {
     let down = status.get("dags").unwrap();
     let error = down.last_error.expect("error recorded");
     assert_eq!(error.kind, "fetch_error");
-    assert!(error.message.contains(&format!("127.0.0.1:{port}")), "{}", error.message);
-    assert!(!running.is_finished(), "an outage must never stop the agent");
-    assert!(down.first_sync_done, "readiness means the first attempt finished");
+    assert!(
+        error.message.contains(&format!("127.0.0.1:{port}")),
+        "{}",
+        error.message
+    );
+    assert!(
+        !running.is_finished(),
+        "an outage must never stop the agent"
+    );
+    assert!(
+        down.first_sync_done,
+        "readiness means the first attempt finished"
+    );
 
     let root = tmp.path().to_path_buf();
-    let _daemon = tokio::task::spawn_blocking(move || git_daemon(&root, port)).await.unwrap();
+    let _daemon = tokio::task::spawn_blocking(move || git_daemon(&root, port))
+        .await
+        .unwrap();
     let st = status.clone();
     let recovered = tokio::task::spawn_blocking(move || {
-        eventually(Duration::from_secs(20), "recovery after the server returns", || {
-            st.get("dags").filter(|s| s.published_revision.is_some())
-        })
+        eventually(
+            Duration::from_secs(20),
+            "recovery after the server returns",
+            || st.get("dags").filter(|s| s.published_revision.is_some()),
+        )
     })
     .await
     .unwrap();
@@ -198,7 +262,10 @@ async fn agent_backs_off_while_the_server_is_down_and_recovers() {
     assert!(dest.join("current/a.py").exists());
 
     tx.send(true).unwrap();
-    tokio::time::timeout(Duration::from_secs(10), running).await.expect("graceful stop").unwrap();
+    tokio::time::timeout(Duration::from_secs(10), running)
+        .await
+        .expect("graceful stop")
+        .unwrap();
 }
 
 /// The agent as a process: wrong credentials give a clear error on the
@@ -244,15 +311,29 @@ fn wrong_credentials_never_print_the_secret() {
     let (_, metrics) = http_get(addr, "/metrics");
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let status = child.wait().unwrap();
-    assert!(status.success(), "SIGTERM must stop ferry cleanly: {status:?}");
+    assert!(
+        status.success(),
+        "SIGTERM must stop ferry cleanly: {status:?}"
+    );
     let logs = std::fs::read_to_string(&log).unwrap();
-    assert!(body.contains("rejected the configured credentials"), "{body}");
-    assert!(logs.contains("rejected the configured credentials"), "{logs}");
-    for (what, text) in [("status API", &body), ("logs", &logs), ("metrics", &metrics)] {
+    assert!(
+        body.contains("rejected the configured credentials"),
+        "{body}"
+    );
+    assert!(
+        logs.contains("rejected the configured credentials"),
+        "{logs}"
+    );
+    for (what, text) in [
+        ("status API", &body),
+        ("logs", &logs),
+        ("metrics", &metrics),
+    ] {
         assert!(!text.contains(leaked), "the secret leaked into the {what}");
     }
     // Every log line is JSON.
     for line in logs.lines().filter(|l| !l.trim().is_empty()) {
-        serde_json::from_str::<serde_json::Value>(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        serde_json::from_str::<serde_json::Value>(line)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
     }
 }

@@ -21,7 +21,12 @@ fn file(content: &str) -> (Vec<u8>, i32) {
     (content.as_bytes().to_vec(), 0o100644)
 }
 
-fn target(dest: &Path, subdir: &str, retention: RetentionConfig, validation: ValidationConfig) -> DagsTarget {
+fn target(
+    dest: &Path,
+    subdir: &str,
+    retention: RetentionConfig,
+    validation: ValidationConfig,
+) -> DagsTarget {
     DagsTarget::open(DagsTargetConfig {
         source: "dags".into(),
         subdir: subdir.into(),
@@ -83,13 +88,25 @@ fn concurrent_reader_never_sees_two_commits_or_a_missing_file() {
     for n in 0..220 {
         let mut files = Files::new();
         for i in 0..30 {
-            files.insert(format!("dags/changing/f{i:02}.py"), file(&format!("REV = {n}\nFILE = {i}\n")));
-            files.insert(format!("dags/static/s{i:02}.py"), file(&format!("STATIC = {i}\n")));
+            files.insert(
+                format!("dags/changing/f{i:02}.py"),
+                file(&format!("REV = {n}\nFILE = {i}\n")),
+            );
+            files.insert(
+                format!("dags/static/s{i:02}.py"),
+                file(&format!("STATIC = {i}\n")),
+            );
         }
         if n % 2 == 0 {
             files.insert("dags/even.py".into(), file(&format!("EVEN = {n}\n")));
         }
-        let oid = build_commit(&repo, &files, parent, "refs/heads/main", &format!("commit {n}"));
+        let oid = build_commit(
+            &repo,
+            &files,
+            parent,
+            "refs/heads/main",
+            &format!("commit {n}"),
+        );
         parent = Some(oid);
         expectations.insert(oid.to_string(), expected(&files, "dags"));
         commits.push(oid);
@@ -101,7 +118,8 @@ fn concurrent_reader_never_sees_two_commits_or_a_missing_file() {
     let failures = Arc::new(Mutex::new(Vec::<String>::new()));
     let readers: Vec<_> = (0..2)
         .map(|_| {
-            let (stop, walks, failures, dest) = (stop.clone(), walks.clone(), failures.clone(), dest.clone());
+            let (stop, walks, failures, dest) =
+                (stop.clone(), walks.clone(), failures.clone(), dest.clone());
             let expectations = expectations.clone();
             std::thread::spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
@@ -110,7 +128,10 @@ fn concurrent_reader_never_sees_two_commits_or_a_missing_file() {
                     let sha = target.file_name().unwrap().to_string_lossy().into_owned();
                     let seen = read_tree(&dest.join(&target));
                     if seen != expectations[&sha] {
-                        failures.lock().unwrap().push(format!("revision {sha} read as {} files", seen.len()));
+                        failures
+                            .lock()
+                            .unwrap()
+                            .push(format!("revision {sha} read as {} files", seen.len()));
                     }
                     walks.fetch_add(1, Ordering::Relaxed);
                 }
@@ -129,9 +150,20 @@ fn concurrent_reader_never_sees_two_commits_or_a_missing_file() {
         r.join().unwrap();
     }
     let failures = failures.lock().unwrap();
-    assert!(failures.is_empty(), "{} bad walks, first: {}", failures.len(), failures[0]);
-    assert!(walks.load(Ordering::Relaxed) > 50, "readers must actually have raced the publisher");
-    assert_eq!(live(&dest).as_deref(), Some(commits.last().unwrap().to_string().as_str()));
+    assert!(
+        failures.is_empty(),
+        "{} bad walks, first: {}",
+        failures.len(),
+        failures[0]
+    );
+    assert!(
+        walks.load(Ordering::Relaxed) > 50,
+        "readers must actually have raced the publisher"
+    );
+    assert_eq!(
+        live(&dest).as_deref(),
+        Some(commits.last().unwrap().to_string().as_str())
+    );
     // The 30 static files were reused every time, never rewritten.
     assert!(linked >= 30 * 219, "only {linked} files hardlinked");
 }
@@ -145,21 +177,34 @@ fn unchanged_files_are_hardlinked_and_modes_kept() {
     let mut files = Files::new();
     files.insert("a.py".into(), file("a = 1\n"));
     files.insert("lib/b.py".into(), file("b = 1\n"));
-    files.insert("bin/run.sh".into(), (b"#!/bin/sh\necho hi\n".to_vec(), 0o100755));
+    files.insert(
+        "bin/run.sh".into(),
+        (b"#!/bin/sh\necho hi\n".to_vec(), 0o100755),
+    );
     let c1 = build_commit(&repo, &files, None, "refs/heads/main", "one");
     let first = dags.sync(&repo, c1, &no_cancel()).unwrap();
-    assert_eq!((first.stats.files_written, first.stats.files_linked), (3, 0));
+    assert_eq!(
+        (first.stats.files_written, first.stats.files_linked),
+        (3, 0)
+    );
 
     files.insert("a.py".into(), file("a = 2\n"));
     let c2 = build_commit(&repo, &files, Some(c1), "refs/heads/main", "two");
     let second = dags.sync(&repo, c2, &no_cancel()).unwrap();
-    assert_eq!((second.stats.files_written, second.stats.files_linked), (1, 2));
+    assert_eq!(
+        (second.stats.files_written, second.stats.files_linked),
+        (1, 2)
+    );
     let r1 = dest.join(".ferry").join(c1.to_string());
     let r2 = dest.join(".ferry").join(c2.to_string());
     let ino = |p: PathBuf| std::fs::metadata(p).unwrap().ino();
     assert_eq!(ino(r1.join("lib/b.py")), ino(r2.join("lib/b.py")));
     assert_ne!(ino(r1.join("a.py")), ino(r2.join("a.py")));
-    assert_eq!(std::fs::read_to_string(r1.join("a.py")).unwrap(), "a = 1\n", "old revision untouched");
+    assert_eq!(
+        std::fs::read_to_string(r1.join("a.py")).unwrap(),
+        "a = 1\n",
+        "old revision untouched"
+    );
     let mode = |p: PathBuf| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(r2.join("bin/run.sh")), 0o755);
     assert_eq!(mode(r2.join("a.py")), 0o644);
@@ -170,7 +215,10 @@ fn unchanged_files_are_hardlinked_and_modes_kept() {
     files.insert("a.py".into(), file("a = 3\n"));
     let c3 = build_commit(&repo, &files, Some(c2), "refs/heads/main", "three");
     let third = restarted.sync(&repo, c3, &no_cancel()).unwrap();
-    assert_eq!((third.stats.files_written, third.stats.files_linked), (1, 2));
+    assert_eq!(
+        (third.stats.files_written, third.stats.files_linked),
+        (1, 2)
+    );
     // Publishing the live commit again is a no-op.
     let again = restarted.sync(&repo, c3, &no_cancel()).unwrap();
     assert!(!again.published);
@@ -185,7 +233,10 @@ fn retention_removes_old_revisions_only_after_the_window() {
     let mut dags = target(
         &dest,
         "",
-        RetentionConfig { keep: 1, max_age: window },
+        RetentionConfig {
+            keep: 1,
+            max_age: window,
+        },
         ValidationConfig::default(),
     );
     let mut commits = Vec::new();
@@ -204,16 +255,29 @@ fn retention_removes_old_revisions_only_after_the_window() {
         v.sort();
         v
     };
-    assert_eq!(on_disk(&dags).len(), 5, "inside the window nothing is removed");
-    let removed = dags.publisher().prune(SystemTime::now() + window / 2).unwrap();
+    assert_eq!(
+        on_disk(&dags).len(),
+        5,
+        "inside the window nothing is removed"
+    );
+    let removed = dags
+        .publisher()
+        .prune(SystemTime::now() + window / 2)
+        .unwrap();
     assert!(removed.is_empty(), "still inside the window: {removed:?}");
 
-    let removed = dags.publisher().prune(SystemTime::now() + window * 2).unwrap();
+    let removed = dags
+        .publisher()
+        .prune(SystemTime::now() + window * 2)
+        .unwrap();
     let mut expected_removed = commits[..3].to_vec();
     expected_removed.sort();
     let mut removed_sorted = removed.clone();
     removed_sorted.sort();
-    assert_eq!(removed_sorted, expected_removed, "the live one and the newest superseded one stay");
+    assert_eq!(
+        removed_sorted, expected_removed,
+        "the live one and the newest superseded one stay"
+    );
     let mut left = vec![commits[3], commits[4]];
     left.sort();
     assert_eq!(on_disk(&dags), left);
@@ -221,7 +285,9 @@ fn retention_removes_old_revisions_only_after_the_window() {
     let leftovers: Vec<_> = std::fs::read_dir(dest.join(".ferry"))
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with(".tmp-") || commits[..3].iter().any(|c| n.starts_with(&c.to_string())))
+        .filter(|n| {
+            n.starts_with(".tmp-") || commits[..3].iter().any(|c| n.starts_with(&c.to_string()))
+        })
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
@@ -234,25 +300,51 @@ fn symlinks_inside_are_materialized_and_escaping_ones_refused() {
     let mut dags = target(&dest, "dags", keep_all(), ValidationConfig::default());
     let mut files = Files::new();
     files.insert("dags/common/util.py".into(), file("X = 1\n"));
-    files.insert("dags/util.py".into(), (b"common/util.py".to_vec(), 0o120000));
+    files.insert(
+        "dags/util.py".into(),
+        (b"common/util.py".to_vec(), 0o120000),
+    );
     files.insert("dags/shared".into(), (b"common".to_vec(), 0o120000));
     files.insert("secrets.txt".into(), file("outside the subdir\n"));
     let good = build_commit(&repo, &files, None, "refs/heads/main", "links");
     dags.sync(&repo, good, &no_cancel()).unwrap();
     let rev = dest.join("current");
     let meta = std::fs::symlink_metadata(rev.join("util.py")).unwrap();
-    assert!(meta.file_type().is_file(), "a link inside the subdir becomes a regular file");
-    assert_eq!(std::fs::read_to_string(rev.join("util.py")).unwrap(), "X = 1\n");
-    assert!(std::fs::symlink_metadata(rev.join("shared")).unwrap().is_dir());
-    assert_eq!(std::fs::read_to_string(rev.join("shared/util.py")).unwrap(), "X = 1\n");
+    assert!(
+        meta.file_type().is_file(),
+        "a link inside the subdir becomes a regular file"
+    );
+    assert_eq!(
+        std::fs::read_to_string(rev.join("util.py")).unwrap(),
+        "X = 1\n"
+    );
+    assert!(
+        std::fs::symlink_metadata(rev.join("shared"))
+            .unwrap()
+            .is_dir()
+    );
+    assert_eq!(
+        std::fs::read_to_string(rev.join("shared/util.py")).unwrap(),
+        "X = 1\n"
+    );
 
-    files.insert("dags/leak.py".into(), (b"../secrets.txt".to_vec(), 0o120000));
+    files.insert(
+        "dags/leak.py".into(),
+        (b"../secrets.txt".to_vec(), 0o120000),
+    );
     let bad = build_commit(&repo, &files, Some(good), "refs/heads/main", "escape");
     let err = dags.sync(&repo, bad, &no_cancel()).unwrap_err();
     let text = err.to_string();
     assert!(matches!(err, DagsError::Snapshot(_)), "{err:?}");
-    assert!(text.contains("dags/leak.py") && text.contains("outside"), "{text}");
-    assert_eq!(live(&dest), Some(good.to_string()), "the last good revision stays live");
+    assert!(
+        text.contains("dags/leak.py") && text.contains("outside"),
+        "{text}"
+    );
+    assert_eq!(
+        live(&dest),
+        Some(good.to_string()),
+        "the last good revision stays live"
+    );
 
     let mut abs = files.clone();
     abs.remove("dags/leak.py");
@@ -273,7 +365,10 @@ fn broken_python_is_blocked_with_file_and_line_or_published_under_warn() {
     let good = build_commit(&repo, &files, None, "refs/heads/main", "good");
     dags.sync(&repo, good, &no_cancel()).unwrap();
 
-    files.insert("dags/broken.py".into(), file("import os\n\n\ndef f(:\n    pass\n"));
+    files.insert(
+        "dags/broken.py".into(),
+        file("import os\n\n\ndef f(:\n    pass\n"),
+    );
     let bad = build_commit(&repo, &files, Some(good), "refs/heads/main", "bad");
     let err = dags.sync(&repo, bad, &no_cancel()).unwrap_err();
     let problems = err.problems();
@@ -282,7 +377,11 @@ fn broken_python_is_blocked_with_file_and_line_or_published_under_warn() {
     assert_eq!(problems[0].line, Some(4));
     assert!(err.to_string().contains("dags/broken.py:4:"), "{err}");
     assert_eq!(live(&dest), Some(good.to_string()));
-    assert_eq!(dags.publisher().revisions(), vec![good], "nothing of the bad commit is on disk");
+    assert_eq!(
+        dags.publisher().revisions(),
+        vec![good],
+        "nothing of the bad commit is on disk"
+    );
 
     let mut warn = target(
         &dest,
@@ -317,7 +416,10 @@ fn validate_command_runs_on_the_staged_tree_and_can_block() {
     let outcome = dags.sync(&repo, good, &no_cancel()).unwrap();
     assert!(outcome.hook.as_ref().unwrap().success);
     let pwd = std::fs::read_to_string(dest.join(".ferry/hook-pwd")).unwrap();
-    assert!(pwd.contains("/.ferry/.tmp-"), "hook must run in the staging dir, ran in {pwd}");
+    assert!(
+        pwd.contains("/.ferry/.tmp-"),
+        "hook must run in the staging dir, ran in {pwd}"
+    );
 
     files.insert("dags/x.py".into(), file("# FORBIDDEN\n"));
     let bad = build_commit(&repo, &files, Some(good), "refs/heads/main", "bad");
@@ -325,11 +427,20 @@ fn validate_command_runs_on_the_staged_tree_and_can_block() {
     let hook = err.hook().expect("hook report kept");
     assert_eq!(hook.exit_code, Some(1));
     assert!(hook.output.contains("uses FORBIDDEN"));
-    assert!(err.to_string().contains("validation command exited with 1"), "{err}");
+    assert!(
+        err.to_string().contains("validation command exited with 1"),
+        "{err}"
+    );
     assert_eq!(live(&dest), Some(good.to_string()));
     let tmp_left = std::fs::read_dir(dest.join(".ferry"))
         .unwrap()
-        .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with(".tmp-"))
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with(".tmp-")
+        })
         .count();
     assert_eq!(tmp_left, 0, "a blocked staging dir is removed");
 }
@@ -385,7 +496,16 @@ fn kill_9_at_random_points_always_leaves_a_complete_revision() {
             files.insert(format!("shared/s{i:03}.py"), file(&format!("S = {i}\n")));
         }
         let oid = build_commit(&repo, &files, None, &format!("refs/heads/{branch}"), "tree");
-        trees.insert(oid.to_string(), expected(&files.iter().map(|(k, v)| (format!("x/{k}"), v.clone())).collect(), "x"));
+        trees.insert(
+            oid.to_string(),
+            expected(
+                &files
+                    .iter()
+                    .map(|(k, v)| (format!("x/{k}"), v.clone()))
+                    .collect(),
+                "x",
+            ),
+        );
         tips.push(oid);
     }
     let publish = |branch: &str| {
@@ -408,12 +528,19 @@ fn kill_9_at_random_points_always_leaves_a_complete_revision() {
     let check = |run: usize| {
         let sha = live(&dest).unwrap_or_else(|| panic!("run {run}: link missing"));
         let seen = read_tree(&dest.join(".ferry").join(&sha));
-        assert!(seen == trees[&sha], "run {run}: revision {sha} is incomplete ({} files)", seen.len());
+        assert!(
+            seen == trees[&sha],
+            "run {run}: revision {sha} is incomplete ({} files)",
+            seen.len()
+        );
         // Every revision-named directory is complete, not only the live one.
         for entry in std::fs::read_dir(dest.join(".ferry")).unwrap() {
             let name = entry.unwrap().file_name().to_string_lossy().into_owned();
             if let Some(tree) = trees.get(&name) {
-                assert!(read_tree(&dest.join(".ferry").join(&name)) == *tree, "run {run}: {name} incomplete");
+                assert!(
+                    read_tree(&dest.join(".ferry").join(&name)) == *tree,
+                    "run {run}: {name} incomplete"
+                );
             }
         }
     };
@@ -430,7 +557,10 @@ fn kill_9_at_random_points_always_leaves_a_complete_revision() {
         let _ = child.wait();
         check(run);
     }
-    assert!(killed_mid_run >= 40, "only {killed_mid_run} of 60 kills landed mid-publish");
+    assert!(
+        killed_mid_run >= 40,
+        "only {killed_mid_run} of 60 kills landed mid-publish"
+    );
     // After all that, an uninterrupted run cleans up and publishes.
     let status = publish("c").wait().unwrap();
     assert!(status.success());

@@ -5,7 +5,7 @@ pub mod publish;
 pub mod snapshot;
 pub mod validate;
 
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Instant, SystemTime};
 
 use git2::{Oid, Repository};
@@ -30,6 +30,8 @@ pub enum DagsError {
     Publish(#[from] PublishError),
     #[error(transparent)]
     Hook(#[from] HookError),
+    #[error("validation of {commit} cancelled by shutdown; nothing was published")]
+    Cancelled { commit: Oid },
 }
 
 impl DagsError {
@@ -179,6 +181,10 @@ impl DagsTarget {
                 cancel,
             );
             let report = match report {
+                Ok(_) if cancel.load(Ordering::Relaxed) => {
+                    self.publisher.discard(staged);
+                    return Err(DagsError::Cancelled { commit });
+                }
                 Ok(r) => r,
                 Err(err) => {
                     self.publisher.discard(staged);

@@ -39,7 +39,9 @@ pub fn require_binary(path: &str) -> PathBuf {
 }
 
 pub fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
     assert!(
         out.status.success(),
         "{cmd:?} failed: {}\n{}",
@@ -75,7 +77,9 @@ impl Repo {
     pub fn new(root: &Path, name: &str) -> Repo {
         let bare = root.join(format!("{name}.git"));
         let work = root.join(format!("{name}-work"));
-        run(git(root).args(["init", "-q", "--bare", "-b", "main"]).arg(&bare));
+        run(git(root)
+            .args(["init", "-q", "--bare", "-b", "main"])
+            .arg(&bare));
         // smart HTTP and git daemon serve only repos that say so or are exported;
         // uploadpack.allowAnySHA1InWant keeps shallow fetches simple for every server.
         run(git(&bare).args(["config", "http.receivepack", "false"]));
@@ -111,11 +115,15 @@ impl Repo {
     }
 
     pub fn push(&self, branch: &str) {
-        run(git(&self.work).args(["push", "-q", "-f", "origin"]).arg(format!("HEAD:refs/heads/{branch}")));
+        run(git(&self.work)
+            .args(["push", "-q", "-f", "origin"])
+            .arg(format!("HEAD:refs/heads/{branch}")));
     }
 
     pub fn head(&self) -> String {
-        run(git(&self.work).args(["rev-parse", "HEAD"])).trim().to_string()
+        run(git(&self.work).args(["rev-parse", "HEAD"]))
+            .trim()
+            .to_string()
     }
 
     /// Rewrites history: a new root commit, force-pushed.
@@ -139,7 +147,9 @@ impl Repo {
     }
 
     pub fn delete_branch(&self, branch: &str) {
-        run(git(&self.bare).args(["update-ref", "-d"]).arg(format!("refs/heads/{branch}")));
+        run(git(&self.bare)
+            .args(["update-ref", "-d"])
+            .arg(format!("refs/heads/{branch}")));
     }
 }
 
@@ -164,7 +174,13 @@ impl Server {
 pub fn git_daemon(root: &Path, port: u16) -> Server {
     let log = root.join(format!("git-daemon-{port}.log"));
     let child = Command::new("git")
-        .args(["daemon", "--reuseaddr", "--export-all", "--listen=127.0.0.1", "--informative-errors"])
+        .args([
+            "daemon",
+            "--reuseaddr",
+            "--export-all",
+            "--listen=127.0.0.1",
+            "--informative-errors",
+        ])
         .arg(format!("--port={port}"))
         .arg(format!("--base-path={}", root.display()))
         .arg(root)
@@ -236,7 +252,9 @@ pub fn sshd(root: &Path) -> Ssh {
     let dir = root.join(format!("sshd-{port}"));
     std::fs::create_dir_all(&dir).unwrap();
     let keygen = |path: &Path| {
-        run(Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-C", "ferry-test", "-f"]).arg(path));
+        run(Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-C", "ferry-test", "-f"])
+            .arg(path));
     };
     let host_key = dir.join("host_ed25519");
     let client_key = dir.join("client_ed25519");
@@ -281,8 +299,14 @@ pub fn sshd(root: &Path) -> Ssh {
 /// Minimal HTTP/1.1 GET against ferry's server: (status, body).
 pub fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
     let mut stream = TcpStream::connect(addr).expect("connect to ferry");
-    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut response = String::new();
     stream.read_to_string(&mut response).unwrap();
     let status = response
@@ -290,9 +314,15 @@ pub fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
-    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     // axum answers small bodies unchunked; decode chunked ones anyway.
-    let body = if response.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+    let body = if response
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
         dechunk(&body)
     } else {
         body
@@ -304,7 +334,9 @@ fn dechunk(body: &str) -> String {
     let mut out = String::new();
     let mut rest = body;
     while let Some((size, tail)) = rest.split_once("\r\n") {
-        let Ok(n) = usize::from_str_radix(size.trim(), 16) else { break };
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
         if n == 0 {
             break;
         }
@@ -337,7 +369,11 @@ pub fn read_tree(dir: &Path) -> Vec<(String, String)> {
             if path.is_dir() {
                 walk(base, &path, out);
             } else {
-                let rel = path.strip_prefix(base).unwrap().to_string_lossy().into_owned();
+                let rel = path
+                    .strip_prefix(base)
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned();
                 out.push((rel, std::fs::read_to_string(&path).unwrap()));
             }
         }
@@ -387,9 +423,14 @@ pub fn build_commit(
     }
     let tree = repo.find_tree(write(repo, &root)).unwrap();
     let sig = git2::Signature::now("test", "test@example.invalid").unwrap();
-    let parents: Vec<git2::Commit> = parent.map(|p| repo.find_commit(p).unwrap()).into_iter().collect();
+    let parents: Vec<git2::Commit> = parent
+        .map(|p| repo.find_commit(p).unwrap())
+        .into_iter()
+        .collect();
     let parent_refs: Vec<&git2::Commit> = parents.iter().collect();
-    let oid = repo.commit(None, &sig, &sig, message, &tree, &parent_refs).unwrap();
+    let oid = repo
+        .commit(None, &sig, &sig, message, &tree, &parent_refs)
+        .unwrap();
     repo.reference(refname, oid, true, message).unwrap();
     oid
 }

@@ -1,0 +1,216 @@
+//! A real Airflow 3 reads what ferry publishes.
+//!
+//! The Airflow venv comes from `.ci/setup` (FERRY_AIRFLOW_PYTHON overrides
+//! where its interpreter is). The ferry binary runs as the daemon, with the
+//! repo's `tools/airflow_dagbag.py --check` as its validation hook.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use support::*;
+
+fn airflow_python() -> PathBuf {
+    let path = std::env::var_os("FERRY_AIRFLOW_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/airflow-venv/bin/python")
+        });
+    assert!(
+        path.exists(),
+        "{} is missing: run `.ci/setup` to install Airflow 3 into .cache/airflow-venv",
+        path.display()
+    );
+    path
+}
+
+fn dagbag_script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/airflow_dagbag.py")
+}
+
+/// What Airflow sees in `folder`: (DAG ids, files with import errors).
+fn airflow_sees(python: &Path, airflow_home: &Path, folder: &Path) -> (Vec<String>, Vec<String>) {
+    let out = Command::new(python)
+        .arg(dagbag_script())
+        .arg(folder)
+        .env("AIRFLOW_HOME", airflow_home)
+        .env("PYTHONWARNINGS", "ignore")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let json_line = stdout
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .unwrap_or_else(|| {
+            panic!(
+                "no JSON from DagBag: {stdout}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+    let v: serde_json::Value = serde_json::from_str(json_line).unwrap();
+    let ids = v["dag_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_str().unwrap().to_string())
+        .collect();
+    let errors = v["import_errors"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .cloned()
+        .collect();
+    (ids, errors)
+}
+
+fn copy_template(to: &Path) {
+    let template = Path::new(env!("CARGO_MANIFEST_DIR")).join("dags-repo-template");
+    run(Command::new("cp")
+        .arg("-r")
+        .arg(format!("{}/.", template.display()))
+        .arg(to));
+}
+
+#[test]
+fn airflow_parses_published_dags_and_never_sees_a_blocked_commit() {
+    let python = airflow_python();
+    let tmp = tempfile::tempdir().unwrap();
+    let airflow_home = tmp.path().join("airflow-home");
+    std::fs::create_dir_all(&airflow_home).unwrap();
+    let repo = Repo::new(tmp.path(), "dags");
+    copy_template(&repo.work);
+    let first = repo.commit(&[], "template");
+    let daemon = git_daemon(tmp.path(), free_port());
+
+    let port = free_port();
+    let dest = tmp.path().join("airflow-dags");
+    let config = tmp.path().join("ferry.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "cache_dir: {cache}\nserver:\n  listen: 127.0.0.1:{port}\n\
+             sources:\n  - name: dags\n    url: git://127.0.0.1:{dp}/dags.git\n    interval: 1s\n\
+             targets:\n  dags:\n    source: dags\n    subdir: dags\n    destination: {dest}\n    \
+             validation:\n      policy: block\n      timeout: 120s\n      command: [{py:?}, {script:?}, \"--check\", \".\"]\n",
+            cache = tmp.path().join("cache").display(),
+            dp = daemon.port,
+            dest = dest.display(),
+            py = python.display().to_string(),
+            script = dagbag_script().display().to_string(),
+        ),
+    )
+    .unwrap();
+    let mut ferry = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .env("AIRFLOW_HOME", &airflow_home)
+        .env("PYTHONWARNINGS", "ignore")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(tmp.path().join("ferry.log")).unwrap())
+        .spawn()
+        .unwrap();
+    wait_for_port(port, Duration::from_secs(10));
+    let addr = format!("127.0.0.1:{port}").parse().unwrap();
+    let status = |want: &dyn Fn(&serde_json::Value) -> bool| {
+        eventually(Duration::from_secs(90), "ferry status", || {
+            let (_, body) = http_get(addr, "/api/v1/status/dags");
+            let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+            want(&v).then_some(v)
+        })
+    };
+
+    // 1. The template is published and Airflow sees exactly its DAGs.
+    status(&|v| v["published_revision"] == first.as_str());
+    let expected = vec![
+        "daily_feature_snapshot".to_string(),
+        "platform_healthcheck".to_string(),
+    ];
+    let folder = dest.join("current");
+    assert_eq!(
+        airflow_sees(&python, &airflow_home, &folder),
+        (expected.clone(), vec![])
+    );
+    let (code, ready) = http_get(addr, "/readyz");
+    assert_eq!(code, 200, "{ready}");
+
+    // 2. A syntax error: blocked; the status API names file and line.
+    let broken = repo.commit(
+        &[(
+            "dags/broken_dag.py",
+            Some("from airflow.sdk import dag\n\n@dag(schedule=None\ndef broken():\n    pass\n"),
+        )],
+        "broken DAG",
+    );
+    let v = status(&|v| v["last_error"]["commit"] == broken.as_str());
+    assert_eq!(v["last_error"]["file"], "dags/broken_dag.py");
+    assert_eq!(
+        v["last_error"]["line"], 3,
+        "the unclosed `(` is on line 3: {v}"
+    );
+    assert_eq!(v["last_error"]["kind"], "validation_failed");
+    assert_eq!(
+        v["published_revision"],
+        first.as_str(),
+        "the last good revision stays live"
+    );
+    assert_eq!(
+        airflow_sees(&python, &airflow_home, &folder),
+        (expected.clone(), vec![])
+    );
+
+    // 3. Valid syntax, but Airflow cannot import it: the Airflow hook blocks it.
+    let import_error = repo.commit(
+        &[
+            ("dags/broken_dag.py", None),
+            (
+                "dags/needs_missing_lib.py",
+                Some("import not_installed_anywhere\nfrom airflow.sdk import dag\n"),
+            ),
+        ],
+        "import error",
+    );
+    let v = status(&|v| v["last_error"]["commit"] == import_error.as_str());
+    let output = v["last_error"]["hook"]["output"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        output.contains("needs_missing_lib.py") && output.contains("not_installed_anywhere"),
+        "{v}"
+    );
+    assert_eq!(v["published_revision"], first.as_str());
+    assert_eq!(
+        airflow_sees(&python, &airflow_home, &folder),
+        (expected.clone(), vec![])
+    );
+
+    // 4. The fix is published and Airflow sees the new DAG.
+    let fixed = repo.commit(
+        &[
+            ("dags/needs_missing_lib.py", None),
+            (
+                "dags/third.py",
+                Some("from datetime import datetime\nfrom airflow.sdk import dag, task\n\n@dag(dag_id=\"third\", schedule=None, start_date=datetime(2026, 1, 1))\ndef third():\n    @task\n    def t():\n        return 1\n    t()\n\nthird()\n"),
+            ),
+        ],
+        "fix",
+    );
+    let v = status(&|v| v["published_revision"] == fixed.as_str());
+    assert!(v["last_error"].is_null(), "{v}");
+    let (ids, errors) = airflow_sees(&python, &airflow_home, &folder);
+    assert_eq!(
+        ids,
+        vec!["daily_feature_snapshot", "platform_healthcheck", "third"]
+    );
+    assert!(errors.is_empty());
+    assert_eq!(
+        std::fs::read_link(&folder).unwrap(),
+        Path::new(".ferry").join(&fixed),
+        "git-sync contract: the link target's basename is the commit"
+    );
+
+    unsafe { libc::kill(ferry.id() as i32, libc::SIGTERM) };
+    assert!(ferry.wait().unwrap().success());
+}

@@ -1,0 +1,379 @@
+//! The `ferry` binary as users meet it: config errors, help, quickstart,
+//! one-shot publishing, the HTTP endpoints and shutdown.
+
+mod support;
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use support::*;
+
+fn ferry(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+const BASE: &str = "sources:
+  - name: dags
+    url: https://example.com/dags.git
+    branch: main
+targets:
+  dags:
+    source: dags
+    destination: /tmp/ferry-dags
+";
+
+#[test]
+fn each_bad_config_gives_one_clear_error_naming_the_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cases: &[(&str, &str, &str)] = &[
+        // (find, replace with, key the error must name)
+        ("sources:", "sourcs:", "sourcs"),
+        (
+            "    branch: main\n",
+            "    brnach: main\n",
+            "sources[0].brnach",
+        ),
+        (
+            "    branch: main\n",
+            "    branch: main\n    interval: often\n",
+            "sources[0].interval",
+        ),
+        (
+            "    branch: main\n",
+            "    branch: main\n    timeout: [1]\n",
+            "sources[0].timeout",
+        ),
+        (
+            "    url: https://example.com/dags.git\n",
+            "",
+            "sources[0].url",
+        ),
+        (
+            "sources:",
+            "server:\n  listen: not-an-address\nsources:",
+            "server.listen",
+        ),
+        ("sources:", "log:\n  format: xml\nsources:", "log.format"),
+        (
+            "    source: dags\n",
+            "    source: platform\n",
+            "targets.dags.source",
+        ),
+        (
+            "    destination: /tmp/ferry-dags\n",
+            "    destination: /tmp/ferry-dags\n    link: ../up\n",
+            "targets.dags.link",
+        ),
+        (
+            "    destination: /tmp/ferry-dags\n",
+            "    destination: /tmp/ferry-dags\n    retention:\n      keep: -1\n",
+            "targets.dags.retention.keep",
+        ),
+        (
+            "    destination: /tmp/ferry-dags\n",
+            "    destination: /tmp/ferry-dags\n    validation:\n      policy: maybe\n",
+            "targets.dags.validation.policy",
+        ),
+        (
+            "    destination: /tmp/ferry-dags\n",
+            "    destination: /tmp/ferry-dags\n    subdir: ../../etc\n",
+            "targets.dags.subdir",
+        ),
+        (
+            "https://example.com/dags.git",
+            "ssh://git@example.com/dags.git",
+            "sources[0].auth.ssh_key_file",
+        ),
+        (
+            "https://example.com/dags.git",
+            "https://bot:hunter2@example.com/dags.git",
+            "sources[0].url",
+        ),
+        (
+            "    branch: main\n",
+            "    branch: main\n    auth:\n      token: abc\n",
+            "sources[0].auth.token",
+        ),
+        (
+            "    branch: main\n",
+            "    branch: main\n    auth:\n      token_file: /a\n      token_env: B\n",
+            "sources[0].auth",
+        ),
+        ("  - name: dags\n", "  - name: Dags_1\n", "sources[0].name"),
+    ];
+    for (find, replace, key) in cases {
+        assert!(BASE.contains(find), "bad test case: {find:?}");
+        let path = tmp.path().join("ferry.yaml");
+        std::fs::write(&path, BASE.replacen(find, replace, 1)).unwrap();
+        let out = ferry(&["check-config", path.to_str().unwrap()]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "case {key}: {stderr}");
+        let lines: Vec<&str> = stderr.lines().collect();
+        assert_eq!(
+            lines.len(),
+            1,
+            "case {key}: one error line expected, got: {stderr}"
+        );
+        assert!(lines[0].starts_with("error: "), "{stderr}");
+        assert!(
+            lines[0].contains(&format!(": {key}: ")),
+            "case {key}: the error must name the key: {stderr}"
+        );
+        assert!(
+            lines[0].contains("ferry.yaml"),
+            "case {key}: the error must name the file: {stderr}"
+        );
+        assert!(
+            !stderr.contains("hunter2"),
+            "a password in the config must not be echoed"
+        );
+        assert!(!stderr.contains("panicked"));
+    }
+    let path = tmp.path().join("ok.yaml");
+    std::fs::write(&path, BASE).unwrap();
+    let out = ferry(&["check-config", path.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ok (1 source(s): dags; targets: dags"));
+
+    let out = ferry(&[
+        "check-config",
+        tmp.path().join("missing.yaml").to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("missing.yaml: cannot read config"));
+}
+
+#[test]
+fn every_subcommand_help_teaches_with_an_example() {
+    for sub in ["run", "quickstart", "check-config", "publish-dags"] {
+        let out = ferry(&[sub, "--help"]);
+        assert!(out.status.success());
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains("Example"),
+            "`ferry {sub} --help` has no example:\n{text}"
+        );
+        assert!(
+            text.contains(&format!("ferry {sub}")),
+            "`ferry {sub} --help` example does not use it:\n{text}"
+        );
+    }
+}
+
+#[test]
+fn quickstart_once_publishes_the_template_and_is_rerunnable() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("qs");
+    let listen = format!("127.0.0.1:{}", free_port());
+    let out = ferry(&[
+        "quickstart",
+        "--once",
+        "--dir",
+        dir.to_str().unwrap(),
+        "--listen",
+        &listen,
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("published          dags @"), "{stdout}");
+    let folder = dir.canonicalize().unwrap().join("airflow/dags/current");
+    assert!(
+        stdout.contains(&folder.display().to_string()),
+        "prints the dags_folder: {stdout}"
+    );
+    let published = read_tree(&folder);
+    let names: Vec<&str> = published.iter().map(|(p, _)| p.as_str()).collect();
+    assert_eq!(
+        names,
+        vec!["daily_feature_snapshot.py", "platform_healthcheck.py"]
+    );
+    let template = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("dags-repo-template/dags/platform_healthcheck.py"),
+    )
+    .unwrap();
+    assert_eq!(published[1].1, template);
+    let out = ferry(&["check-config", dir.join("ferry.yaml").to_str().unwrap()]);
+    assert!(out.status.success(), "quickstart writes a valid config");
+
+    let again = ferry(&[
+        "quickstart",
+        "--once",
+        "--dir",
+        dir.to_str().unwrap(),
+        "--listen",
+        &listen,
+    ]);
+    let stdout = String::from_utf8_lossy(&again.stdout);
+    assert!(again.status.success());
+    assert!(
+        stdout.contains("reusing git repo") && stdout.contains("up to date"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn publish_dags_one_shot_refuses_broken_dags_and_names_file_and_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = Repo::new(tmp.path(), "dags");
+    let good = repo.commit(&[("dags/a.py", Some("a = 1\n"))], "good");
+    let dest = tmp.path().join("dest");
+    let cache = tmp.path().join("cache");
+    let publish = || {
+        ferry(&[
+            "publish-dags",
+            "--repo",
+            repo.bare.to_str().unwrap(),
+            "--ref",
+            "main",
+            "--subdir",
+            "dags",
+            "--dest",
+            dest.to_str().unwrap(),
+            "--cache-dir",
+            cache.to_str().unwrap(),
+        ])
+    };
+    let out = publish();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("published {good}")));
+
+    repo.commit(&[("dags/b.py", Some("x = 1\ny = = 2\n"))], "broken");
+    let out = publish();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr.contains("dags/b.py:2:"), "{stderr}");
+    assert_eq!(
+        std::fs::read_link(dest.join("current")).unwrap(),
+        Path::new(".ferry").join(&good)
+    );
+
+    let out = ferry(&[
+        "publish-dags",
+        "--repo",
+        "ssh://git@example.com/r.git",
+        "--dest",
+        dest.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr.contains("--ssh-key-file"),
+        "flags are checked like the config: {stderr}"
+    );
+}
+
+/// Endpoints, readiness before and after the first sync, metric names, and a
+/// SIGTERM during a long validation that leaves the last revision live.
+#[test]
+fn server_endpoints_readiness_metrics_and_sigterm() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = Repo::new(tmp.path(), "dags");
+    let first = repo.commit(&[("dags/a.py", Some("a = 1\n"))], "first");
+    let daemon = git_daemon(tmp.path(), free_port());
+    let port = free_port();
+    let dest = tmp.path().join("dest");
+    let marker = tmp.path().join("hook-started");
+    let config = tmp.path().join("ferry.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "cache_dir: {cache}\nserver:\n  listen: 127.0.0.1:{port}\n\
+             sources:\n  - name: dags\n    url: git://127.0.0.1:{dp}/dags.git\n    interval: 1s\n\
+             targets:\n  dags:\n    source: dags\n    subdir: dags\n    destination: {dest}\n    \
+             validation:\n      command: [sh, -c, \"touch {marker}; sleep 2; grep -q SLOW a.py && sleep 60; exit 0\"]\n",
+            cache = tmp.path().join("cache").display(),
+            dp = daemon.port,
+            dest = dest.display(),
+            marker = marker.display(),
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(tmp.path().join("ferry.log")).unwrap())
+        .spawn()
+        .unwrap();
+    wait_for_port(port, Duration::from_secs(10));
+    let addr = format!("127.0.0.1:{port}").parse().unwrap();
+    assert_eq!(http_get(addr, "/healthz").0, 200);
+    let (code, body) = http_get(addr, "/readyz");
+    assert_eq!(code, 503, "not ready during the first sync: {body}");
+    assert!(body.contains("dags"));
+
+    eventually(Duration::from_secs(20), "readiness", || {
+        (http_get(addr, "/readyz").0 == 200).then_some(())
+    });
+    let (_, status) = http_get(addr, "/api/v1/status");
+    let v: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(v["ready"], true);
+    assert_eq!(v["sources"][0]["published_revision"], first.as_str());
+    assert_eq!(http_get(addr, "/api/v1/status/nope").0, 404);
+
+    let (code, metrics) = http_get(addr, "/metrics");
+    assert_eq!(code, 200);
+    for needle in [
+        "ferry_sync_duration_seconds_bucket{",
+        "ferry_fetch_duration_seconds_count{source=\"dags\"}",
+        "ferry_syncs_total{source=\"dags\",result=\"success\"} 1",
+        "ferry_last_success_timestamp_seconds{source=\"dags\"}",
+        &format!("ferry_revision_info{{source=\"dags\",revision=\"{first}\"}} 1"),
+        "ferry_dags_files_published_total{source=\"dags\",how=\"written\"} 1",
+    ] {
+        assert!(metrics.contains(needle), "missing {needle} in:\n{metrics}");
+    }
+
+    // A commit whose validation hangs; SIGTERM while it runs.
+    std::fs::remove_file(&marker).unwrap();
+    repo.commit(&[("dags/a.py", Some("a = 2  # SLOW\n"))], "slow");
+    eventually(Duration::from_secs(20), "the slow hook to start", || {
+        marker.exists().then_some(())
+    });
+    std::thread::sleep(Duration::from_millis(2500));
+    let asked = Instant::now();
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let exit = child.wait().unwrap();
+    assert!(exit.success(), "{exit:?}");
+    assert!(
+        asked.elapsed() < Duration::from_secs(10),
+        "shutdown took {:?}",
+        asked.elapsed()
+    );
+    assert_eq!(
+        std::fs::read_link(dest.join("current")).unwrap(),
+        Path::new(".ferry").join(&first)
+    );
+    let leftovers = std::fs::read_dir(dest.join(".ferry"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with(".tmp-")
+        })
+        .count();
+    assert_eq!(
+        leftovers, 0,
+        "a cancelled validation removes its staging dir"
+    );
+}
