@@ -1,1 +1,350 @@
-fn main() {}
+//! ferry's publishing benchmarks. Prints figures; asserts nothing.
+//!
+//!     cargo bench --bench publish            # all three
+//!     cargo bench --bench publish -- reuse   # one of: reuse, latency, rss
+//!
+//! 1. reuse: 10,000-file (~40 MB) repo, one file changed per commit:
+//!    ferry's publish (hardlink reuse) vs `git worktree add` of the same
+//!    commit (git-sync's method), side by side; on disk and on tmpfs.
+//! 2. latency: trigger -> published over 100 commits, fetched from local
+//!    smart HTTP (lighttpd + git-http-backend).
+//! 3. rss: resident memory of an idle `ferry run` with two sources.
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
+
+use ferry::agent::Agent;
+use ferry::config::{Config, DagsTargetConfig, RetentionConfig, ValidationConfig};
+use ferry::dags::DagsTarget;
+use ferry::metrics::Metrics;
+use ferry::status::StatusStore;
+use git2::Repository;
+use support::*;
+
+fn main() {
+    let filter: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let wants = |name: &str| filter.is_empty() || filter.iter().any(|f| name.contains(f.as_str()));
+    if wants("reuse") {
+        let disk = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+        bench_reuse(disk.path(), "disk (target/tmp)");
+        // Same publish onto tmpfs: separates ferry's own cost from the disk's.
+        if let Ok(shm) = tempfile::tempdir_in("/dev/shm") {
+            bench_reuse(shm.path(), "tmpfs (/dev/shm)");
+        }
+    }
+    if wants("latency") {
+        bench_latency();
+    }
+    if wants("rss") {
+        bench_rss();
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx]
+}
+
+type Files = BTreeMap<String, (Vec<u8>, i32)>;
+
+fn bench_reuse(dest_root: &Path, label: &str) {
+    const FILES: usize = 10_000;
+    const ROUNDS: usize = 15;
+    let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let bare = tmp.path().join("big.git");
+    let repo = Repository::init_bare(&bare).unwrap();
+    let mut files = Files::new();
+    let mut total = 0usize;
+    for i in 0..FILES {
+        // ~4 KiB of distinct text per file: 10,000 files, ~40 MB.
+        let mut body = format!("# file {i}\nVALUE = {i}\n");
+        while body.len() < 4000 {
+            body.push_str(&format!("# padding line {i} {}\n", body.len()));
+        }
+        total += body.len();
+        files.insert(
+            format!(
+                "dags/team{:02}/pipeline{:03}/task_{i:05}.py",
+                i % 25,
+                i % 400
+            ),
+            (body.into_bytes(), 0o100644),
+        );
+    }
+    let base = build_commit(&repo, &files, None, "refs/heads/main", "base");
+    let mut parent = Some(base);
+    let mut commits = Vec::new();
+    for round in 0..ROUNDS {
+        let key = files.keys().nth((round * 631) % FILES).unwrap().clone();
+        files
+            .get_mut(&key)
+            .unwrap()
+            .0
+            .extend_from_slice(format!("CHANGED = {round}\n").as_bytes());
+        let oid = build_commit(&repo, &files, parent, "refs/heads/main", "one change");
+        parent = Some(oid);
+        commits.push(oid);
+    }
+
+    let dest = dest_root.join("dest");
+    let mut dags = DagsTarget::open(DagsTargetConfig {
+        source: "dags".into(),
+        subdir: "dags".into(),
+        destination: dest.clone(),
+        link: "current".into(),
+        // Defaults (keep 5, 1 h): in production pruning is rare and, in the
+        // agent, off the critical path; its cost is measured on its own below.
+        retention: RetentionConfig::default(),
+        validation: ValidationConfig::default(),
+    })
+    .unwrap();
+    dags.set_background_prune(true);
+    let cancel = AtomicBool::new(false);
+    let first_started = Instant::now();
+    dags.sync(&repo, base, &cancel).unwrap();
+    let first = first_started.elapsed();
+
+    let mut ferry_times = Vec::new();
+    let mut written = 0;
+    let mut linked = 0;
+    for oid in &commits {
+        let started = Instant::now();
+        let outcome = dags.sync(&repo, *oid, &cancel).unwrap();
+        ferry_times.push(started.elapsed());
+        written += outcome.stats.files_written;
+        linked += outcome.stats.files_linked;
+    }
+
+    // Cost of retiring one 10,000-file revision (runs after the swap).
+    let pruner = ferry::dags::Publisher::open(
+        &dest,
+        "current",
+        RetentionConfig {
+            keep: 1,
+            max_age: Duration::ZERO,
+        },
+    )
+    .unwrap();
+    let before = pruner.revisions().len();
+    let started = Instant::now();
+    let removed = pruner.prune(std::time::SystemTime::now()).unwrap();
+    let prune_time = started.elapsed();
+
+    let mut worktree_times = Vec::new();
+    for (n, oid) in commits[..5].iter().enumerate() {
+        let wt = dest_root.join(format!("wt{n}"));
+        let started = Instant::now();
+        run(git(tmp.path())
+            .arg("-C")
+            .arg(&bare)
+            .args(["worktree", "add", "--quiet", "--detach"])
+            .arg(&wt)
+            .arg(oid.to_string()));
+        worktree_times.push(started.elapsed());
+        run(git(tmp.path())
+            .arg("-C")
+            .arg(&bare)
+            .args(["worktree", "remove", "--force"])
+            .arg(&wt));
+    }
+    ferry_times.sort();
+    worktree_times.sort();
+    let ferry_p50 = percentile(&ferry_times, 0.5);
+    let wt_p50 = percentile(&worktree_times, 0.5);
+    println!(
+        "== reuse: {FILES} files, {:.1} MB, one file changed per commit; destination on {label}",
+        total as f64 / 1e6
+    );
+    println!(
+        "   ferry first publish (all files written):   {:8.1} ms",
+        ms(first)
+    );
+    println!(
+        "   ferry publish, 1 file changed ({:2} runs):  p50 {:6.1} ms   p95 {:6.1} ms   max {:6.1} ms   ({} written, {} hardlinked)",
+        ferry_times.len(),
+        ms(ferry_p50),
+        ms(percentile(&ferry_times, 0.95)),
+        ms(*ferry_times.last().unwrap()),
+        written,
+        linked
+    );
+    println!(
+        "   prune (off the critical path): {} of {before} revisions removed in {:6.1} ms ({:.1} ms each)",
+        removed.len(),
+        ms(prune_time),
+        ms(prune_time) / removed.len().max(1) as f64
+    );
+    println!(
+        "   git worktree add (git-sync), {} runs:       p50 {:6.1} ms   min {:6.1} ms",
+        worktree_times.len(),
+        ms(wt_p50),
+        ms(worktree_times[0])
+    );
+    println!(
+        "   speed-up (p50 vs p50): {:.1}x   [target: <= 50 ms and >= 20x]",
+        wt_p50.as_secs_f64() / ferry_p50.as_secs_f64()
+    );
+}
+
+fn bench_latency() {
+    const COMMITS: usize = 100;
+    let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let served = Repo::new(tmp.path(), "dags");
+    served.commit(&[("dags/a.py", Some("a = 0\n"))], "first");
+    let http = smart_http(tmp.path(), "ferry", "bench-password");
+    std::fs::write(tmp.path().join("pw"), "bench-password").unwrap();
+    let text = format!(
+        "cache_dir: {cache}\nsources:\n  - name: dags\n    url: http://127.0.0.1:{port}/git/dags.git\n    interval: 1h\n    \
+         auth:\n      username: ferry\n      password_file: {pw}\n\
+         targets:\n  dags:\n    source: dags\n    subdir: dags\n    destination: {dest}\n",
+        cache = tmp.path().join("cache").display(),
+        port = http.port,
+        pw = tmp.path().join("pw").display(),
+        dest = tmp.path().join("dest").display()
+    );
+    let config = Config::parse(&text, Path::new("bench.yaml")).unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let status = StatusStore::default();
+    let agent = runtime
+        .block_on(async { Agent::new(&config, status.clone(), Metrics::new()) })
+        .unwrap();
+    let trigger = agent.triggers().remove("dags").unwrap();
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let handle = runtime.spawn(agent.run(rx));
+    eventually(Duration::from_secs(30), "first publish", || {
+        status.get("dags").and_then(|s| s.published_revision)
+    });
+
+    let repo = Repository::open_bare(&served.bare).unwrap();
+    let mut files = Files::new();
+    for i in 0..50 {
+        files.insert(
+            format!("dags/m{i:02}.py"),
+            (format!("M = {i}\n").into_bytes(), 0o100644),
+        );
+    }
+    let mut parent = repo.refname_to_id("refs/heads/main").ok();
+    let mut latencies = Vec::new();
+    for n in 0..COMMITS {
+        files.insert(
+            "dags/a.py".into(),
+            (format!("a = {n}\n").into_bytes(), 0o100644),
+        );
+        let oid = build_commit(&repo, &files, parent, "refs/heads/main", "bench");
+        parent = Some(oid);
+        let sha = oid.to_string();
+        let started = Instant::now();
+        trigger.poke();
+        loop {
+            if status
+                .get("dags")
+                .and_then(|s| s.published_revision)
+                .as_deref()
+                == Some(sha.as_str())
+            {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "commit {n} never published"
+            );
+            std::thread::sleep(Duration::from_micros(500));
+        }
+        latencies.push(started.elapsed());
+    }
+    let _ = tx.send(true);
+    runtime.block_on(handle).unwrap();
+    latencies.sort();
+    println!(
+        "== latency: trigger -> published, {COMMITS} commits over local smart HTTP (basic auth)"
+    );
+    println!(
+        "   p50 {:6.1} ms   p95 {:6.1} ms   max {:6.1} ms   [target: p95 <= 1000 ms]",
+        ms(percentile(&latencies, 0.5)),
+        ms(percentile(&latencies, 0.95)),
+        ms(*latencies.last().unwrap())
+    );
+}
+
+fn bench_rss() {
+    let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let dags = Repo::new(tmp.path(), "dags");
+    dags.commit(&[("dags/a.py", Some("a = 1\n"))], "first");
+    let platform = Repo::new(tmp.path(), "platform");
+    platform.commit(
+        &[(
+            "manifests/ns.yaml",
+            Some("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: x\n"),
+        )],
+        "first",
+    );
+    let daemon = git_daemon(tmp.path(), free_port());
+    let port = free_port();
+    let config = tmp.path().join("ferry.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "cache_dir: {cache}\nserver:\n  listen: 127.0.0.1:{port}\n\
+             sources:\n  - name: dags\n    url: git://127.0.0.1:{dp}/dags.git\n    interval: 2s\n  \
+             - name: platform\n    url: git://127.0.0.1:{dp}/platform.git\n    interval: 2s\n\
+             targets:\n  dags:\n    source: dags\n    subdir: dags\n    destination: {dest}\n",
+            cache = tmp.path().join("cache").display(),
+            dp = daemon.port,
+            dest = tmp.path().join("dest").display()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_port(port, Duration::from_secs(10));
+    let addr = format!("127.0.0.1:{port}").parse().unwrap();
+    eventually(Duration::from_secs(30), "ready", || {
+        (http_get(addr, "/readyz").0 == 200).then_some(())
+    });
+    // Idle for several poll intervals, with scrapes, as in production.
+    for _ in 0..5 {
+        std::thread::sleep(Duration::from_secs(2));
+        let _ = http_get(addr, "/metrics");
+        let _ = http_get(addr, "/api/v1/status");
+    }
+    let proc_status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
+    let field = |name: &str| {
+        proc_status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(f64::NAN)
+            / 1024.0
+    };
+    println!("== rss: idle `ferry run`, two sources polled every 2 s, 10 s idle with scrapes");
+    println!(
+        "   VmRSS {:5.1} MiB   VmHWM (peak) {:5.1} MiB   [target: <= 40 MiB]",
+        field("VmRSS:"),
+        field("VmHWM:")
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+}

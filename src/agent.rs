@@ -110,12 +110,13 @@ impl Agent {
             status.register(&source.name, &source.url, &source.branch);
             let dags = match &config.targets.dags {
                 Some(dags) if dags.source == source.name => {
-                    let target = DagsTarget::open(dags.clone()).with_context(|| {
+                    let mut target = DagsTarget::open(dags.clone()).with_context(|| {
                         format!(
                             "cannot open DAGs destination {}",
                             dags.destination.display()
                         )
                     })?;
+                    target.set_background_prune(true);
                     let live = target.live_commit().map(|c| c.to_string());
                     if let Some(live) = &live {
                         metrics.set_revision(&source.name, live);

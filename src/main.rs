@@ -81,7 +81,7 @@ enum Command {
         --dest /opt/airflow/dags --subdir dags --token-file /var/run/secrets/ferry/token\n\n\
         Airflow's dags_folder is then /opt/airflow/dags/current. Exits non-zero, publishing nothing, if a DAG does not parse."
     )]
-    PublishDags(PublishDagsArgs),
+    PublishDags(Box<PublishDagsArgs>),
 }
 
 #[derive(clap::Args)]

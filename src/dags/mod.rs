@@ -1,6 +1,7 @@
 //! The DAGs target: validate one commit of the DAGs repo and publish it
 //! atomically into the folder Airflow reads.
 
+mod linktree;
 pub mod publish;
 pub mod snapshot;
 pub mod validate;
@@ -94,6 +95,8 @@ pub struct DagsOutcome {
     pub warnings: Vec<Problem>,
     pub hook: Option<HookReport>,
     pub skipped: Vec<String>,
+    /// Revisions removed by this sync (synchronous pruning only; the agent
+    /// prunes in the background and logs what it removed).
     pub pruned: Vec<String>,
     pub duration_ms: u64,
 }
@@ -104,6 +107,10 @@ pub struct DagsTarget {
     checker: PythonChecker,
     /// Snapshot of the live revision: the base for hardlink reuse.
     live: Option<Snapshot>,
+    /// Prune on a helper thread after the link swap, so deleting an old
+    /// revision (one unlink per file) never delays the next publish.
+    background_prune: bool,
+    pruner: Option<std::thread::JoinHandle<()>>,
 }
 
 impl DagsTarget {
@@ -116,7 +123,14 @@ impl DagsTarget {
             publisher,
             checker: PythonChecker::default(),
             live: None,
+            background_prune: false,
+            pruner: None,
         })
+    }
+
+    /// The agent prunes in the background; one-shot runs prune before exiting.
+    pub fn set_background_prune(&mut self, on: bool) {
+        self.background_prune = on;
     }
 
     pub fn publisher(&self) -> &Publisher {
@@ -205,14 +219,7 @@ impl DagsTarget {
         self.publisher.publish(staged)?;
         let skipped = snapshot.skipped.clone();
         self.live = Some(snapshot);
-        let pruned = match self.publisher.prune(SystemTime::now()) {
-            Ok(p) => p.iter().map(|o| o.to_string()).collect(),
-            Err(err) => {
-                // Pruning is housekeeping: a failure must not fail the publish.
-                tracing::warn!(error = %err, "cannot prune old DAG revisions");
-                Vec::new()
-            }
-        };
+        let pruned = self.prune();
         Ok(DagsOutcome {
             commit: commit.to_string(),
             published: true,
@@ -223,6 +230,38 @@ impl DagsTarget {
             pruned,
             duration_ms: elapsed_ms(started),
         })
+    }
+
+    /// Removes revisions outside the retention window. Synchronously it
+    /// returns what it removed; in the background it returns nothing and
+    /// logs instead. Pruning is housekeeping: a failure never fails a publish.
+    fn prune(&mut self) -> Vec<String> {
+        fn run(publisher: &Publisher) -> Vec<String> {
+            match publisher.prune(SystemTime::now()) {
+                Ok(removed) => {
+                    let removed: Vec<String> = removed.iter().map(|o| o.to_string()).collect();
+                    if !removed.is_empty() {
+                        tracing::info!(revisions = ?removed, "pruned old DAG revisions");
+                    }
+                    removed
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "cannot prune old DAG revisions");
+                    Vec::new()
+                }
+            }
+        }
+        if !self.background_prune {
+            return run(&self.publisher);
+        }
+        if self.pruner.as_ref().is_some_and(|h| !h.is_finished()) {
+            return Vec::new(); // one at a time; the next publish catches up
+        }
+        let publisher = self.publisher.clone();
+        self.pruner = Some(std::thread::spawn(move || {
+            run(&publisher);
+        }));
+        Vec::new()
     }
 
     /// After a restart the live revision's snapshot is rebuilt from git so

@@ -24,7 +24,8 @@ use std::time::{Duration, SystemTime};
 
 use git2::{Oid, Repository};
 
-use super::snapshot::Snapshot;
+use super::linktree::{self, Link};
+use super::snapshot::{FileEntry, Snapshot};
 use crate::config::RetentionConfig;
 
 const REVISIONS: &str = ".ferry";
@@ -63,6 +64,7 @@ pub struct PublishStats {
     pub bytes_written: u64,
 }
 
+#[derive(Clone)]
 pub struct Publisher {
     dest: PathBuf,
     link: String,
@@ -187,42 +189,51 @@ impl Publisher {
         previous: Option<&Snapshot>,
         dir: &Path,
     ) -> Result<PublishStats, PublishError> {
-        for sub in &snapshot.dirs {
-            let path = dir.join(sub);
-            fs::create_dir(&path).map_err(io_err(&path))?;
-        }
-        let reuse: Option<(HashMap<&str, (Oid, bool)>, PathBuf)> = previous
-            .filter(|p| self.revision_dir(p.commit).is_dir())
-            .map(|p| (p.manifest(), self.revision_dir(p.commit)));
-        let mut stats = PublishStats::default();
-        for file in &snapshot.files {
-            let target = dir.join(&file.path);
-            if let Some((manifest, prev_dir)) = &reuse
-                && manifest.get(file.path.as_str()) == Some(&(file.blob, file.executable))
-                && fs::hard_link(prev_dir.join(&file.path), &target).is_ok()
-            {
-                stats.files_linked += 1;
-                continue;
+        linktree::make_dirs(dir, &snapshot.dirs)
+            .map_err(|(path, source)| PublishError::Io { path, source })?;
+        // Split: files the live revision already has (link) and the rest (write).
+        let mut to_link = Vec::new();
+        let mut to_write = Vec::new();
+        let live_dir = previous
+            .map(|p| self.revision_dir(p.commit))
+            .filter(|d| d.is_dir());
+        let manifest: HashMap<&str, (Oid, bool)> = match (&live_dir, previous) {
+            (Some(_), Some(p)) => p.manifest(),
+            _ => HashMap::new(),
+        };
+        for (index, file) in snapshot.files.iter().enumerate() {
+            if manifest.get(file.path.as_str()) == Some(&(file.blob, file.executable)) {
+                let (dir, name) = file.path.rsplit_once('/').unwrap_or(("", &file.path));
+                to_link.push(Link { dir, name, index });
+            } else {
+                to_write.push(index);
             }
-            let blob = repo.find_blob(file.blob).map_err(|e| PublishError::Blob {
-                path: file.path.clone(),
-                blob: file.blob,
-                detail: e.message().to_string(),
-            })?;
-            let mode = if file.executable { 0o755 } else { 0o644 };
-            let mut out = fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(mode)
-                .open(&target)
-                .map_err(io_err(&target))?;
-            out.write_all(blob.content()).map_err(io_err(&target))?;
-            // The umask may have dropped bits from `mode`; the repo's mode wins.
-            out.set_permissions(fs::Permissions::from_mode(mode))
-                .map_err(io_err(&target))?;
-            stats.files_written += 1;
-            stats.bytes_written += blob.size() as u64;
         }
+        let mut stats = PublishStats::default();
+        let linking = to_link.len();
+        // Links run on helper threads while this one writes the changed blobs
+        // (git2's Repository must stay on one thread).
+        let failed = std::thread::scope(|scope| {
+            let linker = live_dir
+                .as_deref()
+                .map(|from| scope.spawn(move || linktree::link_all(from, dir, to_link)));
+            for &index in &to_write {
+                write_file(repo, &snapshot.files[index], dir, &mut stats)?;
+            }
+            match linker.map(|h| h.join()) {
+                None => Ok(Vec::new()),
+                Some(Ok(Some(failed))) => Ok(failed),
+                Some(_) => Err(PublishError::Io {
+                    path: dir.to_path_buf(),
+                    source: std::io::Error::other("a hardlinking thread failed"),
+                }),
+            }
+        })?;
+        // Could not link (another filesystem, link limit): write instead.
+        for &index in &failed {
+            write_file(repo, &snapshot.files[index], dir, &mut stats)?;
+        }
+        stats.files_linked = linking - failed.len();
         sync_tree(dir, snapshot)?;
         Ok(stats)
     }
@@ -297,11 +308,13 @@ impl Publisher {
                 .unwrap_or(now);
             superseded.push((since, oid));
         }
-        superseded.sort_by(|a, b| b.0.cmp(&a.0));
+        superseded.sort_by_key(|s| std::cmp::Reverse(s.0));
         let mut removed = Vec::new();
         for (since, oid) in superseded.into_iter().skip(self.retention.keep) {
             let age = now.duration_since(since).unwrap_or(Duration::ZERO);
-            if age < self.retention.max_age {
+            // Re-read the link: a publish may have made `oid` live meanwhile
+            // (pruning runs beside the next publish in the agent).
+            if age < self.retention.max_age || self.current() == Some(oid) {
                 continue;
             }
             // Rename first: a half-deleted directory must never look complete.
@@ -326,6 +339,34 @@ impl Publisher {
             .filter_map(|e| e.file_name().to_str().and_then(|n| Oid::from_str(n).ok()))
             .collect()
     }
+}
+
+fn write_file(
+    repo: &Repository,
+    file: &FileEntry,
+    dir: &Path,
+    stats: &mut PublishStats,
+) -> Result<(), PublishError> {
+    let target = dir.join(&file.path);
+    let blob = repo.find_blob(file.blob).map_err(|e| PublishError::Blob {
+        path: file.path.clone(),
+        blob: file.blob,
+        detail: e.message().to_string(),
+    })?;
+    let mode = if file.executable { 0o755 } else { 0o644 };
+    let mut out = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(&target)
+        .map_err(io_err(&target))?;
+    out.write_all(blob.content()).map_err(io_err(&target))?;
+    // The umask may have dropped bits from `mode`; the repo's mode wins.
+    out.set_permissions(fs::Permissions::from_mode(mode))
+        .map_err(io_err(&target))?;
+    stats.files_written += 1;
+    stats.bytes_written += blob.size() as u64;
+    Ok(())
 }
 
 fn remove_any(path: &Path) -> Result<(), PublishError> {

@@ -249,7 +249,7 @@ mod tests {
         let ok = run_hook(
             &cmd("echo hi; pwd"),
             dir.path(),
-            Oid::zero(),
+            Oid::ZERO_SHA1,
             Duration::from_secs(5),
             &cancel,
         )
@@ -259,7 +259,7 @@ mod tests {
         let bad = run_hook(
             &cmd("echo broken >&2; exit 3"),
             dir.path(),
-            Oid::zero(),
+            Oid::ZERO_SHA1,
             Duration::from_secs(5),
             &cancel,
         )
@@ -270,7 +270,7 @@ mod tests {
         let slow = run_hook(
             &cmd("sleep 5"),
             dir.path(),
-            Oid::zero(),
+            Oid::ZERO_SHA1,
             Duration::from_millis(200),
             &cancel,
         )

@@ -268,7 +268,7 @@ pub fn sshd(root: &Path) -> Ssh {
     std::fs::write(&known_hosts, format!("[127.0.0.1]:{port} {kind} {key}\n")).unwrap();
     // sshd insists on its privilege-separation directory.
     let _ = std::fs::create_dir_all("/run/sshd");
-    let user = run(&mut Command::new("id").arg("-un")).trim().to_string();
+    let user = run(Command::new("id").arg("-un")).trim().to_string();
     let conf = format!(
         "Port {port}\nListenAddress 127.0.0.1\nHostKey {dir}/host_ed25519\nAuthorizedKeysFile {dir}/authorized_keys\n\
          PasswordAuthentication no\nKbdInteractiveAuthentication no\nPubkeyAuthentication yes\n\
