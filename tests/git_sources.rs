@@ -25,25 +25,15 @@ fn no_cancel() -> AtomicBool {
     AtomicBool::new(false)
 }
 
-#[test]
-fn git_daemon_follows_commits_force_pushes_and_reports_a_deleted_branch() {
-    let tmp = tempfile::tempdir().unwrap();
-    let repo = Repo::new(tmp.path(), "dags");
+/// The same story over every protocol: first sync, unchanged poll, new
+/// commit, force push, deleted branch (error, last good kept), branch back.
+fn follow_branch(repo: &Repo, src: &GitSource) {
     let first = repo.commit(&[("dags/a.py", Some("a = 1\n"))], "first");
-    let daemon = git_daemon(tmp.path(), free_port());
-    let src = source(
-        "",
-        &format!("git://127.0.0.1:{}/dags.git", daemon.port),
-        &tmp.path().join("cache"),
-    );
-
-    let fetched = src.fetch_branch(&no_cancel()).unwrap();
+    let fetched = src
+        .fetch_branch(&no_cancel())
+        .unwrap_or_else(|e| panic!("first sync of {}: {e}", src.url));
     assert_eq!(fetched.commit.to_string(), first);
     assert!(fetched.changed);
-    assert!(
-        src.mirror_path().join("shallow").exists(),
-        "git daemon supports shallow fetches, so the mirror should be shallow"
-    );
     let again = src.fetch_branch(&no_cancel()).unwrap();
     assert!(!again.changed, "an unchanged branch must not refetch");
 
@@ -67,29 +57,46 @@ fn git_daemon_follows_commits_force_pushes_and_reports_a_deleted_branch() {
     assert!(err.to_string().contains("branch `main` not found"), "{err}");
     assert_eq!(
         src.last_fetched().map(|c| c.to_string()),
-        Some(rewritten),
+        Some(rewritten.clone()),
         "the last good revision must stay"
+    );
+
+    repo.push("main");
+    assert_eq!(
+        src.fetch_branch(&no_cancel()).unwrap().commit.to_string(),
+        rewritten
     );
 }
 
 #[test]
-fn git_daemon_missing_repo_is_a_clear_error() {
+fn git_daemon_follows_commits_force_pushes_and_deleted_branches() {
     let tmp = tempfile::tempdir().unwrap();
+    let repo = Repo::new(tmp.path(), "dags");
     let daemon = git_daemon(tmp.path(), free_port());
     let src = source(
         "",
-        &format!("git://127.0.0.1:{}/nope.git", daemon.port),
+        &format!("git://127.0.0.1:{}/dags.git", daemon.port),
         &tmp.path().join("cache"),
     );
-    let err = src.fetch_branch(&no_cancel()).unwrap_err();
+    follow_branch(&repo, &src);
+    assert!(
+        src.mirror_path().join("shallow").exists(),
+        "git daemon supports shallow fetches, so the mirror should be shallow"
+    );
+
+    let missing = source(
+        "",
+        &format!("git://127.0.0.1:{}/nope.git", daemon.port),
+        &tmp.path().join("cache2"),
+    );
+    let err = missing.fetch_branch(&no_cancel()).unwrap_err();
     assert!(matches!(err, SourceError::RepoNotFound { .. }), "{err:?}");
 }
 
 #[test]
-fn smart_http_with_basic_auth_accepts_the_right_password_only() {
+fn smart_http_follows_the_branch_and_accepts_the_right_password_only() {
     let tmp = tempfile::tempdir().unwrap();
     let repo = Repo::new(tmp.path(), "dags");
-    let head = repo.commit(&[("dags/a.py", Some("a = 1\n"))], "first");
     let secret = "correct-horse-battery-staple";
     let http = smart_http(tmp.path(), "ferry", secret);
     let url = format!("http://127.0.0.1:{}/git/dags.git", http.port);
@@ -103,16 +110,10 @@ fn smart_http_with_basic_auth_accepts_the_right_password_only() {
     };
 
     let good = source(&auth("good"), &url, &tmp.path().join("cache-good"));
-    let fetched = good.fetch_branch(&no_cancel()).unwrap();
-    assert_eq!(fetched.commit.to_string(), head);
+    follow_branch(&repo, &good);
     assert!(
         good.mirror_path().join("shallow").exists(),
         "smart HTTP allows shallow fetches"
-    );
-    let next = repo.commit(&[("dags/a.py", Some("a = 2\n"))], "second");
-    assert_eq!(
-        good.fetch_branch(&no_cancel()).unwrap().commit.to_string(),
-        next
     );
 
     let bad = source(&auth("bad"), &url, &tmp.path().join("cache-bad"));
@@ -133,13 +134,20 @@ fn smart_http_with_basic_auth_accepts_the_right_password_only() {
     let err = anonymous.fetch_branch(&no_cancel()).unwrap_err();
     assert!(matches!(err, SourceError::Auth { .. }), "{err:?}");
     assert!(err.to_string().contains("asks for credentials"), "{err}");
+
+    let missing = source(
+        &auth("good"),
+        &format!("http://127.0.0.1:{}/git/nope.git", http.port),
+        &tmp.path().join("c3"),
+    );
+    let err = missing.fetch_branch(&no_cancel()).unwrap_err();
+    assert!(matches!(err, SourceError::RepoNotFound { .. }), "{err:?}");
 }
 
 #[test]
-fn ssh_with_pinned_host_key_and_refusal_of_unknown_or_wrong_keys() {
+fn ssh_follows_the_branch_with_a_pinned_host_key_and_refuses_the_rest() {
     let tmp = tempfile::tempdir().unwrap();
     let repo = Repo::new(tmp.path(), "dags");
-    let head = repo.commit(&[("dags/a.py", Some("a = 1\n"))], "first");
     let ssh = sshd(tmp.path());
     let url = format!(
         "ssh://{}@127.0.0.1:{}{}",
@@ -147,22 +155,19 @@ fn ssh_with_pinned_host_key_and_refusal_of_unknown_or_wrong_keys() {
         ssh.server.port,
         repo.bare.display()
     );
-    let auth = |known_hosts: &Path| {
+    let auth = |key: &Path, known_hosts: &Path| {
         format!(
             "    auth:\n      ssh_key_file: {}\n      known_hosts_file: {}\n",
-            ssh.client_key.display(),
+            key.display(),
             known_hosts.display()
         )
     };
-
-    let src = source(&auth(&ssh.known_hosts), &url, &tmp.path().join("cache"));
-    let fetched = src.fetch_branch(&no_cancel()).unwrap_or_else(|e| {
-        panic!(
-            "{e}\nsshd log:\n{}",
-            std::fs::read_to_string(&ssh.server.log).unwrap_or_default()
-        )
-    });
-    assert_eq!(fetched.commit.to_string(), head);
+    let src = source(
+        &auth(&ssh.client_key, &ssh.known_hosts),
+        &url,
+        &tmp.path().join("cache"),
+    );
+    follow_branch(&repo, &src);
 
     // Same host, another key: refused as a possible man-in-the-middle.
     let other = tmp.path().join("other_key");
@@ -182,7 +187,7 @@ fn ssh_with_pinned_host_key_and_refusal_of_unknown_or_wrong_keys() {
         ),
     )
     .unwrap();
-    let err = source(&auth(&wrong), &url, &tmp.path().join("cache-wrong"))
+    let err = source(&auth(&ssh.client_key, &wrong), &url, &tmp.path().join("c1"))
         .fetch_branch(&no_cancel())
         .unwrap_err();
     assert!(matches!(err, SourceError::HostKey { .. }), "{err:?}");
@@ -191,24 +196,81 @@ fn ssh_with_pinned_host_key_and_refusal_of_unknown_or_wrong_keys() {
     // Host not listed at all.
     let empty = tmp.path().join("empty_known_hosts");
     std::fs::write(&empty, "").unwrap();
-    let err = source(&auth(&empty), &url, &tmp.path().join("cache-empty"))
+    let err = source(&auth(&ssh.client_key, &empty), &url, &tmp.path().join("c2"))
         .fetch_branch(&no_cancel())
         .unwrap_err();
     assert!(matches!(err, SourceError::HostKey { .. }), "{err:?}");
     assert!(err.to_string().contains("is not in"), "{err}");
+
+    // A client key the server does not authorize.
+    let err = source(
+        &auth(&other, &ssh.known_hosts),
+        &url,
+        &tmp.path().join("c3"),
+    )
+    .fetch_branch(&no_cancel())
+    .unwrap_err();
+    assert!(matches!(err, SourceError::Auth { .. }), "{err:?}");
+    let text = err.to_string();
+    assert!(text.contains("ssh_key_file"), "{text}");
+    let private = std::fs::read_to_string(&other).unwrap();
+    let key_body = private.lines().nth(1).unwrap();
+    assert!(!text.contains(key_body), "private key material in an error");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn agent_backs_off_while_the_server_is_down_and_recovers() {
+#[test]
+fn mirror_pack_count_stays_bounded_over_many_fetches() {
     let tmp = tempfile::tempdir().unwrap();
     let repo = Repo::new(tmp.path(), "dags");
-    let head = repo.commit(&[("dags/a.py", Some("a = 1\n"))], "first");
-    let port = free_port();
-    let dest = tmp.path().join("out");
+    let daemon = git_daemon(tmp.path(), free_port());
+    let src = source(
+        "",
+        &format!("git://127.0.0.1:{}/dags.git", daemon.port),
+        &tmp.path().join("cache"),
+    );
+    let packs = || {
+        std::fs::read_dir(src.mirror_path().join("objects/pack"))
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .path()
+                    .extension()
+                    .is_some_and(|x| x == "pack")
+            })
+            .count()
+    };
+    let mut most = 0;
+    for n in 0..ferry::source::MAX_PACKS + 15 {
+        let head = repo.commit(&[("dags/a.py", Some(&format!("a = {n}\n")))], "c");
+        assert_eq!(
+            src.fetch_branch(&no_cancel()).unwrap().commit.to_string(),
+            head
+        );
+        most = most.max(packs());
+    }
+    assert!(most <= ferry::source::MAX_PACKS + 1, "{most} packs");
+    assert!(
+        packs() < 20,
+        "the mirror was not started afresh: {} packs",
+        packs()
+    );
+}
+
+/// Runs the agent against `url` while nothing listens, checks it backs off
+/// and stays up, then starts the server and checks it recovers.
+async fn down_then_back<S: Send + 'static>(
+    tmp: &Path,
+    url: String,
+    auth_yaml: String,
+    head: String,
+    start: impl FnOnce() -> S + Send + 'static,
+) -> S {
+    let dest = tmp.join("out");
     let text = format!(
-        "cache_dir: {cache}\nsources:\n  - name: dags\n    url: git://127.0.0.1:{port}/dags.git\n    interval: 1s\n    max_backoff: 2s\n    timeout: 5s\n\
+        "cache_dir: {cache}\nsources:\n  - name: dags\n    url: {url}\n    interval: 1s\n    max_backoff: 2s\n    timeout: 5s\n{auth_yaml}\
          targets:\n  dags:\n    source: dags\n    subdir: dags\n    destination: {dest}\n",
-        cache = tmp.path().join("cache").display(),
+        cache = tmp.join("cache").display(),
         dest = dest.display()
     );
     let config = Config::parse(&text, Path::new("test.yaml")).unwrap();
@@ -228,11 +290,7 @@ async fn agent_backs_off_while_the_server_is_down_and_recovers() {
     let down = status.get("dags").unwrap();
     let error = down.last_error.expect("error recorded");
     assert_eq!(error.kind, "fetch_error");
-    assert!(
-        error.message.contains(&format!("127.0.0.1:{port}")),
-        "{}",
-        error.message
-    );
+    assert!(error.message.contains("127.0.0.1"), "{}", error.message);
     assert!(
         !running.is_finished(),
         "an outage must never stop the agent"
@@ -242,10 +300,7 @@ async fn agent_backs_off_while_the_server_is_down_and_recovers() {
         "readiness means the first attempt finished"
     );
 
-    let root = tmp.path().to_path_buf();
-    let _daemon = tokio::task::spawn_blocking(move || git_daemon(&root, port))
-        .await
-        .unwrap();
+    let server = tokio::task::spawn_blocking(start).await.unwrap();
     let st = status.clone();
     let recovered = tokio::task::spawn_blocking(move || {
         eventually(
@@ -266,6 +321,61 @@ async fn agent_backs_off_while_the_server_is_down_and_recovers() {
         .await
         .expect("graceful stop")
         .unwrap();
+    server
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_rides_out_an_outage_of_each_kind_of_server() {
+    // git daemon
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = Repo::new(tmp.path(), "dags");
+    let head = repo.commit(&[("dags/a.py", Some("a = 1\n"))], "first");
+    let port = free_port();
+    let root = tmp.path().to_path_buf();
+    down_then_back(
+        tmp.path(),
+        format!("git://127.0.0.1:{port}/dags.git"),
+        String::new(),
+        head,
+        move || git_daemon(&root, port),
+    )
+    .await;
+
+    // smart HTTP with basic auth
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = Repo::new(tmp.path(), "dags");
+    let head = repo.commit(&[("dags/a.py", Some("a = 1\n"))], "first");
+    let port = free_port();
+    std::fs::write(tmp.path().join("pw"), "pw-123").unwrap();
+    let auth = format!(
+        "    auth:\n      username: u\n      password_file: {}\n",
+        tmp.path().join("pw").display()
+    );
+    let root = tmp.path().to_path_buf();
+    down_then_back(
+        tmp.path(),
+        format!("http://127.0.0.1:{port}/git/dags.git"),
+        auth,
+        head,
+        move || smart_http_on(&root, port, "u", "pw-123"),
+    )
+    .await;
+
+    // SSH: keys and known_hosts are made first, then the server goes away.
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = Repo::new(tmp.path(), "dags");
+    let head = repo.commit(&[("dags/a.py", Some("a = 1\n"))], "first");
+    let port = free_port();
+    let ssh = sshd_on(tmp.path(), port);
+    let url = format!("ssh://{}@127.0.0.1:{port}{}", ssh.user, repo.bare.display());
+    let auth = format!(
+        "    auth:\n      ssh_key_file: {}\n      known_hosts_file: {}\n",
+        ssh.client_key.display(),
+        ssh.known_hosts.display()
+    );
+    drop(ssh);
+    let root = tmp.path().to_path_buf();
+    down_then_back(tmp.path(), url, auth, head, move || sshd_on(&root, port)).await;
 }
 
 /// The agent as a process: wrong credentials give a clear error on the

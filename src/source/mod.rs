@@ -162,6 +162,7 @@ impl GitSource {
         cancel: &AtomicBool,
     ) -> Result<Fetched, SourceError> {
         let repo = self.open()?;
+        let repo = self.compact_if_needed(repo)?;
         let deadline = Instant::now() + self.timeout;
         let state = CallbackState::new(&self.auth, &self.url, deadline, cancel);
 
@@ -216,6 +217,30 @@ impl GitSource {
             commit: commit.id(),
             changed: true,
         })
+    }
+
+    /// Every fetch adds a pack and libgit2 cannot repack, so lookups would
+    /// slow down forever. Past [`MAX_PACKS`] the mirror is dropped and the
+    /// next fetch starts afresh (shallow: one commit's objects).
+    fn compact_if_needed(&self, repo: Repository) -> Result<Repository, SourceError> {
+        let packs = std::fs::read_dir(self.mirror.join("objects").join("pack"))
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .filter(|e| e.path().extension().is_some_and(|x| x == "pack"))
+                    .count()
+            })
+            .unwrap_or(0);
+        if packs <= MAX_PACKS {
+            return Ok(repo);
+        }
+        drop(repo);
+        tracing::info!(source = %self.name, packs, "mirror has too many packs; starting it afresh");
+        std::fs::remove_dir_all(&self.mirror).map_err(|e| SourceError::Mirror {
+            path: self.mirror.clone(),
+            detail: e.to_string(),
+        })?;
+        self.open()
     }
 
     fn fetch_once(
@@ -288,6 +313,9 @@ impl GitSource {
         }
     }
 }
+
+/// Packs a mirror may hold before it is started afresh.
+pub const MAX_PACKS: usize = 50;
 
 /// A process killed mid-fetch leaves `*.lock` files that make every later
 /// fetch fail. The mirror belongs to this agent alone (one per cache dir), so

@@ -196,8 +196,11 @@ pub fn git_daemon(root: &Path, port: u16) -> Server {
 /// lighttpd + git-http-backend at http://127.0.0.1:port/git/<name>.git,
 /// basic auth required (user / password).
 pub fn smart_http(root: &Path, user: &str, password: &str) -> Server {
+    smart_http_on(root, free_port(), user, password)
+}
+
+pub fn smart_http_on(root: &Path, port: u16, user: &str, password: &str) -> Server {
     let lighttpd = require_binary("/usr/sbin/lighttpd");
-    let port = free_port();
     let dir = root.join(format!("lighttpd-{port}"));
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("users"), format!("{user}:{password}\n")).unwrap();
@@ -247,14 +250,21 @@ pub struct Ssh {
 
 /// sshd on a high port with its own host key; `client_key` may log in.
 pub fn sshd(root: &Path) -> Ssh {
+    sshd_on(root, free_port())
+}
+
+/// Keys live in `<root>/sshd-<port>` and are reused when the same port is
+/// started again, so a client configured earlier still trusts the host.
+pub fn sshd_on(root: &Path, port: u16) -> Ssh {
     let sshd = require_binary("/usr/sbin/sshd");
-    let port = free_port();
     let dir = root.join(format!("sshd-{port}"));
     std::fs::create_dir_all(&dir).unwrap();
     let keygen = |path: &Path| {
-        run(Command::new("ssh-keygen")
-            .args(["-q", "-t", "ed25519", "-N", "", "-C", "ferry-test", "-f"])
-            .arg(path));
+        if !path.exists() {
+            run(Command::new("ssh-keygen")
+                .args(["-q", "-t", "ed25519", "-N", "", "-C", "ferry-test", "-f"])
+                .arg(path));
+        }
     };
     let host_key = dir.join("host_ed25519");
     let client_key = dir.join("client_ed25519");
