@@ -235,17 +235,31 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let status = StatusStore::default();
     let metrics = Metrics::new();
     let agent = Agent::new(&config, status.clone(), metrics.clone())?;
-    let shutdown = shutdown_signal();
-    let (addr, server) = server::serve(
-        config.server.listen,
-        AppState { status, metrics },
-        shutdown.clone(),
-    )
+    let sources = config.sources.len();
+    serve_and_run(agent, config.server.listen, |addr| {
+        tracing::info!(%addr, sources, "ferry running");
+    })
     .await?;
-    tracing::info!(%addr, sources = config.sources.len(), "ferry running");
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Serves HTTP and runs the agent until SIGTERM or Ctrl-C; `listening` is
+/// told the bound address first.
+async fn serve_and_run(
+    agent: Agent,
+    listen: SocketAddr,
+    listening: impl FnOnce(SocketAddr),
+) -> anyhow::Result<()> {
+    let shutdown = shutdown_signal();
+    let state = AppState {
+        status: agent.status(),
+        metrics: agent.metrics(),
+    };
+    let (addr, server) = server::serve(listen, state, shutdown.clone()).await?;
+    listening(addr);
     agent.run(shutdown).await;
     let _ = server.await;
-    tracing::info!("stopped");
     Ok(())
 }
 
@@ -303,22 +317,17 @@ async fn quickstart_cmd(dir: &Path, once: bool, listen: SocketAddr) -> anyhow::R
             ExitCode::FAILURE
         });
     }
-    let shutdown = shutdown_signal();
-    let (addr, server) = server::serve(
-        config.server.listen,
-        AppState { status, metrics },
-        shutdown.clone(),
-    )
+    let repo = layout.dags_repo.display().to_string();
+    serve_and_run(agent, config.server.listen, |addr| {
+        println!("  status API         http://{addr}/api/v1/status   (metrics: /metrics)");
+        println!(
+            "\nTry a change:\n  git clone {repo} /tmp/dags-work && cd /tmp/dags-work\n  \
+             # edit dags/*.py, then: git commit -am 'my change' && git push\n\
+             ferry polls every 10s. Ctrl-C to stop.",
+            repo = repo
+        );
+    })
     .await?;
-    println!("  status API         http://{addr}/api/v1/status   (metrics: /metrics)");
-    println!(
-        "\nTry a change:\n  git clone {repo} /tmp/dags-work && cd /tmp/dags-work\n  \
-         # edit dags/*.py, then: git commit -am 'my change' && git push\n\
-         ferry polls every 10s. Ctrl-C to stop.",
-        repo = layout.dags_repo.display()
-    );
-    agent.run(shutdown).await;
-    let _ = server.await;
     Ok(ExitCode::SUCCESS)
 }
 

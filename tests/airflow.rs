@@ -7,7 +7,7 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use support::*;
@@ -103,16 +103,15 @@ fn airflow_parses_published_dags_and_never_sees_a_blocked_commit() {
         ),
     )
     .unwrap();
-    let mut ferry = Command::new(env!("CARGO_BIN_EXE_ferry"))
-        .args(["run", "--config"])
-        .arg(&config)
-        .env("AIRFLOW_HOME", &airflow_home)
-        .env("PYTHONWARNINGS", "ignore")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(tmp.path().join("ferry.log")).unwrap())
-        .spawn()
-        .unwrap();
-    wait_for_port(port, Duration::from_secs(10));
+    let ferry = spawn_ferry(
+        &config,
+        &tmp.path().join("ferry.log"),
+        port,
+        &[
+            ("AIRFLOW_HOME", &airflow_home),
+            ("PYTHONWARNINGS", Path::new("ignore")),
+        ],
+    );
     let addr = format!("127.0.0.1:{port}").parse().unwrap();
     let status = |want: &dyn Fn(&serde_json::Value) -> bool| {
         eventually(Duration::from_secs(90), "ferry status", || {
@@ -211,6 +210,5 @@ fn airflow_parses_published_dags_and_never_sees_a_blocked_commit() {
         "git-sync contract: the link target's basename is the commit"
     );
 
-    unsafe { libc::kill(ferry.id() as i32, libc::SIGTERM) };
-    assert!(ferry.wait().unwrap().success());
+    stop_ferry(ferry);
 }

@@ -306,14 +306,7 @@ fn server_endpoints_readiness_metrics_and_sigterm() {
         ),
     )
     .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ferry"))
-        .args(["run", "--config"])
-        .arg(&config)
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(tmp.path().join("ferry.log")).unwrap())
-        .spawn()
-        .unwrap();
-    wait_for_port(port, Duration::from_secs(10));
+    let mut child = spawn_ferry(&config, &tmp.path().join("ferry.log"), port, &[]);
     let addr = format!("127.0.0.1:{port}").parse().unwrap();
     assert_eq!(http_get(addr, "/healthz").0, 200);
     let (code, body) = http_get(addr, "/readyz");
@@ -362,16 +355,7 @@ fn server_endpoints_readiness_metrics_and_sigterm() {
         std::fs::read_link(dest.join("current")).unwrap(),
         Path::new(".ferry").join(&first)
     );
-    let leftovers = std::fs::read_dir(dest.join(".ferry"))
-        .unwrap()
-        .filter(|e| {
-            e.as_ref()
-                .unwrap()
-                .file_name()
-                .to_string_lossy()
-                .starts_with(".tmp-")
-        })
-        .count();
+    let leftovers = staging_leftovers(&dest).len();
     assert_eq!(
         leftovers, 0,
         "a cancelled validation removes its staging dir"

@@ -432,16 +432,7 @@ fn validate_command_runs_on_the_staged_tree_and_can_block() {
         "{err}"
     );
     assert_eq!(live(&dest), Some(good.to_string()));
-    let tmp_left = std::fs::read_dir(dest.join(".ferry"))
-        .unwrap()
-        .filter(|e| {
-            e.as_ref()
-                .unwrap()
-                .file_name()
-                .to_string_lossy()
-                .starts_with(".tmp-")
-        })
-        .count();
+    let tmp_left = staging_leftovers(&dest).len();
     assert_eq!(tmp_left, 0, "a blocked staging dir is removed");
 }
 
@@ -566,11 +557,7 @@ fn kill_9_at_random_points_always_leaves_a_complete_revision() {
     assert!(status.success());
     assert_eq!(live(&dest), Some(tips[2].to_string()));
     check(999);
-    let tmp_left: Vec<_> = std::fs::read_dir(dest.join(".ferry"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with(".tmp-"))
-        .collect();
+    let tmp_left = staging_leftovers(&dest);
     assert!(tmp_left.is_empty(), "{tmp_left:?}");
 }
 

@@ -444,3 +444,40 @@ pub fn build_commit(
     repo.reference(refname, oid, true, message).unwrap();
     oid
 }
+
+/// Names of staging or deletion leftovers (`.tmp-*`) in a destination.
+pub fn staging_leftovers(dest: &Path) -> Vec<String> {
+    std::fs::read_dir(dest.join(".ferry"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".tmp-"))
+        .collect()
+}
+
+/// `ferry run --config <config>` with stderr in `log`; returns once its
+/// server listens on `port`.
+pub fn spawn_ferry(config: &Path, log: &Path, port: u16, envs: &[(&str, &Path)]) -> Child {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferry"));
+    cmd.args(["run", "--config"])
+        .arg(config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap());
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let child = cmd.spawn().expect("cannot start ferry");
+    wait_for_port(port, Duration::from_secs(10));
+    child
+}
+
+/// Sends SIGTERM and asserts a clean exit.
+pub fn stop_ferry(mut child: Child) {
+    // SAFETY: kill(2) on a child we own; no memory is involved.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    assert!(
+        status.success(),
+        "SIGTERM must stop ferry cleanly: {status:?}"
+    );
+}
