@@ -7,6 +7,7 @@
 pub mod agent;
 pub mod config;
 pub mod dags;
+pub mod desired;
 pub mod logging;
 pub mod metrics;
 pub mod quickstart;

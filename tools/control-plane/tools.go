@@ -1,0 +1,10 @@
+//go:build tools
+
+// Package tools pins the main packages that build.sh compiles, so that
+// go.mod and go.sum record exactly what the tests run against.
+package tools
+
+import (
+	_ "go.etcd.io/etcd/server/v3"
+	_ "k8s.io/kubernetes/cmd/kube-apiserver"
+)
