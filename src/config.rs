@@ -169,6 +169,41 @@ pub struct AuthConfig {
 #[serde(deny_unknown_fields)]
 pub struct TargetsConfig {
     pub dags: Option<DagsTargetConfig>,
+    pub kubernetes: Option<KubernetesTargetConfig>,
+}
+
+/// The platform repo's Kubernetes manifests. (Planning is implemented;
+/// apply, prune, health and drift settings arrive with apply.)
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KubernetesTargetConfig {
+    /// Name of the source that feeds this target.
+    pub source: String,
+    /// Directory of the repo holding manifests (any depth).
+    #[serde(default = "default_manifests_path")]
+    pub path: String,
+    /// Namespace given to namespaced objects that set none.
+    #[serde(default = "default_namespace")]
+    pub default_namespace: String,
+    /// Namespaces objects may live in (a Namespace object counts as its own); empty allows all.
+    #[serde(default)]
+    pub allowed_namespaces: Vec<String>,
+    /// `Kind` (core group) or `Kind.group`; empty allows all.
+    #[serde(default)]
+    pub allowed_kinds: Vec<String>,
+    /// Take over fields another field manager owns instead of reporting the conflict.
+    #[serde(default)]
+    pub force: bool,
+    /// Kubeconfig file; default: in-cluster service account, then `KUBECONFIG`/`~/.kube/config`.
+    pub kubeconfig: Option<PathBuf>,
+}
+
+fn default_manifests_path() -> String {
+    "manifests".into()
+}
+
+fn default_namespace() -> String {
+    "default".into()
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -411,6 +446,43 @@ impl Config {
                 return Err(invalid(
                     "targets.dags.validation.command".into(),
                     "the first element must be the program to run".into(),
+                ));
+            }
+        }
+        if let Some(kube) = &self.targets.kubernetes {
+            if !names.contains(kube.source.as_str()) {
+                return Err(invalid(
+                    "targets.kubernetes.source".into(),
+                    format!("no source named `{}`", kube.source),
+                ));
+            }
+            if !valid_name(&kube.default_namespace) {
+                return Err(invalid(
+                    "targets.kubernetes.default_namespace".into(),
+                    format!("`{}` is not a valid namespace name", kube.default_namespace),
+                ));
+            }
+            if !kube.allowed_namespaces.is_empty()
+                && !kube.allowed_namespaces.contains(&kube.default_namespace)
+            {
+                return Err(invalid(
+                    "targets.kubernetes.default_namespace".into(),
+                    format!(
+                        "`{}` is not in allowed_namespaces; objects without a namespace would all be refused",
+                        kube.default_namespace
+                    ),
+                ));
+            }
+            if let Some(k) = kube
+                .allowed_kinds
+                .iter()
+                .find(|k| k.is_empty() || k.contains('/'))
+            {
+                return Err(invalid(
+                    "targets.kubernetes.allowed_kinds".into(),
+                    format!(
+                        "`{k}`: write `Kind` for the core group or `Kind.group` (e.g. `Deployment.apps`)"
+                    ),
                 ));
             }
         }

@@ -8,6 +8,7 @@ pub mod agent;
 pub mod config;
 pub mod dags;
 pub mod desired;
+pub mod kubernetes;
 pub mod logging;
 pub mod metrics;
 pub mod quickstart;

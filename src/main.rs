@@ -74,6 +74,20 @@ enum Command {
         after_help = "Example:\n  ferry check-config ferry.yaml\n  ferry check-config deploy/ferry.yaml && kubectl apply -k deploy/"
     )]
     CheckConfig { file: PathBuf },
+    /// Show what a platform revision would change in the cluster; writes nothing.
+    #[command(after_help = "Example:\n  ferry plan --config ferry.yaml\n  \
+        ferry plan --config ferry.yaml --revision refs/pull/42/head --output json\n\n\
+        Every object is checked by the API server (server-side apply, dry run, field manager `ferry`).\n\
+        Exits 1 when the revision has errors or the server would refuse an object.")]
+    Plan {
+        #[arg(long, short, default_value = "ferry.yaml")]
+        config: PathBuf,
+        /// Branch, full ref (refs/pull/N/head) or commit of the branch; default: the tracked branch.
+        #[arg(long)]
+        revision: Option<String>,
+        #[arg(long, value_enum, default_value = "text")]
+        output: OutputFormat,
+    },
     /// Fetch one ref and publish its DAGs once (for init containers).
     #[command(
         after_help = "Example (init container, so Airflow starts with DAGs in place):\n  \
@@ -117,6 +131,12 @@ struct PublishDagsArgs {
     ssh_key_file: Option<PathBuf>,
     #[arg(long)]
     known_hosts_file: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum OutputFormat {
+    Text,
+    Json,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -164,9 +184,17 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::CheckConfig { ref file } => {
             let config = Config::load(file)?;
-            let targets = match &config.targets.dags {
-                Some(d) => format!("dags (from source `{}`)", d.source),
-                None => "none".into(),
+            let mut targets = Vec::new();
+            if let Some(d) = &config.targets.dags {
+                targets.push(format!("dags (from source `{}`)", d.source));
+            }
+            if let Some(k) = &config.targets.kubernetes {
+                targets.push(format!("kubernetes (from source `{}`)", k.source));
+            }
+            let targets = if targets.is_empty() {
+                "none".to_string()
+            } else {
+                targets.join(", ")
             };
             println!(
                 "{}: ok ({} source(s): {}; targets: {targets})",
@@ -188,6 +216,15 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         } => {
             log(LogFormat::Text, "info");
             quickstart_cmd(dir, once, listen).await
+        }
+        Command::Plan {
+            ref config,
+            ref revision,
+            output,
+        } => {
+            let config = Config::load(config)?;
+            log(config.log.format, &config.log.level);
+            plan_cmd(config, revision.clone(), output).await
         }
         Command::PublishDags(ref args) => {
             log(LogFormat::Text, "info");
@@ -331,6 +368,68 @@ async fn quickstart_cmd(dir: &Path, once: bool, listen: SocketAddr) -> anyhow::R
     Ok(ExitCode::SUCCESS)
 }
 
+async fn plan_cmd(
+    config: Config,
+    revision: Option<String>,
+    output: OutputFormat,
+) -> anyhow::Result<ExitCode> {
+    let target = config
+        .targets
+        .kubernetes
+        .clone()
+        .context("the config has no targets.kubernetes: nothing to plan")?;
+    let source_config = config
+        .source(&target.source)
+        .cloned()
+        .context("targets.kubernetes.source names no source")?;
+    std::fs::create_dir_all(&config.cache_dir)
+        .with_context(|| format!("cannot create cache_dir {}", config.cache_dir.display()))?;
+    let cache_dir = config.cache_dir.clone();
+    let path = target.path.clone();
+    let (commit, manifests) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+        ferry::source::set_network_timeouts(Duration::from_secs(30), source_config.timeout);
+        let source = GitSource::new(&source_config, &cache_dir);
+        let cancel = AtomicBool::new(false);
+        let commit = match revision.as_deref() {
+            None => source.fetch_branch(&cancel)?.commit,
+            Some(r) if r.starts_with("refs/") => source.fetch_ref(r, "refs/ferry/plan", &cancel)?.commit,
+            Some(r) if r.len() == 40 && r.chars().all(|c| c.is_ascii_hexdigit()) => {
+                source.fetch_branch(&cancel)?;
+                let oid = git2::Oid::from_str(r)?;
+                source.open()?.find_commit(oid).map(|c| c.id()).with_context(|| {
+                    format!("commit {r} is not in the mirror of `{}`; pass a branch or a ref instead", source.name)
+                })?
+            }
+            Some(branch) => source.fetch_ref(&format!("refs/heads/{branch}"), "refs/ferry/plan", &cancel)?.commit,
+        };
+        let repo = source.open()?;
+        Ok((commit, ferry::desired::manifests::read(&repo, commit, &path)))
+    })
+    .await
+    .context("fetch task failed")??;
+    let client = ferry::kubernetes::client::connect(target.kubeconfig.as_deref()).await?;
+    let plan = ferry::kubernetes::plan_revision(
+        &client,
+        "kubernetes",
+        &commit.to_string(),
+        &target,
+        manifests,
+        &[],
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!(ferry::kubernetes::plan::describe(&e)))
+    .context("cannot plan against the cluster")?;
+    match output {
+        OutputFormat::Text => print!("{}", plan.render_text()),
+        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&plan)?),
+    }
+    Ok(if plan.failed() > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
 async fn publish_dags(args: &PublishDagsArgs) -> anyhow::Result<ExitCode> {
     let source_config = SourceConfig {
         name: "dags".into(),
@@ -374,6 +473,7 @@ async fn publish_dags(args: &PublishDagsArgs) -> anyhow::Result<ExitCode> {
         sources: vec![source_config.clone()],
         targets: TargetsConfig {
             dags: Some(target_config.clone()),
+            kubernetes: None,
         },
     };
     if let Err(err) = config.validate(Path::new("(flags)")) {

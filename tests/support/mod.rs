@@ -481,3 +481,73 @@ pub fn stop_ferry(mut child: Child) {
         "SIGTERM must stop ferry cleanly: {status:?}"
     );
 }
+
+/// A running kube-apiserver + etcd (tools/control-plane). `.ci/run` starts
+/// one and exports FERRY_TEST_KUBECONFIG*; otherwise the first test that
+/// asks starts one for this test binary, torn down when the binary exits.
+pub struct ControlPlane {
+    pub admin: PathBuf,
+    pub restricted: PathBuf,
+    pub audit_log: PathBuf,
+}
+
+pub fn control_plane() -> &'static ControlPlane {
+    static CP: std::sync::OnceLock<ControlPlane> = std::sync::OnceLock::new();
+    CP.get_or_init(|| {
+        if let (Some(admin), Some(restricted), Some(audit)) = (
+            std::env::var_os("FERRY_TEST_KUBECONFIG"),
+            std::env::var_os("FERRY_TEST_KUBECONFIG_RESTRICTED"),
+            std::env::var_os("FERRY_TEST_AUDIT_LOG"),
+        ) {
+            return ControlPlane {
+                admin: admin.into(),
+                restricted: restricted.into(),
+                audit_log: audit.into(),
+            };
+        }
+        // Kept for the life of the test binary; the watchdog stops the daemons.
+        let dir = tempfile::tempdir().unwrap().keep();
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/control-plane/start.sh");
+        let out = Command::new(&script)
+            .arg(&dir)
+            .arg("--owner-pid")
+            .arg(std::process::id().to_string())
+            .output()
+            .expect("cannot run tools/control-plane/start.sh");
+        assert!(
+            out.status.success(),
+            "control plane did not start (needs Go; builds once):\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        ControlPlane {
+            admin: dir.join("admin.kubeconfig"),
+            restricted: dir.join("ferry.kubeconfig"),
+            audit_log: dir.join("audit.log"),
+        }
+    })
+}
+
+/// A namespace name no other test (or earlier run) uses.
+pub fn unique_namespace(prefix: &str) -> String {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!("{prefix}-{}-{n}-{:x}", std::process::id(), nanos & 0xffff)
+}
+
+/// Audit-log write events (not dry runs) whose URI mentions `needle`.
+pub fn audited_writes(audit_log: &Path, needle: &str) -> Vec<String> {
+    let text = std::fs::read_to_string(audit_log).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| e["stage"] == "ResponseComplete")
+        .filter_map(|e| {
+            let uri = e["requestURI"].as_str()?.to_string();
+            (uri.contains(needle) && !uri.contains("dryRun="))
+                .then(|| format!("{} {uri}", e["verb"].as_str().unwrap_or("?")))
+        })
+        .collect()
+}

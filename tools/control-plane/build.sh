@@ -30,7 +30,7 @@ if [ "${1:-}" = "--regen" ]; then
   GOFLAGS=-mod=mod go mod tidy
 fi
 
-stamp=$( (cat go.mod go.sum; go version) | sha256sum | cut -d' ' -f1)
+stamp=$( (cat go.mod go.sum build.sh; go version) | sha256sum | cut -d' ' -f1)
 if [ -x "$bin/kube-apiserver" ] && [ -x "$bin/etcd" ] && [ "$(cat "$out/stamp" 2>/dev/null)" = "$stamp" ]; then
   echo "$bin"
   exit 0
@@ -38,7 +38,12 @@ fi
 mkdir -p "$bin"
 echo "control-plane: building kube-apiserver and etcd (once per machine; several minutes)" >&2
 export CGO_ENABLED=0
-go build -trimpath -ldflags="-s -w" -o "$bin/kube-apiserver" k8s.io/kubernetes/cmd/kube-apiserver
+kver=$(awk '$1=="k8s.io/kubernetes"{print $2}' go.mod)
+minor=${kver#v1.}; minor=${minor%%.*}
+vpkg=k8s.io/component-base/version
+go build -trimpath \
+  -ldflags="-s -w -X $vpkg.gitVersion=$kver -X $vpkg.gitMajor=1 -X $vpkg.gitMinor=$minor -X $vpkg.gitTreeState=clean" \
+  -o "$bin/kube-apiserver" k8s.io/kubernetes/cmd/kube-apiserver
 go build -trimpath -ldflags="-s -w" -o "$bin/etcd" go.etcd.io/etcd/server/v3
 echo "$stamp" > "$out/stamp"
 "$bin/kube-apiserver" --version >&2

@@ -78,6 +78,7 @@ etcd_pid=$!
   --service-account-issuer https://kubernetes.default.svc \
   --service-account-key-file "$pki/sa.pub" --service-account-signing-key-file "$pki/sa.key" \
   --service-cluster-ip-range 10.0.0.0/24 --allow-privileged=true \
+  --endpoint-reconciler-type none \
   --audit-policy-file "$dir/audit-policy.yaml" --audit-log-path "$dir/audit.log" \
   --audit-log-mode blocking --audit-log-format json \
   > "$dir/kube-apiserver.log" 2>&1 &

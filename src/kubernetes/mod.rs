@@ -1,0 +1,57 @@
+//! The Kubernetes effector: plan (and, next, apply) the platform repo's
+//! manifests with server-side apply, field manager `ferry`.
+//! Named `kubernetes` so it never shadows the `kube` crate.
+
+pub mod client;
+pub mod diff;
+pub mod discovery;
+pub mod plan;
+
+use kube::Client;
+
+use crate::config::KubernetesTargetConfig;
+use crate::desired::manifests::{Manifest, ManifestError, ObjectRef};
+use crate::desired::resolve::{self, Policy};
+use discovery::Catalog;
+use plan::Plan;
+
+/// Plans one revision: resolve the parsed manifests against what the
+/// cluster serves, then dry-run every object. `manifests` is the result of
+/// [`crate::desired::manifests::read`]; its errors become the plan's errors
+/// and nothing is dry-run, as nothing of such a revision would be applied.
+pub async fn plan_revision(
+    client: &Client,
+    target: &str,
+    revision: &str,
+    config: &KubernetesTargetConfig,
+    manifests: Result<Vec<Manifest>, Vec<ManifestError>>,
+    previous: &[ObjectRef],
+) -> Result<Plan, kube::Error> {
+    let mut plan = Plan {
+        target: target.to_string(),
+        revision: revision.to_string(),
+        objects: Vec::new(),
+        errors: Vec::new(),
+    };
+    let manifests = match manifests {
+        Ok(m) => m,
+        Err(errors) => {
+            plan.errors = errors;
+            return Ok(plan);
+        }
+    };
+    let catalog = Catalog::discover(client).await?.with_crds_from(&manifests);
+    let policy = Policy {
+        default_namespace: config.default_namespace.clone(),
+        allowed_namespaces: config.allowed_namespaces.clone(),
+        allowed_kinds: config.allowed_kinds.clone(),
+    };
+    match resolve::resolve(manifests, |g, k| catalog.scope(g, k), &policy) {
+        Ok(resolved) => {
+            plan.objects =
+                plan::plan_objects(client, &catalog, &resolved, previous, config.force).await;
+        }
+        Err(errors) => plan.errors = errors,
+    }
+    Ok(plan)
+}
