@@ -154,7 +154,7 @@ fn each_bad_config_gives_one_clear_error_naming_the_key() {
 
 #[test]
 fn every_subcommand_help_teaches_with_an_example() {
-    for sub in ["run", "quickstart", "check-config", "publish-dags"] {
+    for sub in ["run", "quickstart", "check-config", "plan", "publish-dags"] {
         let out = ferry(&[sub, "--help"]);
         assert!(out.status.success());
         let text = String::from_utf8_lossy(&out.stdout);
