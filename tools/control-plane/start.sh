@@ -87,7 +87,7 @@ echo "$etcd_pid $api_pid" > "$dir/pids"
 
 if [ -n "$owner" ]; then
   # Detached watchdog: take the daemons down with their owner.
-  nohup bash -c "while kill -0 $owner 2>/dev/null; do sleep 1; done; kill $api_pid $etcd_pid 2>/dev/null" \
+  nohup bash -c "while kill -0 $owner 2>/dev/null; do sleep 1; done; exec '$here/stop.sh' '$dir'" \
     >/dev/null 2>&1 &
 fi
 

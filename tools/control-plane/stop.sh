@@ -1,5 +1,13 @@
 #!/usr/bin/env bash
-# Stops a control plane started by start.sh DIR.
-set -euo pipefail
+# Stops a control plane started by start.sh DIR: the apiserver first (it
+# hangs once etcd is gone), then etcd; SIGKILL whatever outlives 5 s.
+set -uo pipefail
 dir=${1:?usage: stop.sh DIR}
-[ -f "$dir/pids" ] && kill $(cat "$dir/pids") 2>/dev/null || true
+[ -f "$dir/pids" ] || exit 0
+read -r etcd_pid api_pid < "$dir/pids"
+for pid in $api_pid $etcd_pid; do
+  kill "$pid" 2>/dev/null || continue
+  for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  kill -9 "$pid" 2>/dev/null || true
+done
+rm -f "$dir/pids"
