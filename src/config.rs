@@ -172,8 +172,7 @@ pub struct TargetsConfig {
     pub kubernetes: Option<KubernetesTargetConfig>,
 }
 
-/// The platform repo's Kubernetes manifests. (Planning is implemented;
-/// apply, prune, health and drift settings arrive with apply.)
+/// The platform repo's Kubernetes manifests.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KubernetesTargetConfig {
@@ -194,8 +193,25 @@ pub struct KubernetesTargetConfig {
     /// Take over fields another field manager owns instead of reporting the conflict.
     #[serde(default)]
     pub force: bool,
+    /// Delete objects removed from git (only those in ferry's inventory and
+    /// labelled as ferry's; opt out per object with `ferry.dev/prune: disabled`).
+    #[serde(default = "yes")]
+    pub prune: bool,
+    /// Namespace of the inventory ConfigMap; defaults to `default_namespace`.
+    pub inventory_namespace: Option<String>,
+    /// How long to wait for a new CRD to be Established before its objects.
+    #[serde(default = "default_wait_timeout", with = "humantime_serde")]
+    pub wait_timeout: Duration,
     /// Kubeconfig file; default: in-cluster service account, then `KUBECONFIG`/`~/.kube/config`.
     pub kubeconfig: Option<PathBuf>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_wait_timeout() -> Duration {
+    Duration::from_secs(120)
 }
 
 fn default_manifests_path() -> String {

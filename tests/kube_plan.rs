@@ -3,7 +3,6 @@
 
 mod support;
 
-use std::collections::BTreeMap;
 use std::process::Command;
 
 use ferry::config::KubernetesTargetConfig;
@@ -15,27 +14,12 @@ use git2::{Oid, Repository};
 use kube::api::{Patch, PatchParams};
 use support::*;
 
-type Files = BTreeMap<String, (Vec<u8>, i32)>;
-
-fn target(ns: &str, force: bool) -> KubernetesTargetConfig {
-    KubernetesTargetConfig {
-        source: "platform".into(),
-        path: "manifests".into(),
-        default_namespace: ns.into(),
-        allowed_namespaces: vec![],
-        allowed_kinds: vec![],
-        force,
-        kubeconfig: None,
-    }
+fn target(ns: &str, force: bool) -> ferry::config::KubernetesTargetConfig {
+    kube_target(ns, force)
 }
 
 fn commit(repo: &Repository, files: &[(&str, String)]) -> Oid {
-    let files: Files = files
-        .iter()
-        .map(|(p, c)| (p.to_string(), (c.clone().into_bytes(), 0o100644)))
-        .collect();
-    let parent = repo.refname_to_id("refs/heads/main").ok();
-    build_commit(repo, &files, parent, "refs/heads/main", "rev")
+    commit_files(repo, files)
 }
 
 async fn plan(repo: &Repository, at: Oid, config: &KubernetesTargetConfig) -> Plan {

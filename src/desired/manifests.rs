@@ -33,7 +33,9 @@ impl fmt::Display for Origin {
 }
 
 /// Identity of an object: what the API server keys it by.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub struct ObjectRef {
     /// API group; `""` for the core group.
     pub group: String,

@@ -2,9 +2,11 @@
 //! manifests with server-side apply, field manager `ferry`.
 //! Named `kubernetes` so it never shadows the `kube` crate.
 
+pub mod apply;
 pub mod client;
 pub mod diff;
 pub mod discovery;
+pub mod inventory;
 pub mod plan;
 
 use kube::Client;

@@ -551,3 +551,29 @@ pub fn audited_writes(audit_log: &Path, needle: &str) -> Vec<String> {
         })
         .collect()
 }
+
+/// A Kubernetes target config for tests: everything in `ns`.
+pub fn kube_target(ns: &str, force: bool) -> ferry::config::KubernetesTargetConfig {
+    ferry::config::KubernetesTargetConfig {
+        source: "platform".into(),
+        path: "manifests".into(),
+        default_namespace: ns.into(),
+        allowed_namespaces: vec![],
+        allowed_kinds: vec![],
+        force,
+        prune: true,
+        inventory_namespace: None,
+        wait_timeout: Duration::from_secs(60),
+        kubeconfig: None,
+    }
+}
+
+/// Commits exactly `files` (path, content) on top of `main`.
+pub fn commit_files(repo: &git2::Repository, files: &[(&str, String)]) -> git2::Oid {
+    let files: std::collections::BTreeMap<String, (Vec<u8>, i32)> = files
+        .iter()
+        .map(|(p, c)| (p.to_string(), (c.clone().into_bytes(), 0o100644)))
+        .collect();
+    let parent = repo.refname_to_id("refs/heads/main").ok();
+    build_commit(repo, &files, parent, "refs/heads/main", "rev")
+}

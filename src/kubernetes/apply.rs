@@ -1,0 +1,400 @@
+//! Apply: make the cluster match one revision with server-side apply
+//! (field manager `ferry`), in dependency order, then prune what the
+//! inventory lists and the revision no longer declares.
+//!
+//! An object the server refuses fails alone; the others still apply and the
+//! revision's outcome is a failure. A revision with errors in the manifests
+//! themselves applies nothing.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use kube::Client;
+use kube::api::{DeleteParams, Patch, PatchParams, PropagationPolicy};
+use serde::Serialize;
+
+use super::discovery::Catalog;
+use super::inventory::{self, Entry, MANAGED_BY_LABEL, MANAGED_BY_VALUE};
+use super::plan::{FIELD_MANAGER, api_for, describe};
+use crate::config::KubernetesTargetConfig;
+use crate::desired::manifests::{Manifest, ManifestError, ObjectRef};
+use crate::desired::resolve::{self, Policy};
+
+pub const PRUNE_ANNOTATION: &str = "ferry.dev/prune";
+const CONCURRENCY: usize = 16;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error("the revision has {} error(s); nothing was applied: {}", .0.len(), .0.first().map(|e| e.to_string()).unwrap_or_default())]
+    Invalid(Vec<ManifestError>),
+    #[error("cluster unavailable: {0}")]
+    Cluster(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Applied,
+    Failed,
+    Pruned,
+    /// Removed from git but kept: annotated `ferry.dev/prune: disabled`, or
+    /// no longer labelled as ferry's.
+    Kept,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ObjectOutcome {
+    pub id: ObjectRef,
+    pub status: Status,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ApplyOutcome {
+    pub revision: String,
+    pub objects: Vec<ObjectOutcome>,
+    /// True when the revision and every live object were as last applied:
+    /// nothing was written.
+    pub unchanged: bool,
+}
+
+impl ApplyOutcome {
+    pub fn succeeded(&self) -> bool {
+        self.objects.iter().all(|o| o.status != Status::Failed)
+    }
+
+    pub fn count(&self, status: Status) -> usize {
+        self.objects.iter().filter(|o| o.status == status).count()
+    }
+}
+
+/// Apply order: what others depend on first.
+fn wave(id: &ObjectRef) -> u8 {
+    match (id.group.as_str(), id.kind.as_str()) {
+        ("apiextensions.k8s.io", "CustomResourceDefinition") | ("", "Namespace") => 0,
+        ("rbac.authorization.k8s.io", _) | ("", "ServiceAccount" | "ConfigMap" | "Secret") => 1,
+        ("", "Service") => 2,
+        _ => 3,
+    }
+}
+
+/// What the last successful apply left behind, for the no-op fast path.
+#[derive(Debug, Clone, Default)]
+pub struct LastApplied {
+    revision: String,
+    versions: HashMap<ObjectRef, (String, String)>, // id -> (apiVersion, resourceVersion)
+}
+
+pub struct Applier<'a> {
+    pub client: &'a Client,
+    pub target: &'a str,
+    pub config: &'a KubernetesTargetConfig,
+}
+
+impl Applier<'_> {
+    fn inventory_namespace(&self) -> &str {
+        self.config
+            .inventory_namespace
+            .as_deref()
+            .unwrap_or(&self.config.default_namespace)
+    }
+
+    /// Applies `manifests` (from [`crate::desired::manifests::read`]) as `revision`.
+    pub async fn apply(
+        &self,
+        revision: &str,
+        manifests: Result<Vec<Manifest>, Vec<ManifestError>>,
+        last: &mut Option<LastApplied>,
+    ) -> Result<ApplyOutcome, ApplyError> {
+        let manifests = manifests.map_err(ApplyError::Invalid)?;
+        let cluster = |e: kube::Error| ApplyError::Cluster(describe(&e));
+        let mut catalog = Catalog::discover(self.client)
+            .await
+            .map_err(cluster)?
+            .with_crds_from(&manifests);
+        let policy = Policy {
+            default_namespace: self.config.default_namespace.clone(),
+            allowed_namespaces: self.config.allowed_namespaces.clone(),
+            allowed_kinds: self.config.allowed_kinds.clone(),
+        };
+        let mut resolved = resolve::resolve(manifests, |g, k| catalog.scope(g, k), &policy)
+            .map_err(ApplyError::Invalid)?;
+
+        if let Some(previous) = last.as_ref()
+            && previous.revision == revision
+            && self.unchanged_since(&catalog, &resolved, previous).await
+        {
+            return Ok(ApplyOutcome {
+                revision: revision.to_string(),
+                objects: Vec::new(),
+                unchanged: true,
+            });
+        }
+
+        let previous = inventory::load(self.client, self.inventory_namespace(), self.target)
+            .await
+            .map_err(cluster)?;
+        for manifest in &mut resolved {
+            label_as_ours(&mut manifest.object);
+        }
+        resolved.sort_by_key(|m| wave(&m.id));
+
+        let mut outcomes = Vec::new();
+        let mut versions = HashMap::new();
+        for w in 0..=3u8 {
+            let batch: Vec<&Manifest> = resolved.iter().filter(|m| wave(&m.id) == w).collect();
+            if batch.is_empty() {
+                continue;
+            }
+            if catalog_needs_refresh(&catalog, &batch) {
+                // Kinds from CRDs of this revision: served only once established.
+                catalog = Catalog::discover(self.client).await.map_err(cluster)?;
+            }
+            let results: Vec<(ObjectOutcome, Option<(String, String)>)> =
+                futures::stream::iter(batch)
+                    .map(|m| self.apply_one(&catalog, m))
+                    .buffered(CONCURRENCY)
+                    .collect()
+                    .await;
+            for (outcome, version) in results {
+                if let Some(v) = version {
+                    versions.insert(outcome.id.clone(), v);
+                }
+                outcomes.push(outcome);
+            }
+            if w == 0 {
+                self.wait_for_crds(&resolved, &outcomes).await;
+            }
+        }
+
+        let desired: HashSet<&ObjectRef> = resolved.iter().map(|m| &m.id).collect();
+        let mut inventory: Vec<Entry> = resolved
+            .iter()
+            .map(|m| Entry {
+                api_version: m.api_version.clone(),
+                id: m.id.clone(),
+            })
+            .collect();
+        if self.config.prune {
+            let mut stale: Vec<&Entry> = previous
+                .iter()
+                .filter(|e| !desired.contains(&e.id))
+                .collect();
+            stale.sort_by_key(|e| std::cmp::Reverse(wave(&e.id)));
+            for entry in stale {
+                let outcome = self.prune_one(&catalog, entry).await;
+                if outcome.status == Status::Failed {
+                    // Keep it listed so the next apply tries again.
+                    inventory.push(entry.clone());
+                }
+                outcomes.push(outcome);
+            }
+        } else {
+            inventory.extend(
+                previous
+                    .iter()
+                    .filter(|e| !desired.contains(&e.id))
+                    .cloned(),
+            );
+        }
+        inventory::save(
+            self.client,
+            self.inventory_namespace(),
+            self.target,
+            revision,
+            &inventory,
+        )
+        .await
+        .map_err(cluster)?;
+
+        let outcome = ApplyOutcome {
+            revision: revision.to_string(),
+            objects: outcomes,
+            unchanged: false,
+        };
+        *last = outcome.succeeded().then(|| LastApplied {
+            revision: revision.to_string(),
+            versions,
+        });
+        Ok(outcome)
+    }
+
+    async fn apply_one(
+        &self,
+        catalog: &Catalog,
+        m: &Manifest,
+    ) -> (ObjectOutcome, Option<(String, String)>) {
+        let fail = |error: String| {
+            (
+                ObjectOutcome {
+                    id: m.id.clone(),
+                    status: Status::Failed,
+                    error: Some(error),
+                },
+                None,
+            )
+        };
+        let Some(resource) = catalog.api_resource(&m.api_version, &m.id.kind) else {
+            return fail(format!(
+                "the cluster does not serve {} {}",
+                m.api_version, m.id.kind
+            ));
+        };
+        let api = api_for(self.client, &resource, m.id.namespace.as_deref());
+        let mut params = PatchParams::apply(FIELD_MANAGER);
+        if self.config.force {
+            params = params.force();
+        }
+        match api
+            .patch(&m.id.name, &params, &Patch::Apply(&m.object))
+            .await
+        {
+            Ok(applied) => (
+                ObjectOutcome {
+                    id: m.id.clone(),
+                    status: Status::Applied,
+                    error: None,
+                },
+                applied
+                    .metadata
+                    .resource_version
+                    .map(|rv| (m.api_version.clone(), rv)),
+            ),
+            Err(err) => fail(describe(&err)),
+        }
+    }
+
+    /// Waits (bounded by `wait_timeout`) until every CRD of the revision is Established.
+    async fn wait_for_crds(&self, resolved: &[Manifest], outcomes: &[ObjectOutcome]) {
+        let crds: Vec<&str> = resolved
+            .iter()
+            .filter(|m| {
+                m.id.kind == "CustomResourceDefinition" && m.id.group == "apiextensions.k8s.io"
+            })
+            .filter(|m| {
+                outcomes
+                    .iter()
+                    .any(|o| o.id == m.id && o.status == Status::Applied)
+            })
+            .map(|m| m.id.name.as_str())
+            .collect();
+        let api: kube::Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
+            kube::Api::all(self.client.clone());
+        let deadline = Instant::now() + self.config.wait_timeout;
+        for name in crds {
+            loop {
+                let established = api.get_opt(name).await.ok().flatten().is_some_and(|crd| {
+                    crd.status
+                        .and_then(|s| s.conditions)
+                        .unwrap_or_default()
+                        .iter()
+                        .any(|c| c.type_ == "Established" && c.status == "True")
+                });
+                if established || Instant::now() >= deadline {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+
+    async fn prune_one(&self, catalog: &Catalog, entry: &Entry) -> ObjectOutcome {
+        let outcome = |status: Status, error: Option<String>| ObjectOutcome {
+            id: entry.id.clone(),
+            status,
+            error,
+        };
+        let Some(resource) = catalog.api_resource(&entry.api_version, &entry.id.kind) else {
+            // The kind is gone (its CRD was removed): so are its objects.
+            return outcome(Status::Pruned, None);
+        };
+        let api = api_for(self.client, &resource, entry.id.namespace.as_deref());
+        let live = match api.get_opt(&entry.id.name).await {
+            Ok(Some(live)) => live,
+            Ok(None) => return outcome(Status::Pruned, None),
+            Err(err) => return outcome(Status::Failed, Some(describe(&err))),
+        };
+        let meta = &live.metadata;
+        if meta
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(PRUNE_ANNOTATION))
+            .map(String::as_str)
+            == Some("disabled")
+        {
+            return outcome(Status::Kept, Some(format!("{PRUNE_ANNOTATION}: disabled")));
+        }
+        if meta
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(MANAGED_BY_LABEL))
+            .map(String::as_str)
+            != Some(MANAGED_BY_VALUE)
+        {
+            return outcome(
+                Status::Kept,
+                Some(format!(
+                    "no longer labelled {MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"
+                )),
+            );
+        }
+        let params = DeleteParams {
+            propagation_policy: Some(PropagationPolicy::Background),
+            ..DeleteParams::default()
+        };
+        match api.delete(&entry.id.name, &params).await {
+            Ok(_) => outcome(Status::Pruned, None),
+            Err(kube::Error::Api(status)) if status.code == 404 => outcome(Status::Pruned, None),
+            Err(err) => outcome(Status::Failed, Some(describe(&err))),
+        }
+    }
+
+    /// Reads only: true when every object still has the resourceVersion the
+    /// last apply left, so applying again would write nothing new.
+    async fn unchanged_since(
+        &self,
+        catalog: &Catalog,
+        resolved: &[Manifest],
+        last: &LastApplied,
+    ) -> bool {
+        if resolved.len() != last.versions.len() {
+            return false;
+        }
+        let checks: Vec<bool> = futures::stream::iter(resolved)
+            .map(|m| async move {
+                let Some((api_version, rv)) = last.versions.get(&m.id) else {
+                    return false;
+                };
+                let Some(resource) = catalog.api_resource(api_version, &m.id.kind) else {
+                    return false;
+                };
+                let api = api_for(self.client, &resource, m.id.namespace.as_deref());
+                matches!(api.get_opt(&m.id.name).await, Ok(Some(live)) if live.metadata.resource_version.as_ref() == Some(rv))
+            })
+            .buffered(CONCURRENCY)
+            .collect()
+            .await;
+        checks.iter().all(|ok| *ok)
+    }
+}
+
+fn catalog_needs_refresh(catalog: &Catalog, batch: &[&Manifest]) -> bool {
+    batch
+        .iter()
+        .any(|m| catalog.is_pending(&m.id.group, &m.id.kind))
+}
+
+fn label_as_ours(object: &mut serde_json::Value) {
+    if let Some(meta) = object.get_mut("metadata").and_then(|m| m.as_object_mut()) {
+        let labels = meta
+            .entry("labels")
+            .or_insert_with(|| serde_json::Value::Object(Default::default()));
+        if let Some(labels) = labels.as_object_mut() {
+            labels.insert(
+                MANAGED_BY_LABEL.into(),
+                serde_json::Value::String(MANAGED_BY_VALUE.into()),
+            );
+        }
+    }
+}

@@ -1,0 +1,337 @@
+//! Applying the platform repo's manifests to a real kube-apiserver
+//! (tools/control-plane). One unique namespace per test.
+
+mod support;
+
+use ferry::config::KubernetesTargetConfig;
+use ferry::desired::manifests;
+use ferry::kubernetes::apply::{Applier, ApplyError, ApplyOutcome, LastApplied, Status};
+use ferry::kubernetes::client;
+use git2::{Oid, Repository};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::Api;
+use kube::api::{Patch, PatchParams, PostParams};
+use support::*;
+
+async fn admin() -> kube::Client {
+    client::connect(Some(&control_plane().admin)).await.unwrap()
+}
+
+async fn apply(
+    repo: &Repository,
+    at: Oid,
+    config: &KubernetesTargetConfig,
+    last: &mut Option<LastApplied>,
+) -> Result<ApplyOutcome, ApplyError> {
+    let client = admin().await;
+    let applier = Applier {
+        client: &client,
+        target: "platform",
+        config,
+    };
+    applier
+        .apply(
+            &at.to_string(),
+            manifests::read(repo, at, "manifests"),
+            last,
+        )
+        .await
+}
+
+fn ns_yaml(ns: &str) -> String {
+    format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {ns}\n")
+}
+
+fn cm(name: &str, value: &str, extra_meta: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\n{extra_meta}data:\n  k: {value}\n"
+    )
+}
+
+fn deployment(image: &str) -> String {
+    format!(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\nspec:\n  selector:\n    matchLabels: {{app: web}}\n  \
+         template:\n    metadata:\n      labels: {{app: web}}\n    spec:\n      containers:\n        - name: web\n          image: {image}\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_update_and_prune_across_three_revisions() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = Repository::init_bare(tmp.path().join("platform.git")).unwrap();
+    let ns = unique_namespace("apply");
+    let config = kube_target(&ns, false);
+    let client = admin().await;
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let mut last = None;
+
+    // 1: namespace, three ConfigMaps (one opted out of pruning), a Deployment.
+    let r1 = commit_files(
+        &repo,
+        &[
+            ("manifests/ns.yaml", ns_yaml(&ns)),
+            ("manifests/a.yaml", cm("a", "one", "")),
+            ("manifests/b.yaml", cm("b", "one", "")),
+            (
+                "manifests/keep.yaml",
+                cm(
+                    "keep",
+                    "one",
+                    "  annotations:\n    ferry.dev/prune: disabled\n",
+                ),
+            ),
+            ("manifests/web.yaml", deployment("nginx:1.27")),
+        ],
+    );
+    let out = apply(&repo, r1, &config, &mut last).await.unwrap();
+    assert!(out.succeeded(), "{out:?}");
+    assert_eq!(out.count(Status::Applied), 5);
+    let a = cms.get("a").await.unwrap();
+    assert_eq!(
+        a.metadata.labels.unwrap()["app.kubernetes.io/managed-by"],
+        "ferry"
+    );
+    // Something ferry never declared, in the same namespace.
+    cms.create(&PostParams::default(), &serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "hand-made", "labels": {"app.kubernetes.io/managed-by": "ferry"}}, "data": {"k": "v"}
+    })).unwrap()).await.unwrap();
+
+    // 2: a changes, b and keep are removed from git, the image changes.
+    let r2 = commit_files(
+        &repo,
+        &[
+            ("manifests/ns.yaml", ns_yaml(&ns)),
+            ("manifests/a.yaml", cm("a", "two", "")),
+            ("manifests/web.yaml", deployment("nginx:1.28")),
+        ],
+    );
+    let out = apply(&repo, r2, &config, &mut last).await.unwrap();
+    assert!(out.succeeded(), "{out:?}");
+    let status = |name: &str| {
+        out.objects
+            .iter()
+            .find(|o| o.id.name == name)
+            .map(|o| o.status)
+    };
+    assert_eq!(status("b"), Some(Status::Pruned));
+    assert_eq!(status("keep"), Some(Status::Kept));
+    assert_eq!(cms.get("a").await.unwrap().data.unwrap()["k"], "two");
+    assert!(cms.get_opt("b").await.unwrap().is_none(), "b is pruned");
+    assert!(
+        cms.get_opt("keep").await.unwrap().is_some(),
+        "opted out of pruning"
+    );
+    assert!(
+        cms.get_opt("hand-made").await.unwrap().is_some(),
+        "never in the inventory, never deleted"
+    );
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    let image = deployments
+        .get("web")
+        .await
+        .unwrap()
+        .spec
+        .template
+        .spec
+        .unwrap()
+        .containers[0]
+        .image
+        .clone();
+    assert_eq!(image.as_deref(), Some("nginx:1.28"));
+
+    // 3: the Deployment goes too.
+    let r3 = commit_files(
+        &repo,
+        &[
+            ("manifests/ns.yaml", ns_yaml(&ns)),
+            ("manifests/a.yaml", cm("a", "two", "")),
+        ],
+    );
+    let out = apply(&repo, r3, &config, &mut last).await.unwrap();
+    assert!(out.succeeded(), "{out:?}");
+    assert!(deployments.get_opt("web").await.unwrap().is_none());
+    // `keep` left the inventory: a later revision never prunes it either.
+    let out = apply(&repo, r3, &config, &mut None).await.unwrap();
+    assert!(out.objects.iter().all(|o| o.id.name != "keep"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crd_and_its_custom_resource_in_one_revision() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = Repository::init_bare(tmp.path().join("platform.git")).unwrap();
+    let ns = unique_namespace("crd");
+    let group = format!("{ns}.example.com");
+    let crd = format!(
+        "apiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\nmetadata:\n  name: widgets.{group}\nspec:\n  group: {group}\n  \
+         scope: Namespaced\n  names:\n    kind: Widget\n    plural: widgets\n    singular: widget\n    listKind: WidgetList\n  \
+         versions:\n    - name: v1\n      served: true\n      storage: true\n      schema:\n        openAPIV3Schema:\n          type: object\n          \
+         properties:\n            spec:\n              type: object\n              properties:\n                size:\n                  type: integer\n"
+    );
+    // The custom resource sorts before its CRD in the repo; ordering must not care.
+    let r = commit_files(
+        &repo,
+        &[
+            (
+                "manifests/0-widget.yaml",
+                format!(
+                    "apiVersion: {group}/v1\nkind: Widget\nmetadata:\n  name: w\nspec:\n  size: 3\n"
+                ),
+            ),
+            ("manifests/crd.yaml", crd),
+            ("manifests/ns.yaml", ns_yaml(&ns)),
+        ],
+    );
+    let out = apply(&repo, r, &kube_target(&ns, false), &mut None)
+        .await
+        .unwrap();
+    assert!(out.succeeded(), "{out:?}");
+    assert_eq!(out.count(Status::Applied), 3);
+    let client = admin().await;
+    let resource = kube::discovery::ApiResource {
+        group: group.clone(),
+        version: "v1".into(),
+        api_version: format!("{group}/v1"),
+        kind: "Widget".into(),
+        plural: "widgets".into(),
+    };
+    let widgets: Api<kube::api::DynamicObject> = Api::namespaced_with(client, &ns, &resource);
+    assert_eq!(widgets.get("w").await.unwrap().data["spec"]["size"], 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_object_fails_alone_and_conflicts_name_the_other_manager() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = Repository::init_bare(tmp.path().join("platform.git")).unwrap();
+    let ns = unique_namespace("errors");
+    let client = admin().await;
+    let r0 = commit_files(&repo, &[("manifests/ns.yaml", ns_yaml(&ns))]);
+    apply(&repo, r0, &kube_target(&ns, false), &mut None)
+        .await
+        .unwrap();
+    // Another manager owns data.k of `owned`.
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let theirs = serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "owned"}, "data": {"k": "theirs"}});
+    cms.patch("owned", &PatchParams::apply("helm"), &Patch::Apply(&theirs))
+        .await
+        .unwrap();
+
+    let bad_service = "apiVersion: v1\nkind: Service\nmetadata:\n  name: bad\nspec:\n  ports:\n    - port: 99999\n";
+    let r1 = commit_files(
+        &repo,
+        &[
+            ("manifests/ns.yaml", ns_yaml(&ns)),
+            ("manifests/bad.yaml", bad_service.into()),
+            ("manifests/good.yaml", cm("good", "v", "")),
+            ("manifests/owned.yaml", cm("owned", "ours", "")),
+        ],
+    );
+    let out = apply(&repo, r1, &kube_target(&ns, false), &mut None)
+        .await
+        .unwrap();
+    assert!(!out.succeeded());
+    let by = |name: &str| {
+        out.objects
+            .iter()
+            .find(|o| o.id.name == name)
+            .unwrap()
+            .clone()
+    };
+    let bad = by("bad");
+    assert_eq!(bad.status, Status::Failed);
+    assert!(bad.error.as_deref().unwrap().contains("422"), "{bad:?}");
+    let owned = by("owned");
+    assert_eq!(owned.status, Status::Failed);
+    assert!(
+        owned.error.as_deref().unwrap().contains("helm"),
+        "{owned:?}"
+    );
+    assert_eq!(by("good").status, Status::Applied, "the others still apply");
+    assert!(cms.get_opt("good").await.unwrap().is_some());
+
+    let out = apply(&repo, r1, &kube_target(&ns, true), &mut None)
+        .await
+        .unwrap();
+    assert_eq!(
+        out.objects
+            .iter()
+            .find(|o| o.id.name == "owned")
+            .unwrap()
+            .status,
+        Status::Applied
+    );
+    assert_eq!(
+        cms.get("owned").await.unwrap().data.unwrap()["k"],
+        "ours",
+        "force takes the field"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_revisions_apply_nothing_and_a_no_op_makes_zero_writes() {
+    let cp = control_plane();
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = Repository::init_bare(tmp.path().join("platform.git")).unwrap();
+    let ns = unique_namespace("noop");
+    let mut config = kube_target(&ns, false);
+    config.allowed_namespaces = vec![ns.clone()];
+    let mut last = None;
+    let r1 = commit_files(
+        &repo,
+        &[
+            ("manifests/ns.yaml", ns_yaml(&ns)),
+            ("manifests/a.yaml", cm("a", "one", "")),
+        ],
+    );
+    let first = apply(&repo, r1, &config, &mut last).await.unwrap();
+    assert!(first.succeeded(), "{first:?}");
+
+    let writes = audited_writes(&cp.audit_log, &ns).len();
+    let again = apply(&repo, r1, &config, &mut last).await.unwrap();
+    assert!(again.unchanged);
+    assert_eq!(
+        audited_writes(&cp.audit_log, &ns).len(),
+        writes,
+        "the no-op reconcile wrote"
+    );
+
+    // An out-of-band change breaks the fast path; the apply repairs it.
+    let cms: Api<ConfigMap> = Api::namespaced(admin().await, &ns);
+    let patch = serde_json::json!({"data": {"k": "tampered"}});
+    cms.patch("a", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    let contested = apply(&repo, r1, &config, &mut last).await.unwrap();
+    assert!(!contested.unchanged, "the fast path must notice the change");
+    // The patch made another field manager own data.k: without force, that is a conflict.
+    let a = contested.objects.iter().find(|o| o.id.name == "a").unwrap();
+    assert_eq!(a.status, Status::Failed);
+    assert!(a.error.as_deref().unwrap().contains("409"), "{a:?}");
+    let mut forcing = config.clone();
+    forcing.force = true;
+    let repaired = apply(&repo, r1, &forcing, &mut last).await.unwrap();
+    assert!(repaired.succeeded(), "{repaired:?}");
+    assert_eq!(cms.get("a").await.unwrap().data.unwrap()["k"], "one");
+
+    // Outside the allow-list: refused before any request.
+    let outside =
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: x\n  namespace: kube-system\n";
+    let r2 = commit_files(
+        &repo,
+        &[
+            ("manifests/ns.yaml", ns_yaml(&ns)),
+            ("manifests/x.yaml", outside.into()),
+        ],
+    );
+    let writes = audited_writes(&cp.audit_log, &ns).len()
+        + audited_writes(&cp.audit_log, "kube-system").len();
+    let err = apply(&repo, r2, &config, &mut last).await.unwrap_err();
+    assert!(
+        err.to_string().contains("manifests/x.yaml:1")
+            && err.to_string().contains("allowed_namespaces"),
+        "{err}"
+    );
+    let after = audited_writes(&cp.audit_log, &ns).len()
+        + audited_writes(&cp.audit_log, "kube-system").len();
+    assert_eq!(after, writes, "an invalid revision must apply nothing");
+}
