@@ -199,6 +199,10 @@ pub struct KubernetesTargetConfig {
     pub prune: bool,
     /// Namespace of the inventory ConfigMap; defaults to `default_namespace`.
     pub inventory_namespace: Option<String>,
+    /// How long to wait after apply for workloads to become healthy
+    /// (observed generation, ready replicas, Job completion); `0s` skips it.
+    #[serde(default = "default_health_timeout", with = "humantime_serde")]
+    pub health_timeout: Duration,
     /// How long to wait for a new CRD to be Established before its objects.
     #[serde(default = "default_wait_timeout", with = "humantime_serde")]
     pub wait_timeout: Duration,
@@ -208,6 +212,10 @@ pub struct KubernetesTargetConfig {
 
 fn yes() -> bool {
     true
+}
+
+fn default_health_timeout() -> Duration {
+    Duration::from_secs(300)
 }
 
 fn default_wait_timeout() -> Duration {

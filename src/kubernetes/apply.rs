@@ -9,12 +9,13 @@
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use kube::Client;
 use kube::api::{DeleteParams, Patch, PatchParams, PropagationPolicy};
 use serde::Serialize;
 
 use super::discovery::Catalog;
+use super::health::{self, Health};
 use super::inventory::{self, Entry, MANAGED_BY_LABEL, MANAGED_BY_VALUE};
 use super::plan::{FIELD_MANAGER, api_for, describe};
 use crate::config::KubernetesTargetConfig;
@@ -48,6 +49,8 @@ pub struct ObjectOutcome {
     pub id: ObjectRef,
     pub status: Status,
     pub error: Option<String>,
+    /// For applied objects, once assessed.
+    pub health: Option<Health>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -60,8 +63,11 @@ pub struct ApplyOutcome {
 }
 
 impl ApplyOutcome {
+    /// Every object applied (or pruned) and every applied object healthy.
     pub fn succeeded(&self) -> bool {
-        self.objects.iter().all(|o| o.status != Status::Failed)
+        self.objects
+            .iter()
+            .all(|o| o.status != Status::Failed && matches!(o.health, None | Some(Health::Current)))
     }
 
     pub fn count(&self, status: Status) -> usize {
@@ -207,6 +213,7 @@ impl Applier<'_> {
         )
         .await
         .map_err(cluster)?;
+        self.wait_healthy(&catalog, &resolved, &mut outcomes).await;
 
         let outcome = ApplyOutcome {
             revision: revision.to_string(),
@@ -231,6 +238,7 @@ impl Applier<'_> {
                     id: m.id.clone(),
                     status: Status::Failed,
                     error: Some(error),
+                    health: None,
                 },
                 None,
             )
@@ -255,6 +263,7 @@ impl Applier<'_> {
                     id: m.id.clone(),
                     status: Status::Applied,
                     error: None,
+                    health: None,
                 },
                 applied
                     .metadata
@@ -299,11 +308,85 @@ impl Applier<'_> {
         }
     }
 
+    /// Polls applied objects that have a health rule until each is Current
+    /// or Failed, or `health_timeout` passes (then InProgress becomes Failed).
+    async fn wait_healthy(
+        &self,
+        catalog: &Catalog,
+        resolved: &[Manifest],
+        outcomes: &mut [ObjectOutcome],
+    ) {
+        if self.config.health_timeout.is_zero() {
+            return;
+        }
+        let api_version: HashMap<&ObjectRef, &str> = resolved
+            .iter()
+            .map(|m| (&m.id, m.api_version.as_str()))
+            .collect();
+        for o in outcomes.iter_mut().filter(|o| o.status == Status::Applied) {
+            o.health = Some(if has_health_rule(&o.id) {
+                Health::InProgress("not assessed yet".into())
+            } else {
+                Health::Current
+            });
+        }
+        let deadline = Instant::now() + self.config.health_timeout;
+        loop {
+            let pending: Vec<usize> = outcomes
+                .iter()
+                .enumerate()
+                .filter(|(_, o)| o.health.as_ref().is_some_and(|h| !h.is_final()))
+                .map(|(i, _)| i)
+                .collect();
+            if pending.is_empty() {
+                return;
+            }
+            let assessed: Vec<(usize, Option<Health>)> = futures::stream::iter(pending)
+                .map(|i| {
+                    let id = outcomes[i].id.clone();
+                    let version = api_version
+                        .get(&id)
+                        .copied()
+                        .unwrap_or_default()
+                        .to_string();
+                    async move {
+                        let resource = catalog.api_resource(&version, &id.kind)?;
+                        let api = api_for(self.client, &resource, id.namespace.as_deref());
+                        let live = api.get_opt(&id.name).await.ok().flatten()?;
+                        let value = serde_json::to_value(&live).ok()?;
+                        Some(health::assess(&id.group, &id.kind, &value))
+                    }
+                    .map(move |h| (i, h))
+                })
+                .buffered(CONCURRENCY)
+                .collect()
+                .await;
+            for (i, h) in assessed {
+                if let Some(h) = h {
+                    outcomes[i].health = Some(h);
+                }
+            }
+            if Instant::now() >= deadline {
+                let after = humantime::format_duration(self.config.health_timeout);
+                for o in outcomes.iter_mut() {
+                    if let Some(Health::InProgress(reason)) = &o.health {
+                        o.health = Some(Health::Failed(format!(
+                            "not healthy after {after}: {reason}"
+                        )));
+                    }
+                }
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
     async fn prune_one(&self, catalog: &Catalog, entry: &Entry) -> ObjectOutcome {
         let outcome = |status: Status, error: Option<String>| ObjectOutcome {
             id: entry.id.clone(),
             status,
             error,
+            health: None,
         };
         let Some(resource) = catalog.api_resource(&entry.api_version, &entry.id.kind) else {
             // The kind is gone (its CRD was removed): so are its objects.
@@ -377,6 +460,15 @@ impl Applier<'_> {
             .await;
         checks.iter().all(|ok| *ok)
     }
+}
+
+fn has_health_rule(id: &ObjectRef) -> bool {
+    matches!(
+        (id.group.as_str(), id.kind.as_str()),
+        ("apps", "Deployment" | "StatefulSet" | "DaemonSet")
+            | ("batch", "Job")
+            | ("apiextensions.k8s.io", "CustomResourceDefinition")
+    )
 }
 
 fn catalog_needs_refresh(catalog: &Catalog, batch: &[&Manifest]) -> bool {

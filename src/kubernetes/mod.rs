@@ -6,6 +6,7 @@ pub mod apply;
 pub mod client;
 pub mod diff;
 pub mod discovery;
+pub mod health;
 pub mod inventory;
 pub mod plan;
 

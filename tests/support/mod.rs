@@ -564,6 +564,8 @@ pub fn kube_target(ns: &str, force: bool) -> ferry::config::KubernetesTargetConf
         prune: true,
         inventory_namespace: None,
         wait_timeout: Duration::from_secs(60),
+        // Nothing runs pods on a bare apiserver: tests that check health set this.
+        health_timeout: Duration::ZERO,
         kubeconfig: None,
     }
 }
