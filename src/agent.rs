@@ -18,9 +18,10 @@ use tokio::sync::{Notify, watch};
 
 use crate::config::Config;
 use crate::dags::{DagsError, DagsOutcome, DagsTarget};
-use crate::metrics::{self, FileLabels, Metrics, ResultLabels};
+use crate::kubernetes::target::{KubeSync, KubeTarget};
+use crate::metrics::{self, FileLabels, KubeObjectLabels, Metrics, ResultLabels};
 use crate::source::{GitSource, SourceError};
-use crate::status::{ErrorReport, StatusStore, timestamp};
+use crate::status::{ErrorReport, KubeStatus, StatusStore, timestamp};
 
 /// Pokes one source's worker; cheap to clone and to call from anywhere.
 #[derive(Clone, Default)]
@@ -44,6 +45,11 @@ pub enum SyncResult {
         commit: Oid,
     },
     Published(DagsOutcome),
+    /// The Kubernetes target applied a revision or checked for drift.
+    Kube {
+        commit: Oid,
+        sync: KubeSync,
+    },
     Failed(SyncFailure),
 }
 
@@ -62,7 +68,9 @@ impl SyncResult {
     fn label(&self) -> &'static str {
         match self {
             SyncResult::Unchanged { .. } => "unchanged",
-            SyncResult::Fetched { .. } | SyncResult::Published(_) => "success",
+            SyncResult::Fetched { .. } | SyncResult::Published(_) | SyncResult::Kube { .. } => {
+                "success"
+            }
             SyncResult::Failed(f) => f.kind,
         }
     }
@@ -71,6 +79,7 @@ impl SyncResult {
 struct Worker {
     source: GitSource,
     dags: Option<Mutex<DagsTarget>>,
+    kube: Option<tokio::sync::Mutex<KubeTarget>>,
     interval: Duration,
     max_backoff: Duration,
     trigger: Trigger,
@@ -126,9 +135,19 @@ impl Agent {
                 }
                 _ => None,
             };
+            let kube = config
+                .targets
+                .kubernetes
+                .as_ref()
+                .filter(|k| k.source == source.name)
+                .map(|k| tokio::sync::Mutex::new(KubeTarget::new(&source.name, k.clone())));
+            if kube.is_some() {
+                status.update(&source.name, |s| s.kubernetes = Some(KubeStatus::default()));
+            }
             workers.push(Arc::new(Worker {
                 source,
                 dags,
+                kube,
                 interval: source_config.interval,
                 max_backoff: source_config.max_backoff,
                 trigger: Trigger::default(),
@@ -248,6 +267,12 @@ impl Worker {
                 dags: None,
             })
         });
+        let result = match (&self.kube, result) {
+            (Some(kube), SyncResult::Fetched { commit } | SyncResult::Unchanged { commit }) => {
+                self.sync_kubernetes(kube, commit).await
+            }
+            (_, other) => other,
+        };
         self.metrics
             .sync_duration
             .get_or_create(&metrics::source(&self.source.name))
@@ -312,6 +337,142 @@ impl Worker {
         }
     }
 
+    /// Applies a new (or not yet successfully applied) revision, or checks
+    /// for drift when it is due; otherwise nothing.
+    async fn sync_kubernetes(
+        &self,
+        kube: &tokio::sync::Mutex<KubeTarget>,
+        commit: Oid,
+    ) -> SyncResult {
+        let mut target = kube.lock().await;
+        let apply = target.needs_apply(commit);
+        if !apply && !target.drift_due() {
+            return SyncResult::Unchanged { commit };
+        }
+        let mirror = self.source.mirror_path().to_path_buf();
+        let path = target.config.path.clone();
+        let manifests = tokio::task::spawn_blocking(move || {
+            let repo = git2::Repository::open_bare(&mirror).map_err(|e| {
+                vec![crate::desired::manifests::ManifestError {
+                    origin: crate::desired::manifests::Origin {
+                        file: path.clone(),
+                        document: 0,
+                        line: 0,
+                    },
+                    message: format!("cannot open the mirror: {}", e.message()),
+                }]
+            })?;
+            crate::desired::manifests::read(&repo, commit, &path)
+        })
+        .await
+        .unwrap_or_else(|e| {
+            Err(vec![crate::desired::manifests::ManifestError {
+                origin: crate::desired::manifests::Origin {
+                    file: String::new(),
+                    document: 0,
+                    line: 0,
+                },
+                message: format!("reading manifests panicked: {e}"),
+            }])
+        });
+        let result = if apply {
+            target.apply(commit, manifests).await.map(KubeSync::Applied)
+        } else {
+            target.check_drift(commit, manifests).await
+        };
+        match result {
+            Ok(KubeSync::Applied(outcome)) if !outcome.succeeded() => {
+                let failed: Vec<String> = outcome
+                    .objects
+                    .iter()
+                    .filter_map(|o| {
+                        let why = o.error.clone().or_else(|| match &o.health {
+                            Some(crate::kubernetes::health::Health::Failed(r)) => Some(r.clone()),
+                            _ => None,
+                        })?;
+                        Some(format!("{}: {why}", o.id))
+                    })
+                    .collect();
+                let error = format!(
+                    "{} object(s) failed; the last good revision stays recorded: {}",
+                    failed.len(),
+                    failed.first().cloned().unwrap_or_default()
+                );
+                self.record_kube(commit, &KubeSync::Applied(outcome));
+                SyncResult::Failed(SyncFailure {
+                    kind: "apply_failed",
+                    commit: Some(commit),
+                    error,
+                    commit_rejected: false,
+                    dags: None,
+                })
+            }
+            Ok(sync) => SyncResult::Kube { commit, sync },
+            Err(err) => SyncResult::Failed(SyncFailure {
+                kind: if err.is_revision_error() {
+                    "invalid_revision"
+                } else {
+                    "cluster_error"
+                },
+                commit: Some(commit),
+                error: err.to_string(),
+                commit_rejected: err.is_revision_error(),
+                dags: None,
+            }),
+        }
+    }
+
+    /// Puts a Kubernetes result in status and metrics.
+    fn record_kube(&self, commit: Oid, sync: &KubeSync) {
+        let name = &self.source.name;
+        match sync {
+            KubeSync::Applied(outcome) => {
+                for o in &outcome.objects {
+                    let status = format!("{:?}", o.status).to_lowercase();
+                    self.metrics
+                        .kube_objects
+                        .get_or_create(&KubeObjectLabels {
+                            source: name.clone(),
+                            status,
+                        })
+                        .inc();
+                }
+                let outcome = outcome.clone();
+                self.status.update(name, |s| {
+                    let k = s.kubernetes.get_or_insert_with(KubeStatus::default);
+                    if outcome.succeeded() {
+                        k.applied_revision = Some(commit.to_string());
+                        k.drift.clear();
+                    }
+                    k.last_apply = Some(outcome);
+                });
+            }
+            KubeSync::Drift { drifted, healed } => {
+                let remaining = if healed.as_ref().is_some_and(|h| h.succeeded()) {
+                    Vec::new()
+                } else {
+                    drifted.clone()
+                };
+                self.metrics
+                    .drift_objects
+                    .get_or_create(&metrics::source(name))
+                    .set(remaining.len() as i64);
+                if !drifted.is_empty() {
+                    tracing::warn!(source = %name, objects = ?drifted, healed = healed.is_some(), "drift detected");
+                }
+                let healed = healed.clone();
+                self.status.update(name, |s| {
+                    let k = s.kubernetes.get_or_insert_with(KubeStatus::default);
+                    k.drift = remaining;
+                    k.last_drift_check = Some(timestamp(SystemTime::now()));
+                    if let Some(h) = healed {
+                        k.last_apply = Some(h);
+                    }
+                });
+            }
+        }
+    }
+
     fn set_evaluated(&self, commit: Oid, accepted: bool) {
         *self.evaluated.lock().unwrap_or_else(|e| e.into_inner()) = Some((commit, accepted));
     }
@@ -337,6 +498,14 @@ impl Worker {
                     .is_some_and(|(c, ok)| c == *commit && ok);
                 tracing::debug!(source = %name, commit = %commit, "unchanged");
                 accepted
+            }
+            SyncResult::Kube { commit, sync } => {
+                if let KubeSync::Applied(outcome) = sync {
+                    tracing::info!(source = %name, commit = %commit, objects = outcome.objects.len(), unchanged = outcome.unchanged, "applied to Kubernetes");
+                }
+                self.record_kube(*commit, sync);
+                self.metrics.set_revision(name, &commit.to_string());
+                true
             }
             SyncResult::Fetched { commit } => {
                 tracing::info!(source = %name, commit = %commit, "fetched");

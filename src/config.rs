@@ -199,6 +199,13 @@ pub struct KubernetesTargetConfig {
     pub prune: bool,
     /// Namespace of the inventory ConfigMap; defaults to `default_namespace`.
     pub inventory_namespace: Option<String>,
+    /// How often to compare the cluster with the applied revision (dry run).
+    #[serde(default = "default_drift_interval", with = "humantime_serde")]
+    pub drift_interval: Duration,
+    /// Re-apply when drift is found, taking fields back from whoever changed
+    /// them (implies `force`).
+    #[serde(default)]
+    pub self_heal: bool,
     /// How long to wait after apply for workloads to become healthy
     /// (observed generation, ready replicas, Job completion); `0s` skips it.
     #[serde(default = "default_health_timeout", with = "humantime_serde")]
@@ -212,6 +219,10 @@ pub struct KubernetesTargetConfig {
 
 fn yes() -> bool {
     true
+}
+
+fn default_drift_interval() -> Duration {
+    Duration::from_secs(300)
 }
 
 fn default_health_timeout() -> Duration {

@@ -338,6 +338,12 @@ async fn quickstart_cmd(dir: &Path, once: bool, listen: SocketAddr) -> anyhow::R
                     &commit.to_string()[..12]
                 );
             }
+            SyncResult::Kube { commit, .. } => {
+                println!(
+                    "  applied            {source} @ {} to Kubernetes",
+                    &commit.to_string()[..12]
+                );
+            }
             SyncResult::Failed(f) => {
                 ok = false;
                 println!("  FAILED             {source}: {}", f.error);

@@ -35,6 +35,13 @@ pub struct FileLabels {
     pub how: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KubeObjectLabels {
+    pub source: String,
+    /// `applied`, `failed`, `pruned`, `kept`
+    pub status: String,
+}
+
 type HistogramFamily = Family<SourceLabels, Histogram, fn() -> Histogram>;
 
 fn duration_histogram() -> Histogram {
@@ -52,6 +59,8 @@ pub struct Metrics {
     pub revision: Family<RevisionLabels, Gauge>,
     pub files_published: Family<FileLabels, Counter>,
     pub consecutive_failures: Family<SourceLabels, Gauge>,
+    pub drift_objects: Family<SourceLabels, Gauge>,
+    pub kube_objects: Family<KubeObjectLabels, Counter>,
     /// Last revision label set per source, so a new revision replaces it.
     live_revision: Mutex<Vec<RevisionLabels>>,
 }
@@ -66,6 +75,18 @@ impl Metrics {
         let revision = Family::<RevisionLabels, Gauge>::default();
         let files_published = Family::<FileLabels, Counter>::default();
         let consecutive_failures = Family::<SourceLabels, Gauge>::default();
+        let drift_objects = Family::<SourceLabels, Gauge>::default();
+        let kube_objects = Family::<KubeObjectLabels, Counter>::default();
+        registry.register(
+            "drift_objects",
+            "Kubernetes objects that differ from the applied revision at the last drift check",
+            drift_objects.clone(),
+        );
+        registry.register(
+            "kube_objects",
+            "Kubernetes objects handled by applies, by outcome",
+            kube_objects.clone(),
+        );
         registry.register(
             "sync_duration_seconds",
             "Duration of one sync (fetch, validate, publish) of a source",
@@ -106,6 +127,8 @@ impl Metrics {
             revision,
             files_published,
             consecutive_failures,
+            drift_objects,
+            kube_objects,
             live_revision: Mutex::new(Vec::new()),
         })
     }

@@ -12,6 +12,7 @@ use std::time::SystemTime;
 use serde::Serialize;
 
 use crate::dags::{DagsOutcome, HookReport, Problem};
+use crate::kubernetes::apply::ApplyOutcome;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct ErrorReport {
@@ -42,8 +43,20 @@ pub struct SourceStatus {
     pub consecutive_failures: u32,
     pub next_attempt: Option<String>,
     pub last_outcome: Option<DagsOutcome>,
+    /// Kubernetes target fed by this source, if any.
+    pub kubernetes: Option<KubeStatus>,
     /// True once the first sync attempt has finished, whatever its result.
     pub first_sync_done: bool,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct KubeStatus {
+    /// Last revision applied with every object applied and healthy.
+    pub applied_revision: Option<String>,
+    pub last_apply: Option<ApplyOutcome>,
+    /// Objects that differ from the applied revision at the last check.
+    pub drift: Vec<String>,
+    pub last_drift_check: Option<String>,
 }
 
 #[derive(Clone, Default)]
@@ -72,6 +85,7 @@ impl StatusStore {
                 consecutive_failures: 0,
                 next_attempt: None,
                 last_outcome: None,
+                kubernetes: None,
                 first_sync_done: false,
             },
         );

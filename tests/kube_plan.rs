@@ -47,6 +47,8 @@ async fn apply_as(repo: &Repository, at: Oid, ns: &str, manager: &str) {
         let namespaced = catalog.scope(&m.id.group, &m.id.kind)
             == Some(ferry::desired::resolve::Scope::Namespaced);
         let mut object = m.object.clone();
+        // As a ferry apply leaves it.
+        object["metadata"]["labels"]["app.kubernetes.io/managed-by"] = serde_json::json!("ferry");
         if namespaced {
             object["metadata"]["namespace"] = serde_json::json!(ns);
         }

@@ -158,8 +158,8 @@ impl Applier<'_> {
                 catalog = Catalog::discover(self.client).await.map_err(cluster)?;
             }
             let results: Vec<(ObjectOutcome, Option<(String, String)>)> =
-                futures::stream::iter(batch)
-                    .map(|m| self.apply_one(&catalog, m))
+                futures::stream::iter(0..batch.len())
+                    .map(|i| self.apply_one(&catalog, batch[i]))
                     .buffered(CONCURRENCY)
                     .collect()
                     .await;
@@ -251,7 +251,8 @@ impl Applier<'_> {
         };
         let api = api_for(self.client, &resource, m.id.namespace.as_deref());
         let mut params = PatchParams::apply(FIELD_MANAGER);
-        if self.config.force {
+        // Healing drift means taking fields back from whoever changed them.
+        if self.config.force || self.config.self_heal {
             params = params.force();
         }
         match api
@@ -444,8 +445,9 @@ impl Applier<'_> {
         if resolved.len() != last.versions.len() {
             return false;
         }
-        let checks: Vec<bool> = futures::stream::iter(resolved)
-            .map(|m| async move {
+        let checks: Vec<bool> = futures::stream::iter(0..resolved.len())
+            .map(|i| async move {
+                let m = &resolved[i];
                 let Some((api_version, rv)) = last.versions.get(&m.id) else {
                     return false;
                 };
@@ -477,7 +479,9 @@ fn catalog_needs_refresh(catalog: &Catalog, batch: &[&Manifest]) -> bool {
         .any(|m| catalog.is_pending(&m.id.group, &m.id.kind))
 }
 
-fn label_as_ours(object: &mut serde_json::Value) {
+/// Marks an object as ferry's. Plan and apply both send the labelled
+/// object, so a plan never shows the label as a change.
+pub(crate) fn label_as_ours(object: &mut serde_json::Value) {
     if let Some(meta) = object.get_mut("metadata").and_then(|m| m.as_object_mut()) {
         let labels = meta
             .entry("labels")

@@ -9,6 +9,7 @@ pub mod discovery;
 pub mod health;
 pub mod inventory;
 pub mod plan;
+pub mod target;
 
 use kube::Client;
 
@@ -50,7 +51,11 @@ pub async fn plan_revision(
         allowed_kinds: config.allowed_kinds.clone(),
     };
     match resolve::resolve(manifests, |g, k| catalog.scope(g, k), &policy) {
-        Ok(resolved) => {
+        Ok(mut resolved) => {
+            // Apply sends the object labelled as ferry's; so must the plan.
+            for m in &mut resolved {
+                apply::label_as_ours(&mut m.object);
+            }
             plan.objects =
                 plan::plan_objects(client, &catalog, &resolved, previous, config.force).await;
         }

@@ -155,8 +155,9 @@ pub async fn plan_objects(
         .filter(|m| m.id.group.is_empty() && m.id.kind == "Namespace")
         .map(|m| m.id.name.as_str())
         .collect();
-    let mut objects: Vec<ObjectPlan> = futures::stream::iter(manifests)
-        .map(|m| {
+    let mut objects: Vec<ObjectPlan> = futures::stream::iter(0..manifests.len())
+        .map(|i| {
+            let m = &manifests[i];
             let ns = m.id.namespace.as_deref();
             let context = match ns {
                 Some(ns) if absent.contains(ns) && declared.contains(ns) => {

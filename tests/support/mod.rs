@@ -562,6 +562,8 @@ pub fn kube_target(ns: &str, force: bool) -> ferry::config::KubernetesTargetConf
         allowed_kinds: vec![],
         force,
         prune: true,
+        drift_interval: Duration::from_secs(300),
+        self_heal: false,
         inventory_namespace: None,
         wait_timeout: Duration::from_secs(60),
         // Nothing runs pods on a bare apiserver: tests that check health set this.
