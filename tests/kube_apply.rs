@@ -405,3 +405,99 @@ async fn health_waits_for_workloads_and_reports_timeouts_and_failures() {
     }
     assert!(!out.succeeded());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_restricted_user_applies_what_ferrys_role_allows_and_is_refused_the_rest() {
+    let cp = control_plane();
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = Repository::init_bare(tmp.path().join("platform.git")).unwrap();
+    let ns = unique_namespace("rbac");
+    // Bind the repo's own ClusterRole to the restricted user, as deploy/ does.
+    let admin_client = admin().await;
+    let role_yaml = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/base/clusterrole.yaml"
+    ))
+    .unwrap();
+    let role: serde_json::Value = serde_yaml_ng::from_str(&role_yaml).unwrap();
+    let roles: Api<k8s_openapi::api::rbac::v1::ClusterRole> = Api::all(admin_client.clone());
+    roles
+        .patch(
+            "ferry",
+            &PatchParams::apply("test-setup").force(),
+            &Patch::Apply(&role),
+        )
+        .await
+        .unwrap();
+    let binding = serde_json::json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+        "metadata": {"name": "ferry-test-user"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "ferry"},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "ferry"}]
+    });
+    let bindings: Api<k8s_openapi::api::rbac::v1::ClusterRoleBinding> =
+        Api::all(admin_client.clone());
+    bindings
+        .patch(
+            "ferry-test-user",
+            &PatchParams::apply("test-setup").force(),
+            &Patch::Apply(&binding),
+        )
+        .await
+        .unwrap();
+
+    let escalation = format!(
+        "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\nmetadata:\n  name: {ns}-admin\n\
+         roleRef:\n  apiGroup: rbac.authorization.k8s.io\n  kind: ClusterRole\n  name: cluster-admin\n\
+         subjects:\n  - apiGroup: rbac.authorization.k8s.io\n    kind: User\n    name: ferry\n"
+    );
+    let r = commit_files(
+        &repo,
+        &[
+            ("manifests/ns.yaml", ns_yaml(&ns)),
+            ("manifests/cm.yaml", cm("allowed", "yes", "")),
+            ("manifests/web.yaml", deployment("nginx:1.27")),
+            ("manifests/escalate.yaml", escalation),
+        ],
+    );
+    let restricted = client::connect(Some(&cp.restricted)).await.unwrap();
+    let config = kube_target(&ns, false);
+    let applier = Applier {
+        client: &restricted,
+        target: "platform",
+        config: &config,
+    };
+    let out = applier
+        .apply(
+            &r.to_string(),
+            manifests::read(&repo, r, "manifests"),
+            &mut None,
+        )
+        .await
+        .unwrap();
+    let by = |name: &str| {
+        out.objects
+            .iter()
+            .find(|o| o.id.name == name)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(by(&ns).status, Status::Applied);
+    assert_eq!(by("allowed").status, Status::Applied);
+    assert_eq!(by("web").status, Status::Applied);
+    let refused = by(&format!("{ns}-admin"));
+    assert_eq!(refused.status, Status::Failed);
+    assert!(
+        refused.error.as_deref().unwrap().contains("403")
+            && refused.error.as_deref().unwrap().contains("forbidden"),
+        "{refused:?}"
+    );
+    assert!(!out.succeeded());
+    let crbs: Api<k8s_openapi::api::rbac::v1::ClusterRoleBinding> = Api::all(admin_client);
+    assert!(
+        crbs.get_opt(&format!("{ns}-admin"))
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
