@@ -149,12 +149,16 @@ async fn ferry_run_applies_reports_drift_and_self_heals() {
         });
         (mode.as_deref() == Some("busy")).then_some(())
     });
-    let v = wait("drift cleared", &|v| {
+    // The cluster is healed before ferry records it: wait on the record.
+    let v = wait("healed revision recorded", &|v| {
+        v["kubernetes"]["applied_revision"] == second.as_str()
+    });
+    assert!(
         v["kubernetes"]["drift"]
             .as_array()
-            .is_some_and(|d| d.is_empty())
-    });
-    assert_eq!(v["kubernetes"]["applied_revision"], second.as_str());
+            .is_some_and(|d| d.is_empty()),
+        "{v}"
+    );
     stop_ferry(ferry);
 }
 

@@ -37,6 +37,8 @@ pub enum ApplyError {
 #[serde(rename_all = "lowercase")]
 pub enum Status {
     Applied,
+    /// Same content as last applied and untouched since: not sent.
+    Unchanged,
     Failed,
     Pruned,
     /// Removed from git but kept: annotated `ferry.dev/prune: disabled`, or
@@ -85,11 +87,29 @@ fn wave(id: &ObjectRef) -> u8 {
     }
 }
 
-/// What the last successful apply left behind, for the no-op fast path.
+/// One object as the last successful apply left it.
+#[derive(Debug, Clone)]
+struct AppliedObject {
+    api_version: String,
+    resource_version: String,
+    /// Digest of the object ferry sent.
+    digest: u64,
+}
+
+/// What the last successful apply left behind, for the fast paths: an
+/// object whose content is unchanged and whose live resourceVersion is
+/// still the one ferry's apply produced is not sent again.
 #[derive(Debug, Clone, Default)]
 pub struct LastApplied {
-    revision: String,
-    versions: HashMap<ObjectRef, (String, String)>, // id -> (apiVersion, resourceVersion)
+    objects: HashMap<ObjectRef, AppliedObject>,
+    inventory: Vec<Entry>,
+}
+
+fn digest(object: &serde_json::Value) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    object.to_string().hash(&mut h);
+    h.finish()
 }
 
 pub struct Applier<'a> {
@@ -126,11 +146,20 @@ impl Applier<'_> {
         };
         let mut resolved = resolve::resolve(manifests, |g, k| catalog.scope(g, k), &policy)
             .map_err(ApplyError::Invalid)?;
+        for manifest in &mut resolved {
+            label_as_ours(&mut manifest.object);
+        }
+        resolved.sort_by_key(|m| wave(&m.id));
 
-        if let Some(previous) = last.as_ref()
-            && previous.revision == revision
-            && self.unchanged_since(&catalog, &resolved, previous).await
-        {
+        let untouched = match last.as_ref() {
+            Some(previous) => self.untouched(&catalog, &resolved, previous).await,
+            None => HashSet::new(),
+        };
+        let same_set = last.as_ref().is_some_and(|l| {
+            l.objects.len() == resolved.len()
+                && resolved.iter().all(|m| l.objects.contains_key(&m.id))
+        });
+        if same_set && untouched.len() == resolved.len() {
             return Ok(ApplyOutcome {
                 revision: revision.to_string(),
                 objects: Vec::new(),
@@ -138,18 +167,30 @@ impl Applier<'_> {
             });
         }
 
-        let previous = inventory::load(self.client, self.inventory_namespace(), self.target)
-            .await
-            .map_err(cluster)?;
-        for manifest in &mut resolved {
-            label_as_ours(&mut manifest.object);
-        }
-        resolved.sort_by_key(|m| wave(&m.id));
-
+        let previous = match last.as_ref() {
+            Some(l) => l.inventory.clone(),
+            None => inventory::load(self.client, self.inventory_namespace(), self.target)
+                .await
+                .map_err(cluster)?,
+        };
         let mut outcomes = Vec::new();
-        let mut versions = HashMap::new();
+        let mut applied: HashMap<ObjectRef, AppliedObject> = HashMap::new();
+        for m in resolved.iter().filter(|m| untouched.contains(&m.id)) {
+            if let Some(kept) = last.as_ref().and_then(|l| l.objects.get(&m.id)) {
+                applied.insert(m.id.clone(), kept.clone());
+            }
+            outcomes.push(ObjectOutcome {
+                id: m.id.clone(),
+                status: Status::Unchanged,
+                error: None,
+                health: None,
+            });
+        }
         for w in 0..=3u8 {
-            let batch: Vec<&Manifest> = resolved.iter().filter(|m| wave(&m.id) == w).collect();
+            let batch: Vec<&Manifest> = resolved
+                .iter()
+                .filter(|m| wave(&m.id) == w && !untouched.contains(&m.id))
+                .collect();
             if batch.is_empty() {
                 continue;
             }
@@ -163,9 +204,16 @@ impl Applier<'_> {
                     .buffered(CONCURRENCY)
                     .collect()
                     .await;
-            for (outcome, version) in results {
-                if let Some(v) = version {
-                    versions.insert(outcome.id.clone(), v);
+            for ((outcome, version), m) in results.into_iter().zip(&batch) {
+                if let Some((api_version, resource_version)) = version {
+                    applied.insert(
+                        outcome.id.clone(),
+                        AppliedObject {
+                            api_version,
+                            resource_version,
+                            digest: digest(&m.object),
+                        },
+                    );
                 }
                 outcomes.push(outcome);
             }
@@ -204,15 +252,19 @@ impl Applier<'_> {
                     .cloned(),
             );
         }
-        inventory::save(
-            self.client,
-            self.inventory_namespace(),
-            self.target,
-            revision,
-            &inventory,
-        )
-        .await
-        .map_err(cluster)?;
+        let listed =
+            |entries: &[Entry]| entries.iter().map(|e| e.id.clone()).collect::<HashSet<_>>();
+        if last.is_none() || listed(&inventory) != listed(&previous) {
+            inventory::save(
+                self.client,
+                self.inventory_namespace(),
+                self.target,
+                revision,
+                &inventory,
+            )
+            .await
+            .map_err(cluster)?;
+        }
         self.wait_healthy(&catalog, &resolved, &mut outcomes).await;
 
         let outcome = ApplyOutcome {
@@ -220,9 +272,9 @@ impl Applier<'_> {
             objects: outcomes,
             unchanged: false,
         };
-        *last = outcome.succeeded().then(|| LastApplied {
-            revision: revision.to_string(),
-            versions,
+        *last = outcome.succeeded().then_some(LastApplied {
+            objects: applied,
+            inventory,
         });
         Ok(outcome)
     }
@@ -434,33 +486,31 @@ impl Applier<'_> {
         }
     }
 
-    /// Reads only: true when every object still has the resourceVersion the
-    /// last apply left, so applying again would write nothing new.
-    async fn unchanged_since(
+    /// Reads only: the objects whose content is what ferry last sent and
+    /// whose live resourceVersion is still the one that apply produced.
+    async fn untouched(
         &self,
         catalog: &Catalog,
         resolved: &[Manifest],
         last: &LastApplied,
-    ) -> bool {
-        if resolved.len() != last.versions.len() {
-            return false;
-        }
-        let checks: Vec<bool> = futures::stream::iter(0..resolved.len())
+    ) -> HashSet<ObjectRef> {
+        let checks: Vec<Option<ObjectRef>> = futures::stream::iter(0..resolved.len())
             .map(|i| async move {
                 let m = &resolved[i];
-                let Some((api_version, rv)) = last.versions.get(&m.id) else {
-                    return false;
-                };
-                let Some(resource) = catalog.api_resource(api_version, &m.id.kind) else {
-                    return false;
-                };
+                let known = last.objects.get(&m.id)?;
+                if known.digest != digest(&m.object) || known.api_version != m.api_version {
+                    return None;
+                }
+                let resource = catalog.api_resource(&known.api_version, &m.id.kind)?;
                 let api = api_for(self.client, &resource, m.id.namespace.as_deref());
-                matches!(api.get_opt(&m.id.name).await, Ok(Some(live)) if live.metadata.resource_version.as_ref() == Some(rv))
+                let live = api.get_opt(&m.id.name).await.ok()??;
+                (live.metadata.resource_version.as_ref() == Some(&known.resource_version))
+                    .then(|| m.id.clone())
             })
             .buffered(CONCURRENCY)
             .collect()
             .await;
-        checks.iter().all(|ok| *ok)
+        checks.into_iter().flatten().collect()
     }
 }
 

@@ -31,7 +31,7 @@ ossl() { openssl "$@" 2>/dev/null; }
 ossl req -x509 -newkey rsa:2048 -nodes -days 7 -subj "/CN=ferry-test-ca" \
   -keyout "$pki/ca.key" -out "$pki/ca.crt"
 cat > "$pki/serving.ext" <<EXT
-subjectAltName = IP:127.0.0.1, DNS:localhost, IP:10.0.0.1, DNS:kubernetes.default.svc
+subjectAltName = IP:127.0.0.1, DNS:localhost, IP:10.96.0.1, DNS:kubernetes.default.svc
 extendedKeyUsage = serverAuth
 EXT
 client() { # name, subject
@@ -77,7 +77,7 @@ etcd_pid=$!
   --authorization-mode RBAC \
   --service-account-issuer https://kubernetes.default.svc \
   --service-account-key-file "$pki/sa.pub" --service-account-signing-key-file "$pki/sa.key" \
-  --service-cluster-ip-range 10.0.0.0/24 --allow-privileged=true \
+  --service-cluster-ip-range 10.96.0.0/16 --allow-privileged=true \
   --endpoint-reconciler-type none \
   --audit-policy-file "$dir/audit-policy.yaml" --audit-log-path "$dir/audit.log" \
   --audit-log-mode blocking --audit-log-format json \

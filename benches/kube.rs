@@ -1,0 +1,198 @@
+//! Kubernetes target benchmark against the test kube-apiserver. Prints
+//! figures; asserts nothing.
+//!
+//!     cargo bench --bench kube
+//!
+//! 1,000 generated objects (400 ConfigMaps, 300 Services, 300 Deployments):
+//! first apply, no-op reconcile (time and writes counted in the audit log),
+//! a 10-object change; then `ferry run` applies the same set into a fresh
+//! namespace and its peak RSS is read from /proc.
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ferry::desired::manifests;
+use ferry::kubernetes::apply::Applier;
+use ferry::kubernetes::client;
+use git2::Repository;
+use support::*;
+
+fn objects(ns: &str, generation: usize, changed: usize) -> Vec<(String, String)> {
+    let mut files = vec![(
+        "manifests/ns.yaml".to_string(),
+        format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {ns}\n"),
+    )];
+    for i in 0..400 {
+        let value = if i < changed { generation } else { 0 };
+        files.push((
+            format!("manifests/config/cm-{i:03}.yaml"),
+            format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: cm-{i:03}\ndata:\n  value: \"{value}\"\n  owner: team-{}\n", i % 7),
+        ));
+    }
+    for i in 0..300 {
+        files.push((
+            format!("manifests/services/svc-{i:03}.yaml"),
+            format!(
+                "apiVersion: v1\nkind: Service\nmetadata:\n  name: svc-{i:03}\nspec:\n  selector: {{app: app-{i:03}}}\n  ports:\n    - port: 80\n      targetPort: 8080\n"
+            ),
+        ));
+        files.push((
+            format!("manifests/apps/app-{i:03}.yaml"),
+            format!(
+                "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: app-{i:03}\nspec:\n  replicas: 1\n  selector:\n    matchLabels: {{app: app-{i:03}}}\n  \
+                 template:\n    metadata:\n      labels: {{app: app-{i:03}}}\n    spec:\n      containers:\n        - name: app\n          image: registry.example/app:1\n          \
+                 resources:\n            requests: {{cpu: 10m, memory: 32Mi}}\n"
+            ),
+        ));
+    }
+    files
+}
+
+fn commit(repo: &Repository, files: &[(String, String)]) -> git2::Oid {
+    let refs: Vec<(&str, String)> = files.iter().map(|(p, c)| (p.as_str(), c.clone())).collect();
+    commit_files(repo, &refs)
+}
+
+fn main() {
+    let cp = control_plane();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let repo = Repository::init_bare(tmp.path().join("platform.git")).unwrap();
+    let ns = unique_namespace("bench");
+    let config = kube_target(&ns, false);
+
+    let r1 = commit(&repo, &objects(&ns, 1, 0));
+    let r2 = commit(&repo, &objects(&ns, 2, 10));
+    let (first, noop, noop_writes, change, change_writes) = runtime.block_on(async {
+        let client = client::connect(Some(&cp.admin)).await.unwrap();
+        let applier = Applier {
+            client: &client,
+            target: "bench",
+            config: &config,
+        };
+        let mut last = None;
+        let started = Instant::now();
+        let out = applier
+            .apply(
+                &r1.to_string(),
+                manifests::read(&repo, r1, "manifests"),
+                &mut last,
+            )
+            .await
+            .unwrap();
+        let first = started.elapsed();
+        assert!(
+            out.succeeded(),
+            "first apply failed: {:?}",
+            out.objects.iter().find(|o| o.error.is_some())
+        );
+
+        let writes_before = audited_writes(&cp.audit_log, &ns).len();
+        let started = Instant::now();
+        let out = applier
+            .apply(
+                &r1.to_string(),
+                manifests::read(&repo, r1, "manifests"),
+                &mut last,
+            )
+            .await
+            .unwrap();
+        let noop = started.elapsed();
+        assert!(out.unchanged);
+        let noop_writes = audited_writes(&cp.audit_log, &ns).len() - writes_before;
+
+        let writes_before = audited_writes(&cp.audit_log, &ns).len();
+        let started = Instant::now();
+        let out = applier
+            .apply(
+                &r2.to_string(),
+                manifests::read(&repo, r2, "manifests"),
+                &mut last,
+            )
+            .await
+            .unwrap();
+        let change = started.elapsed();
+        assert!(out.succeeded());
+        let change_writes = audited_writes(&cp.audit_log, &ns).len() - writes_before;
+        (first, noop, noop_writes, change, change_writes)
+    });
+    println!(
+        "== kube: 1,001 objects (1 Namespace, 400 ConfigMaps, 300 Services, 300 Deployments), test kube-apiserver v1.37.2"
+    );
+    println!(
+        "   first apply:            {:7.2} s    [target <= 30 s]",
+        first.as_secs_f64()
+    );
+    println!(
+        "   no-op reconcile:        {:7.3} s, {noop_writes} writes    [target <= 1 s, 0 writes]",
+        noop.as_secs_f64()
+    );
+    println!(
+        "   10-object change:       {:7.2} s, {change_writes} writes (only changed objects are sent)",
+        change.as_secs_f64()
+    );
+
+    // Peak RSS of the real binary applying the same set into a fresh namespace.
+    let served = Repo::new(tmp.path(), "served");
+    let ns2 = unique_namespace("bench-rss");
+    for (path, content) in objects(&ns2, 1, 0) {
+        let full = served.work.join(&path);
+        std::fs::create_dir_all(full.parent().unwrap()).unwrap();
+        std::fs::write(full, content).unwrap();
+    }
+    let head = served.commit(&[], "objects");
+    let daemon = git_daemon(tmp.path(), free_port());
+    let port = free_port();
+    let config_path = tmp.path().join("ferry.yaml");
+    std::fs::write(
+        &config_path,
+        format!(
+            "cache_dir: {}\nserver:\n  listen: 127.0.0.1:{port}\nsources:\n  - name: platform\n    url: git://127.0.0.1:{}/served.git\n    interval: 5s\n\
+             targets:\n  kubernetes:\n    source: platform\n    default_namespace: {ns2}\n    health_timeout: 0s\n    kubeconfig: {}\n",
+            tmp.path().join("cache").display(),
+            daemon.port,
+            cp.admin.display()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["run", "--config"])
+        .arg(&config_path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_port(port, Duration::from_secs(10));
+    let addr = format!("127.0.0.1:{port}").parse().unwrap();
+    let started = Instant::now();
+    eventually(Duration::from_secs(120), "ferry run to apply", || {
+        let (_, body) = http_get(addr, "/api/v1/status/platform");
+        body.contains(&format!("\"applied_revision\":\"{head}\""))
+            .then_some(())
+    });
+    let applied_in = started.elapsed();
+    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
+    let kib = |key: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(key))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(f64::NAN)
+    };
+    println!(
+        "   `ferry run` first apply: {:7.2} s; peak RSS (VmHWM) {:.1} MiB, now {:.1} MiB    [target peak <= 120 MiB]",
+        applied_in.as_secs_f64(),
+        kib("VmHWM:") / 1024.0,
+        kib("VmRSS:") / 1024.0
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+}
