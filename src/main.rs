@@ -416,11 +416,11 @@ async fn plan_cmd(
     let client = ferry::kubernetes::client::connect(target.kubeconfig.as_deref()).await?;
     let plan = ferry::kubernetes::plan_revision(
         &client,
-        "kubernetes",
+        // The agent names the target (and its inventory) after its source.
+        &target.source,
         &commit.to_string(),
         &target,
         manifests,
-        &[],
     )
     .await
     .map_err(|e| anyhow::anyhow!(ferry::kubernetes::plan::describe(&e)))

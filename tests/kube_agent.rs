@@ -166,3 +166,73 @@ async fn ferry_run_applies_reports_drift_and_self_heals() {
 fn futures_lite_block<T>(f: impl std::future::Future<Output = T>) -> T {
     tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(f))
 }
+
+/// The API server unreachable: failures are recorded and retried with
+/// backoff, ferry stays up, and it applies once the server is back.
+#[test]
+fn an_unreachable_cluster_is_retried_and_recovered_from() {
+    let cp = control_plane();
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = Repo::new(tmp.path(), "platform");
+    let ns = unique_namespace("outage");
+    let head = repo.commit(
+        &[
+            (
+                "manifests/ns.yaml",
+                Some(&format!(
+                    "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {ns}\n"
+                )),
+            ),
+            (
+                "manifests/cm.yaml",
+                Some("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: c\ndata:\n  k: v\n"),
+            ),
+        ],
+        "first",
+    );
+    // A kubeconfig whose server is a port nothing listens on (yet).
+    let admin = std::fs::read_to_string(&cp.admin).unwrap();
+    let real: std::net::SocketAddr = admin
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("server: https://"))
+        .unwrap()
+        .parse()
+        .unwrap();
+    let down_port = free_port();
+    let kubeconfig = tmp.path().join("down.kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        admin.replace(&real.to_string(), &format!("127.0.0.1:{down_port}")),
+    )
+    .unwrap();
+    let daemon = git_daemon(tmp.path(), free_port());
+    let port = free_port();
+    let config = tmp.path().join("ferry.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "cache_dir: {}\nserver:\n  listen: 127.0.0.1:{port}\nsources:\n  - name: platform\n    url: git://127.0.0.1:{}/platform.git\n    interval: 1s\n    max_backoff: 2s\n\
+             targets:\n  kubernetes:\n    source: platform\n    default_namespace: {ns}\n    health_timeout: 0s\n    kubeconfig: {}\n",
+            tmp.path().join("cache").display(),
+            daemon.port,
+            kubeconfig.display()
+        ),
+    )
+    .unwrap();
+    let ferry = spawn_ferry(&config, &tmp.path().join("ferry.log"), port, &[]);
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let v = eventually(Duration::from_secs(30), "two failed attempts", || {
+        let v = status(addr);
+        (v["consecutive_failures"].as_u64()? >= 2).then_some(v)
+    });
+    assert_eq!(v["last_error"]["kind"], "cluster_error", "{v}");
+    assert!(v["kubernetes"]["applied_revision"].is_null());
+
+    tcp_forward(down_port, real);
+    let v = eventually(Duration::from_secs(30), "recovery", || {
+        let v = status(addr);
+        (v["kubernetes"]["applied_revision"] == head.as_str()).then_some(v)
+    });
+    assert!(v["last_error"].is_null(), "{v}");
+    stop_ferry(ferry);
+}

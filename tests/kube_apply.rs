@@ -106,6 +106,34 @@ async fn create_update_and_prune_across_three_revisions() {
             ("manifests/web.yaml", deployment("nginx:1.28")),
         ],
     );
+    // The plan shows the prune before it happens, and what pruning keeps.
+    let plan = ferry::kubernetes::plan_revision(
+        &client,
+        "platform",
+        &r2.to_string(),
+        &config,
+        manifests::read(&repo, r2, "manifests"),
+    )
+    .await
+    .unwrap();
+    let planned = |name: &str| plan.objects.iter().find(|o| o.id.name == name).cloned();
+    assert_eq!(
+        planned("b").unwrap().action,
+        ferry::kubernetes::plan::Action::Prune
+    );
+    let keep = planned("keep").unwrap();
+    assert_eq!(keep.action, ferry::kubernetes::plan::Action::Unchanged);
+    assert!(keep.note.unwrap().contains("ferry.dev/prune: disabled"));
+    assert!(
+        planned("hand-made").is_none(),
+        "never in the inventory, never in a plan"
+    );
+    assert!(
+        plan.render_text().contains("- ConfigMap"),
+        "{}",
+        plan.render_text()
+    );
+
     let out = apply(&repo, r2, &config, &mut last).await.unwrap();
     assert!(out.succeeded(), "{out:?}");
     let status = |name: &str| {

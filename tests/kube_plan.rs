@@ -25,16 +25,9 @@ fn commit(repo: &Repository, files: &[(&str, String)]) -> Oid {
 async fn plan(repo: &Repository, at: Oid, config: &KubernetesTargetConfig) -> Plan {
     let client = client::connect(Some(&control_plane().admin)).await.unwrap();
     let manifests = manifests::read(repo, at, "manifests");
-    plan_revision(
-        &client,
-        "kubernetes",
-        &at.to_string(),
-        config,
-        manifests,
-        &[],
-    )
-    .await
-    .unwrap()
+    plan_revision(&client, "platform", &at.to_string(), config, manifests)
+        .await
+        .unwrap()
 }
 
 /// Applies a revision's objects the way a previous ferry apply would have

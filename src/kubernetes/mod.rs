@@ -14,13 +14,14 @@ pub mod target;
 use kube::Client;
 
 use crate::config::KubernetesTargetConfig;
-use crate::desired::manifests::{Manifest, ManifestError, ObjectRef};
+use crate::desired::manifests::{Manifest, ManifestError};
 use crate::desired::resolve::{self, Policy};
 use discovery::Catalog;
 use plan::Plan;
 
 /// Plans one revision: resolve the parsed manifests against what the
-/// cluster serves, then dry-run every object. `manifests` is the result of
+/// cluster serves, dry-run every object, and list what pruning would do to
+/// inventory entries the revision drops. `manifests` is the result of
 /// [`crate::desired::manifests::read`]; its errors become the plan's errors
 /// and nothing is dry-run, as nothing of such a revision would be applied.
 pub async fn plan_revision(
@@ -29,7 +30,6 @@ pub async fn plan_revision(
     revision: &str,
     config: &KubernetesTargetConfig,
     manifests: Result<Vec<Manifest>, Vec<ManifestError>>,
-    previous: &[ObjectRef],
 ) -> Result<Plan, kube::Error> {
     let mut plan = Plan {
         target: target.to_string(),
@@ -45,6 +45,15 @@ pub async fn plan_revision(
         }
     };
     let catalog = Catalog::discover(client).await?.with_crds_from(&manifests);
+    let previous = if config.prune {
+        let ns = config
+            .inventory_namespace
+            .as_deref()
+            .unwrap_or(&config.default_namespace);
+        inventory::load(client, ns, target).await?
+    } else {
+        Vec::new()
+    };
     let policy = Policy {
         default_namespace: config.default_namespace.clone(),
         allowed_namespaces: config.allowed_namespaces.clone(),
@@ -57,7 +66,7 @@ pub async fn plan_revision(
                 apply::label_as_ours(&mut m.object);
             }
             plan.objects =
-                plan::plan_objects(client, &catalog, &resolved, previous, config.force).await;
+                plan::plan_objects(client, &catalog, &resolved, &previous, config.force).await;
         }
         Err(errors) => plan.errors = errors,
     }

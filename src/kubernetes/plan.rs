@@ -12,8 +12,10 @@ use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use kube::discovery::ApiResource;
 use serde::Serialize;
 
+use super::apply::PRUNE_ANNOTATION;
 use super::diff::{self, FieldChange};
 use super::discovery::Catalog;
+use super::inventory::{Entry, MANAGED_BY_LABEL, MANAGED_BY_VALUE};
 use crate::desired::manifests::{Manifest, ManifestError, ObjectRef, Origin};
 
 pub const FIELD_MANAGER: &str = "ferry";
@@ -146,7 +148,7 @@ pub async fn plan_objects(
     client: &Client,
     catalog: &Catalog,
     manifests: &[Manifest],
-    previous: &[ObjectRef],
+    previous: &[Entry],
     force: bool,
 ) -> Vec<ObjectPlan> {
     let absent = absent_namespaces(client, manifests).await;
@@ -171,19 +173,56 @@ pub async fn plan_objects(
         .buffered(CONCURRENCY)
         .collect()
         .await;
-    for id in previous {
-        if !manifests.iter().any(|m| &m.id == id) {
-            objects.push(ObjectPlan {
-                id: id.clone(),
-                origin: None,
-                action: Action::Prune,
-                changes: Vec::new(),
-                error: None,
-                note: None,
-            });
+    for entry in previous {
+        if manifests.iter().any(|m| m.id == entry.id) {
+            continue;
+        }
+        if let Some(prune) = plan_prune(client, catalog, entry).await {
+            objects.push(prune);
         }
     }
     objects
+}
+
+/// What apply would do with an inventory entry git no longer declares:
+/// delete it, or keep it (opted out, or no longer labelled as ferry's).
+async fn plan_prune(client: &Client, catalog: &Catalog, entry: &Entry) -> Option<ObjectPlan> {
+    let mut plan = ObjectPlan {
+        id: entry.id.clone(),
+        origin: None,
+        action: Action::Prune,
+        changes: Vec::new(),
+        error: None,
+        note: None,
+    };
+    let resource = catalog.api_resource(&entry.api_version, &entry.id.kind)?;
+    let api = api_for(client, &resource, entry.id.namespace.as_deref());
+    let live = match api.get_opt(&entry.id.name).await {
+        Ok(Some(live)) => live,
+        Ok(None) => return None, // already gone
+        Err(err) => {
+            plan.error = Some(describe(&err));
+            return Some(plan);
+        }
+    };
+    let meta = &live.metadata;
+    let annotation = meta
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(PRUNE_ANNOTATION));
+    let label = meta.labels.as_ref().and_then(|l| l.get(MANAGED_BY_LABEL));
+    if annotation.map(String::as_str) == Some("disabled") {
+        plan.action = Action::Unchanged;
+        plan.note = Some(format!(
+            "removed from git but kept: {PRUNE_ANNOTATION}: disabled"
+        ));
+    } else if label.map(String::as_str) != Some(MANAGED_BY_VALUE) {
+        plan.action = Action::Unchanged;
+        plan.note = Some(format!(
+            "removed from git but kept: not labelled {MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"
+        ));
+    }
+    Some(plan)
 }
 
 #[derive(Clone, Copy)]

@@ -127,7 +127,6 @@ impl KubeTarget {
             &commit.to_string(),
             &self.config,
             manifests,
-            &[],
         )
         .await
         .map_err(|e| KubeError::Drift(describe(&e)))?;

@@ -581,3 +581,27 @@ pub fn commit_files(repo: &git2::Repository, files: &[(&str, String)]) -> git2::
     let parent = repo.refname_to_id("refs/heads/main").ok();
     build_commit(repo, &files, parent, "refs/heads/main", "rev")
 }
+
+/// A plain TCP forwarder from 127.0.0.1:`port` to `target` (TLS passes
+/// through untouched), for "server down, then back" tests. Runs until the
+/// test process exits.
+pub fn tcp_forward(port: u16, target: std::net::SocketAddr) {
+    let listener = TcpListener::bind(("127.0.0.1", port)).expect("forward port taken");
+    std::thread::spawn(move || {
+        for client in listener.incoming().flatten() {
+            let Ok(server) = TcpStream::connect(target) else {
+                continue;
+            };
+            let (mut c2, mut s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+            let (mut c1, mut s1) = (client, server);
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut c1, &mut s1);
+                let _ = s1.shutdown(std::net::Shutdown::Write);
+            });
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut s2, &mut c2);
+                let _ = c2.shutdown(std::net::Shutdown::Write);
+            });
+        }
+    });
+}
