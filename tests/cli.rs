@@ -105,6 +105,21 @@ fn each_bad_config_gives_one_clear_error_naming_the_key() {
             "sources[0].auth",
         ),
         ("  - name: dags\n", "  - name: Dags_1\n", "sources[0].name"),
+        (
+            "    destination: /tmp/ferry-dags\n",
+            "    destination: /tmp/ferry-dags\n  kubernetes:\n    source: platform\n",
+            "targets.kubernetes.source",
+        ),
+        (
+            "    destination: /tmp/ferry-dags\n",
+            "    destination: /tmp/ferry-dags\n  kubernetes:\n    source: dags\n    default_namespace: web\n    allowed_namespaces: [airflow]\n",
+            "targets.kubernetes.default_namespace",
+        ),
+        (
+            "    destination: /tmp/ferry-dags\n",
+            "    destination: /tmp/ferry-dags\n  kubernetes:\n    source: dags\n    drift_interval: sometimes\n",
+            "targets.kubernetes.drift_interval",
+        ),
     ];
     for (find, replace, key) in cases {
         assert!(BASE.contains(find), "bad test case: {find:?}");
