@@ -9,6 +9,8 @@
 //! 2. latency: trigger -> published over 100 commits, fetched from local
 //!    smart HTTP (lighttpd + git-http-backend).
 //! 3. rss: resident memory of an idle `ferry run` with two sources.
+//! 4. webhook: signed push webhook -> published, 100 pushes, `ferry run`
+//!    fetching from local smart HTTP.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -46,6 +48,9 @@ fn main() {
     }
     if wants("rss") {
         bench_rss();
+    }
+    if wants("webhook") {
+        bench_webhook();
     }
 }
 
@@ -347,4 +352,88 @@ fn bench_rss() {
     );
     let _ = child.kill();
     let _ = child.wait();
+}
+
+fn bench_webhook() {
+    const PUSHES: usize = 100;
+    let secret = "bench-webhook-secret";
+    let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let served = Repo::new(tmp.path(), "dags");
+    served.commit(&[("dags/a.py", Some("a = 0\n"))], "first");
+    let http = smart_http(tmp.path(), "ferry", "bench-password");
+    std::fs::write(tmp.path().join("pw"), "bench-password").unwrap();
+    std::fs::write(tmp.path().join("secret"), secret).unwrap();
+    let port = free_port();
+    let config = tmp.path().join("ferry.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "cache_dir: {cache}\nserver:\n  listen: 127.0.0.1:{port}\ngithub:\n  webhook_secret_file: {secret_file}\n\
+             sources:\n  - name: dags\n    url: http://127.0.0.1:{hp}/git/dags.git\n    github_repo: acme/dags\n    interval: 1h\n    \
+             auth:\n      username: ferry\n      password_file: {pw}\n\
+             targets:\n  dags:\n    source: dags\n    subdir: dags\n    destination: {dest}\n",
+            cache = tmp.path().join("cache").display(),
+            secret_file = tmp.path().join("secret").display(),
+            hp = http.port,
+            pw = tmp.path().join("pw").display(),
+            dest = tmp.path().join("dest").display()
+        ),
+    )
+    .unwrap();
+    let ferry = spawn_ferry(&config, &tmp.path().join("ferry.log"), port, &[]);
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let published = || {
+        let (_, body) = http_get(addr, "/api/v1/status/dags");
+        serde_json::from_str::<serde_json::Value>(&body).ok()?["published_revision"]
+            .as_str()
+            .map(str::to_string)
+    };
+    eventually(Duration::from_secs(30), "first publish", &published);
+    let repo = Repository::open_bare(&served.bare).unwrap();
+    let mut files = Files::new();
+    let mut parent = repo.refname_to_id("refs/heads/main").ok();
+    let mut latencies = Vec::new();
+    for n in 0..PUSHES {
+        files.insert(
+            "dags/a.py".into(),
+            (format!("a = {n}\n").into_bytes(), 0o100644),
+        );
+        let oid = build_commit(&repo, &files, parent, "refs/heads/main", "bench");
+        parent = Some(oid);
+        let sha = oid.to_string();
+        let body = serde_json::to_vec(&serde_json::json!({"ref": "refs/heads/main", "after": sha, "repository": {"full_name": "acme/dags"}})).unwrap();
+        let signature = ferry::webhook::sign(secret.as_bytes(), &body);
+        let delivery = format!("bench-{n}");
+        let started = Instant::now();
+        let (code, _) = http_post(
+            addr,
+            "/webhooks/github",
+            &[
+                ("X-GitHub-Event", "push"),
+                ("X-GitHub-Delivery", &delivery),
+                ("X-Hub-Signature-256", &signature),
+            ],
+            &body,
+        );
+        assert_eq!(code, 200);
+        while published().as_deref() != Some(sha.as_str()) {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "push {n} never published"
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        latencies.push(started.elapsed());
+    }
+    stop_ferry(ferry);
+    latencies.sort();
+    println!(
+        "== webhook: signed push -> DAGs published, {PUSHES} pushes, `ferry run` over local smart HTTP (basic auth)"
+    );
+    println!(
+        "   p50 {:6.1} ms   p95 {:6.1} ms   max {:6.1} ms   [target: p95 <= 1000 ms]",
+        ms(percentile(&latencies, 0.5)),
+        ms(percentile(&latencies, 0.95)),
+        ms(*latencies.last().unwrap())
+    );
 }

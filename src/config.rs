@@ -59,6 +59,17 @@ pub struct Config {
     pub sources: Vec<SourceConfig>,
     #[serde(default)]
     pub targets: TargetsConfig,
+    #[serde(default)]
+    pub github: Option<GithubConfig>,
+}
+
+/// GitHub integration. With `webhook_secret_file` set, `POST /webhooks/github`
+/// accepts signed deliveries; polling stays on as the fallback.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GithubConfig {
+    /// File holding the webhook secret (as configured on the GitHub webhook).
+    pub webhook_secret_file: Option<PathBuf>,
 }
 
 fn default_cache_dir() -> PathBuf {
@@ -134,6 +145,25 @@ pub struct SourceConfig {
     pub max_backoff: Duration,
     #[serde(default)]
     pub auth: AuthConfig,
+    /// `owner/name` on GitHub, to match webhook deliveries. Derived from
+    /// github.com URLs; set it for GitHub Enterprise or mirrors.
+    pub github_repo: Option<String>,
+}
+
+impl SourceConfig {
+    /// `owner/name` (lowercase) this source receives webhooks for, if any.
+    pub fn github_repo(&self) -> Option<String> {
+        if let Some(repo) = &self.github_repo {
+            return Some(repo.trim_end_matches(".git").to_ascii_lowercase());
+        }
+        let rest = self
+            .url
+            .strip_prefix("https://github.com/")
+            .or_else(|| self.url.strip_prefix("ssh://git@github.com/"))
+            .or_else(|| self.url.strip_prefix("git@github.com:"))?;
+        let repo = rest.trim_end_matches('/').trim_end_matches(".git");
+        (repo.split('/').count() == 2).then(|| repo.to_ascii_lowercase())
+    }
 }
 
 fn default_max_backoff() -> Duration {
@@ -481,6 +511,16 @@ impl Config {
                 return Err(invalid(
                     "targets.dags.validation.command".into(),
                     "the first element must be the program to run".into(),
+                ));
+            }
+        }
+        for (i, source) in self.sources.iter().enumerate() {
+            if let Some(repo) = &source.github_repo
+                && (repo.split('/').count() != 2 || repo.split('/').any(str::is_empty))
+            {
+                return Err(invalid(
+                    format!("sources[{i}].github_repo"),
+                    format!("`{repo}` must be `owner/name`"),
                 ));
             }
         }

@@ -272,8 +272,9 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let status = StatusStore::default();
     let metrics = Metrics::new();
     let agent = Agent::new(&config, status.clone(), metrics.clone())?;
+    let webhook = webhook_receiver(&config, &agent)?;
     let sources = config.sources.len();
-    serve_and_run(agent, config.server.listen, |addr| {
+    serve_and_run(agent, config.server.listen, webhook, |addr| {
         tracing::info!(%addr, sources, "ferry running");
     })
     .await?;
@@ -286,18 +287,59 @@ async fn run(config: Config) -> anyhow::Result<()> {
 async fn serve_and_run(
     agent: Agent,
     listen: SocketAddr,
+    webhook: Option<Arc<ferry::webhook::Receiver>>,
     listening: impl FnOnce(SocketAddr),
 ) -> anyhow::Result<()> {
     let shutdown = shutdown_signal();
     let state = AppState {
         status: agent.status(),
         metrics: agent.metrics(),
+        webhook,
     };
     let (addr, server) = server::serve(listen, state, shutdown.clone()).await?;
     listening(addr);
     agent.run(shutdown).await;
     let _ = server.await;
     Ok(())
+}
+
+/// The webhook receiver, when configured: one route per source that has a
+/// GitHub repository. The secret is checked now so a typo fails at start.
+fn webhook_receiver(
+    config: &Config,
+    agent: &Agent,
+) -> anyhow::Result<Option<Arc<ferry::webhook::Receiver>>> {
+    let Some(secret_file) = config
+        .github
+        .as_ref()
+        .and_then(|g| g.webhook_secret_file.clone())
+    else {
+        return Ok(None);
+    };
+    ferry::secret::from_file(&secret_file).context("github.webhook_secret_file")?;
+    let triggers = agent.triggers();
+    let routes: Vec<ferry::webhook::Route> = config
+        .sources
+        .iter()
+        .filter_map(|s| {
+            Some(ferry::webhook::Route {
+                repo: s.github_repo()?,
+                branch: s.branch.clone(),
+                source: s.name.clone(),
+                trigger: triggers.get(&s.name)?.clone(),
+            })
+        })
+        .collect();
+    if routes.is_empty() {
+        tracing::warn!(
+            "webhooks enabled, but no source has a GitHub repository (set sources[].github_repo)"
+        );
+    }
+    Ok(Some(ferry::webhook::Receiver::new(
+        secret_file,
+        routes,
+        agent.metrics().webhooks.clone(),
+    )))
 }
 
 async fn quickstart_cmd(dir: &Path, once: bool, listen: SocketAddr) -> anyhow::Result<ExitCode> {
@@ -361,7 +403,7 @@ async fn quickstart_cmd(dir: &Path, once: bool, listen: SocketAddr) -> anyhow::R
         });
     }
     let repo = layout.dags_repo.display().to_string();
-    serve_and_run(agent, config.server.listen, |addr| {
+    serve_and_run(agent, config.server.listen, None, |addr| {
         println!("  status API         http://{addr}/api/v1/status   (metrics: /metrics)");
         println!(
             "\nTry a change:\n  git clone {repo} /tmp/dags-work && cd /tmp/dags-work\n  \
@@ -448,6 +490,7 @@ async fn publish_dags(args: &PublishDagsArgs) -> anyhow::Result<ExitCode> {
         interval: Duration::from_secs(60),
         timeout: args.timeout,
         max_backoff: Duration::from_secs(300),
+        github_repo: None,
         auth: AuthConfig {
             username: args.username.clone(),
             token_file: args.token_file.clone().filter(|_| args.username.is_none()),
@@ -481,6 +524,7 @@ async fn publish_dags(args: &PublishDagsArgs) -> anyhow::Result<ExitCode> {
             dags: Some(target_config.clone()),
             kubernetes: None,
         },
+        github: None,
     };
     if let Err(err) = config.validate(Path::new("(flags)")) {
         let flag = err

@@ -60,6 +60,7 @@ pub struct Metrics {
     pub files_published: Family<FileLabels, Counter>,
     pub consecutive_failures: Family<SourceLabels, Gauge>,
     pub drift_objects: Family<SourceLabels, Gauge>,
+    pub webhooks: Family<crate::webhook::WebhookLabels, Counter>,
     pub kube_objects: Family<KubeObjectLabels, Counter>,
     /// Last revision label set per source, so a new revision replaces it.
     live_revision: Mutex<Vec<RevisionLabels>>,
@@ -76,6 +77,12 @@ impl Metrics {
         let files_published = Family::<FileLabels, Counter>::default();
         let consecutive_failures = Family::<SourceLabels, Gauge>::default();
         let drift_objects = Family::<SourceLabels, Gauge>::default();
+        let webhooks = Family::<crate::webhook::WebhookLabels, Counter>::default();
+        registry.register(
+            "webhooks",
+            "GitHub webhook deliveries by event and outcome",
+            webhooks.clone(),
+        );
         let kube_objects = Family::<KubeObjectLabels, Counter>::default();
         registry.register(
             "drift_objects",
@@ -128,6 +135,7 @@ impl Metrics {
             files_published,
             consecutive_failures,
             drift_objects,
+            webhooks,
             kube_objects,
             live_revision: Mutex::new(Vec::new()),
         })

@@ -3,21 +3,25 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
-use axum::http::{StatusCode, header};
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
+use bytes::Bytes;
 use serde::Serialize;
 use tokio::sync::watch;
 
 use crate::metrics::Metrics;
 use crate::status::{SourceStatus, StatusStore};
+use crate::webhook::{MAX_BODY, Receiver};
 
 #[derive(Clone)]
 pub struct AppState {
     pub status: StatusStore,
     pub metrics: Arc<Metrics>,
+    /// Set when `github.webhook_secret_file` is configured.
+    pub webhook: Option<Arc<Receiver>>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -27,7 +31,26 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .route("/api/v1/status", get(status_all))
         .route("/api/v1/status/{source}", get(status_one))
+        .route(
+            "/webhooks/github",
+            post(github_webhook).layer(DefaultBodyLimit::max(MAX_BODY)),
+        )
         .with_state(state)
+}
+
+async fn github_webhook(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    match &state.webhook {
+        Some(receiver) => receiver.handle(&headers, &body).into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            "webhooks are not configured (github.webhook_secret_file)\n",
+        )
+            .into_response(),
+    }
 }
 
 async fn readyz(State(state): State<AppState>) -> Response {
