@@ -178,20 +178,11 @@ fn main() {
             .then_some(())
     });
     let applied_in = started.elapsed();
-    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
-    let kib = |key: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(key))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(f64::NAN)
-    };
     println!(
         "   `ferry run` first apply: {:7.2} s; peak RSS (VmHWM) {:.1} MiB, now {:.1} MiB    [target peak <= 120 MiB]",
         applied_in.as_secs_f64(),
-        kib("VmHWM:") / 1024.0,
-        kib("VmRSS:") / 1024.0
+        proc_mib(child.id(), "VmHWM:"),
+        proc_mib(child.id(), "VmRSS:")
     );
     let _ = child.kill();
     let _ = child.wait();

@@ -334,21 +334,11 @@ fn bench_rss() {
         let _ = http_get(addr, "/metrics");
         let _ = http_get(addr, "/api/v1/status");
     }
-    let proc_status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
-    let field = |name: &str| {
-        proc_status
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(f64::NAN)
-            / 1024.0
-    };
     println!("== rss: idle `ferry run`, two sources polled every 2 s, 10 s idle with scrapes");
     println!(
         "   VmRSS {:5.1} MiB   VmHWM (peak) {:5.1} MiB   [target: <= 40 MiB]",
-        field("VmRSS:"),
-        field("VmHWM:")
+        proc_mib(child.id(), "VmRSS:"),
+        proc_mib(child.id(), "VmHWM:")
     );
     let _ = child.kill();
     let _ = child.wait();

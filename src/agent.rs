@@ -352,28 +352,14 @@ impl Worker {
         let mirror = self.source.mirror_path().to_path_buf();
         let path = target.config.path.clone();
         let manifests = tokio::task::spawn_blocking(move || {
-            let repo = git2::Repository::open_bare(&mirror).map_err(|e| {
-                vec![crate::desired::manifests::ManifestError {
-                    origin: crate::desired::manifests::Origin {
-                        file: path.clone(),
-                        document: 0,
-                        line: 0,
-                    },
-                    message: format!("cannot open the mirror: {}", e.message()),
-                }]
-            })?;
-            crate::desired::manifests::read(&repo, commit, &path)
+            crate::desired::manifests::read_mirror(&mirror, commit, &path)
         })
         .await
         .unwrap_or_else(|e| {
-            Err(vec![crate::desired::manifests::ManifestError {
-                origin: crate::desired::manifests::Origin {
-                    file: String::new(),
-                    document: 0,
-                    line: 0,
-                },
-                message: format!("reading manifests panicked: {e}"),
-            }])
+            Err(vec![crate::desired::manifests::ManifestError::general(
+                "",
+                format!("reading manifests panicked: {e}"),
+            )])
         });
         let result = if apply {
             target.apply(commit, manifests).await.map(KubeSync::Applied)

@@ -74,10 +74,39 @@ pub struct ManifestError {
     pub message: String,
 }
 
+impl ManifestError {
+    /// An error about a file or directory as a whole (no document or line).
+    pub fn general(file: &str, message: String) -> ManifestError {
+        ManifestError {
+            origin: Origin {
+                file: file.to_string(),
+                document: 0,
+                line: 0,
+            },
+            message,
+        }
+    }
+}
+
 impl fmt::Display for ManifestError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}: {}", self.origin, self.message)
     }
+}
+
+/// [`read`] from the bare repository at `mirror`.
+pub fn read_mirror(
+    mirror: &std::path::Path,
+    commit: Oid,
+    dir: &str,
+) -> Result<Vec<Manifest>, Vec<ManifestError>> {
+    let repo = Repository::open_bare(mirror).map_err(|e| {
+        vec![ManifestError::general(
+            dir,
+            format!("cannot open the mirror: {}", e.message()),
+        )]
+    })?;
+    read(&repo, commit, dir)
 }
 
 /// Reads `dir` of `commit`. A missing directory is an empty set (a repo may
@@ -87,16 +116,7 @@ pub fn read(
     commit: Oid,
     dir: &str,
 ) -> Result<Vec<Manifest>, Vec<ManifestError>> {
-    let fail = |message: String| {
-        vec![ManifestError {
-            origin: Origin {
-                file: dir.to_string(),
-                document: 0,
-                line: 0,
-            },
-            message,
-        }]
-    };
+    let fail = |message: String| vec![ManifestError::general(dir, message)];
     let root = repo
         .find_commit(commit)
         .and_then(|c| c.tree())

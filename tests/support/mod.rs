@@ -606,6 +606,17 @@ pub fn tcp_forward(port: u16, target: std::net::SocketAddr) {
     });
 }
 
+/// A field of /proc/<pid>/status (e.g. `VmHWM:`) in MiB.
+pub fn proc_mib(pid: u32, key: &str) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with(key))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse::<f64>().ok())
+        .map_or(f64::NAN, |kib| kib / 1024.0)
+}
+
 /// Minimal HTTP/1.1 POST: (status, body).
 pub fn http_post(
     addr: std::net::SocketAddr,
