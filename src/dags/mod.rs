@@ -137,10 +137,6 @@ impl DagsTarget {
         &self.publisher
     }
 
-    pub fn config(&self) -> &DagsTargetConfig {
-        &self.config
-    }
-
     /// The commit Airflow currently sees.
     pub fn live_commit(&self) -> Option<Oid> {
         self.publisher.current()

@@ -48,8 +48,6 @@ pub struct KubeTarget {
     last: Option<LastApplied>,
     /// Last revision applied successfully (the last good one).
     applied: Option<Oid>,
-    /// Last revision attempted, successful or not.
-    attempted: Option<Oid>,
     last_drift_check: Option<Instant>,
 }
 
@@ -61,13 +59,8 @@ impl KubeTarget {
             client: None,
             last: None,
             applied: None,
-            attempted: None,
             last_drift_check: None,
         }
-    }
-
-    pub fn applied(&self) -> Option<Oid> {
-        self.applied
     }
 
     /// True when `commit` should be applied now: it is new, or its last
@@ -96,7 +89,6 @@ impl KubeTarget {
         manifests: Result<Vec<Manifest>, Vec<ManifestError>>,
     ) -> Result<ApplyOutcome, KubeError> {
         let client = self.client().await?;
-        self.attempted = Some(commit);
         let applier = Applier {
             client: &client,
             target: &self.name,

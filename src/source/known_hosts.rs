@@ -65,14 +65,6 @@ impl KnownHosts {
         KnownHosts { entries }
     }
 
-    pub fn len(&self) -> usize {
-        self.entries.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
-
     /// `host` as OpenSSH writes it: `name` for port 22, else `[name]:port`.
     pub fn check(&self, host: &str, port: u16, key: &[u8]) -> Verdict {
         let name = if port == 22 {

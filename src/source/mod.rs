@@ -49,16 +49,6 @@ pub enum SourceError {
     Mirror { path: PathBuf, detail: String },
 }
 
-impl SourceError {
-    /// Errors worth retrying soon (with backoff); the others need a human.
-    pub fn is_transient(&self) -> bool {
-        matches!(
-            self,
-            SourceError::Network { .. } | SourceError::Timeout { .. } | SourceError::Git { .. }
-        )
-    }
-}
-
 /// One tracked repository and its local bare mirror.
 pub struct GitSource {
     pub name: String,
