@@ -173,9 +173,13 @@ impl Server {
 /// `git daemon` serving every repo under `root` at git://127.0.0.1:port/<name>.git
 pub fn git_daemon(root: &Path, port: u16) -> Server {
     let log = root.join(format!("git-daemon-{port}.log"));
-    let child = Command::new("git")
+    // `git daemon` would run git-daemon as its child, and killing the
+    // wrapper would orphan the server: start the real binary directly.
+    let exec_path = run(Command::new("git").arg("--exec-path"))
+        .trim()
+        .to_string();
+    let child = Command::new(Path::new(&exec_path).join("git-daemon"))
         .args([
-            "daemon",
             "--reuseaddr",
             "--export-all",
             "--listen=127.0.0.1",
@@ -188,7 +192,7 @@ pub fn git_daemon(root: &Path, port: u16) -> Server {
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
-        .expect("cannot start git daemon (is git installed?)");
+        .expect("cannot start git-daemon (is git installed?)");
     wait_for_port(port, Duration::from_secs(10));
     Server { child, port, log }
 }
