@@ -76,6 +76,7 @@ fn main() {
             client: &client,
             target: "bench",
             config: &config,
+            cancel: None,
         };
         let mut last = None;
         let started = Instant::now();

@@ -257,7 +257,9 @@ impl Worker {
     async fn sync(self: Arc<Self>, cancel: Arc<AtomicBool>) -> SyncResult {
         let started = Instant::now();
         let worker = self.clone();
-        let result = tokio::task::spawn_blocking(move || worker.sync_blocking(&cancel)).await;
+        let blocking_cancel = cancel.clone();
+        let result =
+            tokio::task::spawn_blocking(move || worker.sync_blocking(&blocking_cancel)).await;
         let result = result.unwrap_or_else(|err| {
             SyncResult::Failed(SyncFailure {
                 kind: "internal_error",
@@ -269,7 +271,7 @@ impl Worker {
         });
         let result = match (&self.kube, result) {
             (Some(kube), SyncResult::Fetched { commit } | SyncResult::Unchanged { commit }) => {
-                self.sync_kubernetes(kube, commit).await
+                self.sync_kubernetes(kube, commit, &cancel).await
             }
             (_, other) => other,
         };
@@ -343,6 +345,7 @@ impl Worker {
         &self,
         kube: &tokio::sync::Mutex<KubeTarget>,
         commit: Oid,
+        cancel: &AtomicBool,
     ) -> SyncResult {
         let mut target = kube.lock().await;
         let apply = target.needs_apply(commit);
@@ -362,9 +365,12 @@ impl Worker {
             )])
         });
         let result = if apply {
-            target.apply(commit, manifests).await.map(KubeSync::Applied)
+            target
+                .apply(commit, manifests, cancel)
+                .await
+                .map(KubeSync::Applied)
         } else {
-            target.check_drift(commit, manifests).await
+            target.check_drift(commit, manifests, cancel).await
         };
         match result {
             Ok(KubeSync::Applied(outcome)) if !outcome.succeeded() => {

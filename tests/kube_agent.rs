@@ -236,3 +236,62 @@ fn an_unreachable_cluster_is_retried_and_recovered_from() {
     assert!(v["last_error"].is_null(), "{v}");
     stop_ferry(ferry);
 }
+
+/// SIGTERM while ferry waits for a workload that never gets healthy (no
+/// kubelet here): it stops promptly instead of sitting out `health_timeout`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_does_not_wait_out_the_health_timeout() {
+    let cp = control_plane();
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = Repo::new(tmp.path(), "platform");
+    let ns = unique_namespace("sigterm");
+    repo.commit(
+        &[
+            ("manifests/ns.yaml", Some(&format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {ns}\n"))),
+            (
+                "manifests/web.yaml",
+                Some(
+                    "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\nspec:\n  selector:\n    matchLabels: {app: web}\n  \
+                     template:\n    metadata:\n      labels: {app: web}\n    spec:\n      containers:\n        - name: web\n          image: nginx:1.27\n",
+                ),
+            ),
+        ],
+        "first",
+    );
+    let daemon = git_daemon(tmp.path(), free_port());
+    let port = free_port();
+    let config = tmp.path().join("ferry.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "cache_dir: {}\nserver:\n  listen: 127.0.0.1:{port}\nsources:\n  - name: platform\n    url: git://127.0.0.1:{}/platform.git\n    interval: 1s\n\
+             targets:\n  kubernetes:\n    source: platform\n    default_namespace: {ns}\n    health_timeout: 120s\n    kubeconfig: {}\n",
+            tmp.path().join("cache").display(),
+            daemon.port,
+            cp.admin.display()
+        ),
+    )
+    .unwrap();
+    let ferry = spawn_ferry(&config, &tmp.path().join("ferry.log"), port, &[]);
+    let client = ferry::kubernetes::client::connect(Some(&cp.admin))
+        .await
+        .unwrap();
+    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> = Api::namespaced(client, &ns);
+    // The Deployment exists: ferry is now waiting for it to become healthy.
+    for _ in 0..200 {
+        if let Ok(Some(_)) = deployments.get_opt("web").await {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let asked = std::time::Instant::now();
+    tokio::task::spawn_blocking(move || stop_ferry(ferry))
+        .await
+        .unwrap();
+    assert!(
+        asked.elapsed() < Duration::from_secs(10),
+        "shutdown took {:?}",
+        asked.elapsed()
+    );
+}

@@ -29,6 +29,7 @@ async fn apply(
         client: &client,
         target: "platform",
         config,
+        cancel: None,
     };
     applier
         .apply(
@@ -494,6 +495,7 @@ async fn the_restricted_user_applies_what_ferrys_role_allows_and_is_refused_the_
         client: &restricted,
         target: "platform",
         config: &config,
+        cancel: None,
     };
     let out = applier
         .apply(

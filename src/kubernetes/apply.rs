@@ -7,6 +7,7 @@
 //! themselves applies nothing.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::{FutureExt, StreamExt};
@@ -116,6 +117,9 @@ pub struct Applier<'a> {
     pub client: &'a Client,
     pub target: &'a str,
     pub config: &'a KubernetesTargetConfig,
+    /// Set on shutdown: waits (CRDs, health) end early; writes are per
+    /// object and idempotent, so the next start simply applies again.
+    pub cancel: Option<&'a AtomicBool>,
 }
 
 impl Applier<'_> {
@@ -353,7 +357,7 @@ impl Applier<'_> {
                         .iter()
                         .any(|c| c.type_ == "Established" && c.status == "True")
                 });
-                if established || Instant::now() >= deadline {
+                if established || Instant::now() >= deadline || self.cancelled() {
                     break;
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
@@ -385,6 +389,15 @@ impl Applier<'_> {
         }
         let deadline = Instant::now() + self.config.health_timeout;
         loop {
+            if self.cancelled() {
+                for o in outcomes.iter_mut() {
+                    if let Some(Health::InProgress(reason)) = &o.health {
+                        o.health =
+                            Some(Health::Failed(format!("shutdown before healthy: {reason}")));
+                    }
+                }
+                return;
+            }
             let pending: Vec<usize> = outcomes
                 .iter()
                 .enumerate()
@@ -432,6 +445,10 @@ impl Applier<'_> {
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
+    }
+
+    fn cancelled(&self) -> bool {
+        self.cancel.is_some_and(|c| c.load(Ordering::Relaxed))
     }
 
     async fn prune_one(&self, catalog: &Catalog, entry: &Entry) -> ObjectOutcome {

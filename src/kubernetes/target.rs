@@ -2,6 +2,7 @@
 //! between revisions, look for drift every `drift_interval` (a dry-run
 //! plan, so reads and dry runs only) and re-apply when `self_heal` is on.
 
+use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
 use git2::Oid;
@@ -87,12 +88,14 @@ impl KubeTarget {
         &mut self,
         commit: Oid,
         manifests: Result<Vec<Manifest>, Vec<ManifestError>>,
+        cancel: &AtomicBool,
     ) -> Result<ApplyOutcome, KubeError> {
         let client = self.client().await?;
         let applier = Applier {
             client: &client,
             target: &self.name,
             config: &self.config,
+            cancel: Some(cancel),
         };
         let outcome = applier
             .apply(&commit.to_string(), manifests, &mut self.last)
@@ -109,6 +112,7 @@ impl KubeTarget {
         &mut self,
         commit: Oid,
         manifests: Result<Vec<Manifest>, Vec<ManifestError>>,
+        cancel: &AtomicBool,
     ) -> Result<KubeSync, KubeError> {
         let client = self.client().await?;
         self.last_drift_check = Some(Instant::now());
@@ -135,6 +139,7 @@ impl KubeTarget {
                 client: &client,
                 target: &self.name,
                 config: &self.config,
+                cancel: Some(cancel),
             };
             self.last = None;
             Some(
