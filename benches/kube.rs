@@ -11,7 +11,6 @@
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ferry::desired::manifests;
@@ -79,49 +78,35 @@ fn main() {
             cancel: None,
         };
         let mut last = None;
-        let started = Instant::now();
-        let out = applier
-            .apply(
-                &r1.to_string(),
-                manifests::read(&repo, r1, "manifests"),
-                &mut last,
+        // Applies a revision: (outcome, time taken, writes the audit log saw).
+        let mut timed = async |rev: git2::Oid| {
+            let writes_before = audited_writes(&cp.audit_log, &ns).len();
+            let started = Instant::now();
+            let out = applier
+                .apply(
+                    &rev.to_string(),
+                    manifests::read(&repo, rev, "manifests"),
+                    &mut last,
+                )
+                .await
+                .unwrap();
+            let took = started.elapsed();
+            (
+                out,
+                took,
+                audited_writes(&cp.audit_log, &ns).len() - writes_before,
             )
-            .await
-            .unwrap();
-        let first = started.elapsed();
+        };
+        let (out, first, _) = timed(r1).await;
         assert!(
             out.succeeded(),
             "first apply failed: {:?}",
             out.objects.iter().find(|o| o.error.is_some())
         );
-
-        let writes_before = audited_writes(&cp.audit_log, &ns).len();
-        let started = Instant::now();
-        let out = applier
-            .apply(
-                &r1.to_string(),
-                manifests::read(&repo, r1, "manifests"),
-                &mut last,
-            )
-            .await
-            .unwrap();
-        let noop = started.elapsed();
+        let (out, noop, noop_writes) = timed(r1).await;
         assert!(out.unchanged);
-        let noop_writes = audited_writes(&cp.audit_log, &ns).len() - writes_before;
-
-        let writes_before = audited_writes(&cp.audit_log, &ns).len();
-        let started = Instant::now();
-        let out = applier
-            .apply(
-                &r2.to_string(),
-                manifests::read(&repo, r2, "manifests"),
-                &mut last,
-            )
-            .await
-            .unwrap();
-        let change = started.elapsed();
+        let (out, change, change_writes) = timed(r2).await;
         assert!(out.succeeded());
-        let change_writes = audited_writes(&cp.audit_log, &ns).len() - writes_before;
         (first, noop, noop_writes, change, change_writes)
     });
     println!(
@@ -163,14 +148,7 @@ fn main() {
         ),
     )
     .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ferry"))
-        .args(["run", "--config"])
-        .arg(&config_path)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_for_port(port, Duration::from_secs(10));
+    let child = spawn_ferry(&config_path, &tmp.path().join("ferry.log"), port, &[]);
     let addr = format!("127.0.0.1:{port}").parse().unwrap();
     let started = Instant::now();
     eventually(Duration::from_secs(120), "ferry run to apply", || {
@@ -185,6 +163,5 @@ fn main() {
         proc_mib(child.id(), "VmHWM:"),
         proc_mib(child.id(), "VmRSS:")
     );
-    let _ = child.kill();
-    let _ = child.wait();
+    stop_ferry(child);
 }

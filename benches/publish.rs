@@ -17,7 +17,6 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
@@ -316,14 +315,7 @@ fn bench_rss() {
         ),
     )
     .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ferry"))
-        .args(["run", "--config"])
-        .arg(&config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_for_port(port, Duration::from_secs(10));
+    let child = spawn_ferry(&config, &tmp.path().join("ferry.log"), port, &[]);
     let addr = format!("127.0.0.1:{port}").parse().unwrap();
     eventually(Duration::from_secs(30), "ready", || {
         (http_get(addr, "/readyz").0 == 200).then_some(())
@@ -340,8 +332,7 @@ fn bench_rss() {
         proc_mib(child.id(), "VmRSS:"),
         proc_mib(child.id(), "VmHWM:")
     );
-    let _ = child.kill();
-    let _ = child.wait();
+    stop_ferry(child);
 }
 
 fn bench_webhook() {
