@@ -10,7 +10,8 @@
 //!    smart HTTP (lighttpd + git-http-backend).
 //! 3. rss: resident memory of an idle `ferry run` with two sources.
 //! 4. webhook: signed push webhook -> published, 100 pushes, `ferry run`
-//!    fetching from local smart HTTP.
+//!    fetching from local smart HTTP, reporting to the fake GitHub of the
+//!    tests; also push -> `success` status received by that GitHub.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -227,7 +228,7 @@ fn bench_latency() {
         .unwrap();
     let status = StatusStore::default();
     let agent = runtime
-        .block_on(async { Agent::new(&config, status.clone(), Metrics::new()) })
+        .block_on(async { Agent::new(&config, status.clone(), Metrics::new(), None) })
         .unwrap();
     let trigger = agent.triggers().remove("dags").unwrap();
     let (tx, rx) = tokio::sync::watch::channel(false);
@@ -344,17 +345,25 @@ fn bench_webhook() {
     let http = smart_http(tmp.path(), "ferry", "bench-password");
     std::fs::write(tmp.path().join("pw"), "bench-password").unwrap();
     std::fs::write(tmp.path().join("secret"), secret).unwrap();
+    std::fs::write(tmp.path().join("token"), "bench-token").unwrap();
+    let github = support::github::FakeGithub::start(support::github::FakeState {
+        token: Some("bench-token".into()),
+        repos: ["acme/dags".to_string()].into(),
+        ..Default::default()
+    });
     let port = free_port();
     let config = tmp.path().join("ferry.yaml");
     std::fs::write(
         &config,
         format!(
-            "cache_dir: {cache}\nserver:\n  listen: 127.0.0.1:{port}\ngithub:\n  webhook_secret_file: {secret_file}\n\
+            "cache_dir: {cache}\nserver:\n  listen: 127.0.0.1:{port}\ngithub:\n  webhook_secret_file: {secret_file}\n  token_file: {token}\n  api_url: {api}\n\
              sources:\n  - name: dags\n    url: http://127.0.0.1:{hp}/git/dags.git\n    github_repo: acme/dags\n    interval: 1h\n    \
              auth:\n      username: ferry\n      password_file: {pw}\n\
              targets:\n  dags:\n    source: dags\n    subdir: dags\n    destination: {dest}\n",
             cache = tmp.path().join("cache").display(),
             secret_file = tmp.path().join("secret").display(),
+            token = tmp.path().join("token").display(),
+            api = github.url(),
             hp = http.port,
             pw = tmp.path().join("pw").display(),
             dest = tmp.path().join("dest").display()
@@ -374,6 +383,7 @@ fn bench_webhook() {
     let mut files = Files::new();
     let mut parent = repo.refname_to_id("refs/heads/main").ok();
     let mut latencies = Vec::new();
+    let mut reported = Vec::new();
     for n in 0..PUSHES {
         files.insert(
             "dags/a.py".into(),
@@ -405,9 +415,19 @@ fn bench_webhook() {
             std::thread::sleep(Duration::from_millis(2));
         }
         latencies.push(started.elapsed());
+        while github.states(&sha, "ferry/dags").last().map(String::as_str) != Some("success") {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "push {n} never reported"
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        reported.push(started.elapsed());
     }
     stop_ferry(ferry);
+    github.assert_nothing_rejected();
     latencies.sort();
+    reported.sort();
     println!(
         "== webhook: signed push -> DAGs published, {PUSHES} pushes, `ferry run` over local smart HTTP (basic auth)"
     );
@@ -416,5 +436,11 @@ fn bench_webhook() {
         ms(percentile(&latencies, 0.5)),
         ms(percentile(&latencies, 0.95)),
         ms(*latencies.last().unwrap())
+    );
+    println!(
+        "   push -> `success` status at GitHub: p50 {:6.1} ms   p95 {:6.1} ms   max {:6.1} ms",
+        ms(percentile(&reported, 0.5)),
+        ms(percentile(&reported, 0.95)),
+        ms(*reported.last().unwrap())
     );
 }

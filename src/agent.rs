@@ -16,12 +16,14 @@ use std::time::{Duration, Instant, SystemTime};
 use git2::Oid;
 use tokio::sync::{Notify, watch};
 
-use crate::config::Config;
+use crate::config::{Config, DagsTargetConfig, KubernetesTargetConfig};
 use crate::dags::{DagsError, DagsOutcome, DagsTarget};
 use crate::kubernetes::target::{KubeSync, KubeTarget};
 use crate::metrics::{self, FileLabels, KubeObjectLabels, Metrics, ResultLabels};
+use crate::preview::{self, PreviewQueue, PreviewTarget};
+use crate::report::{Reporter, State, Subject};
 use crate::source::{GitSource, SourceError};
-use crate::status::{ErrorReport, KubeStatus, StatusStore, timestamp};
+use crate::status::{ErrorReport, KubeStatus, RevisionRecord, StatusStore, timestamp};
 
 /// Pokes one source's worker; cheap to clone and to call from anywhere.
 #[derive(Clone, Default)]
@@ -87,6 +89,24 @@ struct Worker {
     metrics: Arc<Metrics>,
     /// Last commit fully evaluated, and whether it was accepted.
     evaluated: Mutex<Option<(Oid, bool)>>,
+    /// Where results go on GitHub, when reporting is on and the source
+    /// names its repository.
+    report: Option<(Reporter, Subject)>,
+    /// Last commit whose evaluation was announced (`pending`), so retries
+    /// of the same commit do not announce it again.
+    announced: Mutex<Option<Oid>>,
+    previews: PreviewQueue,
+    dags_config: Option<DagsTargetConfig>,
+    kube_config: Option<KubernetesTargetConfig>,
+    cache_dir: std::path::PathBuf,
+}
+
+/// What the webhook receiver needs of one source.
+pub struct SourceHandle {
+    pub name: String,
+    pub trigger: Trigger,
+    /// Set when this source takes pull request previews.
+    pub previews: Option<PreviewQueue>,
 }
 
 pub struct Agent {
@@ -102,6 +122,7 @@ impl Agent {
         config: &Config,
         status: StatusStore,
         metrics: Arc<Metrics>,
+        reporter: Option<Reporter>,
     ) -> anyhow::Result<Agent> {
         use anyhow::Context;
         std::fs::create_dir_all(&config.cache_dir)
@@ -144,6 +165,28 @@ impl Agent {
             if kube.is_some() {
                 status.update(&source.name, |s| s.kubernetes = Some(KubeStatus::default()));
             }
+            let context = if kube.is_some() {
+                Some("ferry/platform")
+            } else if dags.is_some() {
+                Some("ferry/dags")
+            } else {
+                None
+            };
+            let report = match (&reporter, context, source_config.github_repo()) {
+                (Some(r), Some(context), Some(repo)) => Some((
+                    r.clone(),
+                    Subject {
+                        source: source.name.clone(),
+                        repo,
+                        context: context.to_string(),
+                    },
+                )),
+                (Some(_), Some(_), None) => {
+                    tracing::warn!(source = %source.name, "not reporting to GitHub: set github_repo (the URL is not a github.com one)");
+                    None
+                }
+                _ => None,
+            };
             workers.push(Arc::new(Worker {
                 source,
                 dags,
@@ -154,6 +197,20 @@ impl Agent {
                 status: status.clone(),
                 metrics: metrics.clone(),
                 evaluated: Mutex::new(None),
+                report,
+                announced: Mutex::new(None),
+                previews: PreviewQueue::default(),
+                dags_config: config
+                    .targets
+                    .dags
+                    .clone()
+                    .filter(|d| d.source == source_config.name),
+                kube_config: config
+                    .targets
+                    .kubernetes
+                    .clone()
+                    .filter(|k| k.source == source_config.name),
+                cache_dir: config.cache_dir.clone(),
             }));
         }
         Ok(Agent {
@@ -171,11 +228,27 @@ impl Agent {
         self.metrics.clone()
     }
 
-    /// Triggers by source name, for the webhook receiver.
+    /// Triggers by source name.
     pub fn triggers(&self) -> HashMap<String, Trigger> {
         self.workers
             .iter()
             .map(|w| (w.source.name.clone(), w.trigger.clone()))
+            .collect()
+    }
+
+    /// What the webhook receiver pokes, per source. Previews need a place
+    /// to report to, so sources without one take none.
+    pub fn handles(&self, previews: bool) -> Vec<SourceHandle> {
+        self.workers
+            .iter()
+            .map(|w| SourceHandle {
+                name: w.source.name.clone(),
+                trigger: w.trigger.clone(),
+                previews: (previews
+                    && w.report.is_some()
+                    && (w.dags_config.is_some() || w.kube_config.is_some()))
+                .then(|| w.previews.clone()),
+            })
             .collect()
     }
 
@@ -234,6 +307,12 @@ impl Worker {
                 }),
             };
             let retry_soon = self.record(&result);
+            if !cancel.load(Ordering::Relaxed) {
+                // A sync cut short by shutdown has no result to report; the
+                // commit stays `pending` and the next start settles it.
+                self.report(&result);
+                self.run_previews(&cancel).await;
+            }
             let delay = if retry_soon {
                 backoff.next_delay()
             } else {
@@ -309,6 +388,7 @@ impl Worker {
             self.set_evaluated(commit, true);
             return SyncResult::Fetched { commit };
         };
+        self.announce(commit, "validating and publishing the DAGs");
         let repo = match self.source.open() {
             Ok(repo) => repo,
             Err(err) => return fetch_failure(err),
@@ -351,6 +431,9 @@ impl Worker {
         let apply = target.needs_apply(commit);
         if !apply && !target.drift_due() {
             return SyncResult::Unchanged { commit };
+        }
+        if apply {
+            self.announce(commit, "applying to Kubernetes and waiting for health");
         }
         let mirror = self.source.mirror_path().to_path_buf();
         let path = target.config.path.clone();
@@ -461,6 +544,180 @@ impl Worker {
                         k.last_apply = Some(h);
                     }
                 });
+            }
+        }
+    }
+
+    /// Marks the start of a commit's evaluation (once per commit): status
+    /// API and, when reporting, `pending` on GitHub.
+    fn announce(&self, commit: Oid, what: &str) {
+        {
+            let mut announced = self.announced.lock().unwrap_or_else(|e| e.into_inner());
+            if *announced == Some(commit) {
+                return;
+            }
+            *announced = Some(commit);
+        }
+        let sha = commit.to_string();
+        self.status.record_revision(
+            &self.source.name,
+            RevisionRecord {
+                revision: sha.clone(),
+                origin: "branch",
+                pull_request: None,
+                state: "pending",
+                description: format!("ferry is {what}"),
+                at: timestamp(SystemTime::now()),
+                detail: None,
+            },
+        );
+        if let Some((reporter, subject)) = &self.report {
+            reporter.started(subject, &sha, &format!("ferry is {what}"));
+        }
+    }
+
+    /// The final word on an evaluated commit: status API and GitHub.
+    fn report(&self, result: &SyncResult) {
+        let (commit, state, description, detail) = match result {
+            SyncResult::Published(outcome) => {
+                let description = if !outcome.published {
+                    "already live".to_string()
+                } else if outcome.warnings.is_empty() {
+                    format!(
+                        "published {} file(s) in {} ms",
+                        outcome.stats.files_written + outcome.stats.files_linked,
+                        outcome.duration_ms
+                    )
+                } else {
+                    format!(
+                        "published with {} DAG warning(s) (policy: warn): {}",
+                        outcome.warnings.len(),
+                        outcome.warnings[0]
+                    )
+                };
+                (
+                    outcome.commit.clone(),
+                    State::Success,
+                    description,
+                    serde_json::to_value(outcome).ok(),
+                )
+            }
+            SyncResult::Kube {
+                commit,
+                sync: KubeSync::Applied(outcome),
+            } => (
+                commit.to_string(),
+                State::Success,
+                format!(
+                    "{} object(s) in sync, all healthy; {} sent, {} pruned",
+                    outcome.objects.len(),
+                    outcome.count(crate::kubernetes::apply::Status::Applied),
+                    outcome.count(crate::kubernetes::apply::Status::Pruned)
+                ),
+                serde_json::to_value(outcome).ok(),
+            ),
+            SyncResult::Failed(failure) => {
+                let Some(commit) = failure.commit else {
+                    return; // no commit evaluated (e.g. the fetch failed)
+                };
+                let state = match failure.kind {
+                    "validation_failed" | "invalid_revision" | "apply_failed" => State::Failure,
+                    _ => State::Error,
+                };
+                let description = match failure.dags.as_ref().and_then(|d| d.problems().first()) {
+                    Some(problem) => format!("DAG check failed: {problem}"),
+                    None => failure.error.clone(),
+                };
+                (commit.to_string(), state, description, None)
+            }
+            _ => return,
+        };
+        if self
+            .announced
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .map(|c| c.to_string())
+            != Some(commit.clone())
+        {
+            // Not announced: nothing was evaluated anew (e.g. a drift check).
+            return;
+        }
+        self.status.record_revision(
+            &self.source.name,
+            RevisionRecord {
+                revision: commit.clone(),
+                origin: "branch",
+                pull_request: None,
+                state: state.as_str(),
+                description: description.clone(),
+                at: timestamp(SystemTime::now()),
+                detail,
+            },
+        );
+        if let Some((reporter, subject)) = &self.report {
+            reporter.finished(subject, &commit, state, &description);
+        }
+    }
+
+    /// Previews the pull requests that webhooks asked for.
+    async fn run_previews(&self, cancel: &AtomicBool) {
+        let Some((reporter, subject)) = &self.report else {
+            return;
+        };
+        for (pr, announced_sha) in self.previews.take() {
+            let target = match (&self.kube_config, &self.dags_config) {
+                (Some(k), _) => PreviewTarget::Kubernetes(k),
+                (None, Some(d)) => PreviewTarget::Dags(d),
+                (None, None) => return,
+            };
+            let started = Instant::now();
+            let preview = preview::run(&self.source, target, pr, &self.cache_dir, cancel).await;
+            let result = if preview.state == State::Error {
+                "error"
+            } else {
+                preview.state.as_str()
+            };
+            self.metrics
+                .previews
+                .get_or_create(&ResultLabels {
+                    source: self.source.name.clone(),
+                    result: result.to_string(),
+                })
+                .inc();
+            tracing::info!(source = %self.source.name, pr, sha = %preview.sha, state = preview.state.as_str(), duration_ms = started.elapsed().as_millis() as u64, "previewed pull request");
+            if preview.sha.is_empty() {
+                tracing::warn!(source = %self.source.name, pr, announced = %announced_sha, error = %preview.description, "preview failed");
+                continue;
+            }
+            if preview.sha != announced_sha {
+                tracing::info!(source = %self.source.name, pr, announced = %announced_sha, fetched = %preview.sha, "the PR moved on since the webhook; previewed its newest head");
+            }
+            self.status.record_revision(
+                &self.source.name,
+                RevisionRecord {
+                    revision: preview.sha.clone(),
+                    origin: "preview",
+                    pull_request: Some(pr),
+                    state: preview.state.as_str(),
+                    description: preview.description.clone(),
+                    at: timestamp(SystemTime::now()),
+                    detail: Some(preview.detail),
+                },
+            );
+            reporter.preview_status(
+                subject,
+                preview.context,
+                &preview.sha,
+                preview.state,
+                &preview.description,
+            );
+            if !preview.comment.is_empty() {
+                reporter.comment(
+                    &subject.repo,
+                    pr,
+                    &crate::report::comment::marker(&self.source.name),
+                    preview.comment,
+                );
             }
         }
     }

@@ -64,12 +64,64 @@ pub struct Config {
 }
 
 /// GitHub integration. With `webhook_secret_file` set, `POST /webhooks/github`
-/// accepts signed deliveries; polling stays on as the fallback.
+/// accepts signed deliveries; polling stays on as the fallback. With
+/// credentials (`token_file`, `token_env` or `app`), ferry reports commit
+/// statuses, deployments and PR previews.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GithubConfig {
     /// File holding the webhook secret (as configured on the GitHub webhook).
     pub webhook_secret_file: Option<PathBuf>,
+    /// REST API root; `https://HOST/api/v3` for GitHub Enterprise Server.
+    #[serde(default = "default_github_api_url")]
+    pub api_url: String,
+    /// How GitHub users reach ferry, for the links in statuses and
+    /// deployments (e.g. `https://ferry.example.com`). Defaults to
+    /// `http://<server.listen>`.
+    pub external_url: Option<String>,
+    /// File holding a token (fine-grained PAT or any installation token),
+    /// re-read before each request so a rotated token needs no restart.
+    pub token_file: Option<PathBuf>,
+    /// Environment variable holding a token.
+    pub token_env: Option<String>,
+    /// Authenticate as a GitHub App installation instead of with a token.
+    pub app: Option<GithubAppConfig>,
+    /// Environment of the GitHub Deployments ferry records.
+    #[serde(default = "default_environment")]
+    pub environment: String,
+    /// Record a GitHub Deployment for each revision ferry applies.
+    #[serde(default = "yes")]
+    pub deployments: bool,
+    /// Plan pull requests (on `pull_request` webhooks) and comment the plan.
+    #[serde(default = "yes")]
+    pub previews: bool,
+    /// What was reported for which commit, kept across restarts.
+    /// Defaults to `<cache_dir>/github-report.json`.
+    pub state_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GithubAppConfig {
+    pub app_id: u64,
+    pub installation_id: u64,
+    /// The App's private key (PEM, as downloaded from GitHub).
+    pub private_key_file: PathBuf,
+}
+
+impl GithubConfig {
+    /// True when ferry has credentials to write to GitHub.
+    pub fn reporting(&self) -> bool {
+        self.token_file.is_some() || self.token_env.is_some() || self.app.is_some()
+    }
+}
+
+fn default_github_api_url() -> String {
+    "https://api.github.com".into()
+}
+
+fn default_environment() -> String {
+    "production".into()
 }
 
 fn default_cache_dir() -> PathBuf {
@@ -524,6 +576,38 @@ impl Config {
                 ));
             }
         }
+        if let Some(github) = &self.github {
+            let credentials = [
+                github.token_file.is_some(),
+                github.token_env.is_some(),
+                github.app.is_some(),
+            ];
+            if credentials.iter().filter(|c| **c).count() > 1 {
+                return Err(invalid(
+                    "github".into(),
+                    "set one of token_file, token_env and app, not several".into(),
+                ));
+            }
+            for (key, url) in [
+                ("github.api_url", Some(&github.api_url)),
+                ("github.external_url", github.external_url.as_ref()),
+            ] {
+                if let Some(url) = url
+                    && !(url.starts_with("https://") || url.starts_with("http://"))
+                {
+                    return Err(invalid(
+                        key.into(),
+                        format!("`{url}` must be an http:// or https:// URL"),
+                    ));
+                }
+            }
+            if github.environment.trim().is_empty() {
+                return Err(invalid(
+                    "github.environment".into(),
+                    "must not be empty (e.g. `production`)".into(),
+                ));
+            }
+        }
         if let Some(kube) = &self.targets.kubernetes {
             if !names.contains(kube.source.as_str()) {
                 return Err(invalid(
@@ -799,6 +883,43 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(err.key(), Some("sources[0].auth.known_hosts_file"));
+    }
+
+    #[test]
+    fn github_reporting_takes_one_credential_and_real_urls() {
+        let base = "sources:\n  - name: a\n    url: https://e.com/a.git\ngithub:\n";
+        let ok = parse(&format!(
+            "{base}  token_file: /t\n  api_url: https://ghe.example.com/api/v3\n"
+        ))
+        .unwrap();
+        let github = ok.github.unwrap();
+        assert!(github.reporting() && github.deployments && github.previews);
+        assert_eq!(github.environment, "production");
+        let err = parse(&format!("{base}  token_file: /t\n  token_env: T\n")).unwrap_err();
+        assert_eq!(err.key(), Some("github"));
+        assert!(
+            err.to_string()
+                .contains("set one of token_file, token_env and app"),
+            "{err}"
+        );
+        let err = parse(&format!("{base}  external_url: ferry.example.com\n")).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("ferry.yaml:5: github.external_url: "),
+            "{err}"
+        );
+        let err = parse(&format!(
+            "{base}  app:\n    app_id: 1\n    private_key_file: /k\n"
+        ))
+        .unwrap_err();
+        assert!(err.to_string().contains("installation_id"), "{err}");
+        assert!(
+            !parse(&format!("{base}  webhook_secret_file: /s\n"))
+                .unwrap()
+                .github
+                .unwrap()
+                .reporting()
+        );
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! ferry: a GitOps agent for a self-hosted ML platform.
 //!
-//! Data flows one way: `source` (git mirrors) -> `dags` (validate and
-//! publish one commit) -> `status`/`metrics` (report), driven by `agent` and
-//! served by `server`. See `../shared/design.md` for the agreed shape.
+//! Data flows one way: `source` (git mirrors) -> `desired`/`dags` (what a
+//! commit declares) -> `kubernetes`/`dags` (plan and apply) -> `report`
+//! (GitHub), `status` and `metrics`, driven by `agent` and served by
+//! `server`; `preview` runs the plan half on pull requests. See `../shared/design.md` for the agreed shape.
 
 pub mod agent;
 pub mod config;
@@ -11,7 +12,9 @@ pub mod desired;
 pub mod kubernetes;
 pub mod logging;
 pub mod metrics;
+pub mod preview;
 pub mod quickstart;
+pub mod report;
 pub mod secret;
 pub mod server;
 pub mod source;

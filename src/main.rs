@@ -196,8 +196,31 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 targets.join(", ")
             };
+            let github = match &config.github {
+                None => "off".to_string(),
+                Some(g) => {
+                    let mut parts = Vec::new();
+                    if g.webhook_secret_file.is_some() {
+                        parts.push("webhooks".to_string());
+                    }
+                    if g.reporting() {
+                        parts.push(format!("reporting to {}", g.api_url));
+                        if g.deployments {
+                            parts.push(format!("deployments to `{}`", g.environment));
+                        }
+                        if g.previews {
+                            parts.push("PR previews".into());
+                        }
+                    }
+                    if parts.is_empty() {
+                        "off".into()
+                    } else {
+                        parts.join(", ")
+                    }
+                }
+            };
             println!(
-                "{}: ok ({} source(s): {}; targets: {targets})",
+                "{}: ok ({} source(s): {}; targets: {targets}; github: {github})",
                 file.display(),
                 config.sources.len(),
                 config
@@ -271,10 +294,23 @@ async fn wait_for_signal() {
 async fn run(config: Config) -> anyhow::Result<()> {
     let status = StatusStore::default();
     let metrics = Metrics::new();
-    let agent = Agent::new(&config, status.clone(), metrics.clone())?;
+    let reporter = match &config.github {
+        Some(github) => ferry::report::Reporter::open(
+            github,
+            &config.cache_dir,
+            config.server.listen,
+            metrics.clone(),
+        )
+        .context("cannot start reporting to GitHub")?,
+        None => None,
+    };
+    if reporter.is_some() {
+        tracing::info!("reporting to GitHub: commit statuses, deployments, PR previews");
+    }
+    let agent = Agent::new(&config, status.clone(), metrics.clone(), reporter.clone())?;
     let webhook = webhook_receiver(&config, &agent)?;
     let sources = config.sources.len();
-    serve_and_run(agent, config.server.listen, webhook, |addr| {
+    serve_and_run(agent, reporter, config.server.listen, webhook, |addr| {
         tracing::info!(%addr, sources, "ferry running");
     })
     .await?;
@@ -286,6 +322,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
 /// told the bound address first.
 async fn serve_and_run(
     agent: Agent,
+    reporter: Option<ferry::report::Reporter>,
     listen: SocketAddr,
     webhook: Option<Arc<ferry::webhook::Receiver>>,
     listening: impl FnOnce(SocketAddr),
@@ -298,8 +335,12 @@ async fn serve_and_run(
     };
     let (addr, server) = server::serve(listen, state, shutdown.clone()).await?;
     listening(addr);
+    let reporting = reporter.map(|r| tokio::spawn(r.run(shutdown.clone())));
     agent.run(shutdown).await;
     let _ = server.await;
+    if let Some(reporting) = reporting {
+        let _ = reporting.await;
+    }
     Ok(())
 }
 
@@ -317,16 +358,20 @@ fn webhook_receiver(
         return Ok(None);
     };
     ferry::secret::from_file(&secret_file).context("github.webhook_secret_file")?;
-    let triggers = agent.triggers();
+    let previews = config.github.as_ref().is_some_and(|g| g.previews);
+    let mut handles = agent.handles(previews);
     let routes: Vec<ferry::webhook::Route> = config
         .sources
         .iter()
         .filter_map(|s| {
+            let at = handles.iter().position(|h| h.name == s.name)?;
+            let handle = handles.swap_remove(at);
             Some(ferry::webhook::Route {
                 repo: s.github_repo()?,
                 branch: s.branch.clone(),
                 source: s.name.clone(),
-                trigger: triggers.get(&s.name)?.clone(),
+                trigger: handle.trigger,
+                previews: handle.previews,
             })
         })
         .collect();
@@ -359,7 +404,7 @@ async fn quickstart_cmd(dir: &Path, once: bool, listen: SocketAddr) -> anyhow::R
 
     let status = StatusStore::default();
     let metrics = Metrics::new();
-    let agent = Agent::new(&config, status.clone(), metrics.clone())?;
+    let agent = Agent::new(&config, status.clone(), metrics.clone(), None)?;
     let results = agent.sync_once().await;
     let mut ok = true;
     for (source, result) in &results {
@@ -403,7 +448,7 @@ async fn quickstart_cmd(dir: &Path, once: bool, listen: SocketAddr) -> anyhow::R
         });
     }
     let repo = layout.dags_repo.display().to_string();
-    serve_and_run(agent, config.server.listen, None, |addr| {
+    serve_and_run(agent, None, config.server.listen, None, |addr| {
         println!("  status API         http://{addr}/api/v1/status   (metrics: /metrics)");
         println!(
             "\nTry a change:\n  git clone {repo} /tmp/dags-work && cd /tmp/dags-work\n  \

@@ -36,6 +36,14 @@ pub struct FileLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GithubLabels {
+    /// `status`, `deployment`, `comment`
+    pub op: String,
+    /// `ok`, `retried`, `refused`
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KubeObjectLabels {
     pub source: String,
     /// `applied`, `failed`, `pruned`, `kept`
@@ -62,6 +70,9 @@ pub struct Metrics {
     pub drift_objects: Family<SourceLabels, Gauge>,
     pub webhooks: Family<crate::webhook::WebhookLabels, Counter>,
     pub kube_objects: Family<KubeObjectLabels, Counter>,
+    pub github_requests: Family<GithubLabels, Counter>,
+    pub github_outbox: Gauge,
+    pub previews: Family<ResultLabels, Counter>,
     /// Last revision label set per source, so a new revision replaces it.
     live_revision: Mutex<Vec<RevisionLabels>>,
 }
@@ -84,6 +95,24 @@ impl Metrics {
             webhooks.clone(),
         );
         let kube_objects = Family::<KubeObjectLabels, Counter>::default();
+        let github_requests = Family::<GithubLabels, Counter>::default();
+        registry.register(
+            "github_reports",
+            "Reports sent to GitHub by kind and outcome (retried: GitHub unavailable or rate limiting; refused: dropped)",
+            github_requests.clone(),
+        );
+        let github_outbox = Gauge::default();
+        registry.register(
+            "github_outbox",
+            "Reports waiting to be delivered to GitHub",
+            github_outbox.clone(),
+        );
+        let previews = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "previews",
+            "Pull request previews by result",
+            previews.clone(),
+        );
         registry.register(
             "drift_objects",
             "Kubernetes objects that differ from the applied revision at the last drift check",
@@ -137,6 +166,9 @@ impl Metrics {
             drift_objects,
             webhooks,
             kube_objects,
+            github_requests,
+            github_outbox,
+            previews,
             live_revision: Mutex::new(Vec::new()),
         })
     }

@@ -32,6 +32,10 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/status", get(status_all))
         .route("/api/v1/status/{source}", get(status_one))
         .route(
+            "/api/v1/status/{source}/revisions/{revision}",
+            get(status_revision),
+        )
+        .route(
             "/webhooks/github",
             post(github_webhook).layer(DefaultBodyLimit::max(MAX_BODY)),
         )
@@ -105,6 +109,31 @@ async fn status_one(State(state): State<AppState>, Path(source): Path<String>) -
         )
             .into_response(),
     }
+}
+
+async fn status_revision(
+    State(state): State<AppState>,
+    Path((source, revision)): Path<(String, String)>,
+) -> Response {
+    if state.status.get(&source).is_none() {
+        return (
+            StatusCode::NOT_FOUND,
+            Json(serde_json::json!({"error": format!("no source named `{source}`")})),
+        )
+            .into_response();
+    }
+    let records = state.status.revision(&source, &revision);
+    if records.is_empty() {
+        return (
+            StatusCode::NOT_FOUND,
+            Json(serde_json::json!({
+                "error": format!("ferry has not evaluated {revision} of `{source}` since it started (it keeps the last 50 per source)")
+            })),
+        )
+            .into_response();
+    }
+    Json(serde_json::json!({"source": source, "revision": revision, "records": records}))
+        .into_response()
 }
 
 /// Binds `addr` and serves until `shutdown` turns true. Binding happens

@@ -5,7 +5,7 @@
 //! live here; config validation guarantees URLs carry no password, and error
 //! messages are built from typed errors that never hold a secret.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
 
@@ -59,9 +59,29 @@ pub struct KubeStatus {
     pub last_drift_check: Option<String>,
 }
 
+/// What ferry concluded about one commit: the page a GitHub status or
+/// deployment links to.
+#[derive(Debug, Clone, Serialize)]
+pub struct RevisionRecord {
+    pub revision: String,
+    /// `branch` (evaluated for apply) or `preview` (a pull request head).
+    pub origin: &'static str,
+    pub pull_request: Option<u64>,
+    /// `pending`, `success`, `failure` or `error`.
+    pub state: &'static str,
+    pub description: String,
+    pub at: String,
+    /// The whole result: the plan, the problems, the outcome.
+    pub detail: Option<serde_json::Value>,
+}
+
+/// Revision records kept per source (the newest).
+const REVISIONS_KEPT: usize = 50;
+
 #[derive(Clone, Default)]
 pub struct StatusStore {
     inner: Arc<RwLock<BTreeMap<String, SourceStatus>>>,
+    revisions: Arc<RwLock<BTreeMap<String, VecDeque<RevisionRecord>>>>,
 }
 
 pub fn timestamp(at: SystemTime) -> String {
@@ -103,6 +123,30 @@ impl StatusStore {
 
     pub fn all(&self) -> Vec<SourceStatus> {
         self.read().values().cloned().collect()
+    }
+
+    /// Records (or replaces) what is known about one revision.
+    pub fn record_revision(&self, source: &str, record: RevisionRecord) {
+        let mut map = self.revisions.write().unwrap_or_else(|e| e.into_inner());
+        let list = map.entry(source.to_string()).or_default();
+        list.retain(|r| !(r.revision == record.revision && r.origin == record.origin));
+        list.push_back(record);
+        while list.len() > REVISIONS_KEPT {
+            list.pop_front();
+        }
+    }
+
+    /// The records of one revision (an apply and a preview may both exist).
+    pub fn revision(&self, source: &str, revision: &str) -> Vec<RevisionRecord> {
+        let map = self.revisions.read().unwrap_or_else(|e| e.into_inner());
+        map.get(source)
+            .map(|l| {
+                l.iter()
+                    .filter(|r| r.revision == revision)
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     pub fn ready(&self) -> bool {

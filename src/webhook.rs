@@ -20,6 +20,7 @@ use serde::Deserialize;
 use sha2::Sha256;
 
 use crate::agent::Trigger;
+use crate::preview::PreviewQueue;
 use crate::secret;
 
 /// GitHub's own limit for webhook payloads is 25 MB; ferry needs far less.
@@ -30,7 +31,7 @@ const REMEMBERED: usize = 4096;
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct WebhookLabels {
     pub event: String,
-    /// `triggered`, `ignored`, `duplicate`, `pong`, `unauthorized`, `bad_request`
+    /// `triggered`, `preview`, `ignored`, `duplicate`, `pong`, `unauthorized`, `bad_request`
     pub outcome: String,
 }
 
@@ -40,6 +41,8 @@ pub struct Route {
     pub branch: String,
     pub source: String,
     pub trigger: Trigger,
+    /// Present when the source takes pull request previews.
+    pub previews: Option<PreviewQueue>,
 }
 
 pub struct Receiver {
@@ -54,6 +57,27 @@ struct PushEvent {
     #[serde(rename = "ref")]
     reference: String,
     repository: Repository,
+}
+
+#[derive(Deserialize)]
+struct PullRequestEvent {
+    action: String,
+    number: u64,
+    pull_request: PullRequest,
+    repository: Repository,
+}
+
+#[derive(Deserialize)]
+struct PullRequest {
+    head: GitRef,
+    base: GitRef,
+}
+
+#[derive(Deserialize)]
+struct GitRef {
+    #[serde(rename = "ref")]
+    reference: String,
+    sha: String,
 }
 
 #[derive(Deserialize)]
@@ -167,11 +191,59 @@ impl Receiver {
                     )
                 }
             }
+            "pull_request" => self.pull_request(body, &delivery),
             other => {
                 self.count(event_label, "ignored");
                 (StatusCode::ACCEPTED, format!("ignored event `{other}`\n"))
             }
         }
+    }
+
+    /// `opened`, `synchronize` and `reopened` on a PR against a tracked
+    /// branch queue a preview of its head and poke the source's worker.
+    fn pull_request(&self, body: &[u8], delivery: &str) -> (StatusCode, String) {
+        let Ok(event) = serde_json::from_slice::<PullRequestEvent>(body) else {
+            self.count("pull_request", "bad_request");
+            return (
+                StatusCode::BAD_REQUEST,
+                "pull_request payload without action, number, pull_request.head/base or repository.full_name\n".into(),
+            );
+        };
+        if !matches!(event.action.as_str(), "opened" | "synchronize" | "reopened") {
+            self.count("pull_request", "ignored");
+            return (
+                StatusCode::ACCEPTED,
+                format!("ignored: pull_request `{}`\n", event.action),
+            );
+        }
+        let repo = event.repository.full_name.to_ascii_lowercase();
+        let mut queued = Vec::new();
+        for route in &self.routes {
+            if route.repo != repo || route.branch != event.pull_request.base.reference {
+                continue;
+            }
+            if let Some(previews) = &route.previews {
+                previews.request(event.number, &event.pull_request.head.sha);
+                route.trigger.poke();
+                queued.push(route.source.as_str());
+            }
+        }
+        if queued.is_empty() {
+            self.count("pull_request", "ignored");
+            return (
+                StatusCode::ACCEPTED,
+                format!(
+                    "ignored: no source previews {repo} pull requests into `{}`\n",
+                    event.pull_request.base.reference
+                ),
+            );
+        }
+        tracing::info!(repo = %repo, pr = event.number, head = %event.pull_request.head.sha, head_ref = %event.pull_request.head.reference, sources = ?queued, %delivery, "webhook: preview queued");
+        self.count("pull_request", "preview");
+        (
+            StatusCode::OK,
+            format!("preview queued: {}\n", queued.join(", ")),
+        )
     }
 
     /// True when the id is new; remembers it, forgetting the oldest.

@@ -167,6 +167,33 @@ fn each_bad_config_gives_one_clear_error_naming_the_key() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("missing.yaml: cannot read config"));
 }
 
+/// The README's configuration reference is a config ferry accepts, with
+/// the Kubernetes target block added to it: docs cannot drift from code.
+#[test]
+fn the_readme_configuration_reference_is_valid() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let section = readme.split("## Configuration reference").nth(1).unwrap();
+    let blocks: Vec<&str> = section
+        .split("```yaml\n")
+        .skip(1)
+        .map(|b| b.split("```").next().unwrap())
+        .collect();
+    let (full, kube) = (blocks[0], blocks[1]);
+    let kube = kube.strip_prefix("targets:\n").unwrap();
+    let config = full.replace("targets:\n", &format!("targets:\n{kube}"));
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("readme.yaml");
+    std::fs::write(&path, config).unwrap();
+    let out = ferry(&["check-config", path.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("kubernetes (from source `platform`); github: webhooks, reporting to https://api.github.com, deployments to `production`, PR previews)"), "{}", String::from_utf8_lossy(&out.stdout));
+}
+
 #[test]
 fn every_subcommand_help_teaches_with_an_example() {
     for sub in ["run", "quickstart", "check-config", "plan", "publish-dags"] {

@@ -275,7 +275,7 @@ async fn down_then_back<S: Send + 'static>(
     );
     let config = Config::parse(&text, Path::new("test.yaml")).unwrap();
     let status = StatusStore::default();
-    let agent = Agent::new(&config, status.clone(), Metrics::new()).unwrap();
+    let agent = Agent::new(&config, status.clone(), Metrics::new(), None).unwrap();
     let (tx, rx) = tokio::sync::watch::channel(false);
     let running = tokio::spawn(agent.run(rx));
 

@@ -5,6 +5,8 @@
 //! them: `.ci/setup` (run by `.ci/run`).
 #![allow(dead_code)]
 
+pub mod github;
+
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -498,8 +500,21 @@ pub fn spawn_ferry(config: &Path, log: &Path, port: u16, envs: &[(&str, &Path)])
     for (k, v) in envs {
         cmd.env(k, v);
     }
-    let child = cmd.spawn().expect("cannot start ferry");
-    wait_for_port(port, Duration::from_secs(10));
+    let mut child = cmd.spawn().expect("cannot start ferry");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!(
+                "ferry exited ({status}) before listening:\n{}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "ferry does not listen on {port} after 10 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     child
 }
 

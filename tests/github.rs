@@ -1,0 +1,625 @@
+//! Reporting to GitHub from a running `ferry run`, against the strict fake
+//! GitHub API in `support/github.rs`: commit statuses, deployments, PR
+//! previews, outages, restarts, App tokens, and no secret in the logs.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ferry::webhook::sign;
+use support::github::{FakeGithub, FakeState};
+use support::*;
+
+const TOKEN: &str = "ghp_fakeToken0123456789abcdefSECRET";
+const SECRET: &str = "webhook-secret-9d2e44";
+const EXTERNAL: &str = "https://ferry.example.test";
+
+struct Setup {
+    tmp: tempfile::TempDir,
+    repo: Repo,
+    daemon: Server,
+    fake: FakeGithub,
+    port: u16,
+    addr: SocketAddr,
+}
+
+fn fake_with_token() -> FakeGithub {
+    FakeGithub::start(FakeState {
+        token: Some(TOKEN.into()),
+        repos: ["acme/dags".to_string(), "acme/platform".to_string()].into(),
+        ..FakeState::default()
+    })
+}
+
+fn setup(name: &str, fake: FakeGithub) -> Setup {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = Repo::new(tmp.path(), name);
+    let daemon = git_daemon(tmp.path(), free_port());
+    std::fs::write(tmp.path().join("token"), format!("{TOKEN}\n")).unwrap();
+    std::fs::write(tmp.path().join("secret"), format!("{SECRET}\n")).unwrap();
+    let port = free_port();
+    Setup {
+        addr: format!("127.0.0.1:{port}").parse().unwrap(),
+        tmp,
+        repo,
+        daemon,
+        fake,
+        port,
+    }
+}
+
+impl Setup {
+    /// A DAGs config; `auth` is the `github` credential lines, `extra`
+    /// goes under `targets.dags`.
+    fn dags_config(&self, file: &str, auth: &str, interval: &str, extra: &str) -> PathBuf {
+        let path = self.tmp.path().join(file);
+        std::fs::write(
+            &path,
+            format!(
+                "cache_dir: {cache}\nserver:\n  listen: 127.0.0.1:{port}\nlog:\n  level: debug\n\
+                 github:\n  api_url: {api}\n  external_url: {EXTERNAL}/\n  webhook_secret_file: {secret}\n  environment: staging\n{auth}\
+                 sources:\n  - name: dags\n    url: git://127.0.0.1:{dp}/dags.git\n    github_repo: Acme/DAGs\n    interval: {interval}\n    max_backoff: 2s\n\
+                 targets:\n  dags:\n    source: dags\n    subdir: dags\n    destination: {dest}\n{extra}",
+                cache = self.tmp.path().join("cache").display(),
+                port = self.port,
+                api = self.fake.url(),
+                secret = self.tmp.path().join("secret").display(),
+                dp = self.daemon.port,
+                dest = self.tmp.path().join("dest").display(),
+            ),
+        )
+        .unwrap();
+        path
+    }
+
+    fn token_auth(&self) -> String {
+        format!(
+            "  token_file: {}\n",
+            self.tmp.path().join("token").display()
+        )
+    }
+
+    fn webhook(&self, event: &str, delivery: &str, body: &serde_json::Value) -> (u16, String) {
+        let body = serde_json::to_vec(body).unwrap();
+        let signature = sign(SECRET.as_bytes(), &body);
+        http_post(
+            self.addr,
+            "/webhooks/github",
+            &[
+                ("X-GitHub-Event", event),
+                ("X-GitHub-Delivery", delivery),
+                ("X-Hub-Signature-256", &signature),
+                ("Content-Type", "application/json"),
+            ],
+            &body,
+        )
+    }
+
+    fn push_webhook(&self, n: usize) {
+        let (code, text) = self.webhook(
+            "push",
+            &format!("push-{n}"),
+            &serde_json::json!({"ref": "refs/heads/main", "repository": {"full_name": "acme/dags"}}),
+        );
+        assert_eq!(code, 200, "{text}");
+    }
+
+    fn pr_webhook(&self, action: &str, pr: u64, head: &str, delivery: &str) -> (u16, String) {
+        let repo = self.repo.name.clone();
+        self.webhook(
+            "pull_request",
+            delivery,
+            &serde_json::json!({
+                "action": action,
+                "number": pr,
+                "pull_request": {
+                    "head": {"ref": format!("feature-{pr}"), "sha": head},
+                    "base": {"ref": "main", "sha": "0".repeat(40)}
+                },
+                "repository": {"full_name": format!("acme/{repo}")}
+            }),
+        )
+    }
+
+    fn published(&self) -> Option<String> {
+        let (_, body) = http_get(self.addr, "/api/v1/status/dags");
+        let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+        v["published_revision"].as_str().map(str::to_string)
+    }
+}
+
+/// Commits `files` on top of main and pushes it as `refs/pull/<pr>/head`
+/// only, as GitHub does for a pull request.
+fn pull_request(repo: &Repo, pr: u64, files: &[(&str, &str)]) -> String {
+    let work = &repo.work;
+    let _ = run(git(work).args(["checkout", "-q", "-B", &format!("pr-{pr}"), "main"]));
+    for (path, content) in files {
+        let full = work.join(path);
+        std::fs::create_dir_all(full.parent().unwrap()).unwrap();
+        std::fs::write(full, content).unwrap();
+    }
+    run(git(work).args(["add", "-A"]));
+    run(git(work).args(["commit", "-q", "-m", &format!("PR {pr}")]));
+    run(git(work).args([
+        "push",
+        "-q",
+        "-f",
+        "origin",
+        &format!("HEAD:refs/pull/{pr}/head"),
+    ]));
+    let head = repo.head();
+    run(git(work).args(["checkout", "-q", "main"]));
+    head
+}
+
+fn wait_states(fake: &FakeGithub, sha: &str, context: &str, want: &[&str]) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while fake.states(sha, context) != want {
+        if std::time::Instant::now() > deadline {
+            let (log, rejected) = fake.with(|f| (f.log.clone(), f.rejected.clone()));
+            panic!(
+                "statuses on {sha} in {context}: want {want:?}, have {:?}\nrequests: {log:#?}\nrejected: {rejected:#?}",
+                fake.states(sha, context)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn log_text(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+fn assert_no_secrets(texts: &[&str]) {
+    for text in texts {
+        assert!(!text.contains(TOKEN), "the GitHub token leaked");
+        assert!(!text.contains(SECRET), "the webhook secret leaked");
+    }
+}
+
+#[test]
+fn dag_commits_get_statuses_and_deployments_and_no_secret_is_logged() {
+    let s = setup("dags", fake_with_token());
+    let good = s.repo.commit(&[("dags/a.py", Some("a = 1\n"))], "good");
+    let config = s.dags_config("ferry.yaml", &s.token_auth(), "1h", "");
+    let log = s.tmp.path().join("ferry.log");
+    let ferry = spawn_ferry(&config, &log, s.port, &[]);
+
+    wait_states(&s.fake, &good, "ferry/dags", &["pending", "success"]);
+    let statuses = s.fake.with(|f| f.statuses.clone());
+    let url = format!("{EXTERNAL}/api/v1/status/dags/revisions/{good}");
+    assert!(
+        statuses
+            .iter()
+            .all(|st| st.repo == "acme/dags" && st.target_url == url),
+        "{statuses:#?}"
+    );
+    assert!(
+        statuses[1].description.starts_with("published 1 file(s)"),
+        "{statuses:#?}"
+    );
+    // The page the status links to exists on ferry's own server.
+    let (code, page) = http_get(s.addr, &format!("/api/v1/status/dags/revisions/{good}"));
+    assert_eq!(code, 200, "{page}");
+    assert!(page.contains("\"state\":\"success\""), "{page}");
+    let deployment = eventually(
+        Duration::from_secs(10),
+        "deployment of the good commit",
+        || {
+            s.fake.with(|f| {
+                f.deployments
+                    .iter()
+                    .find(|d| d.sha == good && d.statuses.len() == 2)
+                    .cloned()
+            })
+        },
+    );
+    assert_eq!(deployment.environment, "staging");
+    assert_eq!(deployment.statuses[0].0, "in_progress");
+    assert_eq!(deployment.statuses[1], ("success".to_string(), url));
+
+    // A broken DAG: pending, then failure naming file and line; no deployment success.
+    let bad = s
+        .repo
+        .commit(&[("dags/bad.py", Some("x = 1\ndef broken(:\n"))], "bad");
+    s.push_webhook(1);
+    wait_states(&s.fake, &bad, "ferry/dags", &["pending", "failure"]);
+    let (_, description) = s.fake.statuses(&bad, "ferry/dags").pop().unwrap();
+    assert!(description.contains("dags/bad.py:2"), "{description}");
+    assert!(description.chars().count() <= 140);
+    eventually(Duration::from_secs(10), "failed deployment", || {
+        s.fake.with(|f| {
+            f.deployments
+                .iter()
+                .any(|d| {
+                    d.sha == bad
+                        && d.statuses
+                            .iter()
+                            .map(|x| x.0.as_str())
+                            .eq(["in_progress", "failure"])
+                })
+                .then_some(())
+        })
+    });
+    assert_eq!(
+        s.published().as_deref(),
+        Some(good.as_str()),
+        "the last good commit stays live"
+    );
+    assert_eq!(
+        s.fake.with(|f| f.deployments.len()),
+        2,
+        "one deployment per evaluated commit"
+    );
+
+    stop_ferry(ferry);
+    s.fake.assert_nothing_rejected();
+    let ledger = std::fs::read_to_string(s.tmp.path().join("cache/github-report.json")).unwrap();
+    assert_no_secrets(&[&log_text(&log), &ledger]);
+    assert!(
+        log_text(&log).contains("commit status reported"),
+        "debug logging was on and ran"
+    );
+}
+
+#[test]
+fn a_github_outage_is_retried_while_syncing_goes_on() {
+    let s = setup("dags", fake_with_token());
+    // Three server errors and a secondary rate limit with Retry-After.
+    s.fake
+        .with(|f| f.outage = vec![(502, None), (503, None), (500, None), (403, Some(1))]);
+    let first = s.repo.commit(&[("dags/a.py", Some("a = 1\n"))], "first");
+    let config = s.dags_config("ferry.yaml", &s.token_auth(), "1s", "");
+    let log = s.tmp.path().join("ferry.log");
+    let ferry = spawn_ferry(&config, &log, s.port, &[]);
+
+    eventually(Duration::from_secs(10), "first publish", || {
+        (s.published()? == first).then_some(())
+    });
+    let second = s.repo.commit(&[("dags/b.py", Some("b = 2\n"))], "second");
+    eventually(
+        Duration::from_secs(10),
+        "second publish while GitHub is down",
+        || (s.published()? == second).then_some(()),
+    );
+    // Backoff (0.5-1 s, 1-2 s, 2-4 s) plus Retry-After 1 s: nothing could be
+    // delivered yet, yet both commits are live.
+    assert!(
+        s.fake.with(|f| f.statuses.is_empty()),
+        "GitHub was meant to be down"
+    );
+
+    wait_states(&s.fake, &first, "ferry/dags", &["pending", "success"]);
+    wait_states(&s.fake, &second, "ferry/dags", &["pending", "success"]);
+    let failed = s.fake.with(|f| {
+        f.log
+            .iter()
+            .filter(|l| l.ends_with("50") || l.contains("-> 50") || l.ends_with("403"))
+            .count()
+    });
+    assert_eq!(failed, 4, "{:#?}", s.fake.with(|f| f.log.clone()));
+    let (_, metrics) = http_get(s.addr, "/metrics");
+    assert!(
+        metrics.contains("ferry_github_reports_total{op=\"status\",outcome=\"retried\"} 4"),
+        "{metrics}"
+    );
+    assert!(log_text(&log).contains("cannot report to GitHub; will retry"));
+    stop_ferry(ferry);
+    s.fake.assert_nothing_rejected();
+}
+
+#[test]
+fn a_dags_pull_request_gets_one_comment_edited_in_place() {
+    let s = setup("dags", fake_with_token());
+    let main = s.repo.commit(&[("dags/a.py", Some("a = 1\n"))], "main");
+    let config = s.dags_config("ferry.yaml", &s.token_auth(), "1h", "");
+    let log = s.tmp.path().join("ferry.log");
+    let ferry = spawn_ferry(&config, &log, s.port, &[]);
+    wait_states(&s.fake, &main, "ferry/dags", &["pending", "success"]);
+
+    let head1 = pull_request(&s.repo, 7, &[("dags/new.py", "n = 1\n")]);
+    let (code, text) = s.pr_webhook("opened", 7, &head1, "pr-1");
+    assert_eq!(code, 200, "{text}");
+    wait_states(&s.fake, &head1, "ferry/dags", &["success"]);
+    let comment = eventually(Duration::from_secs(20), "preview comment", || {
+        s.fake.with(|f| f.comments.first().cloned())
+    });
+    assert_eq!(
+        (comment.repo.as_str(), comment.pr, comment.edits),
+        ("acme/dags", 7, 0)
+    );
+    assert!(
+        comment
+            .body
+            .starts_with("<!-- ferry:preview source=dags -->"),
+        "{}",
+        comment.body
+    );
+    assert!(
+        comment.body.contains("✅ 2 file(s) checked"),
+        "{}",
+        comment.body
+    );
+
+    // New push to the PR: the same comment is edited, now with the problem.
+    let head2 = pull_request(
+        &s.repo,
+        7,
+        &[
+            ("dags/new.py", "n = 1\n"),
+            ("dags/broken.py", "ok = 1\n\nif True\n    pass\n"),
+        ],
+    );
+    let (code, text) = s.pr_webhook("synchronize", 7, &head2, "pr-2");
+    assert_eq!(code, 200, "{text}");
+    wait_states(&s.fake, &head2, "ferry/dags", &["failure"]);
+    let comment = eventually(Duration::from_secs(20), "edited comment", || {
+        s.fake
+            .with(|f| f.comments.first().filter(|c| c.edits == 1).cloned())
+    });
+    assert_eq!(
+        s.fake.with(|f| f.comments.len()),
+        1,
+        "exactly one comment per PR"
+    );
+    assert!(
+        comment.body.contains("| `dags/broken.py` | 3 |"),
+        "{}",
+        comment.body
+    );
+    assert!(comment.body.contains(&head2[..12]));
+
+    // Closing is not a preview; nothing live changed.
+    let (code, _) = s.pr_webhook("closed", 7, &head2, "pr-3");
+    assert_eq!(code, 202);
+    assert_eq!(s.published().as_deref(), Some(main.as_str()));
+    let revisions: Vec<String> = std::fs::read_dir(s.tmp.path().join("dest/.ferry"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        revisions.iter().all(|r| r != &head1 && r != &head2),
+        "{revisions:?}"
+    );
+    stop_ferry(ferry);
+    s.fake.assert_nothing_rejected();
+    assert_no_secrets(&[&log_text(&log)]);
+}
+
+#[test]
+fn a_restart_neither_reposts_nor_loses_a_final_status() {
+    let s = setup("dags", fake_with_token());
+    let first = s.repo.commit(&[("dags/a.py", Some("a = 1\n"))], "first");
+    let passing = s.dags_config(
+        "pass.yaml",
+        &s.token_auth(),
+        "1h",
+        "    validation:\n      command: [\"true\"]\n",
+    );
+    let ferry = spawn_ferry(&passing, &s.tmp.path().join("run1.log"), s.port, &[]);
+    wait_states(&s.fake, &first, "ferry/dags", &["pending", "success"]);
+    stop_ferry(ferry);
+
+    // Same commit after a restart: evaluated again, reported never again.
+    let requests_before = s.fake.with(|f| f.log.len());
+    let ferry = spawn_ferry(&passing, &s.tmp.path().join("run2.log"), s.port, &[]);
+    eventually(Duration::from_secs(10), "ready", || {
+        (http_get(s.addr, "/readyz").0 == 200).then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    stop_ferry(ferry);
+    assert_eq!(
+        s.fake.with(|f| f.log.len()),
+        requests_before,
+        "{:#?}",
+        s.fake.with(|f| f.log.clone())
+    );
+
+    // Killed in the middle of evaluating a commit: `error`, then evaluated again.
+    let second = s.repo.commit(&[("dags/b.py", Some("b = 2\n"))], "second");
+    let slow = s.dags_config(
+        "slow.yaml",
+        &s.token_auth(),
+        "1h",
+        "    validation:\n      command: [\"sleep\", \"60\"]\n      timeout: 5m\n",
+    );
+    let mut ferry = spawn_ferry(&slow, &s.tmp.path().join("run3.log"), s.port, &[]);
+    wait_states(&s.fake, &second, "ferry/dags", &["pending"]);
+    eventually(Duration::from_secs(10), "deployment in progress", || {
+        s.fake.with(|f| {
+            f.deployments
+                .iter()
+                .any(|d| d.sha == second && d.statuses.len() == 1)
+                .then_some(())
+        })
+    });
+    // Delivery is at least once: a kill between GitHub's answer and the
+    // ledger noting it would send that report again. Let the note land.
+    std::thread::sleep(Duration::from_millis(500));
+    ferry.kill().unwrap();
+    ferry.wait().unwrap();
+    let ferry = spawn_ferry(&passing, &s.tmp.path().join("run4.log"), s.port, &[]);
+    wait_states(
+        &s.fake,
+        &second,
+        "ferry/dags",
+        &["pending", "error", "pending", "success"],
+    );
+    let (_, why) = s.fake.statuses(&second, "ferry/dags")[1].clone();
+    assert!(why.contains("restarted"), "{why}");
+    let deployment = s
+        .fake
+        .with(|f| f.deployments.iter().find(|d| d.sha == second).cloned())
+        .unwrap();
+    eventually(Duration::from_secs(10), "deployment settled", || {
+        let d = s
+            .fake
+            .with(|f| f.deployments.iter().find(|d| d.sha == second).cloned())?;
+        d.statuses
+            .iter()
+            .map(|x| x.0.as_str())
+            .eq(["in_progress", "error", "in_progress", "success"])
+            .then_some(())
+    });
+    assert_eq!(
+        s.fake
+            .with(|f| f.deployments.iter().filter(|d| d.sha == second).count()),
+        1,
+        "{deployment:?}"
+    );
+    stop_ferry(ferry);
+    s.fake.assert_nothing_rejected();
+}
+
+#[test]
+fn a_github_app_installation_token_is_used_and_refreshed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let key = tmp.path().join("app.pem");
+    run(std::process::Command::new("openssl")
+        .args(["genrsa", "-traditional", "-out"])
+        .arg(&key)
+        .arg("2048"));
+    let public = run(std::process::Command::new("openssl")
+        .args(["rsa", "-pubout", "-in"])
+        .arg(&key));
+    let fake = FakeGithub::start(FakeState {
+        app: Some(support::github::AppAuth {
+            app_id: 4242,
+            installation_id: 77,
+            public_key_pem: public.into_bytes(),
+            // octocrab renews a token with less than 30 s left: these are
+            // stale two seconds after they are issued.
+            token_ttl: Duration::from_secs(32),
+        }),
+        repos: ["acme/dags".to_string()].into(),
+        ..FakeState::default()
+    });
+    let s = setup("dags", fake);
+    let first = s.repo.commit(&[("dags/a.py", Some("a = 1\n"))], "first");
+    let auth = format!(
+        "  app:\n    app_id: 4242\n    installation_id: 77\n    private_key_file: {}\n",
+        key.display()
+    );
+    let config = s.dags_config("ferry.yaml", &auth, "1h", "");
+    let log = s.tmp.path().join("ferry.log");
+    let ferry = spawn_ferry(&config, &log, s.port, &[]);
+    wait_states(&s.fake, &first, "ferry/dags", &["pending", "success"]);
+    assert_eq!(
+        s.fake.with(|f| f.issued.len()),
+        1,
+        "one token serves a burst of requests"
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    let second = s.repo.commit(&[("dags/b.py", Some("b = 2\n"))], "second");
+    s.push_webhook(2);
+    wait_states(&s.fake, &second, "ferry/dags", &["pending", "success"]);
+    assert_eq!(
+        s.fake.with(|f| f.issued.len()),
+        2,
+        "the token was renewed before it expired"
+    );
+    stop_ferry(ferry);
+    s.fake.assert_nothing_rejected();
+    let issued = s.fake.with(|f| f.issued.clone());
+    let text = log_text(&log);
+    for (token, _) in issued {
+        assert!(!text.contains(&token), "an installation token leaked");
+    }
+}
+
+#[test]
+fn a_platform_pull_request_is_planned_without_writing_anything() {
+    let cp = control_plane();
+    let s = setup("platform", fake_with_token());
+    let ns = unique_namespace("preview");
+    let ns_yaml = format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {ns}\n");
+    let main = s.repo.commit(
+        &[
+            ("manifests/ns.yaml", Some(&ns_yaml)),
+            ("manifests/cm.yaml", Some("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: settings\ndata:\n  mode: calm\n")),
+            ("manifests/secret.yaml", Some("apiVersion: v1\nkind: Secret\nmetadata:\n  name: creds\nstringData:\n  password: old-hunter2\n")),
+        ],
+        "main",
+    );
+    let config = s.tmp.path().join("ferry.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "cache_dir: {cache}\nserver:\n  listen: 127.0.0.1:{port}\n\
+             github:\n  api_url: {api}\n  external_url: {EXTERNAL}\n  webhook_secret_file: {secret}\n  token_file: {token}\n\
+             sources:\n  - name: platform\n    url: git://127.0.0.1:{dp}/platform.git\n    github_repo: acme/platform\n    interval: 1h\n\
+             targets:\n  kubernetes:\n    source: platform\n    default_namespace: {ns}\n    allowed_namespaces: [{ns}]\n    health_timeout: 0s\n    kubeconfig: {kc}\n",
+            cache = s.tmp.path().join("cache").display(),
+            port = s.port,
+            api = s.fake.url(),
+            secret = s.tmp.path().join("secret").display(),
+            token = s.tmp.path().join("token").display(),
+            dp = s.daemon.port,
+            kc = cp.admin.display(),
+        ),
+    )
+    .unwrap();
+    let log = s.tmp.path().join("ferry.log");
+    let ferry = spawn_ferry(&config, &log, s.port, &[]);
+    wait_states(&s.fake, &main, "ferry/platform", &["pending", "success"]);
+    let writes_before = audited_writes(&cp.audit_log, &ns).len();
+
+    let head = pull_request(
+        &s.repo,
+        12,
+        &[
+            (
+                "manifests/cm.yaml",
+                "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: settings\ndata:\n  mode: bold\n",
+            ),
+            (
+                "manifests/secret.yaml",
+                "apiVersion: v1\nkind: Secret\nmetadata:\n  name: creds\nstringData:\n  password: new-hunter3\n",
+            ),
+            (
+                "manifests/extra.yaml",
+                "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: extra\ndata:\n  k: v\n",
+            ),
+        ],
+    );
+    let (code, text) = s.pr_webhook("opened", 12, &head, "pr-12");
+    assert_eq!(code, 200, "{text}");
+    wait_states(&s.fake, &head, "ferry/plan", &["success"]);
+    let comment = eventually(Duration::from_secs(30), "plan comment", || {
+        s.fake.with(|f| f.comments.first().cloned())
+    });
+    let body = comment.body;
+    assert!(
+        body.starts_with("<!-- ferry:preview source=platform -->"),
+        "{body}"
+    );
+    assert!(
+        body.contains("| kubernetes | 1 | 2 | 0 | 1 | 0 |"),
+        "{body}"
+    );
+    assert!(body.contains("<summary><code>+ ConfigMap"), "{body}");
+    assert!(body.contains("data.mode: \"bold\""), "{body}");
+    assert!(
+        body.contains("&lt;redacted&gt;") || body.contains("<redacted>"),
+        "{body}"
+    );
+    assert!(
+        !body.contains("hunter"),
+        "Secret data must be masked:\n{body}"
+    );
+    let (_, description) = s.fake.statuses(&head, "ferry/plan")[0].clone();
+    assert_eq!(description, "plan: 1 to create, 2 to update, 0 to delete");
+    assert_eq!(
+        audited_writes(&cp.audit_log, &ns).len(),
+        writes_before,
+        "a preview wrote to the cluster"
+    );
+    assert!(
+        s.fake.states(&head, "ferry/platform").is_empty(),
+        "a PR head is not applied"
+    );
+    stop_ferry(ferry);
+    s.fake.assert_nothing_rejected();
+}

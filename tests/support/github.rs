@@ -1,0 +1,565 @@
+//! A strict fake of the GitHub REST API, for what ferry calls.
+//!
+//! Every request must carry a User-Agent, `Accept: application/vnd.github+json`,
+//! a valid credential and, with a body, `Content-Type: application/json`;
+//! bodies may hold only the fields GitHub's REST documentation lists, with
+//! the documented types and values (e.g. a status `description` of at most
+//! 140 characters). Anything else is answered 422 (401 for credentials) and
+//! recorded in `rejected`, which tests assert to be empty.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use axum::body::Bytes;
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+#[derive(Debug, Clone)]
+pub struct Status {
+    pub repo: String,
+    pub sha: String,
+    pub state: String,
+    pub context: String,
+    pub description: String,
+    pub target_url: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Deployment {
+    pub id: u64,
+    pub repo: String,
+    pub sha: String,
+    pub environment: String,
+    /// Deployment statuses, oldest first: (state, log_url).
+    pub statuses: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Comment {
+    pub id: u64,
+    pub repo: String,
+    pub pr: u64,
+    pub body: String,
+    pub edits: u32,
+}
+
+pub struct AppAuth {
+    pub app_id: u64,
+    pub installation_id: u64,
+    pub public_key_pem: Vec<u8>,
+    /// Lifetime of the installation tokens handed out.
+    pub token_ttl: Duration,
+}
+
+#[derive(Default)]
+pub struct FakeState {
+    /// A token accepted as `Authorization: Bearer <token>`.
+    pub token: Option<String>,
+    pub app: Option<AppAuth>,
+    /// Installation tokens handed out, with their expiry.
+    pub issued: Vec<(String, SystemTime)>,
+    /// Repositories that exist (`owner/name`, lowercase); others are 404.
+    pub repos: HashSet<String>,
+    /// Answers to give instead of handling the next requests, in order:
+    /// (HTTP status, Retry-After seconds).
+    pub outage: Vec<(u16, Option<u64>)>,
+    /// Every request answered, `METHOD /path -> status`.
+    pub log: Vec<String>,
+    pub rejected: Vec<String>,
+    pub statuses: Vec<Status>,
+    pub deployments: Vec<Deployment>,
+    pub comments: Vec<Comment>,
+    pub next_id: u64,
+    pub outage_reply: Option<(u16, Option<u64>)>,
+}
+
+pub struct FakeGithub {
+    pub addr: SocketAddr,
+    pub state: Arc<Mutex<FakeState>>,
+}
+
+impl FakeGithub {
+    pub fn start(state: FakeState) -> FakeGithub {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(Mutex::new(state));
+        let shared = state.clone();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                let app = axum::Router::new().fallback(
+                    move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
+                        let state = shared.clone();
+                        async move { handle(&state, method, uri, headers, body) }
+                    },
+                );
+                axum::serve(listener, app).await.unwrap();
+            });
+        });
+        FakeGithub { addr, state }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn with<T>(&self, f: impl FnOnce(&mut FakeState) -> T) -> T {
+        f(&mut self.state.lock().unwrap())
+    }
+
+    /// (state, description) of the statuses posted for `sha` in `context`.
+    pub fn statuses(&self, sha: &str, context: &str) -> Vec<(String, String)> {
+        self.with(|s| {
+            s.statuses
+                .iter()
+                .filter(|st| st.sha == sha && st.context == context)
+                .map(|st| (st.state.clone(), st.description.clone()))
+                .collect()
+        })
+    }
+
+    pub fn states(&self, sha: &str, context: &str) -> Vec<String> {
+        self.statuses(sha, context)
+            .into_iter()
+            .map(|s| s.0)
+            .collect()
+    }
+
+    pub fn assert_nothing_rejected(&self) {
+        let rejected = self.with(|s| s.rejected.clone());
+        assert!(
+            rejected.is_empty(),
+            "the fake GitHub refused: {rejected:#?}"
+        );
+    }
+}
+
+fn reply(status: u16, body: Value) -> Response {
+    (
+        StatusCode::from_u16(status).unwrap(),
+        [("content-type", "application/json; charset=utf-8")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+fn handle(
+    state: &Mutex<FakeState>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let mut s = state.lock().unwrap();
+    let what = format!("{method} {}", uri.path());
+    let (status, answer) = answer(&mut s, &method, &uri, &headers, &body);
+    let injected = s.outage_reply.is_some();
+    if !injected && matches!(status, 400 | 401 | 403 | 404 | 422) {
+        s.rejected.push(format!("{what} -> {status}: {answer}"));
+    }
+    s.log.push(format!("{what} -> {status}"));
+    let mut response = reply(status, answer);
+    if let Some((_, Some(after))) = s.outage_reply.take() {
+        response
+            .headers_mut()
+            .insert("retry-after", after.to_string().parse().unwrap());
+    }
+    response
+}
+
+impl FakeState {
+    fn next_id(&mut self) -> u64 {
+        self.next_id += 1;
+        1000 + self.next_id
+    }
+}
+
+fn header<'a>(headers: &'a HeaderMap, name: &str) -> &'a str {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+}
+
+fn unprocessable(message: String) -> (u16, Value) {
+    (
+        422,
+        json!({ "message": message, "documentation_url": "https://docs.github.com/rest" }),
+    )
+}
+
+/// Checks `body` is an object with only `allowed` keys, all `required` ones,
+/// and each of the given JSON type.
+fn check_body(body: &Value, fields: &[(&str, &str, bool)]) -> Result<(), String> {
+    let Some(map) = body.as_object() else {
+        return Err("body must be a JSON object".into());
+    };
+    for key in map.keys() {
+        if !fields.iter().any(|(k, _, _)| k == key) {
+            return Err(format!("unknown field `{key}`"));
+        }
+    }
+    for (key, kind, required) in fields {
+        match map.get(*key) {
+            None if *required => return Err(format!("missing required field `{key}`")),
+            None => {}
+            Some(v) => {
+                let ok = match *kind {
+                    "string" => v.is_string(),
+                    "boolean" => v.is_boolean(),
+                    "array" => v.is_array(),
+                    "object" => v.is_object() || v.is_string(),
+                    _ => false,
+                };
+                if !ok {
+                    return Err(format!("field `{key}` must be a {kind}"));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn answer(
+    s: &mut FakeState,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> (u16, Value) {
+    if let Some((status, after)) = (!s.outage.is_empty()).then(|| s.outage.remove(0)) {
+        s.outage_reply = Some((status, after));
+        let message = if status == 403 {
+            "You have exceeded a secondary rate limit. Please wait a few minutes before you try again."
+        } else {
+            "Server Error"
+        };
+        return (status, json!({ "message": message }));
+    }
+    if header(headers, "user-agent").is_empty() {
+        return (
+            403,
+            json!({"message": "Request forbidden by administrative rules. Please make sure your request has a User-Agent header"}),
+        );
+    }
+    if !header(headers, "accept").contains("application/vnd.github+json") {
+        return unprocessable(format!(
+            "Accept must be application/vnd.github+json, got `{}`",
+            header(headers, "accept")
+        ));
+    }
+    let json_body: Value = if body.is_empty() {
+        Value::Null
+    } else {
+        if !header(headers, "content-type").starts_with("application/json") {
+            return unprocessable("a body needs Content-Type: application/json".into());
+        }
+        match serde_json::from_slice(body) {
+            Ok(v) => v,
+            Err(e) => {
+                return (
+                    400,
+                    json!({"message": format!("Problems parsing JSON: {e}")}),
+                );
+            }
+        }
+    };
+    let path: Vec<&str> = uri.path().trim_start_matches('/').split('/').collect();
+    let auth = header(headers, "authorization").to_string();
+    if let ["app", "installations", id, "access_tokens"] = path.as_slice() {
+        if *method != Method::POST {
+            return unprocessable(format!("{method} not allowed here"));
+        }
+        return access_token(s, id, &auth);
+    }
+    let now = SystemTime::now();
+    let bearer = auth.strip_prefix("Bearer ").unwrap_or("");
+    let authorized = (!bearer.is_empty() && s.token.as_deref() == Some(bearer))
+        || s.issued.iter().any(|(t, exp)| t == bearer && *exp > now);
+    if !authorized {
+        return (
+            401,
+            json!({"message": "Bad credentials", "documentation_url": "https://docs.github.com/rest"}),
+        );
+    }
+    let repo_of = |owner: &str, name: &str| format!("{owner}/{name}").to_ascii_lowercase();
+    match (method.clone(), path.as_slice()) {
+        (Method::POST, ["repos", owner, name, "statuses", sha]) => {
+            let repo = repo_of(owner, name);
+            if !s.repos.contains(&repo) {
+                return (404, json!({"message": "Not Found"}));
+            }
+            if sha.len() != 40 || !sha.chars().all(|c| c.is_ascii_hexdigit()) {
+                return unprocessable(format!("No commit found for SHA: {sha}"));
+            }
+            if let Err(e) = check_body(
+                &json_body,
+                &[
+                    ("state", "string", true),
+                    ("target_url", "string", false),
+                    ("description", "string", false),
+                    ("context", "string", false),
+                ],
+            ) {
+                return unprocessable(e);
+            }
+            let state = json_body["state"].as_str().unwrap_or("");
+            if !["error", "failure", "pending", "success"].contains(&state) {
+                return unprocessable(format!(
+                    "state `{state}` is not one of error, failure, pending, success"
+                ));
+            }
+            let description = json_body["description"].as_str().unwrap_or("").to_string();
+            if description.chars().count() > 140 {
+                return unprocessable("description is too long (maximum is 140 characters)".into());
+            }
+            let target_url = json_body["target_url"].as_str().unwrap_or("").to_string();
+            if !target_url.is_empty() && !target_url.starts_with("http") {
+                return unprocessable("target_url must be an http(s) URL".into());
+            }
+            let status = Status {
+                repo,
+                sha: sha.to_string(),
+                state: state.to_string(),
+                context: json_body["context"]
+                    .as_str()
+                    .unwrap_or("default")
+                    .to_string(),
+                description,
+                target_url,
+            };
+            let id = s.next_id();
+            s.statuses.push(status.clone());
+            (
+                201,
+                json!({"id": id, "state": status.state, "context": status.context, "description": status.description, "target_url": status.target_url}),
+            )
+        }
+        (Method::POST, ["repos", owner, name, "deployments"]) => {
+            let repo = repo_of(owner, name);
+            if !s.repos.contains(&repo) {
+                return (404, json!({"message": "Not Found"}));
+            }
+            if let Err(e) = check_body(
+                &json_body,
+                &[
+                    ("ref", "string", true),
+                    ("task", "string", false),
+                    ("auto_merge", "boolean", false),
+                    ("required_contexts", "array", false),
+                    ("payload", "object", false),
+                    ("environment", "string", false),
+                    ("description", "string", false),
+                    ("transient_environment", "boolean", false),
+                    ("production_environment", "boolean", false),
+                ],
+            ) {
+                return unprocessable(e);
+            }
+            let id = s.next_id();
+            let deployment = Deployment {
+                id,
+                repo,
+                sha: json_body["ref"].as_str().unwrap_or("").to_string(),
+                environment: json_body["environment"]
+                    .as_str()
+                    .unwrap_or("production")
+                    .to_string(),
+                statuses: Vec::new(),
+            };
+            s.deployments.push(deployment.clone());
+            (
+                201,
+                json!({"id": id, "sha": deployment.sha, "ref": deployment.sha, "environment": deployment.environment}),
+            )
+        }
+        (Method::POST, ["repos", owner, name, "deployments", id, "statuses"]) => {
+            let repo = repo_of(owner, name);
+            if let Err(e) = check_body(
+                &json_body,
+                &[
+                    ("state", "string", true),
+                    ("target_url", "string", false),
+                    ("log_url", "string", false),
+                    ("description", "string", false),
+                    ("environment", "string", false),
+                    ("environment_url", "string", false),
+                    ("auto_inactive", "boolean", false),
+                ],
+            ) {
+                return unprocessable(e);
+            }
+            let state = json_body["state"].as_str().unwrap_or("").to_string();
+            if ![
+                "error",
+                "failure",
+                "inactive",
+                "in_progress",
+                "queued",
+                "pending",
+                "success",
+            ]
+            .contains(&state.as_str())
+            {
+                return unprocessable(format!("state `{state}` is not a deployment status state"));
+            }
+            if json_body["description"]
+                .as_str()
+                .is_some_and(|d| d.chars().count() > 140)
+            {
+                return unprocessable("description is too long (maximum is 140 characters)".into());
+            }
+            let log_url = json_body["log_url"].as_str().unwrap_or("").to_string();
+            let Some(d) = s
+                .deployments
+                .iter_mut()
+                .find(|d| d.repo == repo && id.parse() == Ok(d.id))
+            else {
+                return (404, json!({"message": "Not Found"}));
+            };
+            d.statuses.push((state.clone(), log_url));
+            (201, json!({"id": d.statuses.len(), "state": state}))
+        }
+        (Method::GET, ["repos", owner, name, "issues", number, "comments"]) => {
+            let repo = repo_of(owner, name);
+            let Ok(pr) = number.parse::<u64>() else {
+                return unprocessable(format!("`{number}` is not an issue number"));
+            };
+            let query = uri.query().unwrap_or("");
+            let page: usize = query
+                .split('&')
+                .find_map(|kv| kv.strip_prefix("page=")?.parse().ok())
+                .unwrap_or(1);
+            let per_page: usize = query
+                .split('&')
+                .find_map(|kv| kv.strip_prefix("per_page=")?.parse().ok())
+                .unwrap_or(30);
+            if per_page == 0 || per_page > 100 || page == 0 {
+                return unprocessable("per_page must be 1..=100 and page >= 1".into());
+            }
+            let list: Vec<Value> = s
+                .comments
+                .iter()
+                .filter(|c| c.repo == repo && c.pr == pr)
+                .skip((page - 1) * per_page)
+                .take(per_page)
+                .map(|c| json!({"id": c.id, "body": c.body}))
+                .collect();
+            (200, Value::Array(list))
+        }
+        (Method::POST, ["repos", owner, name, "issues", number, "comments"]) => {
+            let repo = repo_of(owner, name);
+            if !s.repos.contains(&repo) {
+                return (404, json!({"message": "Not Found"}));
+            }
+            let Ok(pr) = number.parse::<u64>() else {
+                return unprocessable(format!("`{number}` is not an issue number"));
+            };
+            if let Err(e) = check_body(&json_body, &[("body", "string", true)]) {
+                return unprocessable(e);
+            }
+            let text = json_body["body"].as_str().unwrap_or("").to_string();
+            if text.chars().count() > 65_536 {
+                return unprocessable("Body is too long (maximum is 65536 characters)".into());
+            }
+            let id = s.next_id();
+            s.comments.push(Comment {
+                id,
+                repo,
+                pr,
+                body: text.clone(),
+                edits: 0,
+            });
+            (201, json!({"id": id, "body": text}))
+        }
+        (Method::PATCH, ["repos", owner, name, "issues", "comments", id]) => {
+            let repo = repo_of(owner, name);
+            if let Err(e) = check_body(&json_body, &[("body", "string", true)]) {
+                return unprocessable(e);
+            }
+            let text = json_body["body"].as_str().unwrap_or("").to_string();
+            if text.chars().count() > 65_536 {
+                return unprocessable("Body is too long (maximum is 65536 characters)".into());
+            }
+            let Some(c) = s
+                .comments
+                .iter_mut()
+                .find(|c| c.repo == repo && id.parse() == Ok(c.id))
+            else {
+                return (404, json!({"message": "Not Found"}));
+            };
+            c.body = text.clone();
+            c.edits += 1;
+            (200, json!({"id": c.id, "body": text}))
+        }
+        _ => unprocessable(format!(
+            "the fake GitHub does not know {method} {}",
+            uri.path()
+        )),
+    }
+}
+
+/// `POST /app/installations/{id}/access_tokens`: the JWT must be RS256,
+/// signed by the App's key, issued by its id and valid for at most 10 min.
+fn access_token(s: &mut FakeState, id: &str, auth: &str) -> (u16, Value) {
+    let Some(app) = &s.app else {
+        return unprocessable("no GitHub App configured".into());
+    };
+    if id.parse() != Ok(app.installation_id) {
+        return (404, json!({"message": "Not Found"}));
+    }
+    let Some(jwt) = auth.strip_prefix("Bearer ") else {
+        return (
+            401,
+            json!({"message": "A JSON web token could not be decoded"}),
+        );
+    };
+    let key = match jsonwebtoken::DecodingKey::from_rsa_pem(&app.public_key_pem) {
+        Ok(k) => k,
+        Err(e) => return unprocessable(format!("bad public key in the fake: {e}")),
+    };
+    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256);
+    // GitHub's own examples put the app id in `iss` as a number, which
+    // jsonwebtoken's `iss` check (strings only) refuses: checked below.
+    validation.required_spec_claims = ["exp".to_string()].into();
+    validation.validate_aud = false;
+    let claims = match jsonwebtoken::decode::<Value>(jwt, &key, &validation) {
+        Ok(data) => data.claims,
+        Err(e) => {
+            return (
+                401,
+                json!({"message": format!("'Issuer' or signature invalid: {e}")}),
+            );
+        }
+    };
+    let iss = claims["iss"]
+        .as_u64()
+        .or_else(|| claims["iss"].as_str()?.parse().ok());
+    let (iat, exp) = (
+        claims["iat"].as_u64().unwrap_or(0),
+        claims["exp"].as_u64().unwrap_or(0),
+    );
+    if iss != Some(app.app_id) || exp.saturating_sub(iat) > 660 {
+        return (
+            401,
+            json!({"message": "'Issuer' claim ('iss') must be the app id and the token valid for at most 10 minutes"}),
+        );
+    }
+    let ttl = app.token_ttl;
+    let token = format!("ghs_fake{:08}", s.issued.len() + 1);
+    let expires = SystemTime::now() + ttl;
+    s.issued.push((token.clone(), expires));
+    let expires_at = humantime::format_rfc3339_seconds(expires).to_string();
+    (
+        201,
+        json!({"token": token, "expires_at": expires_at, "permissions": {"statuses": "write"}}),
+    )
+}
