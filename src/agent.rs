@@ -96,6 +96,10 @@ struct Worker {
     /// of the same commit do not announce it again.
     announced: Mutex<Option<Oid>>,
     previews: PreviewQueue,
+    /// Previews on: webhooks queue them, and open PRs are polled every
+    /// `interval` in case a webhook was lost.
+    previews_enabled: bool,
+    last_pull_poll: Mutex<Option<Instant>>,
     dags_config: Option<DagsTargetConfig>,
     kube_config: Option<KubernetesTargetConfig>,
     cache_dir: std::path::PathBuf,
@@ -200,6 +204,8 @@ impl Agent {
                 report,
                 announced: Mutex::new(None),
                 previews: PreviewQueue::default(),
+                previews_enabled: config.github.as_ref().is_some_and(|g| g.previews),
+                last_pull_poll: Mutex::new(None),
                 dags_config: config
                     .targets
                     .dags
@@ -245,6 +251,7 @@ impl Agent {
                 name: w.source.name.clone(),
                 trigger: w.trigger.clone(),
                 previews: (previews
+                    && w.previews_enabled
                     && w.report.is_some()
                     && (w.dags_config.is_some() || w.kube_config.is_some()))
                 .then(|| w.previews.clone()),
@@ -311,6 +318,7 @@ impl Worker {
                 // A sync cut short by shutdown has no result to report; the
                 // commit stays `pending` and the next start settles it.
                 self.report(&result);
+                self.poll_pulls().await;
                 self.run_previews(&cancel).await;
             }
             let delay = if retry_soon {
@@ -659,7 +667,49 @@ impl Worker {
         }
     }
 
-    /// Previews the pull requests that webhooks asked for.
+    /// Queues previews of open pull requests whose head has none yet: the
+    /// fallback for lost `pull_request` webhooks, one API call per interval.
+    async fn poll_pulls(&self) {
+        let Some((reporter, subject)) = &self.report else {
+            return;
+        };
+        if !self.previews_enabled || (self.dags_config.is_none() && self.kube_config.is_none()) {
+            return;
+        }
+        {
+            let mut last = self
+                .last_pull_poll
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if last.is_some_and(|at| at.elapsed() < self.interval) {
+                return;
+            }
+            *last = Some(Instant::now());
+        }
+        let context = if self.kube_config.is_some() {
+            "ferry/plan"
+        } else {
+            "ferry/dags"
+        };
+        match reporter
+            .open_pulls(&subject.repo, &self.source.branch)
+            .await
+        {
+            Ok(pulls) => {
+                for (pr, sha) in pulls {
+                    if !reporter.has_status(&subject.repo, &sha, context) {
+                        tracing::info!(source = %self.source.name, pr, sha = %sha, "open pull request without a preview; queueing one");
+                        self.previews.request(pr, &sha);
+                    }
+                }
+            }
+            Err(err) => {
+                tracing::debug!(source = %self.source.name, error = %err, "cannot list open pull requests; webhooks still queue previews");
+            }
+        }
+    }
+
+    /// Previews the pull requests that webhooks (or polling) asked for.
     async fn run_previews(&self, cancel: &AtomicBool) {
         let Some((reporter, subject)) = &self.report else {
             return;

@@ -65,6 +65,10 @@ pub struct GithubClient {
     /// Shared, not cloned: cloning an `Octocrab` copies its token cache,
     /// and a refreshed installation token would be lost with the copy.
     cached: Mutex<Option<([u8; 32], Arc<Octocrab>)>>,
+    /// One request at a time: GitHub asks integrations not to send
+    /// concurrent requests (secondary rate limits), and a renewed App token
+    /// is then fetched once, not once per concurrent caller.
+    gate: tokio::sync::Mutex<()>,
 }
 
 impl GithubClient {
@@ -87,6 +91,7 @@ impl GithubClient {
             api_url: config.api_url.trim_end_matches('/').to_string(),
             auth,
             cached: Mutex::new(None),
+            gate: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -158,6 +163,7 @@ impl GithubClient {
         path: &str,
         body: Option<&Value>,
     ) -> Result<Value, GithubError> {
+        let _turn = self.gate.lock().await;
         let client = self.octocrab()?;
         let sent = match method {
             Method::GET => client._get(path).await,

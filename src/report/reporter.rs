@@ -256,6 +256,51 @@ impl Reporter {
         });
     }
 
+    /// Open pull requests into `branch` as (number, head SHA): the polling
+    /// fallback for a lost `pull_request` webhook. Read directly, not queued.
+    pub async fn open_pulls(
+        &self,
+        repo: &str,
+        branch: &str,
+    ) -> Result<Vec<(u64, String)>, GithubError> {
+        let mut pulls = Vec::new();
+        for page in 1..=10 {
+            let list = self
+                .0
+                .client
+                .request(
+                    Method::GET,
+                    &format!(
+                        "/repos/{repo}/pulls?state=open&base={}&per_page=100&page={page}",
+                        query_escape(branch)
+                    ),
+                    None,
+                )
+                .await?;
+            let items = list.as_array().cloned().unwrap_or_default();
+            pulls.extend(items.iter().filter_map(|p| {
+                Some((
+                    p["number"].as_u64()?,
+                    p["head"]["sha"].as_str()?.to_string(),
+                ))
+            }));
+            if items.len() < 100 {
+                break;
+            }
+        }
+        Ok(pulls)
+    }
+
+    /// True when some status for `sha` in `context` was recorded, i.e. the
+    /// commit was previewed (or evaluated) already.
+    pub fn has_status(&self, repo: &str, sha: &str, context: &str) -> bool {
+        let ledger = self.0.ledger.lock().unwrap_or_else(|e| e.into_inner());
+        ledger
+            .data
+            .statuses
+            .contains_key(&status_key(repo, sha, context))
+    }
+
     /// Delivers the outbox until `shutdown`; what is left stays in the
     /// ledger for the next start.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
@@ -521,6 +566,19 @@ impl Reporter {
         }
         Ok(None)
     }
+}
+
+/// Branch names may hold `/`, `#` or `&`; a query value may not.
+fn query_escape(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            other => format!("%{other:02X}"),
+        })
+        .collect()
 }
 
 fn op_kind(op: &Op) -> &'static str {

@@ -63,6 +63,11 @@ pub struct FakeState {
     pub issued: Vec<(String, SystemTime)>,
     /// Repositories that exist (`owner/name`, lowercase); others are 404.
     pub repos: HashSet<String>,
+    /// Open pull requests: (repo, number, head SHA, base branch).
+    pub pulls: Vec<(String, u64, String, String)>,
+    /// Where the API lives, as on GitHub Enterprise Server (`/api/v3`);
+    /// requests outside it are refused.
+    pub path_prefix: Option<String>,
     /// Answers to give instead of handling the next requests, in order:
     /// (HTTP status, Retry-After seconds).
     pub outage: Vec<(u16, Option<u64>)>,
@@ -272,7 +277,15 @@ fn answer(
             }
         }
     };
-    let path: Vec<&str> = uri.path().trim_start_matches('/').split('/').collect();
+    let full_path = uri.path().to_string();
+    let path = match &s.path_prefix {
+        Some(prefix) => match full_path.strip_prefix(prefix.as_str()) {
+            Some(rest) => rest.to_string(),
+            None => return unprocessable(format!("{full_path} is outside the API root {prefix}")),
+        },
+        None => full_path,
+    };
+    let path: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let auth = header(headers, "authorization").to_string();
     if let ["app", "installations", id, "access_tokens"] = path.as_slice() {
         if *method != Method::POST {
@@ -427,6 +440,49 @@ fn answer(
             };
             d.statuses.push((state.clone(), log_url));
             (201, json!({"id": d.statuses.len(), "state": state}))
+        }
+        (Method::GET, ["repos", owner, name, "pulls"]) => {
+            let repo = repo_of(owner, name);
+            let query: Vec<(&str, &str)> = uri
+                .query()
+                .unwrap_or("")
+                .split('&')
+                .filter_map(|kv| kv.split_once('='))
+                .collect();
+            let get = |k: &str| query.iter().find(|(key, _)| *key == k).map(|(_, v)| *v);
+            if let Some((k, _)) = query.iter().find(|(k, _)| {
+                ![
+                    "state",
+                    "head",
+                    "base",
+                    "sort",
+                    "direction",
+                    "per_page",
+                    "page",
+                ]
+                .contains(k)
+            }) {
+                return unprocessable(format!("unknown query parameter `{k}`"));
+            }
+            if !matches!(get("state"), None | Some("open" | "closed" | "all")) {
+                return unprocessable("state must be open, closed or all".into());
+            }
+            if get("per_page")
+                .and_then(|p| p.parse::<u32>().ok())
+                .is_some_and(|p| p == 0 || p > 100)
+            {
+                return unprocessable("per_page must be 1..=100".into());
+            }
+            if get("page").and_then(|p| p.parse::<u32>().ok()).unwrap_or(1) > 1 {
+                return (200, json!([]));
+            }
+            let list: Vec<Value> = s
+                .pulls
+                .iter()
+                .filter(|(r, _, _, base)| *r == repo && get("base").is_none_or(|b| b == base))
+                .map(|(_, n, sha, base)| json!({"number": n, "state": "open", "head": {"sha": sha}, "base": {"ref": base}}))
+                .collect();
+            (200, Value::Array(list))
         }
         (Method::GET, ["repos", owner, name, "issues", number, "comments"]) => {
             let repo = repo_of(owner, name);
