@@ -44,6 +44,27 @@ pub struct ObjectPlan {
     pub note: Option<String>,
 }
 
+impl ObjectPlan {
+    /// `!` refused, `+` create, `~` update, `-` prune; None when unchanged.
+    pub fn mark(&self) -> Option<char> {
+        match (&self.error, self.action) {
+            (Some(_), _) => Some('!'),
+            (None, Action::Create) => Some('+'),
+            (None, Action::Update) => Some('~'),
+            (None, Action::Prune) => Some('-'),
+            (None, Action::Unchanged) => None,
+        }
+    }
+
+    /// The object and where git declares it: `ConfigMap ns/name  (file:line)`.
+    pub fn title(&self) -> String {
+        match &self.origin {
+            Some(o) => format!("{}  ({o})", self.id),
+            None => self.id.to_string(),
+        }
+    }
+}
+
 /// The plan of one target for one revision; the PR preview renders this.
 #[derive(Debug, Clone, Serialize)]
 pub struct Plan {
@@ -82,19 +103,10 @@ impl Plan {
             out.push_str(&format!("! {error}\n"));
         }
         for object in &self.objects {
-            let mark = match (&object.error, object.action) {
-                (Some(_), _) => '!',
-                (None, Action::Create) => '+',
-                (None, Action::Update) => '~',
-                (None, Action::Prune) => '-',
-                (None, Action::Unchanged) => continue,
+            let Some(mark) = object.mark() else {
+                continue;
             };
-            let from = object
-                .origin
-                .as_ref()
-                .map(|o| format!("  ({o})"))
-                .unwrap_or_default();
-            out.push_str(&format!("{mark} {}{from}\n", object.id));
+            out.push_str(&format!("{mark} {}\n", object.title()));
             if let Some(error) = &object.error {
                 out.push_str(&format!("    {error}\n"));
             }

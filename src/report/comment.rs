@@ -44,18 +44,11 @@ impl TargetPreview {
         let mut objects: Vec<_> = plan.objects.iter().collect();
         objects.sort_by_key(|o| o.error.is_none());
         for object in objects {
-            let mark = match (&object.error, object.action) {
-                (Some(_), _) => "❌",
-                (None, Action::Create) => "+",
-                (None, Action::Update) => "~",
-                (None, Action::Prune) => "-",
-                (None, Action::Unchanged) => continue,
+            let mark = match object.mark() {
+                None => continue,
+                Some('!') => "❌".to_string(),
+                Some(m) => m.to_string(),
             };
-            let from = object
-                .origin
-                .as_ref()
-                .map(|o| format!(" ({o})"))
-                .unwrap_or_default();
             let mut lines = Vec::new();
             if let Some(error) = &object.error {
                 lines.push(format!("! {error}"));
@@ -83,7 +76,7 @@ impl TargetPreview {
                 lines.push("- (deleted: no longer in the revision)".into());
             }
             sections.push(Section {
-                title: format!("{mark} {}{from}", object.id),
+                title: format!("{mark} {}", object.title()),
                 lines,
             });
         }
