@@ -252,6 +252,51 @@ pub struct AuthConfig {
 pub struct TargetsConfig {
     pub dags: Option<DagsTargetConfig>,
     pub kubernetes: Option<KubernetesTargetConfig>,
+    pub aws: Option<AwsTargetConfig>,
+}
+
+/// The platform repo's `platform.yaml`: EKS nodegroups and addons,
+/// SageMaker endpoints (the `aws` cargo feature).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AwsTargetConfig {
+    /// Which source holds the platform repo.
+    pub source: String,
+    /// Path of the declaration in the repo.
+    #[serde(default = "default_platform_file")]
+    pub file: String,
+    /// Region when platform.yaml names none (else the default AWS chain's).
+    pub region: Option<String>,
+    /// AWS API endpoint override (tests, other partitions, VPC endpoints).
+    pub endpoint_url: Option<String>,
+    /// Delete ferry-managed SageMaker endpoints that git no longer declares.
+    #[serde(default)]
+    pub prune: bool,
+    /// Re-read AWS state this often and report drift.
+    #[serde(default = "default_aws_drift_interval", with = "humantime_serde")]
+    pub drift_interval: Duration,
+    /// Upper bound for one EKS update or SageMaker deployment to finish.
+    #[serde(default = "default_aws_update_timeout", with = "humantime_serde")]
+    pub update_timeout: Duration,
+    /// How often a running update is polled.
+    #[serde(default = "default_aws_poll_interval", with = "humantime_serde")]
+    pub poll_interval: Duration,
+}
+
+fn default_platform_file() -> String {
+    "platform.yaml".into()
+}
+
+fn default_aws_drift_interval() -> Duration {
+    Duration::from_secs(300)
+}
+
+fn default_aws_update_timeout() -> Duration {
+    Duration::from_secs(60 * 60)
+}
+
+fn default_aws_poll_interval() -> Duration {
+    Duration::from_secs(15)
 }
 
 /// The platform repo's Kubernetes manifests.
@@ -422,37 +467,11 @@ impl Config {
 
     /// Parses and validates; `path` is only used to name the file in errors.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        let de = serde_yaml_ng::Deserializer::from_str(text);
-        let config: Config = serde_path_to_error::deserialize(de).map_err(|err| {
-            let key = err.path().to_string();
-            let inner = err.into_inner();
-            let line = inner.location().map(|l| l.line());
-            let message = strip_location(&inner.to_string());
-            // serde_yaml_ng prefixes its own copy of the path; ferry prints the key once.
-            let message = message.replace(
-                "expected a duration",
-                "expected a duration such as 30s, 5m or 1h",
-            );
-            let message = match message.split_once(": ") {
-                Some((prefix, rest)) if !prefix.contains(' ') && key.starts_with(prefix) => {
-                    rest.to_string()
-                }
-                _ => message,
-            };
-            // Name the unknown key itself, not only its parent.
-            let key = match unknown_field(&message) {
-                Some(field) if key == "." => field.to_string(),
-                Some(field) if key == field || key.ends_with(&format!(".{field}")) => key,
-                Some(field) => format!("{key}.{field}"),
-                None if key == "." => "(root)".to_string(),
-                None => key,
-            };
-            ConfigError::Invalid {
-                path: path.to_path_buf(),
-                key,
-                line,
-                message,
-            }
+        let config: Config = crate::yaml::parse(text).map_err(|e| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            key: e.key,
+            line: e.line,
+            message: e.message,
         })?;
         config.validate(path).map_err(|err| match err {
             ConfigError::Invalid {
@@ -461,7 +480,7 @@ impl Config {
                 line: None,
                 message,
             } => ConfigError::Invalid {
-                line: line_of(text, &key),
+                line: crate::yaml::line_of(text, &key),
                 path,
                 key,
                 message,
@@ -605,6 +624,26 @@ impl Config {
                 return Err(invalid(
                     "github.environment".into(),
                     "must not be empty (e.g. `production`)".into(),
+                ));
+            }
+        }
+        if let Some(aws) = &self.targets.aws {
+            if !names.contains(aws.source.as_str()) {
+                return Err(invalid(
+                    "targets.aws.source".into(),
+                    format!("no source named `{}`", aws.source),
+                ));
+            }
+            if !cfg!(feature = "aws") {
+                return Err(invalid(
+                    "targets.aws".into(),
+                    "this ferry was built without the `aws` feature; use a default build".into(),
+                ));
+            }
+            if aws.poll_interval.is_zero() {
+                return Err(invalid(
+                    "targets.aws.poll_interval".into(),
+                    "must be more than 0s".into(),
                 ));
             }
         }
@@ -753,83 +792,6 @@ fn valid_name(name: &str) -> bool {
         && !name.starts_with('-')
 }
 
-/// Best-effort line of a key path such as `sources[1].auth.token_file` in
-/// block-style YAML: the line of the deepest part of the path that exists.
-/// Semantic checks run on parsed values, which carry no positions.
-fn line_of(text: &str, key: &str) -> Option<usize> {
-    let lines: Vec<&str> = text.lines().collect();
-    let indent = |l: &str| l.len() - l.trim_start().len();
-    let content = |l: &str| {
-        let t = l.trim();
-        !t.is_empty() && !t.starts_with('#')
-    };
-    let (mut from, mut min_indent, mut found) = (0usize, 0usize, None);
-    for segment in key.split('.') {
-        let (name, index) = match segment.split_once('[') {
-            Some((n, i)) => (n, i.trim_end_matches(']').parse::<usize>().ok()),
-            None => (segment, None),
-        };
-        let hit = (from..lines.len()).find(|&i| {
-            let l = lines[i];
-            let t = l.trim_start();
-            let t = t.strip_prefix("- ").unwrap_or(t).trim_start();
-            indent(l) >= min_indent && t.starts_with(&format!("{name}:"))
-        });
-        let Some(i) = hit else { return found };
-        found = Some(i + 1);
-        from = i + 1;
-        let key_indent = indent(lines[i])
-            + if lines[i].trim_start().starts_with("- ") {
-                2
-            } else {
-                0
-            };
-        min_indent = key_indent + 1;
-        if let Some(index) = index {
-            let mut seen = 0;
-            let mut item = None;
-            for (j, l) in lines.iter().enumerate().skip(from) {
-                if !content(l) {
-                    continue;
-                }
-                if indent(l) < key_indent
-                    || (indent(l) == key_indent && !l.trim_start().starts_with("- "))
-                {
-                    break;
-                }
-                if l.trim_start().starts_with("- ") {
-                    if seen == index {
-                        item = Some(j);
-                        break;
-                    }
-                    seen += 1;
-                }
-            }
-            let Some(j) = item else { return found };
-            found = Some(j + 1);
-            from = j;
-            min_indent = indent(lines[j]);
-        }
-    }
-    found
-}
-
-fn strip_location(message: &str) -> String {
-    // serde_yaml_ng appends " at line N column M"; ferry prints the line itself.
-    match message.rfind(" at line ") {
-        Some(idx) => message[..idx].to_string(),
-        None => message.to_string(),
-    }
-}
-
-/// The key an "unknown field" or "missing field" message is about.
-fn unknown_field(message: &str) -> Option<&str> {
-    let rest = message
-        .strip_prefix("unknown field `")
-        .or_else(|| message.strip_prefix("missing field `"))?;
-    rest.split('`').next()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -929,9 +891,9 @@ mod tests {
         assert_eq!(err.key(), Some("sources[1].auth.known_hosts_file"));
         // The missing key itself has no line; its nearest parent, `auth`, does.
         assert!(err.to_string().starts_with("ferry.yaml:6: "), "{err}");
-        assert_eq!(line_of(text, "sources[1].url"), Some(5));
-        assert_eq!(line_of(text, "sources[0].name"), Some(2));
-        assert_eq!(line_of(text, "targets.dags"), None);
+        assert_eq!(crate::yaml::line_of(text, "sources[1].url"), Some(5));
+        assert_eq!(crate::yaml::line_of(text, "sources[0].name"), Some(2));
+        assert_eq!(crate::yaml::line_of(text, "targets.dags"), None);
     }
 
     #[test]

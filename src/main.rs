@@ -568,6 +568,7 @@ async fn publish_dags(args: &PublishDagsArgs) -> anyhow::Result<ExitCode> {
         targets: TargetsConfig {
             dags: Some(target_config.clone()),
             kubernetes: None,
+            aws: None,
         },
         github: None,
     };

@@ -2,4 +2,5 @@
 //! Pure: reads git objects, talks to nothing.
 
 pub mod manifests;
+pub mod platform;
 pub mod resolve;

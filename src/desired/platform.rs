@@ -1,0 +1,584 @@
+//! `platform.yaml`: what the platform repo declares beside its manifests,
+//! the EKS and SageMaker state ferry keeps. Parsed strictly and validated
+//! completely before any AWS call: every error names the file, the key and
+//! its line.
+//!
+//! ```yaml
+//! apiVersion: ferry.dev/v1alpha1
+//! kind: Platform
+//! eks:
+//!   cluster: {name: ml-platform, region: eu-west-1}
+//!   allow_upgrades: false
+//!   nodegroups:
+//!     - name: system
+//!       scaling: {min: 2, max: 4, desired: 2}
+//!   addons:
+//!     - {name: vpc-cni, version: v1.19.0-eksbuild.1}
+//! sagemaker:
+//!   endpoints:
+//!     - name: churn
+//!       execution_role_arn: arn:aws:iam::123456789012:role/sagemaker-exec
+//!       variants:
+//!         - {name: primary, model_name: churn, image: ..., model_data: s3://..., instance_type: ml.m5.large}
+//! ```
+
+use std::collections::{BTreeMap, HashSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::yaml;
+
+pub const API_VERSION: &str = "ferry.dev/v1alpha1";
+pub const KIND: &str = "Platform";
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Platform {
+    #[serde(rename = "apiVersion")]
+    pub api_version: String,
+    pub kind: String,
+    pub eks: Option<Eks>,
+    pub sagemaker: Option<SageMaker>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Eks {
+    pub cluster: Cluster,
+    /// Let ferry change nodegroup Kubernetes/AMI release versions.
+    #[serde(default)]
+    pub allow_upgrades: bool,
+    #[serde(default)]
+    pub nodegroups: Vec<Nodegroup>,
+    #[serde(default)]
+    pub addons: Vec<Addon>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Cluster {
+    pub name: String,
+    pub region: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Nodegroup {
+    pub name: String,
+    pub scaling: Scaling,
+    /// Authoritative when set: labels not listed are removed.
+    pub labels: Option<BTreeMap<String, String>>,
+    /// Authoritative when set: taints not listed are removed.
+    pub taints: Option<Vec<Taint>>,
+    /// Kubernetes version (`1.31`); applied only with `allow_upgrades`.
+    pub version: Option<String>,
+    /// AMI release version; applied only with `allow_upgrades`.
+    pub release_version: Option<String>,
+    /// Cannot change in place: a difference is reported as drift.
+    pub instance_types: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Scaling {
+    pub min: i32,
+    pub max: i32,
+    pub desired: i32,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq, PartialOrd, Ord)]
+#[serde(deny_unknown_fields)]
+pub struct Taint {
+    pub key: String,
+    #[serde(default)]
+    pub value: String,
+    /// `NO_SCHEDULE`, `NO_EXECUTE` or `PREFER_NO_SCHEDULE`, as EKS spells them.
+    pub effect: String,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Addon {
+    pub name: String,
+    pub version: Option<String>,
+    /// Sent to EKS as JSON `configurationValues`.
+    pub configuration: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SageMaker {
+    pub region: Option<String>,
+    #[serde(default)]
+    pub endpoints: Vec<Endpoint>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Endpoint {
+    pub name: String,
+    pub execution_role_arn: String,
+    pub variants: Vec<Variant>,
+    #[serde(default)]
+    pub data_capture: DataCapture,
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DataCapture {
+    #[serde(default)]
+    pub enabled: bool,
+    /// `s3://bucket/prefix`; required when enabled.
+    pub destination: Option<String>,
+    #[serde(default = "hundred")]
+    pub sampling_percentage: i32,
+}
+
+fn hundred() -> i32 {
+    100
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Variant {
+    pub name: String,
+    /// The registered model this variant serves (e.g. `churn`, MLflow's name).
+    pub model_name: String,
+    pub image: String,
+    pub model_data: String,
+    pub instance_type: String,
+    #[serde(default = "one")]
+    pub initial_instance_count: i32,
+    #[serde(default = "one_f")]
+    pub weight: f32,
+}
+
+fn one() -> i32 {
+    1
+}
+
+fn one_f() -> f32 {
+    1.0
+}
+
+/// One problem with platform.yaml.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error)]
+#[error("{file}:{}{key}: {message}", line.map(|l| format!("{l}: ")).unwrap_or_default())]
+pub struct PlatformError {
+    pub file: String,
+    pub line: Option<usize>,
+    pub key: String,
+    pub message: String,
+}
+
+/// Parses and validates; every error found, not only the first.
+pub fn parse(file: &str, text: &str) -> Result<Platform, Vec<PlatformError>> {
+    let platform: Platform = yaml::parse(text).map_err(|e| {
+        vec![PlatformError {
+            file: file.to_string(),
+            line: e.line,
+            key: e.key,
+            message: e.message,
+        }]
+    })?;
+    let mut problems = Vec::new();
+    validate(&platform, &mut |key: String, message: String| {
+        problems.push(PlatformError {
+            file: file.to_string(),
+            line: yaml::line_of(text, &key),
+            key,
+            message,
+        })
+    });
+    if problems.is_empty() {
+        Ok(platform)
+    } else {
+        Err(problems)
+    }
+}
+
+fn validate(p: &Platform, problem: &mut dyn FnMut(String, String)) {
+    if p.api_version != API_VERSION {
+        problem(
+            "apiVersion".into(),
+            format!("`{}` is not supported; use `{API_VERSION}`", p.api_version),
+        );
+    }
+    if p.kind != KIND {
+        problem("kind".into(), format!("must be `{KIND}`, not `{}`", p.kind));
+    }
+    if let Some(eks) = &p.eks {
+        if eks.cluster.name.trim().is_empty() {
+            problem("eks.cluster.name".into(), "must not be empty".into());
+        }
+        if let Some(region) = &eks.cluster.region
+            && !valid_region(region)
+        {
+            problem(
+                "eks.cluster.region".into(),
+                format!("`{region}` is not an AWS region name (e.g. eu-west-1)"),
+            );
+        }
+        duplicates(
+            eks.nodegroups.iter().map(|n| n.name.as_str()),
+            "eks.nodegroups",
+            problem,
+        );
+        duplicates(
+            eks.addons.iter().map(|a| a.name.as_str()),
+            "eks.addons",
+            problem,
+        );
+        for (i, ng) in eks.nodegroups.iter().enumerate() {
+            let key = |k: &str| format!("eks.nodegroups[{i}].{k}");
+            let s = ng.scaling;
+            if s.min < 0 || s.max < 1 || s.min > s.max {
+                problem(
+                    key("scaling"),
+                    format!(
+                        "min {} and max {} must satisfy 0 <= min <= max, max >= 1",
+                        s.min, s.max
+                    ),
+                );
+            } else if s.desired < s.min || s.desired > s.max {
+                problem(
+                    key("scaling.desired"),
+                    format!(
+                        "desired {} is outside min {} .. max {}",
+                        s.desired, s.min, s.max
+                    ),
+                );
+            }
+            for (j, t) in ng.taints.iter().flatten().enumerate() {
+                if !matches!(
+                    t.effect.as_str(),
+                    "NO_SCHEDULE" | "NO_EXECUTE" | "PREFER_NO_SCHEDULE"
+                ) {
+                    problem(
+                        format!("eks.nodegroups[{i}].taints[{j}].effect"),
+                        format!(
+                            "`{}` must be NO_SCHEDULE, NO_EXECUTE or PREFER_NO_SCHEDULE",
+                            t.effect
+                        ),
+                    );
+                }
+            }
+        }
+        for (i, addon) in eks.addons.iter().enumerate() {
+            if addon.configuration.as_ref().is_some_and(|c| !c.is_object()) {
+                problem(
+                    format!("eks.addons[{i}].configuration"),
+                    "must be a mapping (sent as JSON configurationValues)".into(),
+                );
+            }
+        }
+    }
+    if let Some(sm) = &p.sagemaker {
+        if let Some(region) = &sm.region
+            && !valid_region(region)
+        {
+            problem(
+                "sagemaker.region".into(),
+                format!("`{region}` is not an AWS region name (e.g. eu-west-1)"),
+            );
+        }
+        duplicates(
+            sm.endpoints.iter().map(|e| e.name.as_str()),
+            "sagemaker.endpoints",
+            problem,
+        );
+        for (i, e) in sm.endpoints.iter().enumerate() {
+            let key = |k: &str| format!("sagemaker.endpoints[{i}].{k}");
+            if !valid_sagemaker_name(&e.name) || e.name.len() > 40 {
+                problem(
+                    key("name"),
+                    format!(
+                        "`{}`: 1-40 of [a-zA-Z0-9-], starting and ending alphanumeric (ferry appends -<hash> to name models and configs)",
+                        e.name
+                    ),
+                );
+            }
+            if !valid_role_arn(&e.execution_role_arn) {
+                problem(
+                    key("execution_role_arn"),
+                    format!(
+                        "`{}` is not an IAM role ARN (arn:aws:iam::123456789012:role/NAME)",
+                        e.execution_role_arn
+                    ),
+                );
+            }
+            if e.variants.is_empty() {
+                problem(key("variants"), "at least one variant is required".into());
+            }
+            if e.data_capture.enabled {
+                match &e.data_capture.destination {
+                    None => problem(
+                        key("data_capture.destination"),
+                        "required when data capture is enabled (s3://bucket/prefix)".into(),
+                    ),
+                    Some(d) if !valid_s3_url(d) => problem(
+                        key("data_capture.destination"),
+                        format!("`{d}` is not an S3 URL (s3://bucket/prefix)"),
+                    ),
+                    _ => {}
+                }
+                if !(1..=100).contains(&e.data_capture.sampling_percentage) {
+                    problem(
+                        key("data_capture.sampling_percentage"),
+                        "must be 1..=100".into(),
+                    );
+                }
+            }
+            duplicates(
+                e.variants.iter().map(|v| v.name.as_str()),
+                &key("variants"),
+                problem,
+            );
+            for (j, v) in e.variants.iter().enumerate() {
+                let key = |k: &str| format!("sagemaker.endpoints[{i}].variants[{j}].{k}");
+                if !valid_sagemaker_name(&v.name) {
+                    problem(key("name"), format!("`{}`: 1-63 of [a-zA-Z0-9-]", v.name));
+                }
+                if !valid_s3_url(&v.model_data) {
+                    problem(
+                        key("model_data"),
+                        format!("`{}` is not an S3 URL (s3://bucket/key)", v.model_data),
+                    );
+                }
+                if v.image.trim().is_empty() || v.image.contains(char::is_whitespace) {
+                    problem(
+                        key("image"),
+                        format!("`{}` is not a container image reference", v.image),
+                    );
+                }
+                if !v.instance_type.starts_with("ml.") {
+                    problem(
+                        key("instance_type"),
+                        format!(
+                            "`{}` is not a SageMaker instance type (ml.m5.large, ...)",
+                            v.instance_type
+                        ),
+                    );
+                }
+                if v.initial_instance_count < 1 {
+                    problem(key("initial_instance_count"), "must be at least 1".into());
+                }
+                if !(v.weight >= 0.0 && v.weight.is_finite()) {
+                    problem(key("weight"), "must be a number >= 0".into());
+                }
+            }
+        }
+    }
+}
+
+fn duplicates<'a>(
+    names: impl Iterator<Item = &'a str>,
+    list: &str,
+    problem: &mut dyn FnMut(String, String),
+) {
+    let mut seen = HashSet::new();
+    for (i, name) in names.enumerate() {
+        if !seen.insert(name) {
+            problem(
+                format!("{list}[{i}].name"),
+                format!("`{name}` is declared twice"),
+            );
+        }
+    }
+}
+
+fn valid_region(region: &str) -> bool {
+    let parts: Vec<&str> = region.split('-').collect();
+    parts.len() >= 3
+        && parts.iter().all(|p| {
+            !p.is_empty()
+                && p.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        })
+        && parts
+            .last()
+            .is_some_and(|p| p.chars().all(|c| c.is_ascii_digit()))
+}
+
+fn valid_sagemaker_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+}
+
+/// `arn:<partition>:iam::<12 digits>:role/<path/name>`
+pub fn valid_role_arn(arn: &str) -> bool {
+    let parts: Vec<&str> = arn.splitn(6, ':').collect();
+    let [prefix, partition, service, region, account, resource] = parts.as_slice() else {
+        return false;
+    };
+    *prefix == "arn"
+        && matches!(*partition, "aws" | "aws-cn" | "aws-us-gov")
+        && *service == "iam"
+        && region.is_empty()
+        && account.len() == 12
+        && account.chars().all(|c| c.is_ascii_digit())
+        && resource.strip_prefix("role/").is_some_and(|name| {
+            !name.is_empty()
+                && name.len() <= 512
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "+=,.@_-/".contains(c))
+        })
+}
+
+/// `s3://bucket/key`, bucket per S3's naming rules.
+pub fn valid_s3_url(url: &str) -> bool {
+    let Some(rest) = url.strip_prefix("s3://") else {
+        return false;
+    };
+    let (bucket, key) = rest.split_once('/').unwrap_or((rest, ""));
+    (3..=63).contains(&bucket.len())
+        && bucket
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+        && bucket.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && bucket.ends_with(|c: char| c.is_ascii_alphanumeric())
+        && !key.is_empty()
+}
+
+/// Reads `file` at `commit` of a bare mirror; None when the file is absent.
+pub fn read_mirror(
+    mirror: &std::path::Path,
+    commit: git2::Oid,
+    file: &str,
+) -> Result<Option<Platform>, Vec<PlatformError>> {
+    let general = |message: String| {
+        vec![PlatformError {
+            file: file.to_string(),
+            line: None,
+            key: "(file)".into(),
+            message,
+        }]
+    };
+    let repo = git2::Repository::open_bare(mirror)
+        .map_err(|e| general(format!("cannot open the mirror: {}", e.message())))?;
+    let tree = repo
+        .find_commit(commit)
+        .and_then(|c| c.tree())
+        .map_err(|e| general(format!("cannot read commit {commit}: {}", e.message())))?;
+    let entry = match tree.get_path(std::path::Path::new(file)) {
+        Ok(entry) => entry,
+        Err(e) if e.code() == git2::ErrorCode::NotFound => return Ok(None),
+        Err(e) => return Err(general(e.message().to_string())),
+    };
+    let blob = repo
+        .find_blob(entry.id())
+        .map_err(|e| general(format!("not a file: {}", e.message())))?;
+    let text =
+        std::str::from_utf8(blob.content()).map_err(|_| general("is not UTF-8 text".into()))?;
+    parse(file, text).map(Some)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = "apiVersion: ferry.dev/v1alpha1
+kind: Platform
+eks:
+  cluster:
+    name: ml
+    region: eu-west-1
+  nodegroups:
+    - name: system
+      scaling: {min: 1, max: 3, desired: 2}
+      taints:
+        - {key: dedicated, value: training, effect: NO_SCHEDULE}
+  addons:
+    - name: vpc-cni
+      version: v1.19.0-eksbuild.1
+      configuration: {env: {WARM_IP_TARGET: \"2\"}}
+sagemaker:
+  endpoints:
+    - name: churn
+      execution_role_arn: arn:aws:iam::123456789012:role/service-role/sm-exec
+      variants:
+        - name: primary
+          model_name: churn
+          image: 123456789012.dkr.ecr.eu-west-1.amazonaws.com/churn:3
+          model_data: s3://ml-models/churn/3/model.tar.gz
+          instance_type: ml.m5.large
+";
+
+    #[test]
+    fn the_example_parses() {
+        let p = parse("platform.yaml", GOOD).unwrap();
+        assert_eq!(p.eks.unwrap().nodegroups[0].scaling.desired, 2);
+        assert_eq!(p.sagemaker.unwrap().endpoints[0].variants[0].weight, 1.0);
+    }
+
+    #[test]
+    fn every_problem_is_named_with_file_key_and_line() {
+        let bad = GOOD
+            .replace("desired: 2", "desired: 7")
+            .replace("role/service-role/sm-exec", "user/bob")
+            .replace(
+                "s3://ml-models/churn/3/model.tar.gz",
+                "https://bucket/model.tar.gz",
+            )
+            .replace(
+                "    - name: system\n",
+                "    - name: system\n      scaling: {min: 1, max: 3, desired: 1}\n      name: x\n",
+            );
+        // The duplicate-key edit makes YAML itself refuse; check separately.
+        assert!(parse("platform.yaml", &bad).is_err());
+        let bad = GOOD
+            .replace("desired: 2", "desired: 7")
+            .replace("role/service-role/sm-exec", "user/bob")
+            .replace(
+                "s3://ml-models/churn/3/model.tar.gz",
+                "https://bucket/model.tar.gz",
+            );
+        let errors = parse("platform.yaml", &bad).unwrap_err();
+        let text: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+        assert_eq!(text.len(), 3, "{text:#?}");
+        assert_eq!(
+            text[0],
+            "platform.yaml:9: eks.nodegroups[0].scaling.desired: desired 7 is outside min 1 .. max 3"
+        );
+        assert!(
+            text[1].starts_with("platform.yaml:19: sagemaker.endpoints[0].execution_role_arn: "),
+            "{}",
+            text[1]
+        );
+        assert!(
+            text[2]
+                .starts_with("platform.yaml:24: sagemaker.endpoints[0].variants[0].model_data: "),
+            "{}",
+            text[2]
+        );
+        let unknown = GOOD.replace("  nodegroups:", "  nodegroup_list: []\n  nodegroups:");
+        let err = &parse("platform.yaml", &unknown).unwrap_err()[0];
+        assert_eq!(
+            (err.key.as_str(), err.line),
+            ("eks.nodegroup_list", Some(7)),
+            "{err}"
+        );
+        let dup = GOOD.replace("  addons:\n", "  addons:\n    - name: vpc-cni\n");
+        let err = &parse("platform.yaml", &dup).unwrap_err()[0];
+        assert_eq!(err.key, "eks.addons[1].name", "{err}");
+    }
+
+    #[test]
+    fn arns_and_s3_urls() {
+        assert!(valid_role_arn("arn:aws:iam::123456789012:role/a/b-c_d"));
+        assert!(valid_role_arn("arn:aws-cn:iam::123456789012:role/x"));
+        assert!(!valid_role_arn("arn:aws:iam::12345:role/x"));
+        assert!(!valid_role_arn("arn:aws:iam::123456789012:user/x"));
+        assert!(!valid_role_arn("arn:aws:s3:::bucket"));
+        assert!(valid_s3_url("s3://my-bucket.v2/k/model.tar.gz"));
+        assert!(!valid_s3_url("s3://My_Bucket/k"));
+        assert!(!valid_s3_url("s3://bucket"));
+        assert!(!valid_s3_url("s3://ab/k"));
+    }
+}

@@ -1,0 +1,364 @@
+"""moto server, plus the operations ferry needs that moto 5.2.5 lacks.
+
+    python tools/moto/ferry_moto.py [--host 127.0.0.1] [--port 5000]
+
+moto answers 404 for the EKS addon and version-update operations and 500
+for SageMaker UpdateEndpoint. This launcher registers them on moto's own
+backends before starting the ordinary moto server, so requests are parsed
+and responses serialized by moto from botocore's service models (the AWS
+API reference shapes), exactly as for the operations moto ships:
+
+EKS      CreateAddon, DescribeAddon, UpdateAddon, ListAddons, DeleteAddon,
+         UpdateNodegroupVersion, DescribeUpdate (UpdateNodegroupConfig's
+         updates are recorded so DescribeUpdate can follow them).
+SageMaker UpdateEndpoint; endpoints report `Creating`/`Updating` on the
+         first DescribeEndpoint after a change, as the real service does
+         while it deploys.
+
+Two test conveniences, documented here because they are not AWS behaviour:
+- A container image whose tag is `:broken` makes the deployment fail: a new
+  endpoint ends `Failed`, an updated one rolls back to its previous config
+  (`InService`, old config) with a `FailureReason`, as SageMaker does.
+- `POST /ferry-test/throttle?count=N` makes the next N AWS requests answer
+  `ThrottlingException` (HTTP 400); `GET /ferry-test/throttle` returns how
+  many are left. `POST /moto-api/reset` (moto's own) clears all state.
+"""
+
+import argparse
+import json
+import threading
+import uuid
+from datetime import datetime, timezone
+
+from moto.eks import urls as eks_urls
+from moto.eks.exceptions import InvalidParameterException, ResourceNotFoundException
+from moto.eks.models import EKSBackend
+from moto.eks.responses import EKSResponse
+from moto.core.responses import ActionResult, EmptyResult
+from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+from moto.sagemaker.exceptions import ValidationError
+from moto.sagemaker.models import FakeEndpoint, SageMakerModelBackend
+from moto.sagemaker.responses import SageMakerResponse
+from werkzeug.serving import run_simple
+from werkzeug.wrappers import Request, Response
+
+
+def now():
+    return datetime.now(timezone.utc)
+
+
+# ---------------------------------------------------------------- EKS ----
+
+def _cluster(backend, name):
+    cluster = backend.clusters.get(name)
+    if cluster is None:
+        raise ResourceNotFoundException(
+            clusterName=name, nodegroupName=None, fargateProfileName=None, addonName=None,
+            message=f"No cluster found for name: {name}.",
+        )
+    return cluster
+
+
+def _nodegroup(backend, cluster_name, nodegroup_name):
+    nodegroup = _cluster(backend, cluster_name).nodegroups.get(nodegroup_name)
+    if nodegroup is None:
+        raise ResourceNotFoundException(
+            clusterName=cluster_name, nodegroupName=nodegroup_name, fargateProfileName=None,
+            addonName=None, message=f"No node group found for name: {nodegroup_name}.",
+        )
+    return nodegroup
+
+
+def _addons(backend, cluster_name):
+    _cluster(backend, cluster_name)
+    return backend.__dict__.setdefault("ferry_addons", {}).setdefault(cluster_name, {})
+
+
+def _record_update(backend, cluster_name, update, nodegroup=None, addon=None):
+    updates = backend.__dict__.setdefault("ferry_updates", {})
+    updates[(cluster_name, update["id"])] = dict(update, _nodegroup=nodegroup, _addon=addon)
+    return update
+
+
+def _new_update(kind, params):
+    return {
+        "id": str(uuid.uuid4()), "status": "Successful", "type": kind,
+        "params": [{"type": k, "value": v} for k, v in params], "createdAt": now(), "errors": [],
+    }
+
+
+def _addon_view(cluster_name, addon):
+    return {
+        "addonName": addon["name"], "clusterName": cluster_name, "status": addon["status"],
+        "addonVersion": addon["version"], "health": {"issues": []},
+        "addonArn": f"arn:aws:eks:us-east-1:123456789012:addon/{cluster_name}/{addon['name']}/{addon['id']}",
+        "createdAt": addon["created"], "modifiedAt": addon["modified"],
+        "configurationValues": addon.get("configuration") or "",
+        "tags": addon.get("tags") or {},
+    }
+
+
+_original_update_config = EKSBackend.update_nodegroup_config
+
+
+def update_nodegroup_config(self, cluster_name, nodegroup_name, **kwargs):
+    update = _original_update_config(self, cluster_name, nodegroup_name, **kwargs)
+    return _record_update(self, cluster_name, update, nodegroup=nodegroup_name)
+
+
+def update_nodegroup_version(self, cluster_name, nodegroup_name, version, release_version):
+    nodegroup = _nodegroup(self, cluster_name, nodegroup_name)
+    params = []
+    if version:
+        nodegroup.version = version
+        params.append(("Version", version))
+    if release_version:
+        nodegroup.release_version = release_version
+        params.append(("ReleaseVersion", release_version))
+    nodegroup.modified_at = now()
+    update = _new_update("VersionUpdate", params)
+    return _record_update(self, cluster_name, update, nodegroup=nodegroup_name)
+
+
+def create_addon(self, cluster_name, name, version, configuration, tags):
+    addons = _addons(self, cluster_name)
+    if name in addons:
+        raise InvalidParameterException(
+            clusterName=cluster_name, nodegroupName=None, fargateProfileName=None, addonName=name,
+            message=f"Addon {name} already exists.",
+        )
+    if configuration:
+        try:
+            json.loads(configuration)
+        except ValueError:
+            raise InvalidParameterException(
+                clusterName=cluster_name, nodegroupName=None, fargateProfileName=None,
+                addonName=name, message="configurationValues is not valid JSON",
+            )
+    addons[name] = {
+        "name": name, "version": version or "v1.0.0-eksbuild.1", "configuration": configuration,
+        "tags": tags, "status": "ACTIVE", "id": str(uuid.uuid4()), "created": now(), "modified": now(),
+    }
+    return _addon_view(cluster_name, addons[name])
+
+
+def _addon(self, cluster_name, name):
+    addon = _addons(self, cluster_name).get(name)
+    if addon is None:
+        raise ResourceNotFoundException(
+            clusterName=cluster_name, nodegroupName=None, fargateProfileName=None, addonName=name,
+            message=f"No addon: {name} found in cluster: {cluster_name}",
+        )
+    return addon
+
+
+def update_addon(self, cluster_name, name, version, configuration):
+    addon = _addon(self, cluster_name, name)
+    params = []
+    if version:
+        addon["version"] = version
+        params.append(("AddonVersion", version))
+    if configuration is not None:
+        addon["configuration"] = configuration
+        params.append(("ConfigurationValues", configuration))
+    addon["modified"] = now()
+    update = _new_update("AddonUpdate", params)
+    return _record_update(self, cluster_name, update, addon=name)
+
+
+def describe_update(self, cluster_name, update_id, nodegroup_name, addon_name):
+    _cluster(self, cluster_name)
+    update = self.__dict__.get("ferry_updates", {}).get((cluster_name, update_id))
+    if update is None or update["_nodegroup"] != nodegroup_name or update["_addon"] != addon_name:
+        raise ResourceNotFoundException(
+            clusterName=cluster_name, nodegroupName=nodegroup_name, fargateProfileName=None,
+            addonName=addon_name, message=f"No update found for ID: {update_id}",
+        )
+    return {k: v for k, v in update.items() if not k.startswith("_")}
+
+
+for fn in (update_nodegroup_config, update_nodegroup_version, create_addon, update_addon, describe_update):
+    setattr(EKSBackend, fn.__name__, fn)
+EKSBackend.describe_addon = lambda self, c, n: _addon_view(c, _addon(self, c, n))
+EKSBackend.delete_addon = lambda self, c, n: _addon_view(c, _addons(self, c).pop(_addon(self, c, n)["name"]))
+
+
+def _r_update_nodegroup_version(self):
+    update = self.eks_backend.update_nodegroup_version(
+        self._get_param("name"), self._get_param("nodegroupName"),
+        self._get_param("version"), self._get_param("releaseVersion"),
+    )
+    return ActionResult({"update": update})
+
+
+def _r_create_addon(self):
+    addon = self.eks_backend.create_addon(
+        self._get_param("name"), self._get_param("addonName"), self._get_param("addonVersion"),
+        self._get_param("configurationValues"), self._get_param("tags"),
+    )
+    return ActionResult({"addon": addon})
+
+
+def _r_describe_addon(self):
+    return ActionResult({"addon": self.eks_backend.describe_addon(self._get_param("name"), self._get_param("addonName"))})
+
+
+def _r_delete_addon(self):
+    return ActionResult({"addon": self.eks_backend.delete_addon(self._get_param("name"), self._get_param("addonName"))})
+
+
+def _r_list_addons(self):
+    return ActionResult({"addons": sorted(_addons(self.eks_backend, self._get_param("name")))})
+
+
+def _r_update_addon(self):
+    update = self.eks_backend.update_addon(
+        self._get_param("name"), self._get_param("addonName"), self._get_param("addonVersion"),
+        self._get_param("configurationValues"),
+    )
+    return ActionResult({"update": update})
+
+
+def _r_describe_update(self):
+    update = self.eks_backend.describe_update(
+        self._get_param("name"), self._get_param("updateId"),
+        self._get_param("nodegroupName"), self._get_param("addonName"),
+    )
+    return ActionResult({"update": update})
+
+
+EKSResponse.update_nodegroup_version = _r_update_nodegroup_version
+EKSResponse.create_addon = _r_create_addon
+EKSResponse.describe_addon = _r_describe_addon
+EKSResponse.delete_addon = _r_delete_addon
+EKSResponse.list_addons = _r_list_addons
+EKSResponse.update_addon = _r_update_addon
+EKSResponse.describe_update = _r_describe_update
+
+eks_urls.url_paths.update({
+    "{0}/clusters/(?P<name>[^/]+)/node-groups/(?P<nodegroupName>[^/]+)/update-version$": eks_urls.response.dispatch,
+    "{0}/clusters/(?P<name>[^/]+)/addons$": eks_urls.response.dispatch,
+    "{0}/clusters/(?P<name>[^/]+)/addons/(?P<addonName>[^/]+)$": eks_urls.response.dispatch,
+    "{0}/clusters/(?P<name>[^/]+)/addons/(?P<addonName>[^/]+)/update$": eks_urls.response.dispatch,
+    "{0}/clusters/(?P<name>[^/]+)/updates/(?P<updateId>[^/]+)$": eks_urls.response.dispatch,
+})
+
+# ---------------------------------------------------------- SageMaker ----
+
+def _broken(backend, config_name):
+    config = backend.endpoint_configs[config_name]
+    for variant in config.production_variants:
+        model = backend._models.get(variant["ModelName"])
+        image = (model.primary_container or {}).get("Image", "") if model else ""
+        if image.endswith(":broken"):
+            return f"The primary container for production variant {variant['VariantName']} did not pass the ping health check ({image})."
+    return None
+
+
+_original_create_endpoint = SageMakerModelBackend.create_endpoint
+
+
+def create_endpoint(self, endpoint_name, endpoint_config_name, tags):
+    endpoint = _original_create_endpoint(self, endpoint_name, endpoint_config_name, tags)
+    reason = _broken(self, endpoint_config_name)
+    endpoint.ferry_settle = ("Creating", "Failed" if reason else "InService", reason)
+    endpoint.endpoint_status = "Creating"
+    return endpoint
+
+
+def update_endpoint(self, endpoint_name, endpoint_config_name, retain_variant_properties=False):
+    endpoint = self.endpoints.get(endpoint_name)
+    if endpoint is None:
+        raise ValidationError(message=f"Could not find endpoint '{FakeEndpoint.arn_formatter(endpoint_name, self.account_id, self.region_name)}'.")
+    if endpoint.endpoint_status not in ("InService", "Failed"):
+        raise ValidationError(message=f"Cannot update in-progress endpoint '{endpoint.arn}'.")
+    if endpoint_config_name not in self.endpoint_configs:
+        raise ValidationError(message=f"Could not find endpoint configuration '{endpoint_config_name}'.")
+    reason = _broken(self, endpoint_config_name)
+    if reason is None:
+        config = self.endpoint_configs[endpoint_config_name]
+        endpoint.endpoint_config_name = endpoint_config_name
+        endpoint.production_variants = endpoint._process_production_variants(config.production_variants)
+        endpoint.data_capture_config = config.data_capture_config
+        endpoint.failure_reason = None
+    endpoint.last_modified_time = now()
+    # A failed update rolls back: the old config keeps serving.
+    endpoint.ferry_settle = ("Updating", "InService", reason)
+    endpoint.endpoint_status = "Updating"
+    return endpoint
+
+
+_original_describe_endpoint = SageMakerModelBackend.describe_endpoint
+
+
+def describe_endpoint(self, endpoint_name):
+    endpoint = self.endpoints.get(endpoint_name)
+    settle = getattr(endpoint, "ferry_settle", None)
+    if endpoint is not None and settle is not None:
+        transitional, final, reason = settle
+        if endpoint.endpoint_status == transitional:
+            response = _original_describe_endpoint(self, endpoint_name)
+            endpoint.endpoint_status = final
+            endpoint.failure_reason = reason
+            return response
+        endpoint.ferry_settle = None
+    return _original_describe_endpoint(self, endpoint_name)
+
+
+SageMakerModelBackend.create_endpoint = create_endpoint
+SageMakerModelBackend.update_endpoint = update_endpoint
+SageMakerModelBackend.describe_endpoint = describe_endpoint
+
+
+def _r_update_endpoint(self):
+    endpoint = self.sagemaker_backend.update_endpoint(
+        self._get_param("EndpointName"), self._get_param("EndpointConfigName"),
+        self._get_param("RetainAllVariantProperties", False),
+    )
+    return ActionResult({"EndpointArn": endpoint.arn})
+
+
+SageMakerResponse.update_endpoint = _r_update_endpoint
+
+# ------------------------------------------------------------- server ----
+
+class Throttle:
+    """WSGI middleware: answers the next `count` AWS requests with a throttle."""
+
+    def __init__(self, app):
+        self.app = app
+        self.left = 0
+        self.lock = threading.Lock()
+
+    def __call__(self, environ, start_response):
+        request = Request(environ)
+        if request.path == "/ferry-test/throttle":
+            with self.lock:
+                if request.method == "POST":
+                    self.left = int(request.args.get("count", "1"))
+                body = json.dumps({"left": self.left})
+            return Response(body, mimetype="application/json")(environ, start_response)
+        if not request.path.startswith("/moto-api"):
+            with self.lock:
+                throttle = self.left > 0
+                if throttle:
+                    self.left -= 1
+            if throttle:
+                body = json.dumps({"__type": "ThrottlingException", "message": "Rate exceeded"})
+                response = Response(body, status=400, mimetype="application/x-amz-json-1.1")
+                response.headers["x-amzn-ErrorType"] = "ThrottlingException"
+                return response(environ, start_response)
+        return self.app(environ, start_response)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=5000)
+    args = parser.parse_args()
+    app = DomainDispatcherApplication(create_backend_app)
+    run_simple(args.host, args.port, Throttle(app), threaded=True, use_reloader=False)
+
+
+if __name__ == "__main__":
+    main()
