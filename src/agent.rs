@@ -52,6 +52,14 @@ pub enum SyncResult {
         commit: Oid,
         sync: KubeSync,
     },
+    /// The AWS target applied platform.yaml or checked for drift (after the
+    /// Kubernetes target, when the source feeds both).
+    #[cfg(feature = "aws")]
+    Aws {
+        commit: Oid,
+        sync: crate::aws::target::AwsSync,
+        kube: Option<KubeSync>,
+    },
     Failed(SyncFailure),
 }
 
@@ -73,6 +81,8 @@ impl SyncResult {
             SyncResult::Fetched { .. } | SyncResult::Published(_) | SyncResult::Kube { .. } => {
                 "success"
             }
+            #[cfg(feature = "aws")]
+            SyncResult::Aws { .. } => "success",
             SyncResult::Failed(f) => f.kind,
         }
     }
@@ -82,6 +92,8 @@ struct Worker {
     source: GitSource,
     dags: Option<Mutex<DagsTarget>>,
     kube: Option<tokio::sync::Mutex<KubeTarget>>,
+    #[cfg(feature = "aws")]
+    aws: Option<tokio::sync::Mutex<crate::aws::target::AwsTarget>>,
     interval: Duration,
     max_backoff: Duration,
     trigger: Trigger,
@@ -169,7 +181,30 @@ impl Agent {
             if kube.is_some() {
                 status.update(&source.name, |s| s.kubernetes = Some(KubeStatus::default()));
             }
-            let context = if kube.is_some() {
+            #[cfg(feature = "aws")]
+            let aws = config
+                .targets
+                .aws
+                .as_ref()
+                .filter(|a| a.source == source.name)
+                .map(|a| {
+                    status.update(&source.name, |s| {
+                        s.aws = Some(crate::status::AwsStatus::default())
+                    });
+                    let repo = source_config
+                        .github_repo()
+                        .unwrap_or_else(|| source.url.clone());
+                    tokio::sync::Mutex::new(crate::aws::target::AwsTarget::new(
+                        &source.name,
+                        &repo,
+                        a.clone(),
+                    ))
+                });
+            #[cfg(feature = "aws")]
+            let platform_target = kube.is_some() || aws.is_some();
+            #[cfg(not(feature = "aws"))]
+            let platform_target = kube.is_some();
+            let context = if platform_target {
                 Some("ferry/platform")
             } else if dags.is_some() {
                 Some("ferry/dags")
@@ -195,6 +230,8 @@ impl Agent {
                 source,
                 dags,
                 kube,
+                #[cfg(feature = "aws")]
+                aws,
                 interval: source_config.interval,
                 max_backoff: source_config.max_backoff,
                 trigger: Trigger::default(),
@@ -362,6 +399,16 @@ impl Worker {
             }
             (_, other) => other,
         };
+        #[cfg(feature = "aws")]
+        let result = match (&self.aws, result) {
+            (Some(aws), SyncResult::Fetched { commit } | SyncResult::Unchanged { commit }) => {
+                self.sync_aws(aws, commit, None, &cancel).await
+            }
+            (Some(aws), SyncResult::Kube { commit, sync }) => {
+                self.sync_aws(aws, commit, Some(sync), &cancel).await
+            }
+            (_, other) => other,
+        };
         self.metrics
             .sync_duration
             .get_or_create(&metrics::source(&self.source.name))
@@ -505,6 +552,138 @@ impl Worker {
         }
     }
 
+    /// Applies platform.yaml of a new (or not yet applied) revision to AWS,
+    /// or checks for drift when due. `kube` is what the Kubernetes target
+    /// did before, carried into the result.
+    #[cfg(feature = "aws")]
+    async fn sync_aws(
+        &self,
+        aws: &tokio::sync::Mutex<crate::aws::target::AwsTarget>,
+        commit: Oid,
+        kube: Option<KubeSync>,
+        cancel: &AtomicBool,
+    ) -> SyncResult {
+        use crate::aws::target::AwsSync;
+        let mut target = aws.lock().await;
+        let apply = target.needs_apply(commit);
+        if !apply && !target.drift_due() {
+            return match kube {
+                Some(sync) => SyncResult::Kube { commit, sync },
+                None => SyncResult::Unchanged { commit },
+            };
+        }
+        if apply {
+            self.announce(commit, "applying to AWS and following the updates");
+        }
+        let mirror = self.source.mirror_path().to_path_buf();
+        let file = target.config.file.clone();
+        let platform = tokio::task::spawn_blocking(move || {
+            crate::desired::platform::read_mirror(&mirror, commit, &file)
+        })
+        .await
+        .unwrap_or_else(|e| {
+            Err(vec![crate::desired::platform::PlatformError {
+                file: String::new(),
+                line: None,
+                key: "(file)".into(),
+                message: format!("reading platform.yaml panicked: {e}"),
+            }])
+        });
+        let result = if apply {
+            target
+                .apply(commit, platform, cancel)
+                .await
+                .map(AwsSync::Applied)
+        } else {
+            target
+                .check_drift(commit, platform)
+                .await
+                .map(AwsSync::Drift)
+        };
+        // Whatever AWS did, the Kubernetes part is recorded on its own.
+        let failed = |kind: &'static str, error: String, rejected: bool| {
+            SyncResult::Failed(SyncFailure {
+                kind,
+                commit: Some(commit),
+                error,
+                commit_rejected: rejected,
+                dags: None,
+            })
+        };
+        match result {
+            Ok(AwsSync::Applied(outcome)) if !outcome.succeeded() => {
+                if let Some(k) = &kube {
+                    self.record_kube(commit, k);
+                }
+                let failures = outcome.failures();
+                self.record_aws(commit, &AwsSync::Applied(outcome));
+                failed(
+                    "apply_failed",
+                    format!(
+                        "{} AWS change(s) failed; the last good revision stays recorded: {}",
+                        failures.len(),
+                        failures.first().cloned().unwrap_or_default()
+                    ),
+                    false,
+                )
+            }
+            Ok(sync) => SyncResult::Aws { commit, sync, kube },
+            Err(err) => {
+                if let Some(k) = &kube {
+                    self.record_kube(commit, k);
+                }
+                if err.is_revision_error() {
+                    failed("invalid_revision", err.to_string(), true)
+                } else {
+                    failed("aws_error", err.to_string(), false)
+                }
+            }
+        }
+    }
+
+    /// Puts an AWS result in status and metrics.
+    #[cfg(feature = "aws")]
+    fn record_aws(&self, commit: Oid, sync: &crate::aws::target::AwsSync) {
+        use crate::aws::target::AwsSync;
+        let name = &self.source.name;
+        let now = timestamp(SystemTime::now());
+        match sync {
+            AwsSync::Applied(outcome) => {
+                let value = serde_json::to_value(outcome).ok();
+                let ok = outcome.succeeded();
+                let drift = outcome.drift.clone();
+                self.metrics
+                    .aws_drift
+                    .get_or_create(&metrics::source(name))
+                    .set(drift.len() as i64);
+                self.status.update(name, |s| {
+                    let a = s.aws.get_or_insert_with(Default::default);
+                    if ok {
+                        a.applied_revision = Some(commit.to_string());
+                        a.drift = drift;
+                        a.last_drift_check = Some(now);
+                    }
+                    a.last_apply = value;
+                });
+            }
+            AwsSync::Drift(drift) => {
+                if !drift.is_empty() {
+                    tracing::warn!(source = %name, differences = ?drift, "AWS drift detected");
+                }
+                self.metrics
+                    .aws_drift
+                    .get_or_create(&metrics::source(name))
+                    .set(drift.len() as i64);
+                let drift = drift.clone();
+                self.status.update(name, |s| {
+                    let a = s.aws.get_or_insert_with(Default::default);
+                    a.drift = drift;
+                    a.last_drift_check = Some(now);
+                });
+            }
+        }
+    }
+
     /// Puts a Kubernetes result in status and metrics.
     fn record_kube(&self, commit: Oid, sync: &KubeSync) {
         let name = &self.source.name;
@@ -624,12 +803,36 @@ impl Worker {
                 ),
                 serde_json::to_value(outcome).ok(),
             ),
+            #[cfg(feature = "aws")]
+            SyncResult::Aws { commit, sync, kube } => {
+                let mut parts = Vec::new();
+                if let Some(KubeSync::Applied(k)) = kube {
+                    parts.push(format!(
+                        "Kubernetes: {} object(s) in sync, all healthy",
+                        k.objects.len()
+                    ));
+                }
+                if let crate::aws::target::AwsSync::Applied(a) = sync {
+                    parts.push(format!("AWS: {} change(s) applied", a.results.len()));
+                    if !a.drift.is_empty() {
+                        parts.push(format!("{} difference(s) left as drift", a.drift.len()));
+                    }
+                }
+                (
+                    commit.to_string(),
+                    State::Success,
+                    parts.join("; "),
+                    serde_json::to_value(sync).ok(),
+                )
+            }
             SyncResult::Failed(failure) => {
                 let Some(commit) = failure.commit else {
                     return; // no commit evaluated (e.g. the fetch failed)
                 };
                 let state = match failure.kind {
                     "validation_failed" | "invalid_revision" | "apply_failed" => State::Failure,
+                    // e.g. a nodegroup missing in AWS: the commit cannot apply as is
+                    "aws_error" if failure.error.contains("not found in AWS") => State::Failure,
                     _ => State::Error,
                 };
                 let description = match failure.dags.as_ref().and_then(|d| d.problems().first()) {
@@ -803,6 +1006,18 @@ impl Worker {
                     tracing::info!(source = %name, commit = %commit, objects = outcome.objects.len(), unchanged = outcome.unchanged, "applied to Kubernetes");
                 }
                 self.record_kube(*commit, sync);
+                self.metrics.set_revision(name, &commit.to_string());
+                true
+            }
+            #[cfg(feature = "aws")]
+            SyncResult::Aws { commit, sync, kube } => {
+                if let Some(k) = kube {
+                    self.record_kube(*commit, k);
+                }
+                if let crate::aws::target::AwsSync::Applied(outcome) = sync {
+                    tracing::info!(source = %name, commit = %commit, changes = outcome.results.len(), cleaned = outcome.cleaned.len(), "applied to AWS");
+                }
+                self.record_aws(*commit, sync);
                 self.metrics.set_revision(name, &commit.to_string());
                 true
             }

@@ -6,6 +6,8 @@
 //! `server`; `preview` runs the plan half on pull requests. See `../shared/design.md` for the agreed shape.
 
 pub mod agent;
+#[cfg(feature = "aws")]
+pub mod aws;
 pub mod config;
 pub mod dags;
 pub mod desired;

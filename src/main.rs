@@ -425,6 +425,13 @@ async fn quickstart_cmd(dir: &Path, once: bool, listen: SocketAddr) -> anyhow::R
                     &commit.to_string()[..12]
                 );
             }
+            #[cfg(feature = "aws")]
+            SyncResult::Aws { commit, .. } => {
+                println!(
+                    "  applied            {source} @ {} to AWS",
+                    &commit.to_string()[..12]
+                );
+            }
             SyncResult::Kube { commit, .. } => {
                 println!(
                     "  applied            {source} @ {} to Kubernetes",

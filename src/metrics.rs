@@ -68,6 +68,7 @@ pub struct Metrics {
     pub files_published: Family<FileLabels, Counter>,
     pub consecutive_failures: Family<SourceLabels, Gauge>,
     pub drift_objects: Family<SourceLabels, Gauge>,
+    pub aws_drift: Family<SourceLabels, Gauge>,
     pub webhooks: Family<crate::webhook::WebhookLabels, Counter>,
     pub kube_objects: Family<KubeObjectLabels, Counter>,
     pub github_requests: Family<GithubLabels, Counter>,
@@ -88,6 +89,12 @@ impl Metrics {
         let files_published = Family::<FileLabels, Counter>::default();
         let consecutive_failures = Family::<SourceLabels, Gauge>::default();
         let drift_objects = Family::<SourceLabels, Gauge>::default();
+        let aws_drift = Family::<SourceLabels, Gauge>::default();
+        registry.register(
+            "aws_drift_resources",
+            "Differences between AWS (EKS, SageMaker) and the applied platform.yaml at the last check",
+            aws_drift.clone(),
+        );
         let webhooks = Family::<crate::webhook::WebhookLabels, Counter>::default();
         registry.register(
             "webhooks",
@@ -164,6 +171,7 @@ impl Metrics {
             files_published,
             consecutive_failures,
             drift_objects,
+            aws_drift,
             webhooks,
             kube_objects,
             github_requests,

@@ -45,6 +45,9 @@ pub struct SourceStatus {
     pub last_outcome: Option<DagsOutcome>,
     /// Kubernetes target fed by this source, if any.
     pub kubernetes: Option<KubeStatus>,
+    /// AWS target (platform.yaml) fed by this source, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub aws: Option<AwsStatus>,
     /// True once the first sync attempt has finished, whatever its result.
     pub first_sync_done: bool,
 }
@@ -78,6 +81,17 @@ pub struct RevisionRecord {
 /// Revision records kept per source (the newest).
 const REVISIONS_KEPT: usize = 50;
 
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct AwsStatus {
+    /// Last revision whose every change applied.
+    pub applied_revision: Option<String>,
+    /// Each change's result, drift ferry will not fix, cleaned-up resources.
+    pub last_apply: Option<serde_json::Value>,
+    /// Differences between AWS and the applied revision at the last check.
+    pub drift: Vec<String>,
+    pub last_drift_check: Option<String>,
+}
+
 #[derive(Clone, Default)]
 pub struct StatusStore {
     inner: Arc<RwLock<BTreeMap<String, SourceStatus>>>,
@@ -106,6 +120,7 @@ impl StatusStore {
                 next_attempt: None,
                 last_outcome: None,
                 kubernetes: None,
+                aws: None,
                 first_sync_done: false,
             },
         );

@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod github;
+pub mod moto;
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};

@@ -1,6 +1,6 @@
 """moto server, plus the operations ferry needs that moto 5.2.5 lacks.
 
-    python tools/moto/ferry_moto.py [--host 127.0.0.1] [--port 5000]
+    python tools/moto/ferry_moto.py [--host 127.0.0.1] [--port 5000] [--owner-pid PID]
 
 moto answers 404 for the EKS addon and version-update operations and 500
 for SageMaker UpdateEndpoint. This launcher registers them on moto's own
@@ -26,7 +26,9 @@ Two test conveniences, documented here because they are not AWS behaviour:
 
 import argparse
 import json
+import os
 import threading
+import time
 import uuid
 from datetime import datetime, timezone
 
@@ -355,7 +357,17 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=5000)
+    parser.add_argument("--owner-pid", type=int, help="exit when this process is gone (test harness)")
     args = parser.parse_args()
+    if args.owner_pid:
+        def watch():
+            while True:
+                try:
+                    os.kill(args.owner_pid, 0)
+                except OSError:
+                    os._exit(0)
+                time.sleep(1)
+        threading.Thread(target=watch, daemon=True).start()
     app = DomainDispatcherApplication(create_backend_app)
     run_simple(args.host, args.port, Throttle(app), threaded=True, use_reloader=False)
 

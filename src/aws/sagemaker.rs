@@ -1,0 +1,722 @@
+//! SageMaker endpoints. Models and endpoint configs are immutable, so ferry
+//! names them by a hash of their spec (`<endpoint>-<hash8>`): a new image or
+//! model artifact is a new model and config, deployed with CreateEndpoint or
+//! UpdateEndpoint and followed to `InService`. A weight- or count-only
+//! change keeps the config and uses UpdateEndpointWeightsAndCapacities. On
+//! failure SageMaker keeps the previous config serving and ferry reports the
+//! `FailureReason`; only after success are ferry's unreferenced models and
+//! configs (tagged `ferry.dev/managed=true`) deleted.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::AtomicBool;
+
+use aws_sdk_sagemaker::Client;
+use aws_sdk_sagemaker::types::{
+    CaptureMode, CaptureOption, ContainerDefinition, DataCaptureConfig, DesiredWeightAndCapacity,
+    EndpointStatus, ProductionVariant, ProductionVariantInstanceType, Tag,
+};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use super::{Action, AwsError, AwsPlan, Change, FieldChange, Limits, Op, Provenance, describe};
+use crate::desired::platform::Endpoint;
+
+pub const MANAGED_TAG: &str = "ferry.dev/managed";
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ModelSpec {
+    pub name: String,
+    pub registered_model: String,
+    pub image: String,
+    pub model_data: String,
+    pub role: String,
+}
+
+#[derive(Debug, Clone)]
+pub enum SageMakerOp {
+    Deploy {
+        endpoint: Endpoint,
+        models: Vec<ModelSpec>,
+        /// Variant name -> model resource name.
+        variant_models: BTreeMap<String, String>,
+        config_name: String,
+        create: bool,
+    },
+    Weights {
+        endpoint: String,
+        variants: Vec<(String, f32, i32)>,
+    },
+    Delete {
+        endpoint: String,
+    },
+}
+
+fn hash8(value: &impl Serialize) -> String {
+    let bytes = serde_json::to_vec(value).unwrap_or_default();
+    Sha256::digest(&bytes)[..4]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The names ferry gives an endpoint's models and config, from their specs.
+pub fn names(endpoint: &Endpoint) -> (Vec<ModelSpec>, BTreeMap<String, String>, String) {
+    let mut models: Vec<ModelSpec> = Vec::new();
+    let mut variant_models = BTreeMap::new();
+    for v in &endpoint.variants {
+        let spec = (
+            &v.model_name,
+            &v.image,
+            &v.model_data,
+            &endpoint.execution_role_arn,
+        );
+        let name = format!("{}-{}", endpoint.name, hash8(&spec));
+        variant_models.insert(v.name.clone(), name.clone());
+        if !models.iter().any(|m| m.name == name) {
+            models.push(ModelSpec {
+                name,
+                registered_model: v.model_name.clone(),
+                image: v.image.clone(),
+                model_data: v.model_data.clone(),
+                role: endpoint.execution_role_arn.clone(),
+            });
+        }
+    }
+    // Weights and counts are left out: changing them keeps the config.
+    let config_spec: Vec<(&String, &String, &String)> = endpoint
+        .variants
+        .iter()
+        .map(|v| (&v.name, &variant_models[&v.name], &v.instance_type))
+        .collect();
+    let config = format!(
+        "{}-{}",
+        endpoint.name,
+        hash8(&(config_spec, &endpoint.data_capture))
+    );
+    (models, variant_models, config)
+}
+
+/// `<endpoint>-<8 hex>`: one of ferry's names for this endpoint.
+fn is_ferry_name(endpoint: &str, name: &str) -> bool {
+    name.strip_prefix(endpoint)
+        .and_then(|rest| rest.strip_prefix('-'))
+        .is_some_and(|h| h.len() == 8 && h.chars().all(|c| c.is_ascii_hexdigit()))
+}
+
+fn not_found(code: Option<&str>, message: &str) -> bool {
+    code == Some("ValidationException") && message.contains("Could not find")
+}
+
+fn field(name: &str, before: &str, after: &str) -> FieldChange {
+    FieldChange {
+        field: name.to_string(),
+        before: before.to_string(),
+        after: after.to_string(),
+    }
+}
+
+pub async fn plan(
+    client: &Client,
+    declared: &[Endpoint],
+    provenance: &Provenance,
+    prune: bool,
+    plan: &mut AwsPlan,
+) -> Result<(), AwsError> {
+    for endpoint in declared {
+        let resource = format!("sagemaker/endpoint/{}", endpoint.name);
+        let (models, variant_models, config_name) = names(endpoint);
+        let live = client
+            .describe_endpoint()
+            .endpoint_name(&endpoint.name)
+            .send()
+            .await;
+        let live = match live {
+            Ok(out) => out,
+            Err(e) => {
+                let text = describe(&e);
+                if not_found(super::code(&e).as_deref(), &text) {
+                    let fields = endpoint
+                        .variants
+                        .iter()
+                        .map(|v| {
+                            field(
+                                &format!("variants.{}", v.name),
+                                "",
+                                &format!(
+                                    "{} ({}) on {} x{} weight {}",
+                                    v.model_name,
+                                    v.image,
+                                    v.instance_type,
+                                    v.initial_instance_count,
+                                    v.weight
+                                ),
+                            )
+                        })
+                        .chain(std::iter::once(field("endpoint_config", "", &config_name)))
+                        .collect();
+                    plan.changes.push(Change {
+                        resource,
+                        action: Action::Create,
+                        fields,
+                        op: Op::SageMaker(SageMakerOp::Deploy {
+                            endpoint: endpoint.clone(),
+                            models,
+                            variant_models,
+                            config_name,
+                            create: true,
+                        }),
+                    });
+                    continue;
+                }
+                return Err(AwsError::Api(format!(
+                    "{resource}: DescribeEndpoint: {text}"
+                )));
+            }
+        };
+        let live_config = live.endpoint_config_name().unwrap_or_default().to_string();
+        if live_config != config_name {
+            let mut fields = vec![field("endpoint_config", &live_config, &config_name)];
+            fields.extend(variant_changes(client, &live_config, endpoint).await);
+            plan.changes.push(Change {
+                resource,
+                action: Action::Update,
+                fields,
+                op: Op::SageMaker(SageMakerOp::Deploy {
+                    endpoint: endpoint.clone(),
+                    models,
+                    variant_models,
+                    config_name,
+                    create: false,
+                }),
+            });
+            continue;
+        }
+        let live_variants: BTreeMap<String, (Option<f32>, Option<i32>)> = live
+            .production_variants()
+            .iter()
+            .filter_map(|v| {
+                Some((
+                    v.variant_name()?.to_string(),
+                    (
+                        v.desired_weight().or(v.current_weight()),
+                        v.desired_instance_count().or(v.current_instance_count()),
+                    ),
+                ))
+            })
+            .collect();
+        let mut fields = Vec::new();
+        for v in &endpoint.variants {
+            let (weight, count) = live_variants.get(&v.name).copied().unwrap_or((None, None));
+            if weight.is_some_and(|w| (w - v.weight).abs() > 1e-6) {
+                fields.push(field(
+                    &format!("variants.{}.weight", v.name),
+                    &fmt_opt(weight),
+                    &v.weight.to_string(),
+                ));
+            }
+            if count.is_some_and(|c| c != v.initial_instance_count) {
+                fields.push(field(
+                    &format!("variants.{}.instance_count", v.name),
+                    &fmt_opt(count),
+                    &v.initial_instance_count.to_string(),
+                ));
+            }
+        }
+        if fields.is_empty() {
+            plan.unchanged += 1;
+        } else {
+            plan.changes.push(Change {
+                resource,
+                action: Action::Update,
+                fields,
+                op: Op::SageMaker(SageMakerOp::Weights {
+                    endpoint: endpoint.name.clone(),
+                    variants: endpoint
+                        .variants
+                        .iter()
+                        .map(|v| (v.name.clone(), v.weight, v.initial_instance_count))
+                        .collect(),
+                }),
+            });
+        }
+    }
+    // Endpoints ferry made for this source that git no longer declares.
+    let declared_names: BTreeSet<&str> = declared.iter().map(|e| e.name.as_str()).collect();
+    for name in list_endpoints(client).await? {
+        if declared_names.contains(name.as_str())
+            || !owned_by(
+                client,
+                &endpoint_arn_of(client, &name).await?,
+                &provenance.source,
+            )
+            .await?
+        {
+            continue;
+        }
+        let resource = format!("sagemaker/endpoint/{name}");
+        if prune {
+            plan.changes.push(Change {
+                resource,
+                action: Action::Delete,
+                fields: vec![field("endpoint", &name, "")],
+                op: Op::SageMaker(SageMakerOp::Delete { endpoint: name }),
+            });
+        } else {
+            plan.drift.push(format!(
+                "{resource}: no longer declared; set targets.aws.prune: true to let ferry delete it"
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn fmt_opt<T: ToString>(v: Option<T>) -> String {
+    v.map(|v| v.to_string()).unwrap_or_default()
+}
+
+/// What the new config changes per variant (image, model data, instance
+/// type), read from the live config and its models; best effort.
+async fn variant_changes(
+    client: &Client,
+    live_config: &str,
+    endpoint: &Endpoint,
+) -> Vec<FieldChange> {
+    let mut live: BTreeMap<String, (String, String, String)> = BTreeMap::new();
+    if let Ok(config) = client
+        .describe_endpoint_config()
+        .endpoint_config_name(live_config)
+        .send()
+        .await
+    {
+        for v in config.production_variants() {
+            let (Some(name), Some(model)) = (v.variant_name(), v.model_name()) else {
+                continue;
+            };
+            let (image, data) = match client.describe_model().model_name(model).send().await {
+                Ok(m) => {
+                    let c = m.primary_container();
+                    (
+                        c.and_then(|c| c.image()).unwrap_or_default().to_string(),
+                        c.and_then(|c| c.model_data_url())
+                            .unwrap_or_default()
+                            .to_string(),
+                    )
+                }
+                Err(_) => (String::new(), String::new()),
+            };
+            let instance = v
+                .instance_type()
+                .map(|t| t.as_str().to_string())
+                .unwrap_or_default();
+            live.insert(name.to_string(), (image, data, instance));
+        }
+    }
+    let mut fields = Vec::new();
+    for v in &endpoint.variants {
+        let (image, data, instance) = live.remove(&v.name).unwrap_or_default();
+        for (what, before, after) in [
+            ("image", image, &v.image),
+            ("model_data", data, &v.model_data),
+            ("instance_type", instance, &v.instance_type),
+        ] {
+            if &before != after {
+                fields.push(field(
+                    &format!("variants.{}.{what}", v.name),
+                    &before,
+                    after,
+                ));
+            }
+        }
+    }
+    for name in live.keys() {
+        fields.push(field(&format!("variants.{name}"), name, ""));
+    }
+    fields
+}
+
+async fn list_endpoints(client: &Client) -> Result<Vec<String>, AwsError> {
+    let mut names = Vec::new();
+    let mut token = None;
+    loop {
+        let out = client
+            .list_endpoints()
+            .max_results(100)
+            .set_next_token(token)
+            .send()
+            .await
+            .map_err(|e| AwsError::Api(format!("ListEndpoints: {}", describe(&e))))?;
+        names.extend(
+            out.endpoints()
+                .iter()
+                .filter_map(|e| e.endpoint_name().map(str::to_string)),
+        );
+        token = out.next_token().map(str::to_string);
+        if token.is_none() {
+            return Ok(names);
+        }
+    }
+}
+
+async fn endpoint_arn_of(client: &Client, name: &str) -> Result<String, AwsError> {
+    let out = client
+        .describe_endpoint()
+        .endpoint_name(name)
+        .send()
+        .await
+        .map_err(|e| AwsError::Api(format!("DescribeEndpoint {name}: {}", describe(&e))))?;
+    Ok(out.endpoint_arn().unwrap_or_default().to_string())
+}
+
+async fn tags_of(client: &Client, arn: &str) -> Result<BTreeMap<String, String>, AwsError> {
+    let out = client
+        .list_tags()
+        .resource_arn(arn)
+        .send()
+        .await
+        .map_err(|e| AwsError::Api(format!("ListTags {arn}: {}", describe(&e))))?;
+    Ok(out
+        .tags()
+        .iter()
+        .filter_map(|t| Some((t.key()?.to_string(), t.value()?.to_string())))
+        .collect())
+}
+
+/// Managed by ferry for this source (and so ferry's to delete).
+async fn owned_by(client: &Client, arn: &str, source: &str) -> Result<bool, AwsError> {
+    let tags = tags_of(client, arn).await?;
+    Ok(tags.get(MANAGED_TAG).map(String::as_str) == Some("true")
+        && tags.get("ferry.dev/source").map(String::as_str) == Some(source))
+}
+
+fn tags(provenance: &Provenance, endpoint: &Endpoint) -> Vec<Tag> {
+    let mut all: BTreeMap<String, String> = endpoint.tags.clone();
+    all.insert(MANAGED_TAG.into(), "true".into());
+    all.insert("ferry.dev/source".into(), provenance.source.clone());
+    all.insert("ferry.dev/repo".into(), provenance.repo.clone());
+    all.insert("ferry.dev/commit".into(), provenance.commit.clone());
+    all.insert("ferry.dev/endpoint".into(), endpoint.name.clone());
+    all.into_iter()
+        .map(|(k, v)| Tag::builder().key(k).value(v).build())
+        .collect()
+}
+
+pub async fn apply(
+    client: &Client,
+    op: &SageMakerOp,
+    provenance: &Provenance,
+    limits: &Limits,
+    cancel: &AtomicBool,
+    cleaned: &mut Vec<String>,
+) -> Result<(), String> {
+    match op {
+        SageMakerOp::Deploy {
+            endpoint,
+            models,
+            variant_models,
+            config_name,
+            create,
+        } => {
+            let tags = tags(provenance, endpoint);
+            for model in models {
+                if client
+                    .describe_model()
+                    .model_name(&model.name)
+                    .send()
+                    .await
+                    .is_ok()
+                {
+                    continue;
+                }
+                client
+                    .create_model()
+                    .model_name(&model.name)
+                    .execution_role_arn(&model.role)
+                    .primary_container(
+                        ContainerDefinition::builder()
+                            .image(&model.image)
+                            .model_data_url(&model.model_data)
+                            .build(),
+                    )
+                    .set_tags(Some(tags.clone()))
+                    .send()
+                    .await
+                    .map_err(|e| format!("CreateModel {}: {}", model.name, describe(&e)))?;
+            }
+            let config_exists = client
+                .describe_endpoint_config()
+                .endpoint_config_name(config_name)
+                .send()
+                .await
+                .is_ok();
+            if !config_exists {
+                let mut call = client
+                    .create_endpoint_config()
+                    .endpoint_config_name(config_name)
+                    .set_tags(Some(tags.clone()));
+                for v in &endpoint.variants {
+                    call = call.production_variants(
+                        ProductionVariant::builder()
+                            .variant_name(&v.name)
+                            .model_name(&variant_models[&v.name])
+                            .instance_type(ProductionVariantInstanceType::from(
+                                v.instance_type.as_str(),
+                            ))
+                            .initial_instance_count(v.initial_instance_count)
+                            .initial_variant_weight(v.weight)
+                            .build(),
+                    );
+                }
+                if endpoint.data_capture.enabled {
+                    call = call.data_capture_config(
+                        DataCaptureConfig::builder()
+                            .enable_capture(true)
+                            .initial_sampling_percentage(endpoint.data_capture.sampling_percentage)
+                            .destination_s3_uri(
+                                endpoint
+                                    .data_capture
+                                    .destination
+                                    .clone()
+                                    .unwrap_or_default(),
+                            )
+                            .capture_options(
+                                CaptureOption::builder()
+                                    .capture_mode(CaptureMode::Input)
+                                    .build(),
+                            )
+                            .capture_options(
+                                CaptureOption::builder()
+                                    .capture_mode(CaptureMode::Output)
+                                    .build(),
+                            )
+                            .build(),
+                    );
+                }
+                call.send()
+                    .await
+                    .map_err(|e| format!("CreateEndpointConfig {config_name}: {}", describe(&e)))?;
+            }
+            if *create {
+                client
+                    .create_endpoint()
+                    .endpoint_name(&endpoint.name)
+                    .endpoint_config_name(config_name)
+                    .set_tags(Some(tags.clone()))
+                    .send()
+                    .await
+                    .map_err(|e| format!("CreateEndpoint: {}", describe(&e)))?;
+            } else {
+                client
+                    .update_endpoint()
+                    .endpoint_name(&endpoint.name)
+                    .endpoint_config_name(config_name)
+                    .send()
+                    .await
+                    .map_err(|e| format!("UpdateEndpoint: {}", describe(&e)))?;
+            }
+            let settled = wait_in_service(client, &endpoint.name, limits, cancel).await?;
+            let serving = settled.endpoint_config_name().unwrap_or_default();
+            if serving != config_name {
+                return Err(format!(
+                    "deployment of {config_name} failed ({}); {serving} keeps serving",
+                    settled.failure_reason().unwrap_or("no reason given")
+                ));
+            }
+            let keep: BTreeSet<String> = models
+                .iter()
+                .map(|m| m.name.clone())
+                .chain(std::iter::once(config_name.clone()))
+                .collect();
+            clean(client, &endpoint.name, &keep, cleaned).await;
+            Ok(())
+        }
+        SageMakerOp::Weights { endpoint, variants } => {
+            let mut call = client
+                .update_endpoint_weights_and_capacities()
+                .endpoint_name(endpoint);
+            for (name, weight, count) in variants {
+                call = call.desired_weights_and_capacities(
+                    DesiredWeightAndCapacity::builder()
+                        .variant_name(name)
+                        .desired_weight(*weight)
+                        .desired_instance_count(*count)
+                        .build(),
+                );
+            }
+            call.send()
+                .await
+                .map_err(|e| format!("UpdateEndpointWeightsAndCapacities: {}", describe(&e)))?;
+            wait_in_service(client, endpoint, limits, cancel)
+                .await
+                .map(|_| ())
+        }
+        SageMakerOp::Delete { endpoint } => {
+            client
+                .delete_endpoint()
+                .endpoint_name(endpoint)
+                .send()
+                .await
+                .map_err(|e| format!("DeleteEndpoint: {}", describe(&e)))?;
+            clean(client, endpoint, &BTreeSet::new(), cleaned).await;
+            Ok(())
+        }
+    }
+}
+
+/// Follows an endpoint until it leaves its transitional states. `Failed`
+/// is an error carrying SageMaker's `FailureReason`.
+async fn wait_in_service(
+    client: &Client,
+    name: &str,
+    limits: &Limits,
+    cancel: &AtomicBool,
+) -> Result<aws_sdk_sagemaker::operation::describe_endpoint::DescribeEndpointOutput, String> {
+    super::follow(&format!("endpoint {name}"), limits, cancel, || async {
+        let out = client
+            .describe_endpoint()
+            .endpoint_name(name)
+            .send()
+            .await
+            .map_err(|e| format!("DescribeEndpoint: {}", describe(&e)))?;
+        match out.endpoint_status() {
+            Some(EndpointStatus::InService) => Ok(Some(out)),
+            Some(EndpointStatus::Failed) | Some(EndpointStatus::OutOfService) => Err(format!(
+                "endpoint {name} is {}: {}",
+                out.endpoint_status().map(|s| s.as_str()).unwrap_or(""),
+                out.failure_reason().unwrap_or("no reason given")
+            )),
+            _ => Ok(None),
+        }
+    })
+    .await
+}
+
+/// Deletes ferry's models and configs of `endpoint` that are not in `keep`.
+/// Housekeeping: a failure is logged, never fails the deploy.
+async fn clean(
+    client: &Client,
+    endpoint: &str,
+    keep: &BTreeSet<String>,
+    cleaned: &mut Vec<String>,
+) {
+    let mut token = None;
+    let mut configs = Vec::new();
+    loop {
+        let Ok(out) = client
+            .list_endpoint_configs()
+            .name_contains(endpoint)
+            .max_results(100)
+            .set_next_token(token)
+            .send()
+            .await
+        else {
+            break;
+        };
+        configs.extend(out.endpoint_configs().iter().filter_map(|c| {
+            Some((
+                c.endpoint_config_name()?.to_string(),
+                c.endpoint_config_arn()?.to_string(),
+            ))
+        }));
+        token = out.next_token().map(str::to_string);
+        if token.is_none() {
+            break;
+        }
+    }
+    let mut token = None;
+    let mut models = Vec::new();
+    loop {
+        let Ok(out) = client
+            .list_models()
+            .name_contains(endpoint)
+            .max_results(100)
+            .set_next_token(token)
+            .send()
+            .await
+        else {
+            break;
+        };
+        models.extend(
+            out.models()
+                .iter()
+                .filter_map(|m| Some((m.model_name()?.to_string(), m.model_arn()?.to_string()))),
+        );
+        token = out.next_token().map(str::to_string);
+        if token.is_none() {
+            break;
+        }
+    }
+    for (kind, list) in [("config", configs), ("model", models)] {
+        for (name, arn) in list {
+            if keep.contains(&name) || !is_ferry_name(endpoint, &name) {
+                continue;
+            }
+            let managed = tags_of(client, &arn)
+                .await
+                .map(|t| t.get(MANAGED_TAG).map(String::as_str) == Some("true"))
+                .unwrap_or(false);
+            if !managed {
+                continue;
+            }
+            let deleted = if kind == "config" {
+                client
+                    .delete_endpoint_config()
+                    .endpoint_config_name(&name)
+                    .send()
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| describe(&e))
+            } else {
+                client
+                    .delete_model()
+                    .model_name(&name)
+                    .send()
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| describe(&e))
+            };
+            match deleted {
+                Ok(()) => cleaned.push(format!("{kind} {name}")),
+                Err(e) => {
+                    tracing::warn!(kind, name = %name, error = %e, "cannot delete an unreferenced SageMaker resource")
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::desired::platform::{DataCapture, Variant};
+
+    fn endpoint(image: &str, weight: f32) -> Endpoint {
+        Endpoint {
+            name: "churn".into(),
+            execution_role_arn: "arn:aws:iam::123456789012:role/sm".into(),
+            variants: vec![Variant {
+                name: "primary".into(),
+                model_name: "churn".into(),
+                image: image.into(),
+                model_data: "s3://models/churn/1/model.tar.gz".into(),
+                instance_type: "ml.m5.large".into(),
+                initial_instance_count: 1,
+                weight,
+            }],
+            data_capture: DataCapture::default(),
+            tags: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn names_follow_content_and_ignore_weights() {
+        let (models, _, config) = names(&endpoint("img:1", 1.0));
+        assert!(is_ferry_name("churn", &models[0].name) && is_ferry_name("churn", &config));
+        let (_, _, same) = names(&endpoint("img:1", 0.3));
+        assert_eq!(config, same, "a weight change keeps the config");
+        let (models2, _, other) = names(&endpoint("img:2", 1.0));
+        assert_ne!(config, other);
+        assert_ne!(models[0].name, models2[0].name);
+        assert!(!is_ferry_name("churn", "churn-v2-0123abcd"));
+        assert!(!is_ferry_name("churn", "churnx-0123abcd"));
+    }
+}

@@ -1,0 +1,665 @@
+//! The AWS target against the moto server (with ferry's launcher filling
+//! moto's gaps): EKS nodegroups and addons, SageMaker endpoints, prune,
+//! failure, throttling, and `ferry run` applying platform.yaml with drift.
+#![cfg(feature = "aws")]
+
+mod support;
+
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use ferry::aws::target::AwsTarget;
+use ferry::aws::{self, Action, Provenance};
+use ferry::config::AwsTargetConfig;
+use ferry::desired::platform;
+use support::moto::moto;
+use support::*;
+
+const REGION: &str = "eu-west-1";
+const ROLE: &str = "arn:aws:iam::123456789012:role/sagemaker-exec";
+
+fn credentials() {
+    // SAFETY: every test here holds the moto lock, so no other thread of
+    // this binary reads the environment meanwhile.
+    unsafe {
+        std::env::set_var("AWS_ACCESS_KEY_ID", "testing");
+        std::env::set_var("AWS_SECRET_ACCESS_KEY", "testing");
+        std::env::remove_var("AWS_PROFILE");
+    }
+}
+
+fn target_config(endpoint: &str, prune: bool) -> AwsTargetConfig {
+    AwsTargetConfig {
+        source: "platform".into(),
+        file: "platform.yaml".into(),
+        region: Some(REGION.into()),
+        endpoint_url: Some(endpoint.into()),
+        prune,
+        drift_interval: Duration::from_secs(300),
+        update_timeout: Duration::from_secs(30),
+        poll_interval: Duration::from_millis(50),
+    }
+}
+
+async fn eks_client() -> aws_sdk_eks::Client {
+    aws_sdk_eks::Client::new(&aws::sdk_config(Some(REGION), Some(&moto().url)).await)
+}
+
+async fn sagemaker_client() -> aws_sdk_sagemaker::Client {
+    aws_sdk_sagemaker::Client::new(&aws::sdk_config(Some(REGION), Some(&moto().url)).await)
+}
+
+/// What Terraform would have made: cluster `ml`, nodegroup `system` (1..3, 1).
+async fn terraform_cluster() {
+    let eks = eks_client().await;
+    eks.create_cluster()
+        .name("ml")
+        .role_arn("arn:aws:iam::123456789012:role/eks")
+        .resources_vpc_config(
+            aws_sdk_eks::types::VpcConfigRequest::builder()
+                .subnet_ids("subnet-1")
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    eks.create_nodegroup()
+        .cluster_name("ml")
+        .nodegroup_name("system")
+        .node_role("arn:aws:iam::123456789012:role/node")
+        .subnets("subnet-1")
+        .instance_types("m6i.large")
+        .scaling_config(
+            aws_sdk_eks::types::NodegroupScalingConfig::builder()
+                .min_size(1)
+                .max_size(3)
+                .desired_size(1)
+                .build(),
+        )
+        .labels("role", "system")
+        .labels("stale", "yes")
+        .send()
+        .await
+        .unwrap();
+}
+
+fn eks_yaml(scaling: &str, extra: &str) -> String {
+    format!(
+        "apiVersion: ferry.dev/v1alpha1\nkind: Platform\neks:\n  cluster: {{name: ml, region: {REGION}}}\n{extra}  nodegroups:\n    - name: system\n      scaling: {scaling}\n      labels: {{role: system, tier: core}}\n      taints:\n        - {{key: dedicated, value: system, effect: NO_SCHEDULE}}\n      instance_types: [m6i.large]\n      version: \"1.32\"\n  addons:\n    - name: vpc-cni\n      version: v1.19.0-eksbuild.1\n      configuration: {{env: {{WARM_IP_TARGET: \"2\"}}}}\n"
+    )
+}
+
+fn sagemaker_yaml(endpoints: &[(&str, &str, f32)]) -> String {
+    let mut out =
+        "apiVersion: ferry.dev/v1alpha1\nkind: Platform\nsagemaker:\n  endpoints:\n".to_string();
+    for (name, image, weight) in endpoints {
+        out.push_str(&format!(
+            "    - name: {name}\n      execution_role_arn: {ROLE}\n      tags: {{team: ds}}\n      variants:\n        - name: primary\n          model_name: {name}\n          image: 123456789012.dkr.ecr.{REGION}.amazonaws.com/{name}:{image}\n          model_data: s3://ml-models/{name}/{image}/model.tar.gz\n          instance_type: ml.m5.large\n          weight: {weight}\n"
+        ));
+    }
+    out
+}
+
+fn parse(text: &str) -> Result<Option<platform::Platform>, Vec<platform::PlatformError>> {
+    platform::parse("platform.yaml", text).map(Some)
+}
+
+fn oid(n: u8) -> git2::Oid {
+    git2::Oid::from_bytes(&[n; 20]).unwrap()
+}
+
+fn provenance(n: u8) -> Provenance {
+    Provenance {
+        source: "platform".into(),
+        repo: "acme/platform".into(),
+        commit: oid(n).to_string(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodegroup_and_addon_changes_are_planned_then_applied() {
+    let _moto = moto().lock().await;
+    credentials();
+    terraform_cluster().await;
+    let config = target_config(&moto().url, false);
+    let p = parse(&eks_yaml("{min: 1, max: 4, desired: 2}", ""))
+        .unwrap()
+        .unwrap();
+    let clients = aws::clients(&p, &config).await;
+    let plan = aws::plan(&clients, &p, &provenance(1), false)
+        .await
+        .unwrap();
+    assert!(plan.errors.is_empty(), "{:?}", plan.errors);
+    let resources: Vec<(&str, Action)> = plan
+        .changes
+        .iter()
+        .map(|c| (c.resource.as_str(), c.action))
+        .collect();
+    assert_eq!(
+        resources,
+        [
+            ("eks/ml/nodegroup/system", Action::Update),
+            ("eks/ml/addon/vpc-cni", Action::Create)
+        ]
+    );
+    let fields: Vec<String> = plan.changes[0]
+        .fields
+        .iter()
+        .map(|f| format!("{}: {} -> {}", f.field, f.before, f.after))
+        .collect();
+    assert!(
+        fields.contains(&"scaling: min 1, max 3, desired 1 -> min 1, max 4, desired 2".to_string()),
+        "{fields:?}"
+    );
+    assert!(
+        fields.contains(&"labels.tier:  -> core".to_string())
+            && fields.contains(&"labels.stale: yes -> ".to_string()),
+        "{fields:?}"
+    );
+    // A version change without allow_upgrades is drift, not a change.
+    assert!(
+        plan.drift.iter().any(|d| d.contains("allow_upgrades")),
+        "{:?}",
+        plan.drift
+    );
+
+    let mut target = AwsTarget::new("platform", "acme/platform", config.clone());
+    let outcome = target
+        .apply(
+            oid(1),
+            parse(&eks_yaml("{min: 1, max: 4, desired: 2}", "")),
+            &AtomicBool::new(false),
+        )
+        .await
+        .unwrap();
+    assert!(outcome.succeeded(), "{:?}", outcome.results);
+    let live = eks_client()
+        .await
+        .describe_nodegroup()
+        .cluster_name("ml")
+        .nodegroup_name("system")
+        .send()
+        .await
+        .unwrap()
+        .nodegroup
+        .unwrap();
+    let s = live.scaling_config().unwrap();
+    assert_eq!(
+        (s.min_size(), s.max_size(), s.desired_size()),
+        (Some(1), Some(4), Some(2))
+    );
+    let labels = live.labels().unwrap();
+    assert_eq!(labels.get("tier").map(String::as_str), Some("core"));
+    assert!(!labels.contains_key("stale"));
+    assert_eq!(live.taints().len(), 1);
+    let addon = eks_client()
+        .await
+        .describe_addon()
+        .cluster_name("ml")
+        .addon_name("vpc-cni")
+        .send()
+        .await
+        .unwrap()
+        .addon
+        .unwrap();
+    assert_eq!(addon.addon_version(), Some("v1.19.0-eksbuild.1"));
+
+    // Applied state plans to nothing; an addon upgrade and, with
+    // allow_upgrades, the Kubernetes version go through DescribeUpdate.
+    let again = aws::plan(&clients, &p, &provenance(1), false)
+        .await
+        .unwrap();
+    assert!(again.changes.is_empty(), "{:?}", again.changes);
+    let upgraded = eks_yaml("{min: 1, max: 4, desired: 2}", "  allow_upgrades: true\n")
+        .replace("v1.19.0", "v1.20.0");
+    let outcome = target
+        .apply(oid(2), parse(&upgraded), &AtomicBool::new(false))
+        .await
+        .unwrap();
+    assert!(outcome.succeeded(), "{:?}", outcome.results);
+    assert_eq!(outcome.results.len(), 2, "{:?}", outcome.results);
+    let live = eks_client()
+        .await
+        .describe_nodegroup()
+        .cluster_name("ml")
+        .nodegroup_name("system")
+        .send()
+        .await
+        .unwrap()
+        .nodegroup
+        .unwrap();
+    assert_eq!(live.version(), Some("1.32"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_scaling_is_refused_before_any_aws_call() {
+    let _moto = moto().lock().await;
+    credentials();
+    // Everything AWS would be asked goes to this listener: it must hear nothing.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let config = target_config(&format!("http://{}", listener.local_addr().unwrap()), false);
+    let mut target = AwsTarget::new("platform", "acme/platform", config);
+    let err = target
+        .apply(
+            oid(1),
+            parse(&eks_yaml("{min: 1, max: 3, desired: 5}", "")),
+            &AtomicBool::new(false),
+        )
+        .await
+        .unwrap_err();
+    assert!(err.is_revision_error());
+    assert_eq!(
+        err.to_string(),
+        "platform.yaml:7: eks.nodegroups[0].scaling.desired: desired 5 is outside min 1 .. max 3"
+    );
+    assert!(listener.accept().is_err(), "an AWS call was made");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nodegroup_missing_in_aws_is_an_error_and_nothing_is_applied() {
+    let _moto = moto().lock().await;
+    credentials();
+    terraform_cluster().await;
+    let text = eks_yaml("{min: 1, max: 4, desired: 2}", "").replace(
+        "  addons:",
+        "    - name: gpu\n      scaling: {min: 0, max: 2, desired: 0}\n  addons:",
+    );
+    let mut target = AwsTarget::new(
+        "platform",
+        "acme/platform",
+        target_config(&moto().url, false),
+    );
+    let err = target
+        .apply(oid(1), parse(&text), &AtomicBool::new(false))
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("eks/ml/nodegroup/gpu: not found in AWS") && text.contains("Terraform"),
+        "{text}"
+    );
+    let live = eks_client()
+        .await
+        .describe_nodegroup()
+        .cluster_name("ml")
+        .nodegroup_name("system")
+        .send()
+        .await
+        .unwrap()
+        .nodegroup
+        .unwrap();
+    assert_eq!(
+        live.scaling_config().unwrap().desired_size(),
+        Some(1),
+        "nothing of the revision may apply"
+    );
+}
+
+async fn serving(name: &str) -> (String, String) {
+    let sm = sagemaker_client().await;
+    let endpoint = sm
+        .describe_endpoint()
+        .endpoint_name(name)
+        .send()
+        .await
+        .unwrap();
+    let config = endpoint.endpoint_config_name().unwrap().to_string();
+    let variants = sm
+        .describe_endpoint_config()
+        .endpoint_config_name(&config)
+        .send()
+        .await
+        .unwrap();
+    let model = variants.production_variants()[0]
+        .model_name()
+        .unwrap()
+        .to_string();
+    let image = sm
+        .describe_model()
+        .model_name(&model)
+        .send()
+        .await
+        .unwrap()
+        .primary_container()
+        .unwrap()
+        .image()
+        .unwrap()
+        .to_string();
+    (config, image)
+}
+
+async fn names(kind: &str) -> Vec<String> {
+    let sm = sagemaker_client().await;
+    let mut out: Vec<String> = if kind == "model" {
+        sm.list_models()
+            .send()
+            .await
+            .unwrap()
+            .models()
+            .iter()
+            .map(|m| m.model_name().unwrap().to_string())
+            .collect()
+    } else {
+        sm.list_endpoint_configs()
+            .send()
+            .await
+            .unwrap()
+            .endpoint_configs()
+            .iter()
+            .map(|c| c.endpoint_config_name().unwrap().to_string())
+            .collect()
+    };
+    out.sort();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sagemaker_endpoints_deploy_update_reweight_fail_safely_and_prune() {
+    let _moto = moto().lock().await;
+    credentials();
+    let no = AtomicBool::new(false);
+    let mut target = AwsTarget::new(
+        "platform",
+        "acme/platform",
+        target_config(&moto().url, false),
+    );
+
+    // Create: hashed model and config, tagged with repo and commit.
+    let outcome = target
+        .apply(
+            oid(1),
+            parse(&sagemaker_yaml(&[("churn", "1", 1.0), ("fraud", "7", 1.0)])),
+            &no,
+        )
+        .await
+        .unwrap();
+    assert!(outcome.succeeded(), "{:?}", outcome.results);
+    let (config1, image) = serving("churn").await;
+    assert!(
+        image.ends_with("churn:1")
+            && config1.starts_with("churn-")
+            && config1.len() == "churn-".len() + 8,
+        "{config1}"
+    );
+    let sm = sagemaker_client().await;
+    let arn = sm
+        .describe_endpoint()
+        .endpoint_name("churn")
+        .send()
+        .await
+        .unwrap()
+        .endpoint_arn()
+        .unwrap()
+        .to_string();
+    let tags: Vec<(String, String)> = sm
+        .list_tags()
+        .resource_arn(&arn)
+        .send()
+        .await
+        .unwrap()
+        .tags()
+        .iter()
+        .map(|t| (t.key().unwrap().to_string(), t.value().unwrap().to_string()))
+        .collect();
+    for want in [
+        ("ferry.dev/managed", "true"),
+        ("ferry.dev/repo", "acme/platform"),
+        ("team", "ds"),
+    ] {
+        assert!(
+            tags.contains(&(want.0.to_string(), want.1.to_string())),
+            "{tags:?}"
+        );
+    }
+    assert!(tags.contains(&("ferry.dev/commit".to_string(), oid(1).to_string())));
+
+    // New image: new model and config, UpdateEndpoint, the old ones cleaned up.
+    let outcome = target
+        .apply(
+            oid(2),
+            parse(&sagemaker_yaml(&[("churn", "2", 1.0), ("fraud", "7", 1.0)])),
+            &no,
+        )
+        .await
+        .unwrap();
+    assert!(outcome.succeeded(), "{:?}", outcome.results);
+    let (config2, image) = serving("churn").await;
+    assert!(image.ends_with("churn:2") && config2 != config1);
+    assert!(
+        !names("config").await.contains(&config1),
+        "old config cleaned: {:?}",
+        outcome.cleaned
+    );
+    assert_eq!(outcome.cleaned.len(), 2, "{:?}", outcome.cleaned);
+
+    // Weight only: same config, UpdateEndpointWeightsAndCapacities.
+    let p = parse(&sagemaker_yaml(&[("churn", "2", 0.5), ("fraud", "7", 1.0)]))
+        .unwrap()
+        .unwrap();
+    let clients = aws::clients(&p, &target.config).await;
+    let plan = aws::plan(&clients, &p, &provenance(3), false)
+        .await
+        .unwrap();
+    assert_eq!(plan.changes.len(), 1);
+    assert_eq!(plan.changes[0].fields[0].field, "variants.primary.weight");
+    let outcome = target.apply(oid(3), Ok(Some(p)), &no).await.unwrap();
+    assert!(outcome.succeeded(), "{:?}", outcome.results);
+    let endpoint = sm
+        .describe_endpoint()
+        .endpoint_name("churn")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(endpoint.endpoint_config_name(), Some(config2.as_str()));
+    assert_eq!(
+        endpoint.production_variants()[0].current_weight(),
+        Some(0.5)
+    );
+
+    // A broken image: the deployment fails with SageMaker's reason, the
+    // previous config keeps serving, nothing of it is cleaned up.
+    let models_before = names("model").await;
+    let outcome = target
+        .apply(
+            oid(4),
+            parse(&sagemaker_yaml(&[
+                ("churn", "broken", 0.5),
+                ("fraud", "7", 1.0),
+            ])),
+            &no,
+        )
+        .await
+        .unwrap();
+    assert!(!outcome.succeeded());
+    let failure = outcome.failures().join("\n");
+    assert!(
+        failure.contains("did not pass the ping health check")
+            && failure.contains(&format!("{config2} keeps serving")),
+        "{failure}"
+    );
+    assert_eq!(serving("churn").await, (config2.clone(), image.clone()));
+    assert!(
+        names("model").await.len() > models_before.len(),
+        "the new model stays for inspection"
+    );
+    assert!(target.needs_apply(oid(4)), "a failed revision is retried");
+
+    // Removed from git: drift with prune off, deleted with prune on.
+    let only_churn = parse(&sagemaker_yaml(&[("churn", "2", 0.5)]))
+        .unwrap()
+        .unwrap();
+    let plan = aws::plan(&clients, &only_churn, &provenance(5), false)
+        .await
+        .unwrap();
+    assert!(
+        plan.changes.is_empty()
+            && plan
+                .drift
+                .iter()
+                .any(|d| d.contains("sagemaker/endpoint/fraud") && d.contains("prune")),
+        "{plan:?}"
+    );
+    let mut pruning = AwsTarget::new(
+        "platform",
+        "acme/platform",
+        target_config(&moto().url, true),
+    );
+    let outcome = pruning
+        .apply(oid(5), Ok(Some(only_churn)), &no)
+        .await
+        .unwrap();
+    assert!(outcome.succeeded(), "{:?}", outcome.results);
+    let endpoints: Vec<String> = sm
+        .list_endpoints()
+        .send()
+        .await
+        .unwrap()
+        .endpoints()
+        .iter()
+        .map(|e| e.endpoint_name().unwrap().to_string())
+        .collect();
+    assert_eq!(endpoints, ["churn"]);
+    assert!(
+        names("model")
+            .await
+            .iter()
+            .all(|m| !m.starts_with("fraud-"))
+    );
+    // An endpoint ferry did not make is never touched.
+    assert!(
+        !sm.list_endpoints()
+            .send()
+            .await
+            .unwrap()
+            .endpoints()
+            .is_empty()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throttling_is_retried_with_backoff() {
+    let moto = moto();
+    let _guard = moto.lock().await;
+    credentials();
+    terraform_cluster().await;
+    let (code, _) = moto.post("/ferry-test/throttle?count=3");
+    assert_eq!(code, 200);
+    let mut target = AwsTarget::new("platform", "acme/platform", target_config(&moto.url, false));
+    let outcome = target
+        .apply(
+            oid(1),
+            parse(&eks_yaml("{min: 1, max: 4, desired: 3}", "")),
+            &AtomicBool::new(false),
+        )
+        .await
+        .unwrap();
+    assert!(outcome.succeeded(), "{:?}", outcome.results);
+    assert_eq!(
+        moto.get("/ferry-test/throttle").1,
+        "{\"left\": 0}",
+        "all three throttles were met and retried"
+    );
+    let live = eks_client()
+        .await
+        .describe_nodegroup()
+        .cluster_name("ml")
+        .nodegroup_name("system")
+        .send()
+        .await
+        .unwrap()
+        .nodegroup
+        .unwrap();
+    assert_eq!(live.scaling_config().unwrap().desired_size(), Some(3));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ferry_run_applies_platform_yaml_and_reports_drift() {
+    let moto = moto();
+    let _guard = moto.lock().await;
+    credentials();
+    terraform_cluster().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = Repo::new(tmp.path(), "platform");
+    let commit = repo.commit(
+        &[(
+            "platform.yaml",
+            Some(&eks_yaml("{min: 1, max: 4, desired: 2}", "")),
+        )],
+        "platform",
+    );
+    let daemon = git_daemon(tmp.path(), free_port());
+    let port = free_port();
+    let config = tmp.path().join("ferry.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "cache_dir: {cache}\nserver:\n  listen: 127.0.0.1:{port}\n\
+             sources:\n  - name: platform\n    url: git://127.0.0.1:{dp}/platform.git\n    interval: 1s\n\
+             targets:\n  aws:\n    source: platform\n    region: {REGION}\n    endpoint_url: {url}\n    drift_interval: 1s\n    poll_interval: 50ms\n",
+            cache = tmp.path().join("cache").display(),
+            dp = daemon.port,
+            url = moto.url,
+        ),
+    )
+    .unwrap();
+    let ferry = {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"));
+        cmd.args(["run", "--config"])
+            .arg(&config)
+            .env("AWS_ACCESS_KEY_ID", "testing")
+            .env("AWS_SECRET_ACCESS_KEY", "testing")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(tmp.path().join("ferry.log")).unwrap());
+        let child = cmd.spawn().unwrap();
+        wait_for_port(port, Duration::from_secs(10));
+        child
+    };
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let status = || -> serde_json::Value {
+        serde_json::from_str(&http_get(addr, "/api/v1/status/platform").1).unwrap_or_default()
+    };
+    eventually(Duration::from_secs(30), "platform.yaml applied", || {
+        (status()["aws"]["applied_revision"] == commit.as_str()).then_some(())
+    });
+    // The version in git differs and allow_upgrades is off: drift from the start.
+    let drift = status()["aws"]["drift"].clone();
+    assert_eq!(drift.as_array().map(Vec::len), Some(1), "{drift}");
+    assert!(
+        drift[0].as_str().unwrap().contains("allow_upgrades"),
+        "{drift}"
+    );
+    // Someone scales by hand: the next drift check reports it.
+    let eks = eks_client().await;
+    eks.update_nodegroup_config()
+        .cluster_name("ml")
+        .nodegroup_name("system")
+        .scaling_config(
+            aws_sdk_eks::types::NodegroupScalingConfig::builder()
+                .desired_size(4)
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(20), "scaling drift reported", || {
+        let d = status()["aws"]["drift"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        d.iter()
+            .any(|x| {
+                x.as_str()
+                    .unwrap_or("")
+                    .contains("scaling: min 1, max 4, desired 4 -> min 1, max 4, desired 2")
+            })
+            .then_some(())
+    });
+    let (_, metrics) = http_get(addr, "/metrics");
+    assert!(
+        metrics.contains("ferry_aws_drift_resources{source=\"platform\"} 2"),
+        "{metrics}"
+    );
+    stop_ferry(ferry);
+}
