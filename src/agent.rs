@@ -114,6 +114,8 @@ struct Worker {
     last_pull_poll: Mutex<Option<Instant>>,
     dags_config: Option<DagsTargetConfig>,
     kube_config: Option<KubernetesTargetConfig>,
+    #[cfg(feature = "aws")]
+    aws_config: Option<crate::config::AwsTargetConfig>,
     cache_dir: std::path::PathBuf,
 }
 
@@ -253,6 +255,12 @@ impl Agent {
                     .kubernetes
                     .clone()
                     .filter(|k| k.source == source_config.name),
+                #[cfg(feature = "aws")]
+                aws_config: config
+                    .targets
+                    .aws
+                    .clone()
+                    .filter(|a| a.source == source_config.name),
                 cache_dir: config.cache_dir.clone(),
             }));
         }
@@ -290,7 +298,7 @@ impl Agent {
                 previews: (previews
                     && w.previews_enabled
                     && w.report.is_some()
-                    && (w.dags_config.is_some() || w.kube_config.is_some()))
+                    && (w.dags_config.is_some() || w.is_platform()))
                 .then(|| w.previews.clone()),
             })
             .collect()
@@ -323,6 +331,15 @@ impl Agent {
 }
 
 impl Worker {
+    /// Feeds the Kubernetes or the AWS target: the platform repo.
+    fn is_platform(&self) -> bool {
+        #[cfg(feature = "aws")]
+        if self.aws_config.is_some() {
+            return true;
+        }
+        self.kube_config.is_some()
+    }
+
     async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         let mut backoff = Backoff::new(self.max_backoff);
         loop {
@@ -876,7 +893,7 @@ impl Worker {
         let Some((reporter, subject)) = &self.report else {
             return;
         };
-        if !self.previews_enabled || (self.dags_config.is_none() && self.kube_config.is_none()) {
+        if !self.previews_enabled || (self.dags_config.is_none() && !self.is_platform()) {
             return;
         }
         {
@@ -889,7 +906,7 @@ impl Worker {
             }
             *last = Some(Instant::now());
         }
-        let context = if self.kube_config.is_some() {
+        let context = if self.is_platform() {
             "ferry/plan"
         } else {
             "ferry/dags"
@@ -918,10 +935,18 @@ impl Worker {
             return;
         };
         for (pr, announced_sha) in self.previews.take() {
-            let target = match (&self.kube_config, &self.dags_config) {
-                (Some(k), _) => PreviewTarget::Kubernetes(k),
-                (None, Some(d)) => PreviewTarget::Dags(d),
-                (None, None) => return,
+            #[cfg(feature = "aws")]
+            let aws_config = self.aws_config.as_ref();
+            #[cfg(not(feature = "aws"))]
+            let aws_config: Option<&()> = None;
+            let target = match (&self.kube_config, aws_config, &self.dags_config) {
+                (kube, aws, _) if kube.is_some() || aws.is_some() => PreviewTarget::Platform {
+                    kubernetes: kube.as_ref(),
+                    #[cfg(feature = "aws")]
+                    aws,
+                },
+                (_, _, Some(d)) => PreviewTarget::Dags(d),
+                _ => return,
             };
             let started = Instant::now();
             let preview = preview::run(&self.source, target, pr, &self.cache_dir, cancel).await;

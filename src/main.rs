@@ -191,6 +191,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             if let Some(k) = &config.targets.kubernetes {
                 targets.push(format!("kubernetes (from source `{}`)", k.source));
             }
+            if let Some(a) = &config.targets.aws {
+                targets.push(format!("aws (from source `{}`, {})", a.source, a.file));
+            }
             let targets = if targets.is_empty() {
                 "none".to_string()
             } else {

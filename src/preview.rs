@@ -49,7 +49,12 @@ pub struct Preview {
 
 pub enum PreviewTarget<'a> {
     Dags(&'a DagsTargetConfig),
-    Kubernetes(&'a KubernetesTargetConfig),
+    /// The platform repo: every target it feeds is planned.
+    Platform {
+        kubernetes: Option<&'a KubernetesTargetConfig>,
+        #[cfg(feature = "aws")]
+        aws: Option<&'a crate::config::AwsTargetConfig>,
+    },
 }
 
 /// Fetches `refs/pull/<pr>/head` into the mirror and previews it.
@@ -73,7 +78,7 @@ pub async fn run(
             let message = format!("cannot fetch the pull request head: {err}");
             let context = match target {
                 PreviewTarget::Dags(_) => "ferry/dags",
-                PreviewTarget::Kubernetes(_) => "ferry/plan",
+                PreviewTarget::Platform { .. } => "ferry/plan",
             };
             return Preview {
                 pr,
@@ -94,7 +99,21 @@ pub async fn run(
                 preview_dags(&source.name, &mirror, config, pr, commit, &scratch, cancel)
             })
         }
-        PreviewTarget::Kubernetes(config) => preview_kubernetes(source, config, pr, commit).await,
+        PreviewTarget::Platform {
+            kubernetes,
+            #[cfg(feature = "aws")]
+            aws,
+        } => {
+            let mut planned = Vec::new();
+            if let Some(config) = kubernetes {
+                planned.push(plan_kubernetes(source, config, commit).await);
+            }
+            #[cfg(feature = "aws")]
+            if let Some(config) = aws {
+                planned.push(plan_aws(source, config, commit).await);
+            }
+            platform_preview(&source.name, pr, commit, planned)
+        }
     }
 }
 
@@ -203,20 +222,45 @@ fn preview_dags(
     }
 }
 
-async fn preview_kubernetes(
+/// One target's part of a platform preview.
+struct Planned {
+    preview: TargetPreview,
+    /// The first problem, for the status description.
+    first_problem: Option<String>,
+    /// Could not plan at all (cluster or AWS unreachable).
+    unavailable: bool,
+    detail: serde_json::Value,
+}
+
+fn unavailable(target: &str, message: String) -> Planned {
+    Planned {
+        preview: TargetPreview {
+            target: target.into(),
+            create: 0,
+            update: 0,
+            delete: 0,
+            unchanged: 0,
+            failed: 1,
+            errors: vec![message.clone()],
+            sections: Vec::new(),
+        },
+        first_problem: Some(message.clone()),
+        unavailable: true,
+        detail: serde_json::json!({ "error": message }),
+    }
+}
+
+async fn plan_kubernetes(
     source: &GitSource,
     config: &KubernetesTargetConfig,
-    pr: u64,
     commit: Oid,
-) -> Preview {
+) -> Planned {
     let sha = commit.to_string();
     let mirror = source.mirror_path().to_path_buf();
     let path = config.path.clone();
     let manifests = tokio::task::block_in_place(|| {
         crate::desired::manifests::read_mirror(&mirror, commit, &path)
     });
-    let how_to =
-        format!("Full plan: `ferry plan --config ferry.yaml --revision refs/pull/{pr}/head`.");
     let planned = match crate::kubernetes::client::connect(config.kubeconfig.as_deref()).await {
         Ok(client) => {
             crate::kubernetes::plan_revision(&client, &source.name, &sha, config, manifests)
@@ -228,61 +272,118 @@ async fn preview_kubernetes(
     let plan = match planned {
         Ok(plan) => plan,
         Err(message) => {
-            let message = format!("cannot plan against the cluster: {message}");
-            let previews = [TargetPreview {
-                target: "kubernetes".into(),
-                create: 0,
-                update: 0,
-                delete: 0,
-                unchanged: 0,
-                failed: 1,
-                errors: vec![message.clone()],
-                sections: Vec::new(),
-            }];
-            return Preview {
-                pr,
-                sha: sha.clone(),
-                context: "ferry/plan",
-                state: State::Error,
-                description: message.clone(),
-                comment: comment::platform_comment(&source.name, pr, &sha, &previews, &how_to),
-                detail: serde_json::json!({ "error": message }),
-            };
+            return unavailable(
+                "kubernetes",
+                format!("cannot plan against the cluster: {message}"),
+            );
         }
     };
     let mut preview = TargetPreview::from_kube_plan(&plan);
     preview.target = "kubernetes".into();
-    let (state, description) = if preview.failed > 0 {
-        let first = plan
-            .errors
-            .first()
-            .map(|e| e.to_string())
-            .or_else(|| {
-                plan.objects
-                    .iter()
-                    .find_map(|o| Some(format!("{}: {}", o.id, o.error.as_ref()?)))
-            })
-            .unwrap_or_default();
+    let first_problem = plan.errors.first().map(|e| e.to_string()).or_else(|| {
+        plan.objects
+            .iter()
+            .find_map(|o| Some(format!("{}: {}", o.id, o.error.as_ref()?)))
+    });
+    Planned {
+        preview,
+        first_problem,
+        unavailable: false,
+        detail: serde_json::to_value(&plan).unwrap_or_default(),
+    }
+}
+
+#[cfg(feature = "aws")]
+async fn plan_aws(
+    source: &GitSource,
+    config: &crate::config::AwsTargetConfig,
+    commit: Oid,
+) -> Planned {
+    let mirror = source.mirror_path().to_path_buf();
+    let file = config.file.clone();
+    let platform = tokio::task::block_in_place(|| {
+        crate::desired::platform::read_mirror(&mirror, commit, &file)
+    });
+    let platform = match platform {
+        Ok(Some(p)) => p,
+        Ok(None) => {
+            return Planned {
+                preview: TargetPreview::from_aws_plan(&crate::aws::AwsPlan::default()),
+                first_problem: None,
+                unavailable: false,
+                detail: serde_json::json!({ "note": format!("{file} is absent: nothing declared") }),
+            };
+        }
+        Err(errors) => {
+            let messages: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+            let mut preview = TargetPreview::from_aws_plan(&crate::aws::AwsPlan::default());
+            preview.failed = messages.len();
+            preview.errors = messages.clone();
+            return Planned {
+                preview,
+                first_problem: messages.first().cloned(),
+                unavailable: false,
+                detail: serde_json::json!({ "errors": messages }),
+            };
+        }
+    };
+    let provenance = crate::aws::Provenance {
+        source: source.name.clone(),
+        repo: String::new(),
+        commit: commit.to_string(),
+    };
+    let clients = crate::aws::clients(&platform, config).await;
+    match crate::aws::plan(&clients, &platform, &provenance, config.prune).await {
+        Ok(plan) => Planned {
+            preview: TargetPreview::from_aws_plan(&plan),
+            first_problem: plan.errors.first().cloned(),
+            unavailable: false,
+            detail: serde_json::to_value(&plan).unwrap_or_default(),
+        },
+        Err(e) => unavailable("aws", format!("cannot plan against AWS: {e}")),
+    }
+}
+
+fn platform_preview(name: &str, pr: u64, commit: Oid, planned: Vec<Planned>) -> Preview {
+    let sha = commit.to_string();
+    let how_to =
+        format!("Full plan: `ferry plan --config ferry.yaml --revision refs/pull/{pr}/head`.");
+    let failed: usize = planned.iter().map(|p| p.preview.failed).sum();
+    let first = planned.iter().find_map(|p| p.first_problem.clone());
+    let (state, description) = if planned.iter().any(|p| p.unavailable) {
+        (State::Error, first.unwrap_or_default())
+    } else if failed > 0 {
         (
             State::Failure,
-            format!("{} problem(s): {first}", preview.failed),
+            format!("{failed} problem(s): {}", first.unwrap_or_default()),
         )
     } else {
+        let sum =
+            |f: fn(&TargetPreview) -> usize| planned.iter().map(|p| f(&p.preview)).sum::<usize>();
         (
             State::Success,
             format!(
                 "plan: {} to create, {} to update, {} to delete",
-                preview.create, preview.update, preview.delete
+                sum(|p| p.create),
+                sum(|p| p.update),
+                sum(|p| p.delete)
             ),
         )
     };
+    let detail = serde_json::Value::Object(
+        planned
+            .iter()
+            .map(|p| (p.preview.target.clone(), p.detail.clone()))
+            .collect(),
+    );
+    let previews: Vec<TargetPreview> = planned.into_iter().map(|p| p.preview).collect();
     Preview {
         pr,
         sha: sha.clone(),
         context: "ferry/plan",
         state,
         description,
-        comment: comment::platform_comment(&source.name, pr, &sha, &[preview], &how_to),
-        detail: serde_json::to_value(&plan).unwrap_or_default(),
+        comment: comment::platform_comment(name, pr, &sha, &previews, &how_to),
+        detail,
     }
 }

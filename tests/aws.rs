@@ -663,3 +663,92 @@ async fn ferry_run_applies_platform_yaml_and_reports_drift() {
     );
     stop_ferry(ferry);
 }
+
+/// A model promotion PR: the preview comment shows the endpoint change
+/// planned against AWS, and nothing in AWS changes until merge.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_promotion_pull_request_is_previewed_against_aws_without_changing_it() {
+    let moto = moto();
+    let _guard = moto.lock().await;
+    credentials();
+    let fake = support::github::FakeGithub::start(support::github::FakeState {
+        token: Some("t0ken".into()),
+        repos: ["acme/platform".to_string()].into(),
+        ..Default::default()
+    });
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("token"), "t0ken").unwrap();
+    let repo = Repo::new(tmp.path(), "platform");
+    let main = repo.commit(
+        &[(
+            "platform.yaml",
+            Some(&sagemaker_yaml(&[("churn", "1", 1.0)])),
+        )],
+        "main",
+    );
+    let daemon = git_daemon(tmp.path(), free_port());
+    let port = free_port();
+    let config = tmp.path().join("ferry.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "cache_dir: {cache}\nserver:\n  listen: 127.0.0.1:{port}\n\
+             github:\n  api_url: {api}\n  token_file: {token}\n\
+             sources:\n  - name: platform\n    url: git://127.0.0.1:{dp}/platform.git\n    github_repo: acme/platform\n    interval: 1s\n\
+             targets:\n  aws:\n    source: platform\n    region: {REGION}\n    endpoint_url: {url}\n    poll_interval: 50ms\n",
+            cache = tmp.path().join("cache").display(),
+            api = fake.url(),
+            token = tmp.path().join("token").display(),
+            dp = daemon.port,
+            url = moto.url,
+        ),
+    )
+    .unwrap();
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"));
+    cmd.args(["run", "--config"])
+        .arg(&config)
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(tmp.path().join("ferry.log")).unwrap());
+    let ferry = cmd.spawn().unwrap();
+    wait_for_port(port, Duration::from_secs(10));
+    eventually(Duration::from_secs(30), "main applied and reported", || {
+        (fake.states(&main, "ferry/platform") == ["pending", "success"]).then_some(())
+    });
+    let before = serving("churn").await;
+
+    // The PR, found by polling (no webhook configured).
+    let work = &repo.work;
+    run(git(work).args(["checkout", "-q", "-b", "promote"]));
+    std::fs::write(
+        work.join("platform.yaml"),
+        sagemaker_yaml(&[("churn", "2", 1.0)]),
+    )
+    .unwrap();
+    run(git(work).args(["commit", "-qam", "promote churn 2"]));
+    run(git(work).args(["push", "-q", "origin", "HEAD:refs/pull/3/head"]));
+    let head = repo.head();
+    fake.with(|f| {
+        f.pulls
+            .push(("acme/platform".into(), 3, head.clone(), "main".into()))
+    });
+    eventually(
+        Duration::from_secs(30),
+        "plan status on the PR head",
+        || (fake.states(&head, "ferry/plan") == ["success"]).then_some(()),
+    );
+    let body = fake.with(|f| f.comments[0].body.clone());
+    assert!(body.contains("| aws | 0 | 1 | 0 | 0 | 0 |"), "{body}");
+    assert!(body.contains("~ sagemaker/endpoint/churn"), "{body}");
+    assert!(
+        body.contains(&format!(
+            "+ variants.primary.image: 123456789012.dkr.ecr.{REGION}.amazonaws.com/churn:2"
+        )),
+        "{body}"
+    );
+    assert_eq!(serving("churn").await, before, "a preview changed AWS");
+    stop_ferry(ferry);
+    fake.assert_nothing_rejected();
+}

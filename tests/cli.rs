@@ -191,7 +191,7 @@ fn the_readme_configuration_reference_is_valid() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("kubernetes (from source `platform`); github: webhooks, reporting to https://api.github.com, deployments to `production`, PR previews)"), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("kubernetes (from source `platform`), aws (from source `platform`, platform.yaml); github: webhooks, reporting to https://api.github.com, deployments to `production`, PR previews)"), "{}", String::from_utf8_lossy(&out.stdout));
 }
 
 #[test]

@@ -570,6 +570,24 @@ sagemaker:
     }
 
     #[test]
+    fn the_template_is_valid() {
+        let text = include_str!("../../platform-repo-template/platform.yaml");
+        let p = parse("platform.yaml", text).unwrap_or_else(|e| panic!("{e:#?}"));
+        let eks = p.eks.unwrap();
+        assert_eq!(eks.nodegroups.len(), 2);
+        assert!(
+            eks.nodegroups[1]
+                .taints
+                .as_ref()
+                .is_some_and(|t| t[0].effect == "NO_SCHEDULE")
+        );
+        assert_eq!(
+            p.sagemaker.unwrap().endpoints[0].variants[0].model_name,
+            "churn-classifier"
+        );
+    }
+
+    #[test]
     fn arns_and_s3_urls() {
         assert!(valid_role_arn("arn:aws:iam::123456789012:role/a/b-c_d"));
         assert!(valid_role_arn("arn:aws-cn:iam::123456789012:role/x"));

@@ -92,6 +92,60 @@ impl TargetPreview {
         }
     }
 
+    #[cfg(feature = "aws")]
+    pub fn from_aws_plan(plan: &crate::aws::AwsPlan) -> TargetPreview {
+        use crate::aws::Action as AwsAction;
+        let count = |a: AwsAction| plan.changes.iter().filter(|c| c.action == a).count();
+        let mut sections: Vec<Section> = plan
+            .changes
+            .iter()
+            .map(|c| Section {
+                title: format!(
+                    "{} {}",
+                    match c.action {
+                        AwsAction::Create => "+",
+                        AwsAction::Update => "~",
+                        AwsAction::Delete => "-",
+                    },
+                    c.resource
+                ),
+                lines: c
+                    .fields
+                    .iter()
+                    .flat_map(|f| {
+                        let mut lines = Vec::new();
+                        if !f.before.is_empty() {
+                            lines.push(format!("- {}: {}", f.field, f.before));
+                        }
+                        if !f.after.is_empty() {
+                            lines.push(format!("+ {}: {}", f.field, f.after));
+                        }
+                        lines
+                    })
+                    .collect(),
+            })
+            .collect();
+        for drift in &plan.drift {
+            sections.push(Section {
+                title: format!(
+                    "≠ not applied: {}",
+                    drift.split(": ").next().unwrap_or(drift)
+                ),
+                lines: vec![format!("# {drift}")],
+            });
+        }
+        TargetPreview {
+            target: "aws".into(),
+            create: count(AwsAction::Create),
+            update: count(AwsAction::Update),
+            delete: count(AwsAction::Delete),
+            unchanged: plan.unchanged,
+            failed: plan.errors.len(),
+            errors: plan.errors.clone(),
+            sections,
+        }
+    }
+
     pub fn changes(&self) -> usize {
         self.create + self.update + self.delete
     }
