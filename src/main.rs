@@ -68,12 +68,32 @@ enum Command {
         /// Address of the status API and metrics.
         #[arg(long, default_value = "127.0.0.1:8484")]
         listen: SocketAddr,
+        /// Apply the platform template's manifests to this cluster too
+        /// (without it the platform plan is shown, nothing applied).
+        #[arg(long)]
+        kubeconfig: Option<PathBuf>,
     },
     /// Validate a config file and exit non-zero with the offending key if it is wrong.
     #[command(
         after_help = "Example:\n  ferry check-config ferry.yaml\n  ferry check-config deploy/ferry.yaml && kubectl apply -k deploy/"
     )]
     CheckConfig { file: PathBuf },
+    /// Check a platform repo checkout offline: manifests and platform.yaml parse and validate.
+    #[command(
+        after_help = "Example:\n  ferry validate .                  # in a platform repo checkout (CI on every PR)\n  \
+        ferry validate ~/src/platform --manifests manifests --platform platform.yaml\n\n\
+        Needs no cluster and no cloud account; `ferry plan` and ferry's PR comment show what would change."
+    )]
+    Validate {
+        /// The platform repo checkout.
+        dir: PathBuf,
+        /// Directory of the Kubernetes manifests, relative to DIR.
+        #[arg(long, default_value = "manifests")]
+        manifests: String,
+        /// The AWS declaration, relative to DIR (skipped when absent).
+        #[arg(long, default_value = "platform.yaml")]
+        platform: String,
+    },
     /// Show what a platform revision would change in the cluster; writes nothing.
     #[command(after_help = "Example:\n  ferry plan --config ferry.yaml\n  \
         ferry plan --config ferry.yaml --revision refs/pull/42/head --output json\n\n\
@@ -182,6 +202,11 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             run(config).await?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Validate {
+            ref dir,
+            ref manifests,
+            ref platform,
+        } => validate_checkout(dir, manifests, platform),
         Command::CheckConfig { ref file } => {
             let config = Config::load(file)?;
             let mut targets = Vec::new();
@@ -239,9 +264,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             ref dir,
             once,
             listen,
+            ref kubeconfig,
         } => {
             log(LogFormat::Text, "info");
-            quickstart_cmd(dir, once, listen).await
+            quickstart_cmd(dir, once, listen, kubeconfig.as_deref()).await
         }
         Command::Plan {
             ref config,
@@ -390,9 +416,14 @@ fn webhook_receiver(
     )))
 }
 
-async fn quickstart_cmd(dir: &Path, once: bool, listen: SocketAddr) -> anyhow::Result<ExitCode> {
+async fn quickstart_cmd(
+    dir: &Path,
+    once: bool,
+    listen: SocketAddr,
+    kubeconfig: Option<&Path>,
+) -> anyhow::Result<ExitCode> {
     let layout = Layout::new(dir);
-    let (config, seeded) = quickstart::prepare(&layout, listen)?;
+    let (config, seeded) = quickstart::prepare(&layout, listen, kubeconfig)?;
     let layout = Layout::new(&layout.dir.canonicalize()?);
     println!("ferry quickstart in {}", layout.dir.display());
     if seeded {
@@ -403,6 +434,10 @@ async fn quickstart_cmd(dir: &Path, once: bool, listen: SocketAddr) -> anyhow::R
     } else {
         println!("  reusing git repo   {}", layout.dags_repo.display());
     }
+    println!(
+        "  platform repo      {} (from platform-repo-template/)",
+        layout.platform_repo.display()
+    );
     println!("  wrote config       {}", layout.config_path.display());
 
     let status = StatusStore::default();
@@ -448,6 +483,16 @@ async fn quickstart_cmd(dir: &Path, once: bool, listen: SocketAddr) -> anyhow::R
         }
     }
     println!("  Airflow dags_folder {}", layout.dags_folder().display());
+    if kubeconfig.is_none() {
+        let lines = quickstart::platform_summary(&layout)?;
+        println!(
+            "\nPlatform plan ({} change(s); no cluster given, nothing applied: pass --kubeconfig to apply the manifests):",
+            lines.len()
+        );
+        for line in &lines {
+            println!("  {line}");
+        }
+    }
     if once {
         let json = serde_json::to_string_pretty(&status.all())?;
         println!("\nstatus (as served on /api/v1/status):\n{json}");
@@ -469,6 +514,69 @@ async fn quickstart_cmd(dir: &Path, once: bool, listen: SocketAddr) -> anyhow::R
     })
     .await?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `ferry validate`: every manifest document and platform.yaml, offline.
+fn validate_checkout(dir: &Path, manifests: &str, platform: &str) -> anyhow::Result<ExitCode> {
+    let mut problems: Vec<String> = Vec::new();
+    let mut objects = 0usize;
+    let root = dir.join(manifests);
+    let mut pending = vec![root.clone()];
+    let mut files = Vec::new();
+    while let Some(d) = pending.pop() {
+        let entries =
+            std::fs::read_dir(&d).with_context(|| format!("cannot read {}", d.display()))?;
+        for entry in entries {
+            let path = entry?.path();
+            if path.is_dir() {
+                pending.push(path);
+            } else if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
+                files.push(path);
+            }
+        }
+    }
+    files.sort();
+    for path in &files {
+        let rel = path.strip_prefix(dir).unwrap_or(path).display().to_string();
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {rel}"))?;
+        match ferry::desired::manifests::parse_file(&rel, &text) {
+            Ok(found) => objects += found.len(),
+            Err(errors) => problems.extend(errors.iter().map(|e| e.to_string())),
+        }
+    }
+    let platform_path = dir.join(platform);
+    let mut declared = "absent".to_string();
+    if platform_path.exists() {
+        let text = std::fs::read_to_string(&platform_path)
+            .with_context(|| format!("cannot read {}", platform_path.display()))?;
+        match ferry::desired::platform::parse(platform, &text) {
+            Ok(p) => {
+                declared = format!(
+                    "{} nodegroup(s), {} addon(s), {} endpoint(s)",
+                    p.eks.as_ref().map_or(0, |e| e.nodegroups.len()),
+                    p.eks.as_ref().map_or(0, |e| e.addons.len()),
+                    p.sagemaker.as_ref().map_or(0, |s| s.endpoints.len())
+                )
+            }
+            Err(errors) => problems.extend(errors.iter().map(|e| e.to_string())),
+        }
+    }
+    if problems.is_empty() {
+        println!(
+            "ok: {objects} object(s) in {} file(s) under {manifests}/; {platform}: {declared}",
+            files.len()
+        );
+        Ok(ExitCode::SUCCESS)
+    } else {
+        for p in &problems {
+            eprintln!("error: {p}");
+        }
+        eprintln!(
+            "{} problem(s); fix them and run `ferry validate` again",
+            problems.len()
+        );
+        Ok(ExitCode::FAILURE)
+    }
 }
 
 async fn plan_cmd(

@@ -1,8 +1,10 @@
 //! `ferry quickstart`: the whole loop on one machine, no cloud account.
 //!
-//! Creates a working directory with a local bare repo seeded from the
-//! bundled `dags-repo-template/`, writes a `ferry.yaml` that publishes it into
-//! `<dir>/airflow/dags`, and returns that config for the agent to run.
+//! Creates a working directory with two local bare repos seeded from the
+//! bundled templates (`dags-repo-template/`, `platform-repo-template/`),
+//! writes a `ferry.yaml` that publishes the DAGs into `<dir>/airflow/dags`
+//! and, given a kubeconfig, applies the platform's manifests; returns that
+//! config for the agent to run.
 
 use std::path::{Path, PathBuf};
 
@@ -13,11 +15,13 @@ use include_dir::{Dir, include_dir};
 use crate::config::Config;
 
 static DAGS_TEMPLATE: Dir<'static> = include_dir!("$CARGO_MANIFEST_DIR/dags-repo-template");
+static PLATFORM_TEMPLATE: Dir<'static> = include_dir!("$CARGO_MANIFEST_DIR/platform-repo-template");
 
 pub struct Layout {
     pub dir: PathBuf,
     pub config_path: PathBuf,
     pub dags_repo: PathBuf,
+    pub platform_repo: PathBuf,
     pub dags_dest: PathBuf,
     pub link: String,
 }
@@ -28,6 +32,7 @@ impl Layout {
             dir: dir.to_path_buf(),
             config_path: dir.join("ferry.yaml"),
             dags_repo: dir.join("repos").join("dags.git"),
+            platform_repo: dir.join("repos").join("platform.git"),
             dags_dest: dir.join("airflow").join("dags"),
             link: "current".into(),
         }
@@ -41,7 +46,11 @@ impl Layout {
 
 /// Prepares the directory (idempotent: an existing repo is kept, so edits
 /// pushed to it survive a second run) and returns the loaded config.
-pub fn prepare(layout: &Layout, listen: std::net::SocketAddr) -> anyhow::Result<(Config, bool)> {
+pub fn prepare(
+    layout: &Layout,
+    listen: std::net::SocketAddr,
+    kubeconfig: Option<&Path>,
+) -> anyhow::Result<(Config, bool)> {
     std::fs::create_dir_all(&layout.dir)
         .with_context(|| format!("cannot create {}", layout.dir.display()))?;
     let dir = layout
@@ -59,16 +68,39 @@ pub fn prepare(layout: &Layout, listen: std::net::SocketAddr) -> anyhow::Result<
         )?;
         true
     };
+    if !layout.platform_repo.exists() {
+        seed_repo(
+            &layout.platform_repo,
+            &PLATFORM_TEMPLATE,
+            "Seed from ferry's platform-repo-template",
+        )?;
+    }
+    // With a cluster, its manifests are applied (without waiting for the
+    // workloads: their images, secrets and volumes are the real platform's).
+    let kubernetes = match kubeconfig {
+        Some(kc) => format!(
+            "  kubernetes:\n    source: platform\n    default_namespace: default\n    \
+             allowed_namespaces: [default, airflow, mlflow, jupyterhub, monitoring]\n    \
+             health_timeout: 0s\n    kubeconfig: {}\n",
+            yaml_str(
+                &kc.canonicalize()
+                    .with_context(|| format!("kubeconfig {}", kc.display()))?
+            )
+        ),
+        None => String::new(),
+    };
     let config = format!(
         "# Written by `ferry quickstart`; run it yourself with `ferry run --config {config}`.\n\
          cache_dir: {cache}\n\
          server:\n  listen: {listen}\n\
          sources:\n  - name: dags\n    url: {repo}\n    branch: main\n    interval: 10s\n    max_backoff: 30s\n\
+         \x20 - name: platform\n    url: {platform}\n    branch: main\n    interval: 10s\n    max_backoff: 30s\n\
          targets:\n  dags:\n    source: dags\n    subdir: dags\n    destination: {dest}\n    link: {link}\n    \
-         retention:\n      keep: 5\n      max_age: 10m\n",
+         retention:\n      keep: 5\n      max_age: 10m\n{kubernetes}",
         config = layout.config_path.display(),
         cache = yaml_str(&dir.join("cache")),
         repo = yaml_str(&layout.dags_repo),
+        platform = yaml_str(&layout.platform_repo),
         dest = yaml_str(&layout.dags_dest),
         link = layout.link,
     );
@@ -76,6 +108,54 @@ pub fn prepare(layout: &Layout, listen: std::net::SocketAddr) -> anyhow::Result<
         .with_context(|| format!("cannot write {}", layout.config_path.display()))?;
     let config = Config::load(&layout.config_path)?;
     Ok((config, seeded))
+}
+
+/// What the platform repo's main branch declares, one line per object,
+/// read offline (no cluster to compare with: everything would be created).
+pub fn platform_summary(layout: &Layout) -> anyhow::Result<Vec<String>> {
+    let repo = Repository::open_bare(&layout.platform_repo)
+        .with_context(|| format!("cannot open {}", layout.platform_repo.display()))?;
+    let commit = repo.refname_to_id("refs/heads/main")?;
+    let manifests =
+        crate::desired::manifests::read(&repo, commit, "manifests").map_err(|errors| {
+            anyhow::anyhow!(
+                "the platform repo has errors: {}",
+                errors
+                    .iter()
+                    .map(|e| e.to_string())
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            )
+        })?;
+    let mut lines: Vec<String> = manifests.iter().map(|m| format!("+ {}", m.id)).collect();
+    let platform =
+        crate::desired::platform::read_mirror(&layout.platform_repo, commit, "platform.yaml")
+            .map_err(|errors| {
+                anyhow::anyhow!(
+                    "platform.yaml: {}",
+                    errors
+                        .iter()
+                        .map(|e| e.to_string())
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                )
+            })?;
+    if let Some(p) = platform {
+        for ng in p.eks.iter().flat_map(|e| e.nodegroups.iter()) {
+            lines.push(format!(
+                "~ AWS EKS nodegroup {} (scaling {}..{}, desired {})",
+                ng.name, ng.scaling.min, ng.scaling.max, ng.scaling.desired
+            ));
+        }
+        for e in p.sagemaker.iter().flat_map(|s| s.endpoints.iter()) {
+            lines.push(format!(
+                "~ AWS SageMaker endpoint {} ({} variant(s))",
+                e.name,
+                e.variants.len()
+            ));
+        }
+    }
+    Ok(lines)
 }
 
 fn yaml_str(path: &Path) -> String {

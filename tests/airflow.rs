@@ -124,8 +124,8 @@ fn airflow_parses_published_dags_and_never_sees_a_blocked_commit() {
     // 1. The template is published and Airflow sees exactly its DAGs.
     status(&|v| v["published_revision"] == first.as_str());
     let expected = vec![
-        "daily_feature_snapshot".to_string(),
-        "platform_healthcheck".to_string(),
+        "diagnosis_scoring".to_string(),
+        "diagnosis_training".to_string(),
     ];
     let folder = dest.join("current");
     assert_eq!(
@@ -201,7 +201,7 @@ fn airflow_parses_published_dags_and_never_sees_a_blocked_commit() {
     let (ids, errors) = airflow_sees(&python, &airflow_home, &folder);
     assert_eq!(
         ids,
-        vec!["daily_feature_snapshot", "platform_healthcheck", "third"]
+        vec!["diagnosis_scoring", "diagnosis_training", "third"]
     );
     assert!(errors.is_empty());
     assert_eq!(

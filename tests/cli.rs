@@ -194,9 +194,51 @@ fn the_readme_configuration_reference_is_valid() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("kubernetes (from source `platform`), aws (from source `platform`, platform.yaml); github: webhooks, reporting to https://api.github.com, deployments to `production`, PR previews)"), "{}", String::from_utf8_lossy(&out.stdout));
 }
 
+/// `ferry validate` accepts the platform template and names file and line
+/// of what is wrong in a broken copy.
+#[test]
+fn validate_checks_a_platform_checkout_offline() {
+    let template = concat!(env!("CARGO_MANIFEST_DIR"), "/platform-repo-template");
+    let out = ferry(&["validate", template]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("platform.yaml: 2 nodegroup(s), 2 addon(s), 1 endpoint(s)"),
+        "{stdout}"
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(tmp.path().join("manifests")).unwrap();
+    std::fs::write(tmp.path().join("manifests/cm.yaml"), "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: a\n---\nkind: ConfigMap\nmetadata: {name: b}\n").unwrap();
+    std::fs::write(
+        tmp.path().join("platform.yaml"),
+        "apiVersion: ferry.dev/v1alpha1\nkind: Platform\neks:\n  cluster: {name: c}\n  nodegroups:\n    - name: a\n      scaling: {min: 1, max: 2, desired: 3}\n",
+    )
+    .unwrap();
+    let out = ferry(&["validate", tmp.path().to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("manifests/cm.yaml:6 (document 1): missing or empty `apiVersion`"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("platform.yaml:7: eks.nodegroups[0].scaling.desired: desired 3 is outside min 1 .. max 2"), "{stderr}");
+    assert!(stderr.contains("2 problem(s)"), "{stderr}");
+}
+
 #[test]
 fn every_subcommand_help_teaches_with_an_example() {
-    for sub in ["run", "quickstart", "check-config", "plan", "publish-dags"] {
+    for sub in [
+        "run",
+        "quickstart",
+        "check-config",
+        "plan",
+        "publish-dags",
+        "validate",
+    ] {
         let out = ferry(&[sub, "--help"]);
         assert!(out.status.success());
         let text = String::from_utf8_lossy(&out.stdout);
@@ -209,6 +251,44 @@ fn every_subcommand_help_teaches_with_an_example() {
             "`ferry {sub} --help` example does not use it:\n{text}"
         );
     }
+}
+
+/// With a cluster, quickstart applies the platform template too.
+#[test]
+fn quickstart_applies_the_platform_template_to_a_reachable_cluster() {
+    let cp = control_plane();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("qs");
+    let listen = format!("127.0.0.1:{}", free_port());
+    let out = ferry(&[
+        "quickstart",
+        "--once",
+        "--dir",
+        dir.to_str().unwrap(),
+        "--listen",
+        &listen,
+        "--kubeconfig",
+        cp.admin.to_str().unwrap(),
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("applied            platform @"), "{stdout}");
+    let v: serde_json::Value = serde_json::from_str(&stdout[stdout.find('[').unwrap()..]).unwrap();
+    let platform = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "platform")
+        .unwrap();
+    let objects = platform["kubernetes"]["last_apply"]["objects"]
+        .as_array()
+        .unwrap();
+    assert_eq!(objects.len(), 39, "{platform}");
+    assert!(objects.iter().all(|o| o["error"].is_null()), "{platform}");
 }
 
 #[test]
@@ -231,6 +311,19 @@ fn quickstart_once_publishes_the_template_and_is_rerunnable() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout.contains("published          dags @"), "{stdout}");
+    // The platform template: planned offline, its objects and AWS resources listed.
+    assert!(
+        stdout.contains("Platform plan (42 change(s); no cluster given"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("+ Deployment.apps airflow/airflow-scheduler"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("~ AWS SageMaker endpoint diagnosis (1 variant(s))"),
+        "{stdout}"
+    );
     let folder = dir.canonicalize().unwrap().join("airflow/dags/current");
     assert!(
         stdout.contains(&folder.display().to_string()),
@@ -240,14 +333,22 @@ fn quickstart_once_publishes_the_template_and_is_rerunnable() {
     let names: Vec<&str> = published.iter().map(|(p, _)| p.as_str()).collect();
     assert_eq!(
         names,
-        vec!["daily_feature_snapshot.py", "platform_healthcheck.py"]
+        vec![
+            ".airflowignore",
+            "diagnosis_scoring.py",
+            "diagnosis_training.py",
+            "mlplatform/__init__.py",
+            "mlplatform/data.py",
+            "mlplatform/promotion.py",
+            "mlplatform/registry.py",
+            "mlplatform/training.py",
+        ]
     );
     let template = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("dags-repo-template/dags/platform_healthcheck.py"),
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("dags-repo-template/dags/diagnosis_training.py"),
     )
     .unwrap();
-    assert_eq!(published[1].1, template);
+    assert_eq!(published[2].1, template);
     let out = ferry(&["check-config", dir.join("ferry.yaml").to_str().unwrap()]);
     assert!(out.status.success(), "quickstart writes a valid config");
 

@@ -26,11 +26,18 @@ def main(argv):
     warnings.simplefilter("ignore")
     os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
     try:
-        from airflow.dag_processing.dagbag import DagBag
+        # Airflow >= 3.1 parses a folder as a bundle: the folder is on
+        # sys.path, so DAG files may import packages that live beside them.
+        from pathlib import Path
+
+        from airflow.dag_processing.dagbag import BundleDagBag
+
+        bag = BundleDagBag(dag_folder=folder, bundle_path=Path(folder))
     except ImportError:  # Airflow < 3.1
         from airflow.models.dagbag import DagBag
 
-    bag = DagBag(dag_folder=folder)
+        sys.path.insert(0, folder)
+        bag = DagBag(dag_folder=folder)
     errors = {os.path.relpath(path, folder): text for path, text in bag.import_errors.items()}
     print(json.dumps({"dag_ids": sorted(bag.dag_ids), "import_errors": errors}))
     if check and errors:

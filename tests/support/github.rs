@@ -46,6 +46,25 @@ pub struct Comment {
     pub edits: u32,
 }
 
+#[derive(Debug, Clone)]
+pub struct OpenedPull {
+    pub repo: String,
+    pub number: u64,
+    pub title: String,
+    pub head: String,
+    pub base: String,
+    pub body: String,
+}
+
+/// Git's blob id of `text`, as the contents API reports it.
+pub fn blob_sha(text: &str) -> String {
+    use sha1::{Digest, Sha1};
+    let mut h = Sha1::new();
+    h.update(format!("blob {}\0", text.len()).as_bytes());
+    h.update(text.as_bytes());
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
 pub struct AppAuth {
     pub app_id: u64,
     pub installation_id: u64,
@@ -68,6 +87,13 @@ pub struct FakeState {
     /// Where the API lives, as on GitHub Enterprise Server (`/api/v3`);
     /// requests outside it are refused.
     pub path_prefix: Option<String>,
+    /// Git content: (repo, branch) -> (commit sha, path -> file text).
+    pub branches: std::collections::BTreeMap<
+        (String, String),
+        (String, std::collections::BTreeMap<String, String>),
+    >,
+    /// Pull requests opened through the API.
+    pub opened: Vec<OpenedPull>,
     /// Answers to give instead of handling the next requests, in order:
     /// (HTTP status, Retry-After seconds).
     pub outage: Vec<(u16, Option<u64>)>,
@@ -440,6 +466,164 @@ fn answer(
             };
             d.statuses.push((state.clone(), log_url));
             (201, json!({"id": d.statuses.len(), "state": state}))
+        }
+        (Method::GET, ["repos", owner, name, "git", "ref", "heads", branch @ ..]) => {
+            let repo = repo_of(owner, name);
+            let branch = branch.join("/");
+            match s.branches.get(&(repo, branch.clone())) {
+                Some((sha, _)) => (
+                    200,
+                    json!({"ref": format!("refs/heads/{branch}"), "object": {"sha": sha, "type": "commit"}}),
+                ),
+                None => (404, json!({"message": "Not Found"})),
+            }
+        }
+        (Method::GET, ["repos", owner, name, "contents", file @ ..]) => {
+            let repo = repo_of(owner, name);
+            let path = file.join("/");
+            let query = uri.query().unwrap_or("");
+            let Some(branch) = query.split('&').find_map(|kv| kv.strip_prefix("ref=")) else {
+                return unprocessable("ferry's callers always pass ?ref=".into());
+            };
+            match s
+                .branches
+                .get(&(repo, branch.to_string()))
+                .and_then(|(_, files)| files.get(&path))
+            {
+                Some(text) => {
+                    use base64::Engine;
+                    let encoded = base64::engine::general_purpose::STANDARD.encode(text.as_bytes());
+                    (
+                        200,
+                        json!({"type": "file", "encoding": "base64", "path": path, "content": encoded, "sha": blob_sha(text)}),
+                    )
+                }
+                None => (404, json!({"message": "Not Found"})),
+            }
+        }
+        (Method::POST, ["repos", owner, name, "git", "refs"]) => {
+            let repo = repo_of(owner, name);
+            if let Err(e) = check_body(
+                &json_body,
+                &[("ref", "string", true), ("sha", "string", true)],
+            ) {
+                return unprocessable(e);
+            }
+            let reference = json_body["ref"].as_str().unwrap_or("");
+            let Some(branch) = reference
+                .strip_prefix("refs/heads/")
+                .filter(|b| !b.is_empty())
+            else {
+                return unprocessable(format!(
+                    "`{reference}` is not a valid ref name (refs/heads/...)"
+                ));
+            };
+            let sha = json_body["sha"].as_str().unwrap_or("").to_string();
+            if s.branches.contains_key(&(repo.clone(), branch.to_string())) {
+                return unprocessable("Reference already exists".into());
+            }
+            let Some(files) = s
+                .branches
+                .iter()
+                .find(|((r, _), (c, _))| *r == repo && *c == sha)
+                .map(|(_, (_, f))| f.clone())
+            else {
+                return unprocessable(format!("Object does not exist: {sha}"));
+            };
+            s.branches
+                .insert((repo, branch.to_string()), (sha.clone(), files));
+            (
+                201,
+                json!({"ref": reference, "object": {"sha": sha, "type": "commit"}}),
+            )
+        }
+        (Method::PUT, ["repos", owner, name, "contents", file @ ..]) => {
+            use base64::Engine;
+            let repo = repo_of(owner, name);
+            let path = file.join("/");
+            if let Err(e) = check_body(
+                &json_body,
+                &[
+                    ("message", "string", true),
+                    ("content", "string", true),
+                    ("sha", "string", false),
+                    ("branch", "string", false),
+                    ("committer", "object", false),
+                    ("author", "object", false),
+                ],
+            ) {
+                return unprocessable(e);
+            }
+            let branch = json_body["branch"].as_str().unwrap_or("main").to_string();
+            let Ok(bytes) = base64::engine::general_purpose::STANDARD
+                .decode(json_body["content"].as_str().unwrap_or(""))
+            else {
+                return unprocessable("content is not valid Base64".into());
+            };
+            let Ok(text) = String::from_utf8(bytes) else {
+                return unprocessable("the fake stores UTF-8 text only".into());
+            };
+            let next = format!("{:040x}", s.next_id());
+            let Some((commit, files)) = s.branches.get_mut(&(repo, branch.clone())) else {
+                return (404, json!({"message": "Branch not found"}));
+            };
+            match (files.get(&path), json_body["sha"].as_str()) {
+                (Some(old), Some(sha)) if blob_sha(old) == sha => {}
+                (Some(_), _) => {
+                    return (
+                        409,
+                        json!({"message": format!("{path} does not match the given sha")}),
+                    );
+                }
+                (None, Some(_)) => return unprocessable("sha given for a new file".into()),
+                (None, None) => {}
+            }
+            files.insert(path.clone(), text.clone());
+            *commit = next.clone();
+            (
+                200,
+                json!({"content": {"path": path, "sha": blob_sha(&text)}, "commit": {"sha": next}}),
+            )
+        }
+        (Method::POST, ["repos", owner, name, "pulls"]) => {
+            let repo = repo_of(owner, name);
+            if let Err(e) = check_body(
+                &json_body,
+                &[
+                    ("title", "string", true),
+                    ("head", "string", true),
+                    ("base", "string", true),
+                    ("body", "string", false),
+                    ("draft", "boolean", false),
+                    ("maintainer_can_modify", "boolean", false),
+                ],
+            ) {
+                return unprocessable(e);
+            }
+            let head = json_body["head"].as_str().unwrap_or("").to_string();
+            let base = json_body["base"].as_str().unwrap_or("").to_string();
+            let (Some(h), Some(b)) = (
+                s.branches.get(&(repo.clone(), head.clone())),
+                s.branches.get(&(repo.clone(), base.clone())),
+            ) else {
+                return unprocessable("head or base branch does not exist".into());
+            };
+            if h.1 == b.1 {
+                return unprocessable(format!("No commits between {base} and {head}"));
+            }
+            let number = s.opened.len() as u64 + 1;
+            s.opened.push(OpenedPull {
+                repo: repo.clone(),
+                number,
+                title: json_body["title"].as_str().unwrap_or("").to_string(),
+                head: head.clone(),
+                base: base.clone(),
+                body: json_body["body"].as_str().unwrap_or("").to_string(),
+            });
+            (
+                201,
+                json!({"number": number, "html_url": format!("https://github.com/{repo}/pull/{number}"), "head": {"ref": head}, "base": {"ref": base}}),
+            )
         }
         (Method::GET, ["repos", owner, name, "pulls"]) => {
             let repo = repo_of(owner, name);

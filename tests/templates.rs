@@ -1,0 +1,297 @@
+//! The two templates a team forks, proven against real components: the
+//! DAGs template's own tests and its training DAG (`dag.test()`) in a real
+//! Airflow 3 with a real MLflow server and the strict fake GitHub; the
+//! platform template dry-run on the real kube-apiserver and checked by
+//! `kubernetes-validate --strict`.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use support::github::{FakeGithub, FakeState};
+use support::*;
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn venv(name: &str, bin: &str) -> PathBuf {
+    let path = root().join(".cache").join(name).join("bin").join(bin);
+    assert!(
+        path.exists(),
+        "{} is missing: run .ci/setup",
+        path.display()
+    );
+    path
+}
+
+fn output(cmd: &mut Command) -> (bool, String) {
+    let out = cmd.output().unwrap();
+    let text = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[test]
+fn the_dags_template_passes_its_own_tests_in_real_airflow() {
+    let home = tempfile::tempdir().unwrap();
+    let template = root().join("dags-repo-template");
+    let (ok, text) = output(
+        Command::new(venv("airflow-venv", "python"))
+            .args(["-m", "unittest", "discover", "-v", "-s", "tests", "-t", "."])
+            .current_dir(&template)
+            .env("AIRFLOW_HOME", home.path())
+            .env("PYTHONWARNINGS", "ignore"),
+    );
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("Ran 11 tests") && text.contains("OK"),
+        "{text}"
+    );
+}
+
+/// An MLflow tracking server (SQLite backend, local artifacts), stopped on drop.
+struct Mlflow {
+    child: std::process::Child,
+    url: String,
+}
+
+impl Drop for Mlflow {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn mlflow_server(dir: &Path) -> Mlflow {
+    let port = free_port();
+    let child = Command::new(venv("mlflow-venv", "mlflow"))
+        .args([
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+            "--workers",
+            "1",
+        ])
+        .arg("--backend-store-uri")
+        .arg(format!("sqlite:///{}", dir.join("mlflow.db").display()))
+        .arg("--artifacts-destination")
+        .arg(dir.join("artifacts"))
+        .arg("--serve-artifacts")
+        .stdout(std::fs::File::create(dir.join("mlflow.log")).unwrap())
+        .stderr(std::fs::File::create(dir.join("mlflow.err")).unwrap())
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}");
+    wait_for_port(port, Duration::from_secs(120));
+    eventually(Duration::from_secs(120), "MLflow server health", || {
+        (http_get(format!("127.0.0.1:{port}").parse().unwrap(), "/health").0 == 200).then_some(())
+    });
+    Mlflow { child, url }
+}
+
+#[test]
+fn the_training_dag_registers_a_model_and_opens_one_promotion_pr() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mlflow = mlflow_server(tmp.path());
+    let platform =
+        std::fs::read_to_string(root().join("platform-repo-template/platform.yaml")).unwrap();
+    let base_commit = "b".repeat(40);
+    let fake = FakeGithub::start(FakeState {
+        token: Some("ghp_dags".into()),
+        repos: ["acme/platform".to_string()].into(),
+        branches: [(
+            ("acme/platform".to_string(), "main".to_string()),
+            (
+                base_commit,
+                [("platform.yaml".to_string(), platform.clone())].into(),
+            ),
+        )]
+        .into(),
+        ..FakeState::default()
+    });
+    let home = tmp.path().join("airflow");
+    let python = venv("airflow-venv", "python");
+    let airflow = |cmd: &mut Command| -> (bool, String) {
+        output(
+            cmd.env("AIRFLOW_HOME", &home)
+                .env("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
+                .env(
+                    "AIRFLOW__CORE__DAGS_FOLDER",
+                    root().join("dags-repo-template/dags"),
+                )
+                .env("PYTHONWARNINGS", "ignore")
+                .env("MLFLOW_TRACKING_URI", &mlflow.url)
+                .env("GITHUB_TOKEN", "ghp_dags")
+                .env("GITHUB_API_URL", fake.url())
+                .env("PLATFORM_REPO", "acme/platform")
+                .env("MODEL_ARTIFACT_BUCKET", "ml-platform-models"),
+        )
+    };
+    let (ok, text) = airflow(Command::new(venv("airflow-venv", "airflow")).args(["db", "migrate"]));
+    assert!(ok, "airflow db migrate: {text}");
+    let script = "import sys\n\
+        from pathlib import Path\n\
+        from airflow.dag_processing.dagbag import BundleDagBag\n\
+        folder = Path(sys.argv[1])\n\
+        bag = BundleDagBag(dag_folder=str(folder), bundle_path=folder)\n\
+        assert not bag.import_errors, bag.import_errors\n\
+        dag = bag.get_dag('diagnosis_training')\n\
+        for t in dag.tasks: t.retries = 0  # fail fast: dag.test() waits out retry_delay\n\
+        run = dag.test()\n\
+        print('DAG RUN STATE', run.state)\n\
+        sys.exit(0 if str(run.state) == 'success' else 1)\n";
+    let (ok, text) = airflow(
+        Command::new(&python)
+            .args(["-c", script])
+            .arg(root().join("dags-repo-template/dags")),
+    );
+    assert!(ok, "dag.test() of diagnosis_training:\n{text}");
+
+    // The model version is in the registry, and it is the champion.
+    let addr: std::net::SocketAddr = mlflow.url.trim_start_matches("http://").parse().unwrap();
+    let (code, body) = http_get(
+        addr,
+        "/api/2.0/mlflow/registered-models/alias?name=diagnosis-classifier&alias=champion",
+    );
+    assert_eq!(code, 200, "{body}");
+    let version: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(version["model_version"]["version"], "1", "{body}");
+
+    // Exactly one PR, whose diff points the endpoint at that version.
+    let opened = fake.with(|f| f.opened.clone());
+    assert_eq!(opened.len(), 1, "{opened:#?}");
+    let pr = &opened[0];
+    assert_eq!(
+        (pr.repo.as_str(), pr.base.as_str(), pr.head.as_str()),
+        ("acme/platform", "main", "promote/diagnosis-classifier-v1")
+    );
+    let head = fake.with(|f| {
+        f.branches[&("acme/platform".to_string(), pr.head.clone())].1["platform.yaml"].clone()
+    });
+    let changed: Vec<(&str, &str)> = platform
+        .lines()
+        .zip(head.lines())
+        .filter(|(a, b)| a != b)
+        .collect();
+    assert_eq!(
+        changed,
+        [(
+            "          model_data: s3://ml-platform-mlflow-artifacts/models/diagnosis-classifier/3/model.tar.gz",
+            "          model_data: s3://ml-platform-models/models/diagnosis-classifier/1/model.tar.gz"
+        )]
+    );
+    assert_eq!(platform.lines().count(), head.lines().count());
+    ferry::desired::platform::parse("platform.yaml", &head)
+        .expect("the promoted platform.yaml is valid");
+    fake.assert_nothing_rejected();
+}
+
+fn template_manifests() -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    let mut dirs = vec![root().join("platform-repo-template/manifests")];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|e| e == "yaml") {
+                files.push(path);
+            }
+        }
+    }
+    files.sort();
+    files
+}
+
+#[test]
+fn the_platform_template_passes_kubernetes_validate_strict() {
+    let files = template_manifests();
+    assert!(files.len() >= 8, "{files:?}");
+    let (ok, text) = output(
+        Command::new(venv("lint-venv", "kubernetes-validate"))
+            .args(["--strict", "--kubernetes-version", "1.37.0"])
+            .args(&files),
+    );
+    assert!(ok, "{text}");
+    assert!(!text.contains("ERROR"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_platform_template_is_accepted_by_the_apiserver() {
+    use k8s_openapi::api::core::v1::Namespace;
+    use kube::api::{Api, Patch, PatchParams};
+
+    let cp = control_plane();
+    let client = ferry::kubernetes::client::connect(Some(&cp.admin))
+        .await
+        .unwrap();
+    // Commit the template as a platform repo, as a team's fork would be.
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = git2::Repository::init_bare(tmp.path().join("platform.git")).unwrap();
+    let mut files = Vec::new();
+    for path in template_manifests() {
+        let rel = path
+            .strip_prefix(root().join("platform-repo-template"))
+            .unwrap();
+        files.push((
+            rel.to_string_lossy().into_owned(),
+            std::fs::read_to_string(&path).unwrap(),
+        ));
+    }
+    let files: Vec<(&str, String)> = files.iter().map(|(p, c)| (p.as_str(), c.clone())).collect();
+    let commit = commit_files(&repo, &files);
+    let manifests = ferry::desired::manifests::read(&repo, commit, "manifests");
+    let manifests = manifests.unwrap_or_else(|e| panic!("ferry cannot parse the template: {e:#?}"));
+    // The namespaces exist for real (apply creates them first; a plan
+    // dry-runs objects only in namespaces that exist).
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    for m in manifests.iter().filter(|m| m.id.kind == "Namespace") {
+        namespaces
+            .patch(
+                &m.id.name,
+                &PatchParams::apply("ferry-test"),
+                &Patch::Apply(&m.object),
+            )
+            .await
+            .unwrap();
+    }
+    let mut config = kube_target("default", false);
+    config.prune = false;
+    let plan = ferry::kubernetes::plan_revision(
+        &client,
+        "template",
+        &commit.to_string(),
+        &config,
+        Ok(manifests),
+    )
+    .await
+    .unwrap();
+    assert!(plan.errors.is_empty(), "{:#?}", plan.errors);
+    let refused: Vec<String> = plan
+        .objects
+        .iter()
+        .filter_map(|o| Some(format!("{}: {}", o.id, o.error.as_ref()?)))
+        .collect();
+    assert!(
+        refused.is_empty(),
+        "the API server refused:\n{}",
+        refused.join("\n")
+    );
+    assert!(plan.objects.len() >= 30, "{}", plan.objects.len());
+    assert!(
+        plan.objects.iter().all(|o| o.note.is_none()),
+        "every object was dry-run: {:#?}",
+        plan.objects
+            .iter()
+            .filter(|o| o.note.is_some())
+            .collect::<Vec<_>>()
+    );
+}
