@@ -16,6 +16,14 @@ use support::moto::moto;
 use support::*;
 
 const REGION: &str = "eu-west-1";
+/// Credentials for `ferry run` against moto (any value passes).
+fn aws_env() -> [(&'static str, &'static std::path::Path); 2] {
+    let testing = std::path::Path::new("testing");
+    [
+        ("AWS_ACCESS_KEY_ID", testing),
+        ("AWS_SECRET_ACCESS_KEY", testing),
+    ]
+}
 const ROLE: &str = "arn:aws:iam::123456789012:role/sagemaker-exec";
 
 fn credentials() {
@@ -47,6 +55,19 @@ async fn eks_client() -> aws_sdk_eks::Client {
 
 async fn sagemaker_client() -> aws_sdk_sagemaker::Client {
     aws_sdk_sagemaker::Client::new(&aws::sdk_config(Some(REGION), Some(&moto().url)).await)
+}
+
+async fn live_nodegroup() -> aws_sdk_eks::types::Nodegroup {
+    eks_client()
+        .await
+        .describe_nodegroup()
+        .cluster_name("ml")
+        .nodegroup_name("system")
+        .send()
+        .await
+        .unwrap()
+        .nodegroup
+        .unwrap()
 }
 
 /// What Terraform would have made: cluster `ml`, nodegroup `system` (1..3, 1).
@@ -173,16 +194,7 @@ async fn nodegroup_and_addon_changes_are_planned_then_applied() {
         .await
         .unwrap();
     assert!(outcome.succeeded(), "{:?}", outcome.results);
-    let live = eks_client()
-        .await
-        .describe_nodegroup()
-        .cluster_name("ml")
-        .nodegroup_name("system")
-        .send()
-        .await
-        .unwrap()
-        .nodegroup
-        .unwrap();
+    let live = live_nodegroup().await;
     let s = live.scaling_config().unwrap();
     assert_eq!(
         (s.min_size(), s.max_size(), s.desired_size()),
@@ -218,16 +230,7 @@ async fn nodegroup_and_addon_changes_are_planned_then_applied() {
         .unwrap();
     assert!(outcome.succeeded(), "{:?}", outcome.results);
     assert_eq!(outcome.results.len(), 2, "{:?}", outcome.results);
-    let live = eks_client()
-        .await
-        .describe_nodegroup()
-        .cluster_name("ml")
-        .nodegroup_name("system")
-        .send()
-        .await
-        .unwrap()
-        .nodegroup
-        .unwrap();
+    let live = live_nodegroup().await;
     assert_eq!(live.version(), Some("1.32"));
 }
 
@@ -279,16 +282,7 @@ async fn a_nodegroup_missing_in_aws_is_an_error_and_nothing_is_applied() {
         text.contains("eks/ml/nodegroup/gpu: not found in AWS") && text.contains("Terraform"),
         "{text}"
     );
-    let live = eks_client()
-        .await
-        .describe_nodegroup()
-        .cluster_name("ml")
-        .nodegroup_name("system")
-        .send()
-        .await
-        .unwrap()
-        .nodegroup
-        .unwrap();
+    let live = live_nodegroup().await;
     assert_eq!(
         live.scaling_config().unwrap().desired_size(),
         Some(1),
@@ -560,16 +554,7 @@ async fn throttling_is_retried_with_backoff() {
         "{\"left\": 0}",
         "all three throttles were met and retried"
     );
-    let live = eks_client()
-        .await
-        .describe_nodegroup()
-        .cluster_name("ml")
-        .nodegroup_name("system")
-        .send()
-        .await
-        .unwrap()
-        .nodegroup
-        .unwrap();
+    let live = live_nodegroup().await;
     assert_eq!(live.scaling_config().unwrap().desired_size(), Some(3));
 }
 
@@ -603,19 +588,7 @@ async fn ferry_run_applies_platform_yaml_and_reports_drift() {
         ),
     )
     .unwrap();
-    let ferry = {
-        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"));
-        cmd.args(["run", "--config"])
-            .arg(&config)
-            .env("AWS_ACCESS_KEY_ID", "testing")
-            .env("AWS_SECRET_ACCESS_KEY", "testing")
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::fs::File::create(tmp.path().join("ferry.log")).unwrap());
-        let child = cmd.spawn().unwrap();
-        wait_for_port(port, Duration::from_secs(10));
-        child
-    };
+    let ferry = spawn_ferry(&config, &tmp.path().join("ferry.log"), port, &aws_env());
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let status = || -> serde_json::Value {
         serde_json::from_str(&http_get(addr, "/api/v1/status/platform").1).unwrap_or_default()
@@ -704,16 +677,7 @@ async fn a_promotion_pull_request_is_previewed_against_aws_without_changing_it()
         ),
     )
     .unwrap();
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"));
-    cmd.args(["run", "--config"])
-        .arg(&config)
-        .env("AWS_ACCESS_KEY_ID", "testing")
-        .env("AWS_SECRET_ACCESS_KEY", "testing")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(tmp.path().join("ferry.log")).unwrap());
-    let ferry = cmd.spawn().unwrap();
-    wait_for_port(port, Duration::from_secs(10));
+    let ferry = spawn_ferry(&config, &tmp.path().join("ferry.log"), port, &aws_env());
     eventually(Duration::from_secs(30), "main applied and reported", || {
         (fake.states(&main, "ferry/platform") == ["pending", "success"]).then_some(())
     });

@@ -373,16 +373,7 @@ pub async fn apply(
                 .await
                 .map_err(|e| format!("UpdateNodegroupConfig: {}", describe(&e)))?
                 .update;
-            follow_update(
-                client,
-                cluster,
-                Some(nodegroup),
-                None,
-                update,
-                limits,
-                cancel,
-            )
-            .await
+            follow_nodegroup(client, cluster, nodegroup, update, limits, cancel).await
         }
         EksOp::NodegroupVersion {
             cluster,
@@ -400,16 +391,7 @@ pub async fn apply(
                 .await
                 .map_err(|e| format!("UpdateNodegroupVersion: {}", describe(&e)))?
                 .update;
-            follow_update(
-                client,
-                cluster,
-                Some(nodegroup),
-                None,
-                update,
-                limits,
-                cancel,
-            )
-            .await
+            follow_nodegroup(client, cluster, nodegroup, update, limits, cancel).await
         }
         EksOp::CreateAddon { cluster, addon } => {
             client
@@ -473,6 +455,26 @@ pub async fn apply(
             .await
         }
     }
+}
+
+async fn follow_nodegroup(
+    client: &Client,
+    cluster: &str,
+    nodegroup: &str,
+    update: Option<aws_sdk_eks::types::Update>,
+    limits: &Limits,
+    cancel: &AtomicBool,
+) -> Result<(), String> {
+    follow_update(
+        client,
+        cluster,
+        Some(nodegroup),
+        None,
+        update,
+        limits,
+        cancel,
+    )
+    .await
 }
 
 async fn follow_update(

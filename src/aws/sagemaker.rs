@@ -590,6 +590,68 @@ async fn wait_in_service(
     .await
 }
 
+/// One page of (name, ARN) pairs and the token of the next page.
+type Page = (Vec<(String, String)>, Option<String>);
+
+/// (name, ARN) of the endpoint configs or models whose name contains
+/// `endpoint`, every page; best effort (housekeeping only).
+async fn list_named(client: &Client, endpoint: &str, kind: &str) -> Vec<(String, String)> {
+    let mut all = Vec::new();
+    let mut token: Option<String> = None;
+    loop {
+        let page: Option<Page> = if kind == "config" {
+            client
+                .list_endpoint_configs()
+                .name_contains(endpoint)
+                .max_results(100)
+                .set_next_token(token.take())
+                .send()
+                .await
+                .ok()
+                .map(|out| {
+                    let items = out
+                        .endpoint_configs()
+                        .iter()
+                        .filter_map(|c| {
+                            Some((
+                                c.endpoint_config_name()?.to_string(),
+                                c.endpoint_config_arn()?.to_string(),
+                            ))
+                        })
+                        .collect();
+                    (items, out.next_token().map(str::to_string))
+                })
+        } else {
+            client
+                .list_models()
+                .name_contains(endpoint)
+                .max_results(100)
+                .set_next_token(token.take())
+                .send()
+                .await
+                .ok()
+                .map(|out| {
+                    let items = out
+                        .models()
+                        .iter()
+                        .filter_map(|m| {
+                            Some((m.model_name()?.to_string(), m.model_arn()?.to_string()))
+                        })
+                        .collect();
+                    (items, out.next_token().map(str::to_string))
+                })
+        };
+        let Some((items, next)) = page else {
+            return all;
+        };
+        all.extend(items);
+        match next {
+            Some(next) => token = Some(next),
+            None => return all,
+        }
+    }
+}
+
 /// Deletes ferry's models and configs of `endpoint` that are not in `keep`.
 /// Housekeeping: a failure is logged, never fails the deploy.
 async fn clean(
@@ -598,53 +660,8 @@ async fn clean(
     keep: &BTreeSet<String>,
     cleaned: &mut Vec<String>,
 ) {
-    let mut token = None;
-    let mut configs = Vec::new();
-    loop {
-        let Ok(out) = client
-            .list_endpoint_configs()
-            .name_contains(endpoint)
-            .max_results(100)
-            .set_next_token(token)
-            .send()
-            .await
-        else {
-            break;
-        };
-        configs.extend(out.endpoint_configs().iter().filter_map(|c| {
-            Some((
-                c.endpoint_config_name()?.to_string(),
-                c.endpoint_config_arn()?.to_string(),
-            ))
-        }));
-        token = out.next_token().map(str::to_string);
-        if token.is_none() {
-            break;
-        }
-    }
-    let mut token = None;
-    let mut models = Vec::new();
-    loop {
-        let Ok(out) = client
-            .list_models()
-            .name_contains(endpoint)
-            .max_results(100)
-            .set_next_token(token)
-            .send()
-            .await
-        else {
-            break;
-        };
-        models.extend(
-            out.models()
-                .iter()
-                .filter_map(|m| Some((m.model_name()?.to_string(), m.model_arn()?.to_string()))),
-        );
-        token = out.next_token().map(str::to_string);
-        if token.is_none() {
-            break;
-        }
-    }
+    let configs = list_named(client, endpoint, "config").await;
+    let models = list_named(client, endpoint, "model").await;
     for (kind, list) in [("config", configs), ("model", models)] {
         for (name, arn) in list {
             if keep.contains(&name) || !is_ferry_name(endpoint, &name) {
