@@ -583,7 +583,7 @@ sagemaker:
         );
         assert_eq!(
             p.sagemaker.unwrap().endpoints[0].variants[0].model_name,
-            "churn-classifier"
+            "diagnosis-classifier"
         );
     }
 
