@@ -228,6 +228,11 @@ impl Agent {
                 }
                 _ => None,
             };
+            #[cfg(feature = "aws")]
+            let has_aws = aws.is_some();
+            #[cfg(not(feature = "aws"))]
+            let has_aws = false;
+            metrics.init_source(&source.name, dags.is_some(), kube.is_some(), has_aws);
             workers.push(Arc::new(Worker {
                 source,
                 dags,
@@ -263,6 +268,14 @@ impl Agent {
                     .filter(|a| a.source == source_config.name),
                 cache_dir: config.cache_dir.clone(),
             }));
+        }
+        if reporter.is_some() {
+            let reporting: Vec<String> = workers
+                .iter()
+                .filter(|w| w.report.is_some())
+                .map(|w| w.source.name.clone())
+                .collect();
+            metrics.init_github(&reporting);
         }
         Ok(Agent {
             workers,

@@ -181,6 +181,58 @@ impl Metrics {
         })
     }
 
+    /// Creates a source's series at zero, so they exist from the start:
+    /// dashboards show 0 instead of "no data", and alerts need no `absent()`.
+    pub fn init_source(&self, source: &str, dags: bool, kube: bool, aws: bool) {
+        let labels = SourceLabels {
+            source: source.to_string(),
+        };
+        let _ = self.sync_duration.get_or_create(&labels);
+        let _ = self.fetch_duration.get_or_create(&labels);
+        let _ = self.consecutive_failures.get_or_create(&labels);
+        let _ = self.last_success.get_or_create(&labels);
+        for result in ["success", "unchanged"] {
+            let _ = self.syncs.get_or_create(&ResultLabels {
+                source: source.to_string(),
+                result: result.into(),
+            });
+        }
+        if dags {
+            for how in ["written", "linked"] {
+                let _ = self.files_published.get_or_create(&FileLabels {
+                    source: source.to_string(),
+                    how: how.into(),
+                });
+            }
+        }
+        if kube {
+            let _ = self.drift_objects.get_or_create(&labels);
+            let _ = self.kube_objects.get_or_create(&KubeObjectLabels {
+                source: source.to_string(),
+                status: "applied".into(),
+            });
+        }
+        if aws {
+            let _ = self.aws_drift.get_or_create(&labels);
+        }
+    }
+
+    /// The same for GitHub reporting and previews.
+    pub fn init_github(&self, sources: &[String]) {
+        for op in ["status", "deployment", "comment"] {
+            let _ = self.github_requests.get_or_create(&GithubLabels {
+                op: op.into(),
+                outcome: "ok".into(),
+            });
+        }
+        for source in sources {
+            let _ = self.previews.get_or_create(&ResultLabels {
+                source: source.clone(),
+                result: "success".into(),
+            });
+        }
+    }
+
     pub fn set_revision(&self, source: &str, revision: &str) {
         let labels = RevisionLabels {
             source: source.to_string(),

