@@ -703,7 +703,10 @@ async fn a_promotion_pull_request_is_previewed_against_aws_without_changing_it()
         "plan status on the PR head",
         || (fake.states(&head, "ferry/plan") == ["success"]).then_some(()),
     );
-    let body = fake.with(|f| f.comments[0].body.clone());
+    // The status goes out before the comment; wait for both.
+    let body = eventually(Duration::from_secs(10), "preview comment", || {
+        fake.with(|f| f.comments.first().map(|c| c.body.clone()))
+    });
     assert!(body.contains("| aws | 0 | 1 | 0 | 0 | 0 |"), "{body}");
     assert!(body.contains("~ sagemaker/endpoint/churn"), "{body}");
     assert!(

@@ -1,0 +1,14 @@
+variable "name" {
+  description = "Prefix of the repository names."
+  type        = string
+}
+
+variable "repositories" {
+  description = "Repository names (ferry, airflow-ml, mlflow-pyfunc)."
+  type        = list(string)
+}
+
+variable "kms_key_arn" {
+  description = "KMS key encrypting the images."
+  type        = string
+}

@@ -1,0 +1,142 @@
+"""Structure of terraform/, read with python-hcl2 (no provider download):
+encrypted, private buckets; no wildcard IAM; nodegroup sizes Terraform and
+ferry can both live with; every variable and output described."""
+
+import ast
+import glob
+import os
+import unittest
+
+import hcl2
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tf_files():
+    return sorted(glob.glob(os.path.join(ROOT, "**", "*.tf"), recursive=True))
+
+
+def load(path):
+    with open(path) as f:
+        return hcl2.load(f)
+
+
+def blocks(kind):
+    """(file, block) for every top-level block of `kind` in every file."""
+    for path in tf_files():
+        for block in load(path).get(kind, []):
+            yield os.path.relpath(path, ROOT), block
+
+
+def resources(rtype):
+    for path, block in blocks("resource"):
+        for name, body in block.get(rtype, {}).items():
+            yield path, name, body
+
+
+def policies():
+    """Every jsonencode(...) policy document in the code, as Python values."""
+    def walk(value):
+        if isinstance(value, str) and value.startswith("${jsonencode(") and value.endswith(")}"):
+            try:
+                yield ast.literal_eval(value[len("${jsonencode("):-2])
+            except (ValueError, SyntaxError):
+                pass
+        elif isinstance(value, dict):
+            for v in value.values():
+                yield from walk(v)
+        elif isinstance(value, list):
+            for v in value:
+                yield from walk(v)
+
+    for path in tf_files():
+        for doc in walk(load(path)):
+            if isinstance(doc, dict) and "Statement" in doc:
+                yield os.path.relpath(path, ROOT), doc
+
+
+def as_list(value):
+    return value if isinstance(value, list) else [value]
+
+
+class Buckets(unittest.TestCase):
+    def test_every_bucket_is_encrypted_versioned_and_private(self):
+        buckets = {(p, n) for p, n, _ in resources("aws_s3_bucket")}
+        self.assertGreaterEqual(len(buckets), 2)
+        for companion in (
+            "aws_s3_bucket_server_side_encryption_configuration",
+            "aws_s3_bucket_public_access_block",
+            "aws_s3_bucket_versioning",
+        ):
+            covered = {(p, b["bucket"][0].split(".")[1]) for p, _, b in resources(companion) if b["bucket"][0].startswith("${aws_s3_bucket.")}
+            self.assertEqual(buckets, covered, f"{companion} missing for {buckets - covered}")
+        for path, name, body in resources("aws_s3_bucket_public_access_block"):
+            for flag in ("block_public_acls", "block_public_policy", "ignore_public_acls", "restrict_public_buckets"):
+                self.assertEqual(body[flag], [True], f"{path}: {name}.{flag}")
+        for path, name, body in resources("aws_s3_bucket_server_side_encryption_configuration"):
+            algorithm = body["rule"][0]["apply_server_side_encryption_by_default"][0]["sse_algorithm"][0]
+            self.assertIn(algorithm, ("aws:kms", "AES256"), f"{path}: {name}")
+
+
+class Iam(unittest.TestCase):
+    def test_no_statement_grants_every_action_on_every_resource(self):
+        documents = list(policies())
+        self.assertGreaterEqual(len(documents), 6, "policies were found")
+        for path, doc in documents:
+            for st in as_list(doc["Statement"]):
+                if not isinstance(st, dict) or st.get("Effect") != "Allow":
+                    continue
+                actions = as_list(st.get("Action", []))
+                resources_ = as_list(st.get("Resource", []))
+                self.assertFalse(
+                    "*" in actions and "*" in resources_,
+                    f"{path}: statement {st.get('Sid', '')} allows * on *",
+                )
+                self.assertNotIn("iam:*", actions, f"{path}: {st.get('Sid', '')}")
+
+    def test_ferry_may_pass_only_the_sagemaker_execution_role(self):
+        docs = [d for p, d in policies() if p == "iam.tf"]
+        passes = [s for d in docs for s in as_list(d["Statement"]) if isinstance(s, dict) and "iam:PassRole" in as_list(s.get("Action"))]
+        self.assertEqual(len(passes), 1)
+        self.assertEqual(passes[0]["Resource"], "${aws_iam_role.sagemaker_execution.arn}")
+        self.assertEqual(passes[0]["Condition"]["StringEquals"]["iam:PassedToService"], "sagemaker.amazonaws.com")
+
+
+class Nodegroups(unittest.TestCase):
+    def test_default_sizes_are_consistent_and_system_exists(self):
+        variable = [b["nodegroups"] for p, b in blocks("variable") if p == "variables.tf" and "nodegroups" in b][0]
+        groups = variable["default"][0] if isinstance(variable["default"], list) else variable["default"]
+        self.assertIn("system", groups)
+        self.assertIn("cpu-training", groups)
+        for name, ng in groups.items():
+            self.assertTrue(0 <= ng["min_size"] <= ng["desired_size"] <= ng["max_size"], name)
+        self.assertTrue(groups["cpu-training"]["taints"], "the training nodegroup is tainted")
+
+    def test_terraform_leaves_scaling_to_ferry(self):
+        (_, _, body), = [r for r in resources("aws_eks_node_group")]
+        ignored = body["lifecycle"][0]["ignore_changes"][0]
+        self.assertIn("${scaling_config[0].desired_size}", ignored)
+
+
+class Documentation(unittest.TestCase):
+    def test_every_variable_and_output_is_described(self):
+        for kind in ("variable", "output"):
+            for path, block in blocks(kind):
+                for name, body in block.items():
+                    if name.startswith("__"):
+                        continue  # python-hcl2's line bookkeeping
+                    description = body.get("description")
+                    text = description[0] if isinstance(description, list) and description else description
+                    self.assertTrue(text and str(text).strip(), f"{path}: {kind} {name} has no description")
+
+    def test_versions_are_pinned(self):
+        (_, versions), = [(p, b) for p, b in blocks("terraform") if p == "versions.tf"]
+        providers = versions["required_providers"][0]
+        for name in ("aws", "kubernetes", "tls"):
+            provider = providers[name][0] if isinstance(providers[name], list) else providers[name]
+            self.assertRegex(provider["version"], r"^~> \d+\.\d+$", name)
+        self.assertTrue(versions["required_version"])
+
+
+if __name__ == "__main__":
+    unittest.main()

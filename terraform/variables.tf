@@ -1,0 +1,128 @@
+variable "name" {
+  description = "Name of the platform: prefix of every resource (cluster, buckets, roles)."
+  type        = string
+  default     = "ml-platform"
+  validation {
+    condition     = can(regex("^[a-z][a-z0-9-]{2,30}$", var.name))
+    error_message = "name must be 3-31 characters of a-z, 0-9 and -, starting with a letter."
+  }
+}
+
+variable "region" {
+  description = "AWS region of the whole platform."
+  type        = string
+  default     = "eu-west-1"
+  validation {
+    condition     = can(regex("^[a-z]{2}(-[a-z]+)+-[0-9]$", var.region))
+    error_message = "region must be an AWS region name such as eu-west-1."
+  }
+}
+
+variable "vpc_cidr" {
+  description = "CIDR block of the platform's VPC; split into public and private subnets per zone."
+  type        = string
+  default     = "10.40.0.0/16"
+  validation {
+    condition     = can(cidrnetmask(var.vpc_cidr)) && tonumber(split("/", var.vpc_cidr)[1]) <= 20
+    error_message = "vpc_cidr must be a valid IPv4 CIDR of /20 or larger."
+  }
+}
+
+variable "availability_zones" {
+  description = "Zones to spread subnets and nodes over (at least two, for EKS and RDS)."
+  type        = list(string)
+  default     = ["eu-west-1a", "eu-west-1b", "eu-west-1c"]
+  validation {
+    condition     = length(var.availability_zones) >= 2
+    error_message = "at least two availability zones are needed."
+  }
+}
+
+variable "kubernetes_version" {
+  description = "EKS Kubernetes version of the control plane and nodegroups."
+  type        = string
+  default     = "1.33"
+  validation {
+    condition     = can(regex("^1\\.[0-9]{2}$", var.kubernetes_version))
+    error_message = "kubernetes_version must look like 1.33."
+  }
+}
+
+variable "nodegroups" {
+  description = "Managed nodegroups. ferry manages desired_size afterwards (platform.yaml); Terraform sets it only at creation."
+  type = map(object({
+    instance_types = list(string)
+    min_size       = number
+    max_size       = number
+    desired_size   = number
+    labels         = map(string)
+    taints = list(object({
+      key    = string
+      value  = string
+      effect = string
+    }))
+  }))
+  default = {
+    system = {
+      instance_types = ["m6i.large"]
+      min_size       = 2
+      max_size       = 4
+      desired_size   = 2
+      labels         = { role = "system" }
+      taints         = []
+    }
+    cpu-training = {
+      instance_types = ["c6i.4xlarge"]
+      min_size       = 0
+      max_size       = 10
+      desired_size   = 0
+      labels         = { role = "training" }
+      taints         = [{ key = "dedicated", value = "training", effect = "NO_SCHEDULE" }]
+    }
+  }
+  validation {
+    condition = alltrue([
+      for ng in values(var.nodegroups) :
+      ng.min_size >= 0 && ng.min_size <= ng.desired_size && ng.desired_size <= ng.max_size && ng.max_size >= 1
+    ])
+    error_message = "every nodegroup needs 0 <= min_size <= desired_size <= max_size and max_size >= 1."
+  }
+  validation {
+    condition     = contains(keys(var.nodegroups), "system")
+    error_message = "a nodegroup named system is required (it runs ferry, Airflow and MLflow)."
+  }
+}
+
+variable "gpu_nodegroup" {
+  description = "Add a tainted GPU nodegroup (g5.xlarge, 0..4) for training."
+  type        = bool
+  default     = false
+}
+
+variable "db_instance_class" {
+  description = "RDS instance class of the Postgres that holds Airflow's and MLflow's metadata."
+  type        = string
+  default     = "db.t4g.medium"
+  validation {
+    condition     = startswith(var.db_instance_class, "db.")
+    error_message = "db_instance_class must be an RDS instance class (db.*)."
+  }
+}
+
+variable "ferry_image" {
+  description = "ferry's container image (pushed to the ferry ECR repository by this repo's image workflow)."
+  type        = string
+  default     = "ghcr.io/ferry-dev/ferry:0.1.0"
+}
+
+variable "bootstrap_ferry" {
+  description = "Apply deploy/ (ferry itself) once the cluster exists; ferry then takes over the platform."
+  type        = bool
+  default     = true
+}
+
+variable "tags" {
+  description = "Tags on every AWS resource."
+  type        = map(string)
+  default     = {}
+}
