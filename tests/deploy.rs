@@ -88,23 +88,7 @@ async fn the_deploy_base_is_accepted_by_the_apiserver() {
         )
         .await
         .unwrap();
-    let mut config = kube_target("ferry", false);
-    config.prune = false;
-    let plan =
-        ferry::kubernetes::plan_revision(&client, "deploy", "rendered", &config, Ok(manifests))
-            .await
-            .unwrap();
-    assert!(plan.errors.is_empty(), "{:#?}", plan.errors);
-    let refused: Vec<String> = plan
-        .objects
-        .iter()
-        .filter_map(|o| Some(format!("{}: {}", o.id, o.error.as_ref()?)))
-        .collect();
-    assert!(
-        refused.is_empty(),
-        "the API server refused:\n{}",
-        refused.join("\n")
-    );
+    let plan = assert_dry_run_accepted(&client, "ferry", manifests).await;
     let kinds: BTreeSet<String> = plan.objects.iter().map(|o| o.id.kind.clone()).collect();
     for kind in [
         "Deployment",

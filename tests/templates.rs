@@ -263,28 +263,7 @@ async fn the_platform_template_is_accepted_by_the_apiserver() {
             .await
             .unwrap();
     }
-    let mut config = kube_target("default", false);
-    config.prune = false;
-    let plan = ferry::kubernetes::plan_revision(
-        &client,
-        "template",
-        &commit.to_string(),
-        &config,
-        Ok(manifests),
-    )
-    .await
-    .unwrap();
-    assert!(plan.errors.is_empty(), "{:#?}", plan.errors);
-    let refused: Vec<String> = plan
-        .objects
-        .iter()
-        .filter_map(|o| Some(format!("{}: {}", o.id, o.error.as_ref()?)))
-        .collect();
-    assert!(
-        refused.is_empty(),
-        "the API server refused:\n{}",
-        refused.join("\n")
-    );
+    let plan = assert_dry_run_accepted(&client, "default", manifests).await;
     assert!(plan.objects.len() >= 30, "{}", plan.objects.len());
     assert!(
         plan.objects.iter().all(|o| o.note.is_none()),

@@ -664,3 +664,29 @@ pub fn proc_mib(pid: u32, key: &str) -> f64 {
         .and_then(|v| v.parse::<f64>().ok())
         .map_or(f64::NAN, |kib| kib / 1024.0)
 }
+
+/// Dry-runs `manifests` (server-side apply, nothing written) on the test
+/// apiserver and fails the test on any refusal; returns the plan.
+pub async fn assert_dry_run_accepted(
+    client: &kube::Client,
+    default_namespace: &str,
+    manifests: Vec<ferry::desired::manifests::Manifest>,
+) -> ferry::kubernetes::plan::Plan {
+    let mut config = kube_target(default_namespace, false);
+    config.prune = false;
+    let plan = ferry::kubernetes::plan_revision(client, "check", "rev", &config, Ok(manifests))
+        .await
+        .unwrap();
+    assert!(plan.errors.is_empty(), "{:#?}", plan.errors);
+    let refused: Vec<String> = plan
+        .objects
+        .iter()
+        .filter_map(|o| Some(format!("{}: {}", o.id, o.error.as_ref()?)))
+        .collect();
+    assert!(
+        refused.is_empty(),
+        "the API server refused:\n{}",
+        refused.join("\n")
+    );
+    plan
+}
