@@ -129,6 +129,20 @@ fn oid(n: u8) -> git2::Oid {
     git2::Oid::from_bytes(&[n; 20]).unwrap()
 }
 
+/// Applies revision `n` and asserts every change succeeded.
+async fn apply_ok(
+    target: &mut AwsTarget,
+    n: u8,
+    platform: Result<Option<platform::Platform>, Vec<platform::PlatformError>>,
+) -> ferry::aws::AwsOutcome {
+    let outcome = target
+        .apply(oid(n), platform, &AtomicBool::new(false))
+        .await
+        .unwrap();
+    assert!(outcome.succeeded(), "{:?}", outcome.results);
+    outcome
+}
+
 fn provenance(n: u8) -> Provenance {
     Provenance {
         source: "platform".into(),
@@ -185,15 +199,12 @@ async fn nodegroup_and_addon_changes_are_planned_then_applied() {
     );
 
     let mut target = AwsTarget::new("platform", "acme/platform", config.clone());
-    let outcome = target
-        .apply(
-            oid(1),
-            parse(&eks_yaml("{min: 1, max: 4, desired: 2}", "")),
-            &AtomicBool::new(false),
-        )
-        .await
-        .unwrap();
-    assert!(outcome.succeeded(), "{:?}", outcome.results);
+    apply_ok(
+        &mut target,
+        1,
+        parse(&eks_yaml("{min: 1, max: 4, desired: 2}", "")),
+    )
+    .await;
     let live = live_nodegroup().await;
     let s = live.scaling_config().unwrap();
     assert_eq!(
@@ -360,15 +371,12 @@ async fn sagemaker_endpoints_deploy_update_reweight_fail_safely_and_prune() {
     );
 
     // Create: hashed model and config, tagged with repo and commit.
-    let outcome = target
-        .apply(
-            oid(1),
-            parse(&sagemaker_yaml(&[("churn", "1", 1.0), ("fraud", "7", 1.0)])),
-            &no,
-        )
-        .await
-        .unwrap();
-    assert!(outcome.succeeded(), "{:?}", outcome.results);
+    apply_ok(
+        &mut target,
+        1,
+        parse(&sagemaker_yaml(&[("churn", "1", 1.0), ("fraud", "7", 1.0)])),
+    )
+    .await;
     let (config1, image) = serving("churn").await;
     assert!(
         image.ends_with("churn:1")
@@ -409,15 +417,12 @@ async fn sagemaker_endpoints_deploy_update_reweight_fail_safely_and_prune() {
     assert!(tags.contains(&("ferry.dev/commit".to_string(), oid(1).to_string())));
 
     // New image: new model and config, UpdateEndpoint, the old ones cleaned up.
-    let outcome = target
-        .apply(
-            oid(2),
-            parse(&sagemaker_yaml(&[("churn", "2", 1.0), ("fraud", "7", 1.0)])),
-            &no,
-        )
-        .await
-        .unwrap();
-    assert!(outcome.succeeded(), "{:?}", outcome.results);
+    let outcome = apply_ok(
+        &mut target,
+        2,
+        parse(&sagemaker_yaml(&[("churn", "2", 1.0), ("fraud", "7", 1.0)])),
+    )
+    .await;
     let (config2, image) = serving("churn").await;
     assert!(image.ends_with("churn:2") && config2 != config1);
     assert!(
@@ -540,15 +545,12 @@ async fn throttling_is_retried_with_backoff() {
     let (code, _) = moto.post("/ferry-test/throttle?count=3");
     assert_eq!(code, 200);
     let mut target = AwsTarget::new("platform", "acme/platform", target_config(&moto.url, false));
-    let outcome = target
-        .apply(
-            oid(1),
-            parse(&eks_yaml("{min: 1, max: 4, desired: 3}", "")),
-            &AtomicBool::new(false),
-        )
-        .await
-        .unwrap();
-    assert!(outcome.succeeded(), "{:?}", outcome.results);
+    apply_ok(
+        &mut target,
+        1,
+        parse(&eks_yaml("{min: 1, max: 4, desired: 3}", "")),
+    )
+    .await;
     assert_eq!(
         moto.get("/ferry-test/throttle").1,
         "{\"left\": 0}",
