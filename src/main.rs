@@ -107,6 +107,9 @@ enum Command {
         revision: Option<String>,
         #[arg(long, value_enum, default_value = "text")]
         output: OutputFormat,
+        /// Which target to plan; default: kubernetes if configured, else aws.
+        #[arg(long, value_enum)]
+        target: Option<PlanTarget>,
     },
     /// Fetch one ref and publish its DAGs once (for init containers).
     #[command(
@@ -151,6 +154,12 @@ struct PublishDagsArgs {
     ssh_key_file: Option<PathBuf>,
     #[arg(long)]
     known_hosts_file: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum PlanTarget {
+    Kubernetes,
+    Aws,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -273,10 +282,22 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             ref config,
             ref revision,
             output,
+            target,
         } => {
             let config = Config::load(config)?;
             log(config.log.format, &config.log.level);
-            plan_cmd(config, revision.clone(), output).await
+            let target = target.unwrap_or(if config.targets.kubernetes.is_some() {
+                PlanTarget::Kubernetes
+            } else {
+                PlanTarget::Aws
+            });
+            match target {
+                PlanTarget::Kubernetes => plan_cmd(config, revision.clone(), output).await,
+                #[cfg(feature = "aws")]
+                PlanTarget::Aws => plan_aws_cmd(config, revision.clone(), output).await,
+                #[cfg(not(feature = "aws"))]
+                PlanTarget::Aws => anyhow::bail!("this ferry was built without the `aws` feature"),
+            }
         }
         Command::PublishDags(ref args) => {
             log(LogFormat::Text, "info");
@@ -579,25 +600,79 @@ fn validate_checkout(dir: &Path, manifests: &str, platform: &str) -> anyhow::Res
     }
 }
 
-async fn plan_cmd(
+/// `ferry plan --target aws`: platform.yaml at a revision against AWS.
+#[cfg(feature = "aws")]
+async fn plan_aws_cmd(
     config: Config,
     revision: Option<String>,
     output: OutputFormat,
 ) -> anyhow::Result<ExitCode> {
     let target = config
         .targets
-        .kubernetes
+        .aws
         .clone()
-        .context("the config has no targets.kubernetes: nothing to plan")?;
+        .context("the config has no targets.aws: nothing to plan")?;
     let source_config = config
         .source(&target.source)
         .cloned()
-        .context("targets.kubernetes.source names no source")?;
+        .context("targets.aws.source names no source")?;
+    let file = target.file.clone();
+    let (commit, platform) =
+        fetch_revision(&config, &source_config, revision, move |repo, commit| {
+            ferry::desired::platform::read_mirror(repo.path(), commit, &file)
+        })
+        .await?;
+    let platform = match platform {
+        Ok(Some(p)) => p,
+        Ok(None) => {
+            println!(
+                "{} is absent at {commit}: nothing declared, nothing to plan",
+                target.file
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
+        Err(errors) => {
+            for e in &errors {
+                eprintln!("error: {e}");
+            }
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let provenance = ferry::aws::Provenance {
+        source: source_config.name.clone(),
+        repo: source_config
+            .github_repo()
+            .unwrap_or_else(|| source_config.url.clone()),
+        commit: commit.to_string(),
+    };
+    let clients = ferry::aws::clients(&platform, &target).await;
+    let plan = ferry::aws::plan(&clients, &platform, &provenance, target.prune)
+        .await
+        .context("cannot plan against AWS")?;
+    match output {
+        OutputFormat::Text => print!("{}", plan.render_text()),
+        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&plan)?),
+    }
+    Ok(if plan.errors.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// Fetches `revision` (default: the tracked branch) of a source into its
+/// mirror and reads what `read` wants from that commit.
+async fn fetch_revision<T: Send + 'static>(
+    config: &Config,
+    source_config: &ferry::config::SourceConfig,
+    revision: Option<String>,
+    read: impl FnOnce(&git2::Repository, git2::Oid) -> T + Send + 'static,
+) -> anyhow::Result<(git2::Oid, T)> {
+    let source_config = source_config.clone();
     std::fs::create_dir_all(&config.cache_dir)
         .with_context(|| format!("cannot create cache_dir {}", config.cache_dir.display()))?;
     let cache_dir = config.cache_dir.clone();
-    let path = target.path.clone();
-    let (commit, manifests) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+    tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
         ferry::source::set_network_timeouts(Duration::from_secs(30), source_config.timeout);
         let source = GitSource::new(&source_config, &cache_dir);
         let cancel = AtomicBool::new(false);
@@ -614,10 +689,32 @@ async fn plan_cmd(
             Some(branch) => source.fetch_ref(&format!("refs/heads/{branch}"), "refs/ferry/plan", &cancel)?.commit,
         };
         let repo = source.open()?;
-        Ok((commit, ferry::desired::manifests::read(&repo, commit, &path)))
+        Ok((commit, read(&repo, commit)))
     })
     .await
-    .context("fetch task failed")??;
+    .context("fetch task failed")?
+}
+
+async fn plan_cmd(
+    config: Config,
+    revision: Option<String>,
+    output: OutputFormat,
+) -> anyhow::Result<ExitCode> {
+    let target = config
+        .targets
+        .kubernetes
+        .clone()
+        .context("the config has no targets.kubernetes: nothing to plan")?;
+    let source_config = config
+        .source(&target.source)
+        .cloned()
+        .context("targets.kubernetes.source names no source")?;
+    let path = target.path.clone();
+    let (commit, manifests) =
+        fetch_revision(&config, &source_config, revision, move |repo, commit| {
+            ferry::desired::manifests::read(repo, commit, &path)
+        })
+        .await?;
     let client = ferry::kubernetes::client::connect(target.kubeconfig.as_deref()).await?;
     let plan = ferry::kubernetes::plan_revision(
         &client,

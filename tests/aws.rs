@@ -721,3 +721,70 @@ async fn a_promotion_pull_request_is_previewed_against_aws_without_changing_it()
     stop_ferry(ferry);
     fake.assert_nothing_rejected();
 }
+
+/// `ferry plan --target aws`: what a revision's platform.yaml would change,
+/// read from AWS, text and JSON, nothing applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ferry_plan_shows_the_aws_plan_without_applying_it() {
+    let moto = moto();
+    let _guard = moto.lock().await;
+    credentials();
+    terraform_cluster().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = Repo::new(tmp.path(), "platform");
+    repo.commit(
+        &[(
+            "platform.yaml",
+            Some(&eks_yaml("{min: 1, max: 4, desired: 2}", "")),
+        )],
+        "platform",
+    );
+    let config = tmp.path().join("ferry.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "cache_dir: {cache}\nsources:\n  - name: platform\n    url: {url}\n\
+             targets:\n  aws:\n    source: platform\n    region: {REGION}\n    endpoint_url: {endpoint}\n",
+            cache = tmp.path().join("cache").display(),
+            url = repo.bare.display(),
+            endpoint = moto.url,
+        ),
+    )
+    .unwrap();
+    let plan = |format: &str| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+            .args(["plan", "--target", "aws", "--output", format, "--config"])
+            .arg(&config)
+            .envs(aws_env())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let text = plan("text");
+    assert!(
+        text.contains("1 to create, 1 to update, 0 to delete"),
+        "{text}"
+    );
+    assert!(text.contains("~ eks/ml/nodegroup/system\n    scaling: min 1, max 3, desired 1 -> min 1, max 4, desired 2"), "{text}");
+    assert!(text.contains("+ eks/ml/addon/vpc-cni"), "{text}");
+    assert!(
+        text.contains("# not applied: eks/ml/nodegroup/system: version differs"),
+        "{text}"
+    );
+    let json: serde_json::Value = serde_json::from_str(&plan("json")).unwrap();
+    assert_eq!(json["changes"][0]["resource"], "eks/ml/nodegroup/system");
+    assert_eq!(
+        live_nodegroup()
+            .await
+            .scaling_config()
+            .unwrap()
+            .desired_size(),
+        Some(1),
+        "a plan applies nothing"
+    );
+}

@@ -81,6 +81,40 @@ pub struct AwsPlan {
     pub unchanged: usize,
 }
 
+impl AwsPlan {
+    /// A human plan, as `ferry plan --target aws` prints it.
+    pub fn render_text(&self) -> String {
+        let count = |a: Action| self.changes.iter().filter(|c| c.action == a).count();
+        let mut out = format!(
+            "Plan for target `aws` at {}: {} to create, {} to update, {} to delete, {} unchanged, {} error(s)\n",
+            &self.revision[..self.revision.len().min(12)],
+            count(Action::Create),
+            count(Action::Update),
+            count(Action::Delete),
+            self.unchanged,
+            self.errors.len()
+        );
+        for e in &self.errors {
+            out.push_str(&format!("! {e}\n"));
+        }
+        for c in &self.changes {
+            let mark = match c.action {
+                Action::Create => '+',
+                Action::Update => '~',
+                Action::Delete => '-',
+            };
+            out.push_str(&format!("{mark} {}\n", c.resource));
+            for f in &c.fields {
+                out.push_str(&format!("    {}: {} -> {}\n", f.field, f.before, f.after));
+            }
+        }
+        for d in &self.drift {
+            out.push_str(&format!("# not applied: {d}\n"));
+        }
+        out
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct ChangeResult {
     pub resource: String,
