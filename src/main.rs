@@ -612,16 +612,15 @@ async fn plan_aws_cmd(
         .aws
         .clone()
         .context("the config has no targets.aws: nothing to plan")?;
-    let source_config = config
-        .source(&target.source)
-        .cloned()
-        .context("targets.aws.source names no source")?;
+    let source_config = source_of(&config, &target.source, "targets.aws")?;
     let file = target.file.clone();
-    let (commit, platform) =
-        fetch_revision(&config, &source_config, revision, move |repo, commit| {
-            ferry::desired::platform::read_mirror(repo.path(), commit, &file)
-        })
-        .await?;
+    let (commit, platform) = fetch_revision(
+        &config,
+        source_config.clone(),
+        revision,
+        move |repo, commit| ferry::desired::platform::read_mirror(repo.path(), commit, &file),
+    )
+    .await?;
     let platform = match platform {
         Ok(Some(p)) => p,
         Ok(None) => {
@@ -660,15 +659,26 @@ async fn plan_aws_cmd(
     })
 }
 
+/// The source a target names (`key` is the target's config path).
+fn source_of(
+    config: &Config,
+    name: &str,
+    key: &str,
+) -> anyhow::Result<ferry::config::SourceConfig> {
+    config
+        .source(name)
+        .cloned()
+        .with_context(|| format!("{key}.source names no source"))
+}
+
 /// Fetches `revision` (default: the tracked branch) of a source into its
 /// mirror and reads what `read` wants from that commit.
 async fn fetch_revision<T: Send + 'static>(
     config: &Config,
-    source_config: &ferry::config::SourceConfig,
+    source_config: ferry::config::SourceConfig,
     revision: Option<String>,
     read: impl FnOnce(&git2::Repository, git2::Oid) -> T + Send + 'static,
 ) -> anyhow::Result<(git2::Oid, T)> {
-    let source_config = source_config.clone();
     std::fs::create_dir_all(&config.cache_dir)
         .with_context(|| format!("cannot create cache_dir {}", config.cache_dir.display()))?;
     let cache_dir = config.cache_dir.clone();
@@ -705,13 +715,10 @@ async fn plan_cmd(
         .kubernetes
         .clone()
         .context("the config has no targets.kubernetes: nothing to plan")?;
-    let source_config = config
-        .source(&target.source)
-        .cloned()
-        .context("targets.kubernetes.source names no source")?;
+    let source_config = source_of(&config, &target.source, "targets.kubernetes")?;
     let path = target.path.clone();
     let (commit, manifests) =
-        fetch_revision(&config, &source_config, revision, move |repo, commit| {
+        fetch_revision(&config, source_config, revision, move |repo, commit| {
             ferry::desired::manifests::read(repo, commit, &path)
         })
         .await?;
