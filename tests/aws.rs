@@ -334,6 +334,33 @@ async fn serving(name: &str) -> (String, String) {
     (config, image)
 }
 
+async fn endpoint_arn(name: &str) -> String {
+    sagemaker_client()
+        .await
+        .describe_endpoint()
+        .endpoint_name(name)
+        .send()
+        .await
+        .unwrap()
+        .endpoint_arn()
+        .unwrap()
+        .to_string()
+}
+
+async fn endpoint_tags(name: &str) -> std::collections::BTreeMap<String, String> {
+    sagemaker_client()
+        .await
+        .list_tags()
+        .resource_arn(endpoint_arn(name).await)
+        .send()
+        .await
+        .unwrap()
+        .tags()
+        .iter()
+        .map(|t| (t.key().unwrap().to_string(), t.value().unwrap().to_string()))
+        .collect()
+}
+
 async fn names(kind: &str) -> Vec<String> {
     let sm = sagemaker_client().await;
     let mut out: Vec<String> = if kind == "model" {
@@ -385,36 +412,15 @@ async fn sagemaker_endpoints_deploy_update_reweight_fail_safely_and_prune() {
         "{config1}"
     );
     let sm = sagemaker_client().await;
-    let arn = sm
-        .describe_endpoint()
-        .endpoint_name("churn")
-        .send()
-        .await
-        .unwrap()
-        .endpoint_arn()
-        .unwrap()
-        .to_string();
-    let tags: Vec<(String, String)> = sm
-        .list_tags()
-        .resource_arn(&arn)
-        .send()
-        .await
-        .unwrap()
-        .tags()
-        .iter()
-        .map(|t| (t.key().unwrap().to_string(), t.value().unwrap().to_string()))
-        .collect();
-    for want in [
+    let tags = endpoint_tags("churn").await;
+    for (key, value) in [
         ("ferry.dev/managed", "true"),
         ("ferry.dev/repo", "acme/platform"),
         ("team", "ds"),
     ] {
-        assert!(
-            tags.contains(&(want.0.to_string(), want.1.to_string())),
-            "{tags:?}"
-        );
+        assert_eq!(tags.get(key).map(String::as_str), Some(value), "{tags:?}");
     }
-    assert!(tags.contains(&("ferry.dev/commit".to_string(), oid(1).to_string())));
+    assert_eq!(tags.get("ferry.dev/commit"), Some(&oid(1).to_string()));
 
     // New image: new model and config, UpdateEndpoint, the old ones cleaned up.
     let outcome = apply_ok(
@@ -533,6 +539,82 @@ async fn sagemaker_endpoints_deploy_update_reweight_fail_safely_and_prune() {
             .unwrap()
             .endpoints()
             .is_empty()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoint_tags_follow_git_and_the_serving_config_stays() {
+    let _moto = moto().lock().await;
+    credentials();
+    let mut target = AwsTarget::new(
+        "platform",
+        "acme/platform",
+        target_config(&moto().url, false),
+    );
+    let yaml = sagemaker_yaml(&[("churn", "1", 1.0)]);
+    apply_ok(&mut target, 1, parse(&yaml)).await;
+    let (config, image) = serving("churn").await;
+    // Someone tags the endpoint by hand; git owns the tags of endpoints
+    // ferry created, so the next change removes it.
+    sagemaker_client()
+        .await
+        .add_tags()
+        .resource_arn(endpoint_arn("churn").await)
+        .tags(
+            aws_sdk_sagemaker::types::Tag::builder()
+                .key("owner")
+                .value("someone")
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+
+    let retagged =
+        parse(&yaml.replace("tags: {team: ds}", "tags: {team: ml, cost-center: \"42\"}"))
+            .unwrap()
+            .unwrap();
+    let clients = aws::clients(&retagged, &target.config).await;
+    let plan = aws::plan(&clients, &retagged, &provenance(2), false)
+        .await
+        .unwrap();
+    assert_eq!(plan.changes.len(), 1, "{}", plan.render_text());
+    let fields: Vec<(&str, &str, &str)> = plan.changes[0]
+        .fields
+        .iter()
+        .map(|f| (f.field.as_str(), f.before.as_str(), f.after.as_str()))
+        .collect();
+    assert_eq!(
+        fields,
+        [
+            ("tags.cost-center", "", "42"),
+            ("tags.team", "ds", "ml"),
+            ("tags.owner", "someone", ""),
+        ]
+    );
+    apply_ok(&mut target, 2, Ok(Some(retagged.clone()))).await;
+
+    let tags = endpoint_tags("churn").await;
+    assert_eq!(tags.get("team").map(String::as_str), Some("ml"));
+    assert_eq!(tags.get("cost-center").map(String::as_str), Some("42"));
+    assert!(!tags.contains_key("owner"), "{tags:?}");
+    assert_eq!(
+        tags.get("ferry.dev/managed").map(String::as_str),
+        Some("true")
+    );
+    assert_eq!(tags.get("ferry.dev/commit"), Some(&oid(1).to_string()));
+    assert_eq!(
+        serving("churn").await,
+        (config, image),
+        "no new config for tags"
+    );
+    let plan = aws::plan(&clients, &retagged, &provenance(3), false)
+        .await
+        .unwrap();
+    assert!(
+        plan.changes.is_empty() && plan.unchanged == 1,
+        "{}",
+        plan.render_text()
     );
 }
 

@@ -1,8 +1,9 @@
 //! SageMaker endpoints. Models and endpoint configs are immutable, so ferry
 //! names them by a hash of their spec (`<endpoint>-<hash8>`): a new image or
 //! model artifact is a new model and config, deployed with CreateEndpoint or
-//! UpdateEndpoint and followed to `InService`. A weight- or count-only
-//! change keeps the config and uses UpdateEndpointWeightsAndCapacities. On
+//! UpdateEndpoint and followed to `InService`. A weight-, count- or
+//! tag-only change keeps the config (UpdateEndpointWeightsAndCapacities,
+//! AddTags/DeleteTags). On
 //! failure SageMaker keeps the previous config serving and ferry reports the
 //! `FailureReason`; only after success are ferry's unreferenced models and
 //! configs (tagged `ferry.dev/managed=true`) deleted.
@@ -19,7 +20,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use super::{Action, AwsError, AwsPlan, Change, FieldChange, Limits, Op, Provenance, describe};
-use crate::desired::platform::Endpoint;
+use crate::desired::platform::{Endpoint, reserved_tag_key};
 
 pub const MANAGED_TAG: &str = "ferry.dev/managed";
 
@@ -41,14 +42,70 @@ pub enum SageMakerOp {
         variant_models: BTreeMap<String, String>,
         config_name: String,
         create: bool,
+        /// Tag edits on the live endpoint (empty when creating it).
+        tags: TagSync,
     },
-    Weights {
+    /// Same config: new weights or counts, new tags, or both.
+    Update {
         endpoint: String,
-        variants: Vec<(String, f32, i32)>,
+        arn: String,
+        /// (variant, weight, count); `None` when they already match.
+        weights: Option<Vec<(String, f32, i32)>>,
+        tags: TagSync,
     },
     Delete {
         endpoint: String,
     },
+}
+
+/// Tag edits for a live endpoint. git owns an endpoint's tags except AWS's
+/// reserved `aws:` keys and ferry's own `ferry.dev/` provenance. Keys git no
+/// longer declares are removed only from endpoints ferry created: an endpoint
+/// ferry adopted keeps the tags others gave it, since ferry cannot tell those
+/// from ones git once declared.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TagSync {
+    pub set: BTreeMap<String, String>,
+    pub remove: Vec<String>,
+}
+
+impl TagSync {
+    pub fn between(declared: &BTreeMap<String, String>, live: &BTreeMap<String, String>) -> Self {
+        let set = declared
+            .iter()
+            .filter(|(k, v)| live.get(*k) != Some(*v))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let created_by_ferry = live.get(MANAGED_TAG).map(String::as_str) == Some("true");
+        let remove = if created_by_ferry {
+            live.keys()
+                .filter(|k| !reserved_tag_key(k) && !declared.contains_key(*k))
+                .cloned()
+                .collect()
+        } else {
+            Vec::new()
+        };
+        TagSync { set, remove }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty() && self.remove.is_empty()
+    }
+
+    fn fields(&self, live: &BTreeMap<String, String>) -> impl Iterator<Item = FieldChange> + '_ {
+        let before = |k: &str| live.get(k).cloned().unwrap_or_default();
+        let set: Vec<FieldChange> = self
+            .set
+            .iter()
+            .map(|(k, v)| field(&format!("tags.{k}"), &before(k), v))
+            .collect();
+        let removed: Vec<FieldChange> = self
+            .remove
+            .iter()
+            .map(|k| field(&format!("tags.{k}"), &before(k), ""))
+            .collect();
+        set.into_iter().chain(removed)
+    }
 }
 
 fn hash8(value: &impl Serialize) -> String {
@@ -164,6 +221,7 @@ pub async fn plan(
                             variant_models,
                             config_name,
                             create: true,
+                            tags: TagSync::default(),
                         }),
                     });
                     continue;
@@ -173,10 +231,14 @@ pub async fn plan(
                 )));
             }
         };
+        let arn = live.endpoint_arn().unwrap_or_default().to_string();
+        let live_tags = tags_of(client, &arn).await?;
+        let tags = TagSync::between(&endpoint.tags, &live_tags);
         let live_config = live.endpoint_config_name().unwrap_or_default().to_string();
         if live_config != config_name {
             let mut fields = vec![field("endpoint_config", &live_config, &config_name)];
             fields.extend(variant_changes(client, &live_config, endpoint).await);
+            fields.extend(tags.fields(&live_tags));
             plan.changes.push(Change {
                 resource,
                 action: Action::Update,
@@ -187,6 +249,7 @@ pub async fn plan(
                     variant_models,
                     config_name,
                     create: false,
+                    tags,
                 }),
             });
             continue;
@@ -222,6 +285,14 @@ pub async fn plan(
                 ));
             }
         }
+        let weights = (!fields.is_empty()).then(|| {
+            endpoint
+                .variants
+                .iter()
+                .map(|v| (v.name.clone(), v.weight, v.initial_instance_count))
+                .collect()
+        });
+        fields.extend(tags.fields(&live_tags));
         if fields.is_empty() {
             plan.unchanged += 1;
         } else {
@@ -229,13 +300,11 @@ pub async fn plan(
                 resource,
                 action: Action::Update,
                 fields,
-                op: Op::SageMaker(SageMakerOp::Weights {
+                op: Op::SageMaker(SageMakerOp::Update {
                     endpoint: endpoint.name.clone(),
-                    variants: endpoint
-                        .variants
-                        .iter()
-                        .map(|v| (v.name.clone(), v.weight, v.initial_instance_count))
-                        .collect(),
+                    arn,
+                    weights,
+                    tags,
                 }),
             });
         }
@@ -415,6 +484,7 @@ pub async fn apply(
             variant_models,
             config_name,
             create,
+            tags: tag_sync,
         } => {
             let tags = tags(provenance, endpoint);
             for model in models {
@@ -527,27 +597,34 @@ pub async fn apply(
                 .chain(std::iter::once(config_name.clone()))
                 .collect();
             clean(client, &endpoint.name, &keep, cleaned).await;
-            Ok(())
+            let arn = settled.endpoint_arn().unwrap_or_default();
+            sync_tags(client, arn, tag_sync).await
         }
-        SageMakerOp::Weights { endpoint, variants } => {
-            let mut call = client
-                .update_endpoint_weights_and_capacities()
-                .endpoint_name(endpoint);
-            for (name, weight, count) in variants {
-                call = call.desired_weights_and_capacities(
-                    DesiredWeightAndCapacity::builder()
-                        .variant_name(name)
-                        .desired_weight(*weight)
-                        .desired_instance_count(*count)
-                        .build(),
-                );
+        SageMakerOp::Update {
+            endpoint,
+            arn,
+            weights,
+            tags,
+        } => {
+            if let Some(variants) = weights {
+                let mut call = client
+                    .update_endpoint_weights_and_capacities()
+                    .endpoint_name(endpoint);
+                for (name, weight, count) in variants {
+                    call = call.desired_weights_and_capacities(
+                        DesiredWeightAndCapacity::builder()
+                            .variant_name(name)
+                            .desired_weight(*weight)
+                            .desired_instance_count(*count)
+                            .build(),
+                    );
+                }
+                call.send()
+                    .await
+                    .map_err(|e| format!("UpdateEndpointWeightsAndCapacities: {}", describe(&e)))?;
+                wait_in_service(client, endpoint, limits, cancel).await?;
             }
-            call.send()
-                .await
-                .map_err(|e| format!("UpdateEndpointWeightsAndCapacities: {}", describe(&e)))?;
-            wait_in_service(client, endpoint, limits, cancel)
-                .await
-                .map(|_| ())
+            sync_tags(client, arn, tags).await
         }
         SageMakerOp::Delete { endpoint } => {
             client
@@ -560,6 +637,34 @@ pub async fn apply(
             Ok(())
         }
     }
+}
+
+/// Either call failing leaves a difference that the next plan shows again.
+async fn sync_tags(client: &Client, arn: &str, sync: &TagSync) -> Result<(), String> {
+    if !sync.remove.is_empty() {
+        client
+            .delete_tags()
+            .resource_arn(arn)
+            .set_tag_keys(Some(sync.remove.clone()))
+            .send()
+            .await
+            .map_err(|e| format!("DeleteTags {arn}: {}", describe(&e)))?;
+    }
+    if !sync.set.is_empty() {
+        let tags = sync
+            .set
+            .iter()
+            .map(|(k, v)| Tag::builder().key(k).value(v).build())
+            .collect();
+        client
+            .add_tags()
+            .resource_arn(arn)
+            .set_tags(Some(tags))
+            .send()
+            .await
+            .map_err(|e| format!("AddTags {arn}: {}", describe(&e)))?;
+    }
+    Ok(())
 }
 
 /// Follows an endpoint until it leaves its transitional states. `Failed`
@@ -722,6 +827,43 @@ mod tests {
             data_capture: DataCapture::default(),
             tags: BTreeMap::new(),
         }
+    }
+
+    fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn git_owns_the_tags_of_endpoints_ferry_created_except_reserved_ones() {
+        let declared = map(&[("team", "ml"), ("cost-center", "42")]);
+        let live = map(&[
+            ("team", "ds"),
+            ("owner", "someone"),
+            ("aws:cloudformation:stack", "s"),
+            (MANAGED_TAG, "true"),
+            ("ferry.dev/commit", "abc"),
+        ]);
+        let sync = TagSync::between(&declared, &live);
+        assert_eq!(sync.set, map(&[("team", "ml"), ("cost-center", "42")]));
+        assert_eq!(sync.remove, ["owner"]);
+        let fields: Vec<(String, String, String)> = sync
+            .fields(&live)
+            .map(|f| (f.field, f.before, f.after))
+            .collect();
+        assert!(fields.contains(&("tags.team".into(), "ds".into(), "ml".into())));
+        assert!(fields.contains(&("tags.owner".into(), "someone".into(), String::new())));
+
+        // An endpoint ferry adopted keeps tags git never declared.
+        let adopted = map(&[("team", "ds"), ("owner", "someone")]);
+        let sync = TagSync::between(&declared, &adopted);
+        assert!(sync.remove.is_empty(), "{sync:?}");
+        assert_eq!(sync.set.len(), 2);
+
+        let same = map(&[("team", "ml"), ("cost-center", "42"), (MANAGED_TAG, "true")]);
+        assert!(TagSync::between(&declared, &same).is_empty());
     }
 
     #[test]

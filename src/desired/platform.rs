@@ -331,6 +331,20 @@ fn validate(p: &Platform, problem: &mut dyn FnMut(String, String)) {
                     );
                 }
             }
+            if e.tags.len() > MAX_ENDPOINT_TAGS {
+                problem(
+                    key("tags"),
+                    format!(
+                        "{} tags; at most {MAX_ENDPOINT_TAGS} (SageMaker allows 50 per resource and ferry adds 5 of its own)",
+                        e.tags.len()
+                    ),
+                );
+            }
+            for (k, v) in &e.tags {
+                if let Some(why) = tag_problem(k, v) {
+                    problem(key("tags"), format!("tag `{k}`: {why}"));
+                }
+            }
             duplicates(
                 e.variants.iter().map(|v| v.name.as_str()),
                 &key("variants"),
@@ -370,6 +384,35 @@ fn validate(p: &Platform, problem: &mut dyn FnMut(String, String)) {
                 }
             }
         }
+    }
+}
+
+/// SageMaker's 50 tags per resource, less the 5 provenance tags ferry adds.
+const MAX_ENDPOINT_TAGS: usize = 45;
+
+/// Keys git may not declare: AWS reserves `aws:`, ferry writes its
+/// provenance under `ferry.dev/` and would overwrite them.
+pub fn reserved_tag_key(key: &str) -> bool {
+    key.starts_with("aws:") || key.starts_with("ferry.dev/")
+}
+
+/// SageMaker's tag rules: key 1-128, value 0-256 characters, letters,
+/// digits, spaces and `_ . : / = + - @`.
+fn tag_problem(key: &str, value: &str) -> Option<String> {
+    let allowed = |t: &str| {
+        t.chars()
+            .all(|c| c.is_alphanumeric() || c == ' ' || "_.:/=+-@".contains(c))
+    };
+    if reserved_tag_key(key) {
+        Some("keys starting with `aws:` or `ferry.dev/` are reserved for AWS and ferry".into())
+    } else if key.is_empty() || key.chars().count() > 128 {
+        Some("a key is 1-128 characters".into())
+    } else if value.chars().count() > 256 {
+        Some("a value is at most 256 characters".into())
+    } else if !allowed(key) || !allowed(value) {
+        Some("use letters, digits, spaces and _ . : / = + - @ only".into())
+    } else {
+        None
     }
 }
 
@@ -584,6 +627,49 @@ sagemaker:
         assert_eq!(
             p.sagemaker.unwrap().endpoints[0].variants[0].model_name,
             "diagnosis-classifier"
+        );
+    }
+
+    #[test]
+    fn endpoint_tags_follow_sagemaker_rules_and_leave_ferrys_keys_alone() {
+        let with_tags = |tags: &str| {
+            GOOD.replace(
+                "      variants:\n",
+                &format!("      tags: {tags}\n      variants:\n"),
+            )
+        };
+        assert!(
+            parse(
+                "platform.yaml",
+                &with_tags("{team: ds, cost-center: \"42\"}")
+            )
+            .is_ok()
+        );
+        for (tags, says) in [
+            (
+                "{ferry.dev/commit: abc}",
+                "tag `ferry.dev/commit`: keys starting with",
+            ),
+            ("{\"aws:owner\": x}", "tag `aws:owner`: keys starting with"),
+            ("{team: \"d;s\"}", "tag `team`: use letters"),
+            ("{\"\": x}", "tag ``: a key is 1-128"),
+        ] {
+            let errors = parse("platform.yaml", &with_tags(tags)).unwrap_err();
+            assert_eq!(errors.len(), 1, "{tags}: {errors:#?}");
+            assert_eq!(errors[0].key, "sagemaker.endpoints[0].tags", "{tags}");
+            assert_eq!(errors[0].line, Some(20), "{tags}");
+            assert!(errors[0].message.starts_with(says), "{tags}: {}", errors[0]);
+        }
+        let many: Vec<String> = (0..46).map(|i| format!("k{i}: v")).collect();
+        let errors = parse(
+            "platform.yaml",
+            &with_tags(&format!("{{{}}}", many.join(", "))),
+        )
+        .unwrap_err();
+        assert!(
+            errors[0].message.starts_with("46 tags; at most 45"),
+            "{}",
+            errors[0]
         );
     }
 
