@@ -464,6 +464,33 @@ impl Worker {
         let commit = fetched.commit;
         self.status
             .update(name, |s| s.revision = Some(commit.to_string()));
+        // Before the "already evaluated" shortcut: an untrusted head must not
+        // reach the targets' drift checks either.
+        match self.source.verify(commit) {
+            Ok(signed) => {
+                let signed_by = signed.map(|v| format!("{} ({})", v.principal, v.fingerprint));
+                self.status.update(name, |s| s.signed_by = signed_by);
+            }
+            Err(err) => {
+                self.status.update(name, |s| s.signed_by = None);
+                self.announce(commit, "verifying the commit signature");
+                let rejected = err.rejects_commit();
+                if rejected {
+                    self.set_evaluated(commit, false);
+                }
+                return SyncResult::Failed(SyncFailure {
+                    kind: if rejected {
+                        "untrusted_commit"
+                    } else {
+                        "verify_error"
+                    },
+                    commit: Some(commit),
+                    error: err.to_string(),
+                    commit_rejected: rejected,
+                    dags: None,
+                });
+            }
+        }
 
         let evaluated = *self.evaluated.lock().unwrap_or_else(|e| e.into_inner());
         if evaluated.map(|(c, _)| c) == Some(commit) {
@@ -860,7 +887,8 @@ impl Worker {
                     return; // no commit evaluated (e.g. the fetch failed)
                 };
                 let state = match failure.kind {
-                    "validation_failed" | "invalid_revision" | "apply_failed" => State::Failure,
+                    "validation_failed" | "invalid_revision" | "apply_failed"
+                    | "untrusted_commit" => State::Failure,
                     // e.g. a nodegroup missing in AWS: the commit cannot apply as is
                     "aws_error" if failure.error.contains("not found in AWS") => State::Failure,
                     _ => State::Error,

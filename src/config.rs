@@ -200,6 +200,17 @@ pub struct SourceConfig {
     /// `owner/name` on GitHub, to match webhook deliveries. Derived from
     /// github.com URLs; set it for GitHub Enterprise or mirrors.
     pub github_repo: Option<String>,
+    /// Signature policy: when set, a branch head is evaluated only if it is
+    /// signed by a listed key; otherwise nothing of it applies.
+    pub verify: Option<VerifyConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyConfig {
+    /// SSH public keys allowed to sign the branch head, in git's
+    /// `gpg.ssh.allowedSignersFile` format. Re-read at every check.
+    pub allowed_signers: PathBuf,
 }
 
 impl SourceConfig {
@@ -538,6 +549,10 @@ impl Config {
             }
             validate_auth(&source.url, &source.auth)
                 .map_err(|(k, message)| invalid(key(k), message))?;
+            if let Some(verify) = &source.verify {
+                crate::source::signature::AllowedSigners::load(&verify.allowed_signers)
+                    .map_err(|e| invalid(key("verify.allowed_signers"), e.to_string()))?;
+            }
         }
         if let Some(dags) = &self.targets.dags {
             if !names.contains(dags.source.as_str()) {
@@ -836,6 +851,36 @@ mod tests {
             .unwrap_err();
         assert_eq!(err.key(), Some("sources[0].url"));
         assert!(!err.to_string().contains("hunter2"));
+    }
+
+    #[test]
+    fn a_bad_allowed_signers_file_is_refused_at_start_with_its_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("allowed_signers");
+        std::fs::write(
+            &file,
+            "# team
+alice@example.com ssh-ed25519
+",
+        )
+        .unwrap();
+        let text = format!(
+            "{MINIMAL}    verify:\n      allowed_signers: {}\n",
+            file.display()
+        );
+        let err = parse(&text).unwrap_err();
+        assert_eq!(err.key(), Some("sources[0].verify.allowed_signers"));
+        assert!(
+            err.to_string()
+                .contains(&format!("{}:2: expected the base64 key", file.display())),
+            "{err}"
+        );
+        std::fs::remove_file(&file).unwrap();
+        let err = parse(&text).unwrap_err();
+        assert!(
+            err.to_string().contains("cannot read allowed signers file"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -758,6 +758,7 @@ async fn publish_dags(args: &PublishDagsArgs) -> anyhow::Result<ExitCode> {
         timeout: args.timeout,
         max_backoff: Duration::from_secs(300),
         github_repo: None,
+        verify: None,
         auth: AuthConfig {
             username: args.username.clone(),
             token_file: args.token_file.clone().filter(|_| args.username.is_none()),

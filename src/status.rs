@@ -37,6 +37,10 @@ pub struct SourceStatus {
     pub revision: Option<String>,
     /// Commit the DAGs link points at (DAGs sources only).
     pub published_revision: Option<String>,
+    /// Who signed `revision`, when the source verifies signatures
+    /// (`principal (SHA256:fingerprint)`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signed_by: Option<String>,
     pub last_attempt: Option<String>,
     pub last_success: Option<String>,
     pub last_error: Option<ErrorReport>,
@@ -113,6 +117,7 @@ impl StatusStore {
                 branch: branch.to_string(),
                 revision: None,
                 published_revision: None,
+                signed_by: None,
                 last_attempt: None,
                 last_success: None,
                 last_error: None,

@@ -690,3 +690,91 @@ fn a_platform_pull_request_is_planned_without_writing_anything() {
     stop_ferry(ferry);
     s.fake.assert_nothing_rejected();
 }
+
+/// A key pair for signing commits (`gpg.format=ssh`); returns the private
+/// key path and the public key line.
+fn signing_key(dir: &Path, name: &str) -> (PathBuf, String) {
+    let key = dir.join(name);
+    run(std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
+        .arg(&key));
+    let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
+    (key, public.trim().to_string())
+}
+
+fn sign_commits_with(repo: &Repo, key: Option<&Path>) {
+    match key {
+        Some(key) => {
+            run(git(&repo.work).args(["config", "gpg.format", "ssh"]));
+            run(git(&repo.work).args(["config", "user.signingkey"]).arg(key));
+            run(git(&repo.work).args(["config", "commit.gpgsign", "true"]));
+        }
+        None => {
+            run(git(&repo.work).args(["config", "commit.gpgsign", "false"]));
+        }
+    }
+}
+
+#[test]
+fn only_heads_signed_by_a_listed_key_are_published() {
+    let s = setup("dags", fake_with_token());
+    let (trusted, trusted_pub) = signing_key(s.tmp.path(), "trusted");
+    let (stranger, _) = signing_key(s.tmp.path(), "stranger");
+    let allowed = s.tmp.path().join("allowed_signers");
+    std::fs::write(&allowed, format!("alice@example.com {trusted_pub}\n")).unwrap();
+    sign_commits_with(&s.repo, Some(&trusted));
+    let good = s.repo.commit(&[("dags/a.py", Some("a = 1\n"))], "signed");
+    let config = s.dags_config("ferry.yaml", &s.token_auth(), "1h", "");
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "    max_backoff: 2s\n",
+        &format!(
+            "    max_backoff: 2s\n    verify:\n      allowed_signers: {}\n",
+            allowed.display()
+        ),
+    );
+    std::fs::write(&config, text).unwrap();
+    let ferry = spawn_ferry(&config, &s.tmp.path().join("ferry.log"), s.port, &[]);
+
+    wait_states(&s.fake, &good, "ferry/dags", &["pending", "success"]);
+    assert_eq!(s.published().as_deref(), Some(good.as_str()));
+    assert!(s.tmp.path().join("dest/current/a.py").exists());
+    let (_, body) = http_get(s.addr, "/api/v1/status/dags");
+    let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(
+        status["signed_by"]
+            .as_str()
+            .is_some_and(|by| by.starts_with("alice@example.com (SHA256:")),
+        "{body}"
+    );
+
+    // Unsigned, then signed by a key not in the file: refused, reported on
+    // that commit, and the last good commit stays published.
+    sign_commits_with(&s.repo, None);
+    let unsigned = s.repo.commit(&[("dags/b.py", Some("b = 2\n"))], "unsigned");
+    s.push_webhook(1);
+    wait_states(&s.fake, &unsigned, "ferry/dags", &["pending", "failure"]);
+    let (_, description) = s.fake.statuses(&unsigned, "ferry/dags").pop().unwrap();
+    assert!(description.contains("is not signed"), "{description}");
+    assert!(description.chars().count() <= 140);
+    sign_commits_with(&s.repo, Some(&stranger));
+    let forged = s.repo.commit(&[("dags/c.py", Some("c = 3\n"))], "stranger");
+    s.push_webhook(2);
+    wait_states(&s.fake, &forged, "ferry/dags", &["pending", "failure"]);
+    let (_, body) = http_get(s.addr, &format!("/api/v1/status/dags/revisions/{forged}"));
+    assert!(
+        body.contains("a key not listed") && body.contains("SHA256:"),
+        "{body}"
+    );
+    assert_eq!(s.published().as_deref(), Some(good.as_str()));
+    assert!(!s.tmp.path().join("dest/current/c.py").exists());
+
+    // Signed by the listed key again: published.
+    sign_commits_with(&s.repo, Some(&trusted));
+    let next = s
+        .repo
+        .commit(&[("dags/d.py", Some("d = 4\n"))], "signed again");
+    s.push_webhook(3);
+    wait_states(&s.fake, &next, "ferry/dags", &["pending", "success"]);
+    assert_eq!(s.published().as_deref(), Some(next.as_str()));
+    stop_ferry(ferry);
+}

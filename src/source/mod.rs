@@ -9,6 +9,7 @@
 
 mod credentials;
 pub mod known_hosts;
+pub mod signature;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,6 +19,7 @@ use git2::{Direction, FetchOptions, Oid, Repository};
 
 use crate::config::{AuthConfig, SourceConfig};
 use credentials::CallbackState;
+use signature::SignatureError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
@@ -57,6 +59,8 @@ pub struct GitSource {
     mirror: PathBuf,
     auth: AuthConfig,
     timeout: Duration,
+    /// `verify.allowed_signers`: heads must carry a listed SSH signature.
+    allowed_signers: Option<PathBuf>,
     /// Cleared the first time the server (or transport) refuses a shallow fetch.
     shallow: AtomicBool,
     /// Set once stale lock files of an earlier, killed process are gone.
@@ -80,12 +84,27 @@ impl GitSource {
             mirror: cache_dir.join(format!("{}.git", config.name)),
             auth: config.auth.clone(),
             timeout: config.timeout,
+            allowed_signers: config.verify.as_ref().map(|v| v.allowed_signers.clone()),
             // libgit2's local transport (paths, file://) cannot fetch shallow.
             shallow: AtomicBool::new(
                 crate::config::url_scheme(&config.url).is_some_and(|s| s != "file"),
             ),
             recovered: AtomicBool::new(false),
         }
+    }
+
+    /// Checks `commit` against the signature policy: `Ok(None)` when the
+    /// source has none.
+    pub fn verify(&self, commit: Oid) -> Result<Option<signature::Verified>, SignatureError> {
+        let Some(path) = &self.allowed_signers else {
+            return Ok(None);
+        };
+        let signers = signature::AllowedSigners::load(path)?;
+        let repo = self.open().map_err(|e| SignatureError::Git {
+            commit,
+            message: e.to_string(),
+        })?;
+        signers.verify(&repo, commit).map(Some)
     }
 
     pub fn mirror_path(&self) -> &Path {
