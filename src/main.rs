@@ -154,6 +154,10 @@ struct PublishDagsArgs {
     ssh_key_file: Option<PathBuf>,
     #[arg(long)]
     known_hosts_file: Option<PathBuf>,
+    /// Publish only a commit signed by an SSH key listed in this file (git's
+    /// allowed signers format), as `verify.allowed_signers` does for `ferry run`.
+    #[arg(long)]
+    allowed_signers: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -698,6 +702,16 @@ async fn fetch_revision<T: Send + 'static>(
             }
             Some(branch) => source.fetch_ref(&format!("refs/heads/{branch}"), "refs/ferry/plan", &cancel)?.commit,
         };
+        // A plan is read-only, so an untrusted revision is still planned; say
+        // that `ferry run` would refuse it.
+        match source.verify(commit) {
+            Ok(Some(signed)) => eprintln!(
+                "commit {commit} signed by {} ({})",
+                signed.principal, signed.fingerprint
+            ),
+            Ok(None) => {}
+            Err(err) => eprintln!("warning: {err}; `ferry run` would not apply this revision"),
+        }
         let repo = source.open()?;
         Ok((commit, read(&repo, commit)))
     })
@@ -758,7 +772,10 @@ async fn publish_dags(args: &PublishDagsArgs) -> anyhow::Result<ExitCode> {
         timeout: args.timeout,
         max_backoff: Duration::from_secs(300),
         github_repo: None,
-        verify: None,
+        verify: args
+            .allowed_signers
+            .clone()
+            .map(|allowed_signers| ferry::config::VerifyConfig { allowed_signers }),
         auth: AuthConfig {
             username: args.username.clone(),
             token_file: args.token_file.clone().filter(|_| args.username.is_none()),
@@ -818,6 +835,12 @@ async fn publish_dags(args: &PublishDagsArgs) -> anyhow::Result<ExitCode> {
         } else {
             source.fetch_branch(&cancel)?
         };
+        if let Some(signed) = source.verify(fetched.commit)? {
+            eprintln!(
+                "commit {} signed by {} ({})",
+                fetched.commit, signed.principal, signed.fingerprint
+            );
+        }
         let repo = source.open()?;
         let mut target = DagsTarget::open(target_config)?;
         match target.sync(&repo, fetched.commit, &Arc::new(AtomicBool::new(false))) {

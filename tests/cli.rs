@@ -369,14 +369,14 @@ fn quickstart_once_publishes_the_template_and_is_rerunnable() {
 }
 
 #[test]
-fn publish_dags_one_shot_refuses_broken_dags_and_names_file_and_line() {
+fn publish_dags_one_shot_refuses_broken_dags_and_unsigned_heads() {
     let tmp = tempfile::tempdir().unwrap();
     let repo = Repo::new(tmp.path(), "dags");
     let good = repo.commit(&[("dags/a.py", Some("a = 1\n"))], "good");
     let dest = tmp.path().join("dest");
     let cache = tmp.path().join("cache");
-    let publish = || {
-        ferry(&[
+    let publish = |extra: &[&str]| {
+        let mut args = vec![
             "publish-dags",
             "--repo",
             repo.bare.to_str().unwrap(),
@@ -388,9 +388,11 @@ fn publish_dags_one_shot_refuses_broken_dags_and_names_file_and_line() {
             dest.to_str().unwrap(),
             "--cache-dir",
             cache.to_str().unwrap(),
-        ])
+        ];
+        args.extend_from_slice(extra);
+        ferry(&args)
     };
-    let out = publish();
+    let out = publish(&[]);
     assert!(
         out.status.success(),
         "{}",
@@ -399,10 +401,31 @@ fn publish_dags_one_shot_refuses_broken_dags_and_names_file_and_line() {
     assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("published {good}")));
 
     repo.commit(&[("dags/b.py", Some("x = 1\ny = = 2\n"))], "broken");
-    let out = publish();
+    let out = publish(&[]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr.contains("dags/b.py:2:"), "{stderr}");
+    assert_eq!(
+        std::fs::read_link(dest.join("current")).unwrap(),
+        Path::new(".ferry").join(&good)
+    );
+
+    // With --allowed-signers an unsigned head is refused before publishing.
+    let key = tmp.path().join("signer");
+    run(Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "ci", "-f"])
+        .arg(&key));
+    let allowed = tmp.path().join("allowed_signers");
+    let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
+    std::fs::write(&allowed, format!("ci@example.com {public}")).unwrap();
+    let unsigned = repo.commit(&[("dags/b.py", Some("b = 2\n"))], "fixed, unsigned");
+    let out = publish(&["--allowed-signers", allowed.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("commit {unsigned} is not signed")),
+        "{stderr}"
+    );
     assert_eq!(
         std::fs::read_link(dest.join("current")).unwrap(),
         Path::new(".ferry").join(&good)

@@ -289,14 +289,24 @@ fn ferry_plan_cli_prints_json_and_fails_on_refusals() {
         ],
         "first",
     );
+    // The source asks for signatures; the plan still shows an unsigned head
+    // but says that `ferry run` would refuse it.
+    let key = tmp.path().join("signer");
+    run(Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "ci", "-f"])
+        .arg(&key));
+    let allowed = tmp.path().join("allowed_signers");
+    let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
+    std::fs::write(&allowed, format!("ci@example.com {public}")).unwrap();
     let config = tmp.path().join("ferry.yaml");
     std::fs::write(
         &config,
         format!(
-            "cache_dir: {}\nsources:\n  - name: platform\n    url: {}\n\
+            "cache_dir: {}\nsources:\n  - name: platform\n    url: {}\n    verify:\n      allowed_signers: {}\n\
              targets:\n  kubernetes:\n    source: platform\n    default_namespace: {ns}\n    kubeconfig: {}\n",
             tmp.path().join("cache").display(),
             served.bare.display(),
+            allowed.display(),
             cp.admin.display()
         ),
     )
@@ -309,10 +319,11 @@ fn ferry_plan_cli_prints_json_and_fails_on_refusals() {
             .unwrap()
     };
     let out = run_plan();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
     assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        stderr.contains("is not signed") && stderr.contains("`ferry run` would not apply"),
+        "{stderr}"
     );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["objects"].as_array().unwrap().len(), 2);
