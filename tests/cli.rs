@@ -411,13 +411,7 @@ fn publish_dags_one_shot_refuses_broken_dags_and_unsigned_heads() {
     );
 
     // With --allowed-signers an unsigned head is refused before publishing.
-    let key = tmp.path().join("signer");
-    run(Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-C", "ci", "-f"])
-        .arg(&key));
-    let allowed = tmp.path().join("allowed_signers");
-    let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
-    std::fs::write(&allowed, format!("ci@example.com {public}")).unwrap();
+    let allowed = allowed_signers_of_a_stranger(tmp.path());
     let unsigned = repo.commit(&[("dags/b.py", Some("b = 2\n"))], "fixed, unsigned");
     let out = publish(&["--allowed-signers", allowed.to_str().unwrap()]);
     let stderr = String::from_utf8_lossy(&out.stderr);

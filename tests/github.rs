@@ -691,17 +691,6 @@ fn a_platform_pull_request_is_planned_without_writing_anything() {
     s.fake.assert_nothing_rejected();
 }
 
-/// A key pair for signing commits (`gpg.format=ssh`); returns the private
-/// key path and the public key line.
-fn signing_key(dir: &Path, name: &str) -> (PathBuf, String) {
-    let key = dir.join(name);
-    run(std::process::Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
-        .arg(&key));
-    let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
-    (key, public.trim().to_string())
-}
-
 fn sign_commits_with(repo: &Repo, key: Option<&Path>) {
     match key {
         Some(key) => {

@@ -291,13 +291,7 @@ fn ferry_plan_cli_prints_json_and_fails_on_refusals() {
     );
     // The source asks for signatures; the plan still shows an unsigned head
     // but says that `ferry run` would refuse it.
-    let key = tmp.path().join("signer");
-    run(Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-C", "ci", "-f"])
-        .arg(&key));
-    let allowed = tmp.path().join("allowed_signers");
-    let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
-    std::fs::write(&allowed, format!("ci@example.com {public}")).unwrap();
+    let allowed = allowed_signers_of_a_stranger(tmp.path());
     let config = tmp.path().join("ferry.yaml");
     std::fs::write(
         &config,

@@ -690,3 +690,23 @@ pub async fn assert_dry_run_accepted(
     );
     plan
 }
+
+/// A key pair for signing commits (`gpg.format=ssh`) as `<dir>/<name>`;
+/// returns the private key path and the public key line.
+pub fn signing_key(dir: &Path, name: &str) -> (PathBuf, String) {
+    let key = dir.join(name);
+    run(Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
+        .arg(&key));
+    let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
+    (key, public.trim().to_string())
+}
+
+/// An allowed signers file (`<dir>/allowed_signers`) listing a fresh key
+/// that signs nothing, for sources whose heads must be refused.
+pub fn allowed_signers_of_a_stranger(dir: &Path) -> PathBuf {
+    let (_, public) = signing_key(dir, "stranger");
+    let allowed = dir.join("allowed_signers");
+    std::fs::write(&allowed, format!("ci@example.com {public}\n")).unwrap();
+    allowed
+}
