@@ -61,6 +61,38 @@ pub struct Config {
     pub targets: TargetsConfig,
     #[serde(default)]
     pub github: Option<GithubConfig>,
+    /// Hold a Kubernetes Lease before syncing, so two ferry processes never
+    /// apply or publish at once.
+    #[serde(default)]
+    pub leader_election: Option<LeaderElectionConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LeaderElectionConfig {
+    /// Namespace of the Lease; default: the pod's own (from its service
+    /// account), else `default`.
+    pub namespace: Option<String>,
+    #[serde(default = "default_lease_name")]
+    pub lease_name: String,
+    /// How long a Lease not renewed stays held (default 15s). A successor
+    /// waits this long after the holder dies; the holder stops syncing when
+    /// it cannot renew within two thirds of it.
+    #[serde(default = "default_lease_duration", with = "humantime_serde")]
+    pub lease_duration: Duration,
+    /// This process's name in the Lease; default `$POD_NAME`, else
+    /// `<hostname>-<pid>`.
+    pub identity: Option<String>,
+    /// Cluster to hold the Lease in; default in-cluster config.
+    pub kubeconfig: Option<PathBuf>,
+}
+
+fn default_lease_name() -> String {
+    "ferry".into()
+}
+
+fn default_lease_duration() -> Duration {
+    Duration::from_secs(15)
 }
 
 /// GitHub integration. With `webhook_secret_file` set, `POST /webhooks/github`
@@ -514,6 +546,23 @@ impl Config {
                 "at least one source is required".into(),
             ));
         }
+        if let Some(leader) = &self.leader_election {
+            if leader.lease_duration < Duration::from_secs(3) {
+                return Err(invalid(
+                    "leader_election.lease_duration".into(),
+                    "must be at least 3s (renewals happen every seventh of it)".into(),
+                ));
+            }
+            if !valid_name(&leader.lease_name) {
+                return Err(invalid(
+                    "leader_election.lease_name".into(),
+                    format!(
+                        "`{}` is not a valid name: use 1-63 lowercase letters, digits and `-`",
+                        leader.lease_name
+                    ),
+                ));
+            }
+        }
         let mut names = HashSet::new();
         for (i, source) in self.sources.iter().enumerate() {
             let key = |k: &str| format!("sources[{i}].{k}");
@@ -881,6 +930,26 @@ alice@example.com ssh-ed25519
             err.to_string().contains("cannot read allowed signers file"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn leader_election_defaults_and_limits() {
+        let config = parse(&format!("{MINIMAL}leader_election: {{}}\n")).unwrap();
+        let leader = config.leader_election.unwrap();
+        assert_eq!(
+            (leader.lease_name.as_str(), leader.lease_duration),
+            ("ferry", Duration::from_secs(15))
+        );
+        let err = parse(&format!(
+            "{MINIMAL}leader_election:\n  lease_duration: 1s\n"
+        ))
+        .unwrap_err();
+        assert_eq!(err.key(), Some("leader_election.lease_duration"));
+        let err = parse(&format!(
+            "{MINIMAL}leader_election:\n  lease_name: Ferry_1\n"
+        ))
+        .unwrap_err();
+        assert_eq!(err.key(), Some("leader_election.lease_name"));
     }
 
     #[test]

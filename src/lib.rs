@@ -12,6 +12,7 @@ pub mod config;
 pub mod dags;
 pub mod desired;
 pub mod kubernetes;
+pub mod leader;
 pub mod logging;
 pub mod metrics;
 pub mod preview;

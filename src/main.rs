@@ -348,6 +348,18 @@ async fn wait_for_signal() {
 async fn run(config: Config) -> anyhow::Result<()> {
     let status = StatusStore::default();
     let metrics = Metrics::new();
+    let shutdown = shutdown_signal();
+    // Leadership before anything touches the DAGs volume, the cluster or
+    // GitHub: even opening the DAGs target cleans up staging directories.
+    let holding = match &config.leader_election {
+        Some(leader) => {
+            match stand_by(leader, config.server.listen, &status, &metrics, &shutdown).await? {
+                Some(holding) => Some(holding),
+                None => return Ok(()),
+            }
+        }
+        None => None,
+    };
     let reporter = match &config.github {
         Some(github) => ferry::report::Reporter::open(
             github,
@@ -364,12 +376,75 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let agent = Agent::new(&config, status.clone(), metrics.clone(), reporter.clone())?;
     let webhook = webhook_receiver(&config, &agent)?;
     let sources = config.sources.len();
-    serve_and_run(agent, reporter, config.server.listen, webhook, |addr| {
-        tracing::info!(%addr, sources, "ferry running");
-    })
+    serve_and_run(
+        agent,
+        reporter,
+        config.server.listen,
+        webhook,
+        shutdown,
+        |addr| {
+            tracing::info!(%addr, sources, "ferry running");
+        },
+    )
     .await?;
+    if let Some(holding) = holding {
+        let _ = holding.release.send(());
+        let _ = holding.task.await;
+    }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// A held leader Lease: renewed by `task` until `release` fires.
+struct Holding {
+    release: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// Serves health, readiness (503 with the holder's name) and metrics until
+/// this process holds the leader Lease; None when a signal came first. A
+/// lost Lease ends the process (exit 1) so nothing syncs without it.
+async fn stand_by(
+    config: &ferry::config::LeaderElectionConfig,
+    listen: SocketAddr,
+    status: &StatusStore,
+    metrics: &Arc<Metrics>,
+    shutdown: &watch::Receiver<bool>,
+) -> anyhow::Result<Option<Holding>> {
+    let mut elector = ferry::leader::Elector::new(config).await?;
+    let lease = elector.lease().to_string();
+    status.set_standby(Some(format!("standing by for the leader Lease {lease}")));
+    let (stop_server, server_stop) = watch::channel(false);
+    let state = AppState {
+        status: status.clone(),
+        metrics: metrics.clone(),
+        webhook: None,
+    };
+    let (addr, server) = server::serve(listen, state, server_stop).await?;
+    tracing::info!(%addr, identity = elector.identity(), lease = %lease, "standing by for the leader Lease");
+    let acquired = elector
+        .acquire(&mut shutdown.clone(), |holder| {
+            status.set_standby(Some(format!(
+                "standing by: the leader Lease {lease} is held by {holder}"
+            )))
+        })
+        .await;
+    let _ = stop_server.send(true);
+    let _ = server.await;
+    status.set_standby(None);
+    if !acquired {
+        tracing::info!("stopped while standing by");
+        return Ok(None);
+    }
+    tracing::info!(identity = elector.identity(), lease = %lease, "holding the leader Lease");
+    let (release, release_rx) = tokio::sync::oneshot::channel();
+    let task = tokio::spawn(async move {
+        if let ferry::leader::Ended::Lost(why) = elector.hold(release_rx).await {
+            tracing::error!(reason = %why, "lost the leader Lease; exiting so that nothing syncs without it");
+            std::process::exit(1);
+        }
+    });
+    Ok(Some(Holding { release, task }))
 }
 
 /// Serves HTTP and runs the agent until SIGTERM or Ctrl-C; `listening` is
@@ -379,9 +454,10 @@ async fn serve_and_run(
     reporter: Option<ferry::report::Reporter>,
     listen: SocketAddr,
     webhook: Option<Arc<ferry::webhook::Receiver>>,
+    shutdown: watch::Receiver<bool>,
     listening: impl FnOnce(SocketAddr),
 ) -> anyhow::Result<()> {
-    let shutdown = shutdown_signal();
+    agent.metrics().leader.set(1);
     let state = AppState {
         status: agent.status(),
         metrics: agent.metrics(),
@@ -528,15 +604,22 @@ async fn quickstart_cmd(
         });
     }
     let repo = layout.dags_repo.display().to_string();
-    serve_and_run(agent, None, config.server.listen, None, |addr| {
-        println!("  status API         http://{addr}/api/v1/status   (metrics: /metrics)");
-        println!(
-            "\nTry a change:\n  git clone {repo} /tmp/dags-work && cd /tmp/dags-work\n  \
+    serve_and_run(
+        agent,
+        None,
+        config.server.listen,
+        None,
+        shutdown_signal(),
+        |addr| {
+            println!("  status API         http://{addr}/api/v1/status   (metrics: /metrics)");
+            println!(
+                "\nTry a change:\n  git clone {repo} /tmp/dags-work && cd /tmp/dags-work\n  \
              # edit dags/*.py, then: git commit -am 'my change' && git push\n\
              ferry polls every 10s. Ctrl-C to stop.",
-            repo = repo
-        );
-    })
+                repo = repo
+            );
+        },
+    )
     .await?;
     Ok(ExitCode::SUCCESS)
 }
@@ -811,6 +894,7 @@ async fn publish_dags(args: &PublishDagsArgs) -> anyhow::Result<ExitCode> {
             aws: None,
         },
         github: None,
+        leader_election: None,
     };
     if let Err(err) = config.validate(Path::new("(flags)")) {
         let flag = err

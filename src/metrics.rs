@@ -74,6 +74,8 @@ pub struct Metrics {
     pub github_requests: Family<GithubLabels, Counter>,
     pub github_outbox: Gauge,
     pub previews: Family<ResultLabels, Counter>,
+    /// 1 while this process holds the leader Lease (or runs without one).
+    pub leader: Gauge,
     /// Last revision label set per source, so a new revision replaces it.
     live_revision: Mutex<Vec<RevisionLabels>>,
 }
@@ -115,6 +117,12 @@ impl Metrics {
             github_outbox.clone(),
         );
         let previews = Family::<ResultLabels, Counter>::default();
+        let leader = Gauge::default();
+        registry.register(
+            "leader",
+            "1 while this process may sync (it holds the leader Lease, or leader election is off)",
+            leader.clone(),
+        );
         registry.register(
             "previews",
             "Pull request previews by result",
@@ -177,6 +185,7 @@ impl Metrics {
             github_requests,
             github_outbox,
             previews,
+            leader,
             live_revision: Mutex::new(Vec::new()),
         })
     }

@@ -60,6 +60,8 @@ async fn github_webhook(
 async fn readyz(State(state): State<AppState>) -> Response {
     if state.status.ready() {
         (StatusCode::OK, "ready\n").into_response()
+    } else if let Some(reason) = state.status.standby() {
+        (StatusCode::SERVICE_UNAVAILABLE, format!("{reason}\n")).into_response()
     } else {
         let waiting: Vec<String> = state
             .status

@@ -100,6 +100,8 @@ pub struct AwsStatus {
 pub struct StatusStore {
     inner: Arc<RwLock<BTreeMap<String, SourceStatus>>>,
     revisions: Arc<RwLock<BTreeMap<String, VecDeque<RevisionRecord>>>>,
+    /// Why this process does not sync yet (waiting for the leader Lease).
+    standby: Arc<RwLock<Option<String>>>,
 }
 
 pub fn timestamp(at: SystemTime) -> String {
@@ -170,7 +172,18 @@ impl StatusStore {
     }
 
     pub fn ready(&self) -> bool {
-        self.read().values().all(|s| s.first_sync_done)
+        self.standby().is_none() && self.read().values().all(|s| s.first_sync_done)
+    }
+
+    pub fn set_standby(&self, reason: Option<String>) {
+        *self.standby.write().unwrap_or_else(|e| e.into_inner()) = reason;
+    }
+
+    pub fn standby(&self) -> Option<String> {
+        self.standby
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     // A panic while holding the lock poisons it; the data is plain values

@@ -94,6 +94,8 @@ async fn the_deploy_base_is_accepted_by_the_apiserver() {
         "Deployment",
         "ServiceAccount",
         "ClusterRole",
+        "Role",
+        "RoleBinding",
         "Service",
         "ServiceMonitor",
         "PrometheusRule",
@@ -111,7 +113,7 @@ fn the_deployment_is_restricted_probed_and_references_its_secrets() {
     let pod = &deployment["spec"]["template"]["spec"];
     assert_eq!(
         deployment["spec"]["replicas"], 1,
-        "no leader election yet: one replica"
+        "a second replica would stand by unready and stall rollouts"
     );
     assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
     assert_eq!(

@@ -6,6 +6,7 @@ mod support;
 use std::path::Path;
 use std::time::Duration;
 
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Api;
 use kube::api::{Patch, PatchParams};
@@ -293,5 +294,127 @@ async fn shutdown_does_not_wait_out_the_health_timeout() {
         asked.elapsed() < Duration::from_secs(10),
         "shutdown took {:?}",
         asked.elapsed()
+    );
+}
+
+/// Commit the DAGs link of `dest` points at.
+fn published(dest: &Path) -> Option<String> {
+    let target = std::fs::read_link(dest.join("current")).ok()?;
+    Some(target.file_name()?.to_string_lossy().into_owned())
+}
+
+async fn lease_holder(api: &Api<Lease>, name: &str) -> (Option<String>, i32) {
+    let spec = api.get(name).await.unwrap().spec.unwrap_or_default();
+    (spec.holder_identity, spec.lease_transitions.unwrap_or(0))
+}
+
+/// Two `ferry run` on one Lease: one publishes while the other stands by
+/// (not ready, publishing nothing); a clean stop hands the Lease over at
+/// once, a kill -9 after it expires; a holder that finds someone else in
+/// the Lease exits rather than sync without it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_leader_publishes_and_a_standby_takes_over() {
+    let cp = control_plane();
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = Repo::new(tmp.path(), "dags");
+    let first = repo.commit(&[("dags/a.py", Some("a = 1\n"))], "first");
+    let lease = unique_namespace("ferry");
+    let dest = |who: &str| tmp.path().join(who).join("dest");
+    let config = |who: &str, port: u16| {
+        let path = tmp.path().join(format!("{who}.yaml"));
+        std::fs::write(
+            &path,
+            format!(
+                "cache_dir: {cache}\nserver:\n  listen: 127.0.0.1:{port}\n\
+                 sources:\n  - name: dags\n    url: {url}\n    interval: 1s\n    max_backoff: 2s\n\
+                 targets:\n  dags:\n    source: dags\n    subdir: dags\n    destination: {dest}\n\
+                 leader_election:\n  namespace: default\n  lease_name: {lease}\n  lease_duration: 3s\n  identity: ferry-{who}\n  kubeconfig: {kc}\n",
+                cache = tmp.path().join(who).join("cache").display(),
+                url = repo.bare.display(),
+                dest = dest(who).display(),
+                kc = cp.admin.display(),
+            ),
+        )
+        .unwrap();
+        path
+    };
+    let client = ferry::kubernetes::client::connect(Some(&cp.admin))
+        .await
+        .unwrap();
+    let leases: Api<Lease> = Api::namespaced(client, "default");
+    let (pa, pb) = (free_port(), free_port());
+    let addr = |port: u16| -> std::net::SocketAddr { format!("127.0.0.1:{port}").parse().unwrap() };
+
+    let a = spawn_ferry(&config("a", pa), &tmp.path().join("a.log"), pa, &[]);
+    eventually(Duration::from_secs(20), "a publishes", || {
+        (published(&dest("a")).as_deref() == Some(first.as_str())).then_some(())
+    });
+    let b = spawn_ferry(&config("b", pb), &tmp.path().join("b.log"), pb, &[]);
+    std::thread::sleep(Duration::from_secs(2));
+    let (code, body) = http_get(addr(pb), "/readyz");
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("held by ferry-a"), "{body}");
+    assert_eq!(http_get(addr(pb), "/healthz").0, 200);
+    assert!(http_get(addr(pb), "/metrics").1.contains("ferry_leader 0"));
+    assert!(http_get(addr(pa), "/metrics").1.contains("ferry_leader 1"));
+    assert_eq!(published(&dest("b")), None, "the standby publishes nothing");
+    assert_eq!(
+        lease_holder(&leases, &lease).await.0.as_deref(),
+        Some("ferry-a")
+    );
+
+    // A clean stop releases the Lease: right after a exits nobody holds it
+    // (or b already does), where an unreleased one would still name a.
+    stop_ferry(a);
+    let (holder, _) = lease_holder(&leases, &lease).await;
+    assert_ne!(holder.as_deref(), Some("ferry-a"));
+    eventually(Duration::from_secs(20), "b publishes", || {
+        (published(&dest("b")).as_deref() == Some(first.as_str())).then_some(())
+    });
+    let (code, body) = http_get(addr(pb), "/readyz");
+    assert_eq!(code, 200, "{body}");
+
+    // kill -9 of the holder: the standby takes over once the Lease expires.
+    let second = repo.commit(&[("dags/b.py", Some("b = 2\n"))], "second");
+    eventually(
+        Duration::from_secs(20),
+        "b publishes the second commit",
+        || (published(&dest("b")).as_deref() == Some(second.as_str())).then_some(()),
+    );
+    let a = spawn_ferry(&config("a", pa), &tmp.path().join("a2.log"), pa, &[]);
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(http_get(addr(pa), "/readyz").0, 503);
+    assert_eq!(published(&dest("a")).as_deref(), Some(first.as_str()));
+    let mut b = b;
+    b.kill().unwrap();
+    b.wait().unwrap();
+    eventually(
+        Duration::from_secs(20),
+        "a publishes the second commit",
+        || (published(&dest("a")).as_deref() == Some(second.as_str())).then_some(()),
+    );
+    let (holder, transitions) = lease_holder(&leases, &lease).await;
+    assert_eq!(holder.as_deref(), Some("ferry-a"));
+    assert!(transitions >= 2, "a -> b -> a: {transitions}");
+
+    // Someone else in the Lease: the holder stops at its next renewal.
+    let mut taken = leases.get(&lease).await.unwrap();
+    if let Some(spec) = taken.spec.as_mut() {
+        spec.holder_identity = Some("intruder".into());
+        spec.renew_time = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(
+            k8s_openapi::jiff::Timestamp::now(),
+        ));
+    }
+    leases
+        .replace(&lease, &Default::default(), &taken)
+        .await
+        .unwrap();
+    let mut a = a;
+    let status = eventually(Duration::from_secs(10), "a exits", || a.try_wait().unwrap());
+    assert_eq!(status.code(), Some(1));
+    let log = std::fs::read_to_string(tmp.path().join("a2.log")).unwrap();
+    assert!(
+        log.contains("lost the leader Lease") && log.contains("intruder"),
+        "{log}"
     );
 }
