@@ -160,12 +160,7 @@ impl Elector {
     async fn try_acquire_or_renew(&mut self) -> Result<Round, LeaderError> {
         let now = MicroTime(Timestamp::now());
         let seconds = i32::try_from(self.duration.as_secs()).unwrap_or(i32::MAX);
-        let Some(mut lease) = self
-            .api
-            .get_opt(self.name())
-            .await
-            .map_err(|e| self.error(e))?
-        else {
+        let Some(mut lease) = self.read().await? else {
             let lease = Lease {
                 metadata: ObjectMeta {
                     name: Some(self.name().to_string()),
@@ -234,12 +229,7 @@ impl Elector {
 
     /// Empties the holder so a successor need not wait for expiry.
     async fn release(&mut self) -> Result<(), LeaderError> {
-        let Some(mut lease) = self
-            .api
-            .get_opt(self.name())
-            .await
-            .map_err(|e| self.error(e))?
-        else {
+        let Some(mut lease) = self.read().await? else {
             return Ok(());
         };
         let Some(spec) = lease.spec.as_mut() else {
@@ -255,6 +245,13 @@ impl Elector {
             .replace(self.name(), &PostParams::default(), &lease)
             .await
             .map(|_| ())
+            .map_err(|e| self.error(e))
+    }
+
+    async fn read(&self) -> Result<Option<Lease>, LeaderError> {
+        self.api
+            .get_opt(self.name())
+            .await
             .map_err(|e| self.error(e))
     }
 
