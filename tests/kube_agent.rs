@@ -328,7 +328,7 @@ async fn one_leader_publishes_and_a_standby_takes_over() {
                 "cache_dir: {cache}\nserver:\n  listen: 127.0.0.1:{port}\n\
                  sources:\n  - name: dags\n    url: {url}\n    interval: 1s\n    max_backoff: 2s\n\
                  targets:\n  dags:\n    source: dags\n    subdir: dags\n    destination: {dest}\n\
-                 leader_election:\n  namespace: default\n  lease_name: {lease}\n  lease_duration: 3s\n  identity: ferry-{who}\n  kubeconfig: {kc}\n",
+                 leader_election:\n  namespace: default\n  lease_name: {lease}\n  lease_duration: 5s\n  identity: ferry-{who}\n  kubeconfig: {kc}\n",
                 cache = tmp.path().join(who).join("cache").display(),
                 url = repo.bare.display(),
                 dest = dest(who).display(),
