@@ -474,10 +474,9 @@ impl Worker {
             Err(err) => {
                 self.status.update(name, |s| s.signed_by = None);
                 self.announce(commit, "verifying the commit signature");
+                // Not recorded as evaluated: once the allowed signers file
+                // lists the key, the next poll evaluates this same commit.
                 let rejected = err.rejects_commit();
-                if rejected {
-                    self.set_evaluated(commit, false);
-                }
                 return SyncResult::Failed(SyncFailure {
                     kind: if rejected {
                         "untrusted_commit"

@@ -708,7 +708,7 @@ fn sign_commits_with(repo: &Repo, key: Option<&Path>) {
 fn only_heads_signed_by_a_listed_key_are_published() {
     let s = setup("dags", fake_with_token());
     let (trusted, trusted_pub) = signing_key(s.tmp.path(), "trusted");
-    let (stranger, _) = signing_key(s.tmp.path(), "stranger");
+    let (stranger, stranger_pub) = signing_key(s.tmp.path(), "stranger");
     let allowed = s.tmp.path().join("allowed_signers");
     std::fs::write(&allowed, format!("alice@example.com {trusted_pub}\n")).unwrap();
     sign_commits_with(&s.repo, Some(&trusted));
@@ -746,10 +746,10 @@ fn only_heads_signed_by_a_listed_key_are_published() {
     assert!(description.contains("is not signed"), "{description}");
     assert!(description.chars().count() <= 140);
     sign_commits_with(&s.repo, Some(&stranger));
-    let forged = s.repo.commit(&[("dags/c.py", Some("c = 3\n"))], "stranger");
+    let unlisted = s.repo.commit(&[("dags/c.py", Some("c = 3\n"))], "stranger");
     s.push_webhook(2);
-    wait_states(&s.fake, &forged, "ferry/dags", &["pending", "failure"]);
-    let (_, body) = http_get(s.addr, &format!("/api/v1/status/dags/revisions/{forged}"));
+    wait_states(&s.fake, &unlisted, "ferry/dags", &["pending", "failure"]);
+    let (_, body) = http_get(s.addr, &format!("/api/v1/status/dags/revisions/{unlisted}"));
     assert!(
         body.contains("a key not listed") && body.contains("SHA256:"),
         "{body}"
@@ -757,12 +757,28 @@ fn only_heads_signed_by_a_listed_key_are_published() {
     assert_eq!(s.published().as_deref(), Some(good.as_str()));
     assert!(!s.tmp.path().join("dest/current/c.py").exists());
 
+    // The file is re-read at every check: listing the stranger's key makes
+    // the same head acceptable at the next poll, without a push or restart.
+    std::fs::write(
+        &allowed,
+        format!("alice@example.com {trusted_pub}\nbob@example.com {stranger_pub}\n"),
+    )
+    .unwrap();
+    s.push_webhook(3);
+    wait_states(
+        &s.fake,
+        &unlisted,
+        "ferry/dags",
+        &["pending", "failure", "success"],
+    );
+    assert_eq!(s.published().as_deref(), Some(unlisted.as_str()));
+
     // Signed by the listed key again: published.
     sign_commits_with(&s.repo, Some(&trusted));
     let next = s
         .repo
         .commit(&[("dags/d.py", Some("d = 4\n"))], "signed again");
-    s.push_webhook(3);
+    s.push_webhook(4);
     wait_states(&s.fake, &next, "ferry/dags", &["pending", "success"]);
     assert_eq!(s.published().as_deref(), Some(next.as_str()));
     stop_ferry(ferry);
