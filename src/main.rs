@@ -260,14 +260,25 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                     }
                 }
             };
+            let leader = match &config.leader_election {
+                Some(l) => format!(
+                    "; leader election: Lease {}/{}",
+                    l.namespace.as_deref().unwrap_or("(pod's namespace)"),
+                    l.lease_name
+                ),
+                None => String::new(),
+            };
             println!(
-                "{}: ok ({} source(s): {}; targets: {targets}; github: {github})",
+                "{}: ok ({} source(s): {}; targets: {targets}; github: {github}{leader})",
                 file.display(),
                 config.sources.len(),
                 config
                     .sources
                     .iter()
-                    .map(|s| s.name.as_str())
+                    .map(|s| match s.verify {
+                        Some(_) => format!("{} (signed heads only)", s.name),
+                        None => s.name.clone(),
+                    })
                     .collect::<Vec<_>>()
                     .join(", ")
             );

@@ -165,6 +165,11 @@ fn the_deployment_is_restricted_probed_and_references_its_secrets() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    let summary = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        summary.contains("; leader election: Lease (pod's namespace)/ferry)"),
+        "{summary}"
+    );
 }
 
 #[test]
