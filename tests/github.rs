@@ -781,5 +781,20 @@ fn only_heads_signed_by_a_listed_key_are_published() {
     s.push_webhook(4);
     wait_states(&s.fake, &next, "ferry/dags", &["pending", "success"]);
     assert_eq!(s.published().as_deref(), Some(next.as_str()));
+
+    // The policy file gone at run time: the head is not evaluated (`error`,
+    // the operator's to fix), and what is published stays.
+    std::fs::remove_file(&allowed).unwrap();
+    let orphan = s
+        .repo
+        .commit(&[("dags/e.py", Some("e = 5\n"))], "no policy file");
+    s.push_webhook(5);
+    wait_states(&s.fake, &orphan, "ferry/dags", &["pending", "error"]);
+    let (_, description) = s.fake.statuses(&orphan, "ferry/dags").pop().unwrap();
+    assert!(
+        description.contains("cannot read allowed signers file"),
+        "{description}"
+    );
+    assert_eq!(s.published().as_deref(), Some(next.as_str()));
     stop_ferry(ferry);
 }
