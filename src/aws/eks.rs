@@ -104,19 +104,14 @@ pub async fn plan(client: &Client, eks: &Eks, plan: &mut AwsPlan) -> Result<(), 
                 {
                     fields.push(field("configuration", config, &want.to_string()));
                 }
-                if fields.is_empty() {
-                    plan.unchanged += 1;
-                } else {
-                    plan.changes.push(Change {
-                        resource,
-                        action: Action::Update,
-                        fields,
-                        op: Op::Eks(EksOp::UpdateAddon {
-                            cluster: cluster.clone(),
-                            addon: addon.clone(),
-                        }),
-                    });
-                }
+                plan.update(
+                    resource,
+                    fields,
+                    Op::Eks(EksOp::UpdateAddon {
+                        cluster: cluster.clone(),
+                        addon: addon.clone(),
+                    }),
+                );
             }
             Err(e) if code(&e).as_deref() == Some("ResourceNotFoundException") => {
                 let mut fields = vec![field(

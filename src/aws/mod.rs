@@ -82,6 +82,21 @@ pub struct AwsPlan {
 }
 
 impl AwsPlan {
+    /// Records an in-place update of `resource`, or counts it unchanged
+    /// when no field differs.
+    fn update(&mut self, resource: String, fields: Vec<FieldChange>, op: Op) {
+        if fields.is_empty() {
+            self.unchanged += 1;
+        } else {
+            self.changes.push(Change {
+                resource,
+                action: Action::Update,
+                fields,
+                op,
+            });
+        }
+    }
+
     /// A human plan, as `ferry plan --target aws` prints it.
     pub fn render_text(&self) -> String {
         let count = |a: Action| self.changes.iter().filter(|c| c.action == a).count();

@@ -293,21 +293,16 @@ pub async fn plan(
                 .collect()
         });
         fields.extend(tags.fields(&live_tags));
-        if fields.is_empty() {
-            plan.unchanged += 1;
-        } else {
-            plan.changes.push(Change {
-                resource,
-                action: Action::Update,
-                fields,
-                op: Op::SageMaker(SageMakerOp::Update {
-                    endpoint: endpoint.name.clone(),
-                    arn,
-                    weights,
-                    tags,
-                }),
-            });
-        }
+        plan.update(
+            resource,
+            fields,
+            Op::SageMaker(SageMakerOp::Update {
+                endpoint: endpoint.name.clone(),
+                arn,
+                weights,
+                tags,
+            }),
+        );
     }
     // Endpoints ferry made for this source that git no longer declares.
     let declared_names: BTreeSet<&str> = declared.iter().map(|e| e.name.as_str()).collect();
