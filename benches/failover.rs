@@ -15,8 +15,8 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::Child;
 use std::time::{Duration, Instant};
+use support::Owned;
 
 use support::*;
 
@@ -25,7 +25,7 @@ struct Node {
     config: PathBuf,
     dest: PathBuf,
     port: u16,
-    child: Option<Child>,
+    child: Option<Owned>,
     runs: usize,
 }
 

@@ -364,7 +364,7 @@ impl Worker {
             tokio::pin!(sync);
             let result = tokio::select! {
                 r = &mut sync => r,
-                _ = shutdown.changed() => {
+                _ = stopped(&mut shutdown) => {
                     // Abort a fetch; a publish in progress finishes (see module docs).
                     cancel.store(true, Ordering::Relaxed);
                     sync.await
@@ -397,8 +397,10 @@ impl Worker {
             self.status.update(&self.source.name, |s| {
                 s.next_attempt = Some(timestamp(SystemTime::now() + delay));
             });
+            // A shutdown that arrived during the sync was already seen by
+            // the select above; `stopped` still returns at once.
             tokio::select! {
-                _ = shutdown.changed() => break,
+                _ = stopped(&mut shutdown) => break,
                 _ = self.trigger.0.notified() => {
                     tracing::debug!(source = %self.source.name, "triggered");
                 }
@@ -452,11 +454,19 @@ impl Worker {
             s.last_attempt = Some(timestamp(SystemTime::now()))
         });
         let fetch_started = Instant::now();
+        tracing::debug!(source = %name, "phase: fetch");
         let fetched = self.source.fetch_branch(cancel);
         self.metrics
             .fetch_duration
             .get_or_create(&metrics::source(name))
             .observe(fetch_started.elapsed().as_secs_f64());
+        let repairs = self.source.take_repairs();
+        if repairs > 0 {
+            self.metrics
+                .mirror_repairs
+                .get_or_create(&metrics::source(name))
+                .inc_by(repairs);
+        }
         let fetched = match fetched {
             Ok(f) => f,
             Err(err) => return fetch_failure(err),
@@ -1180,6 +1190,12 @@ impl Worker {
         }
         false
     }
+}
+
+/// Resolves once `shutdown` is true, also when it already was (unlike
+/// `changed`, which a change seen by an earlier `select!` never wakes).
+async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stop| *stop).await;
 }
 
 fn fetch_failure(err: SourceError) -> SyncResult {

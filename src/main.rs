@@ -923,13 +923,18 @@ async fn publish_dags(args: &PublishDagsArgs) -> anyhow::Result<ExitCode> {
     let reference = args.reference.clone();
     let outcome = tokio::task::spawn_blocking(move || -> anyhow::Result<ExitCode> {
         ferry::source::set_network_timeouts(Duration::from_secs(30), source_config.timeout);
+        // Opening the target first removes what a killed earlier run left
+        // in the destination, whatever this run's fetch then does.
+        let mut target = DagsTarget::open(target_config)?;
         let source = GitSource::new(&source_config, &config.cache_dir);
         let cancel = AtomicBool::new(false);
+        tracing::debug!("phase: fetch");
         let fetched = if reference.starts_with("refs/") {
             source.fetch_ref(&reference, "refs/ferry/oneshot", &cancel)?
         } else {
             source.fetch_branch(&cancel)?
         };
+        tracing::debug!(commit = %fetched.commit, "phase: verify");
         if let Some(signed) = source.verify(fetched.commit)? {
             eprintln!(
                 "commit {} signed by {} ({})",
@@ -937,7 +942,6 @@ async fn publish_dags(args: &PublishDagsArgs) -> anyhow::Result<ExitCode> {
             );
         }
         let repo = source.open()?;
-        let mut target = DagsTarget::open(target_config)?;
         match target.sync(&repo, fetched.commit, &Arc::new(AtomicBool::new(false))) {
             Ok(outcome) => {
                 for warning in &outcome.warnings {

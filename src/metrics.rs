@@ -76,6 +76,8 @@ pub struct Metrics {
     pub previews: Family<ResultLabels, Counter>,
     /// 1 while this process holds the leader Lease (or runs without one).
     pub leader: Gauge,
+    /// Damaged git mirrors replaced by a fresh fetch.
+    pub mirror_repairs: Family<SourceLabels, Counter>,
     /// Last revision label set per source, so a new revision replaces it.
     live_revision: Mutex<Vec<RevisionLabels>>,
 }
@@ -117,6 +119,12 @@ impl Metrics {
             github_outbox.clone(),
         );
         let previews = Family::<ResultLabels, Counter>::default();
+        let mirror_repairs = Family::<SourceLabels, Counter>::default();
+        registry.register(
+            "mirror_repairs",
+            "Damaged git mirrors (left by a killed run or a full disk) replaced and fetched afresh",
+            mirror_repairs.clone(),
+        );
         let leader = Gauge::default();
         registry.register(
             "leader",
@@ -186,6 +194,7 @@ impl Metrics {
             github_outbox,
             previews,
             leader,
+            mirror_repairs,
             live_revision: Mutex::new(Vec::new()),
         })
     }
@@ -200,6 +209,7 @@ impl Metrics {
         let _ = self.fetch_duration.get_or_create(&labels);
         let _ = self.consecutive_failures.get_or_create(&labels);
         let _ = self.last_success.get_or_create(&labels);
+        let _ = self.mirror_repairs.get_or_create(&labels);
         for result in ["success", "unchanged"] {
             let _ = self.syncs.get_or_create(&ResultLabels {
                 source: source.to_string(),

@@ -156,6 +156,14 @@ impl Receiver {
                 format!("delivery {delivery} already handled\n"),
             );
         }
+        let body = match json_payload(header("content-type"), body) {
+            Ok(payload) => payload,
+            Err((status, message)) => {
+                self.count(event_label, "bad_request");
+                return (status, message);
+            }
+        };
+        let body = body.as_ref();
         match event.as_str() {
             "ping" => {
                 self.count("ping", "pong");
@@ -268,6 +276,40 @@ impl Receiver {
     }
 }
 
+/// The JSON document of a delivery. GitHub sends either JSON or, when the
+/// webhook's "Content type" is `application/x-www-form-urlencoded`, a form
+/// whose `payload` field holds the JSON. The signature covers the raw body
+/// either way, so this runs after it was checked.
+fn json_payload<'a>(
+    content_type: &str,
+    body: &'a [u8],
+) -> Result<std::borrow::Cow<'a, [u8]>, (StatusCode, String)> {
+    let media = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    match media.as_str() {
+        "" | "application/json" => Ok(std::borrow::Cow::Borrowed(body)),
+        "application/x-www-form-urlencoded" => form_urlencoded::parse(body)
+            .find(|(key, _)| key == "payload")
+            .map(|(_, value)| std::borrow::Cow::Owned(value.into_owned().into_bytes()))
+            .ok_or_else(|| {
+                (
+                    StatusCode::BAD_REQUEST,
+                    "form-encoded delivery without a `payload` field\n".to_string(),
+                )
+            }),
+        other => Err((
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!(
+                "unsupported Content-Type `{other}`: set the GitHub webhook's \"Content type\" to application/json\n"
+            ),
+        )),
+    }
+}
+
 /// `sha256=<hex>` HMAC-SHA256 of `body`; compared in constant time.
 pub fn signature_valid(secret: &[u8], header: &str, body: &[u8]) -> bool {
     let Some(hex) = header.strip_prefix("sha256=") else {
@@ -322,6 +364,31 @@ mod tests {
             header,
             "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17"
         );
+    }
+
+    #[test]
+    fn form_deliveries_yield_their_payload_and_other_types_are_refused() {
+        let json = br#"{"ref":"refs/heads/main"}"#;
+        assert_eq!(
+            json_payload("application/json; charset=utf-8", json)
+                .unwrap()
+                .as_ref(),
+            json
+        );
+        let form = b"payload=%7B%22ref%22%3A%22refs%2Fheads%2Fmain%22%7D";
+        assert_eq!(
+            json_payload("application/x-www-form-urlencoded", form)
+                .unwrap()
+                .as_ref(),
+            json
+        );
+        let (status, message) =
+            json_payload("application/x-www-form-urlencoded", b"other=1").unwrap_err();
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(message.contains("`payload`"), "{message}");
+        let (status, message) = json_payload("text/xml", json).unwrap_err();
+        assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+        assert!(message.contains("application/json"), "{message}");
     }
 
     #[test]

@@ -403,14 +403,15 @@ fn wrong_credentials_never_print_the_secret() {
     )
     .unwrap();
     let log = tmp.path().join("ferry.log");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ferry"))
-        .args(["--log-format", "json", "run", "--config"])
-        .arg(&config)
-        .env("GIT_TRACE", "1")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
+    let child = spawn_owned(
+        Command::new(env!("CARGO_BIN_EXE_ferry"))
+            .args(["--log-format", "json", "run", "--config"])
+            .arg(&config)
+            .env("GIT_TRACE", "1")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap()),
+    )
+    .unwrap();
     wait_for_port(port, Duration::from_secs(10));
     let addr = format!("127.0.0.1:{port}").parse().unwrap();
     let body = eventually(Duration::from_secs(20), "two failed attempts", || {
@@ -419,12 +420,7 @@ fn wrong_credentials_never_print_the_secret() {
         (v["consecutive_failures"].as_u64()? >= 2).then_some(body)
     });
     let (_, metrics) = http_get(addr, "/metrics");
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let status = child.wait().unwrap();
-    assert!(
-        status.success(),
-        "SIGTERM must stop ferry cleanly: {status:?}"
-    );
+    stop_ferry(child);
     let logs = std::fs::read_to_string(&log).unwrap();
     assert!(
         body.contains("rejected the configured credentials"),

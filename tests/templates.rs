@@ -57,44 +57,40 @@ fn the_dags_template_passes_its_own_tests_in_real_airflow() {
 
 /// An MLflow tracking server (SQLite backend, local artifacts), stopped on drop.
 struct Mlflow {
-    child: std::process::Child,
+    // The server, its uvicorn worker, huey consumer and job runner: one
+    // process group, stopped together when this is dropped.
+    _child: Owned,
     url: String,
-}
-
-impl Drop for Mlflow {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn mlflow_server(dir: &Path) -> Mlflow {
     let port = free_port();
-    let child = Command::new(venv("mlflow-venv", "mlflow"))
-        .args([
-            "server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            &port.to_string(),
-            "--workers",
-            "1",
-        ])
-        .arg("--backend-store-uri")
-        .arg(format!("sqlite:///{}", dir.join("mlflow.db").display()))
-        .arg("--artifacts-destination")
-        .arg(dir.join("artifacts"))
-        .arg("--serve-artifacts")
-        .stdout(std::fs::File::create(dir.join("mlflow.log")).unwrap())
-        .stderr(std::fs::File::create(dir.join("mlflow.err")).unwrap())
-        .spawn()
-        .unwrap();
+    let child = spawn_owned(
+        Command::new(venv("mlflow-venv", "mlflow"))
+            .args([
+                "server",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+                "--workers",
+                "1",
+            ])
+            .arg("--backend-store-uri")
+            .arg(format!("sqlite:///{}", dir.join("mlflow.db").display()))
+            .arg("--artifacts-destination")
+            .arg(dir.join("artifacts"))
+            .arg("--serve-artifacts")
+            .stdout(std::fs::File::create(dir.join("mlflow.log")).unwrap())
+            .stderr(std::fs::File::create(dir.join("mlflow.err")).unwrap()),
+    )
+    .unwrap();
     let url = format!("http://127.0.0.1:{port}");
     wait_for_port(port, Duration::from_secs(120));
     eventually(Duration::from_secs(120), "MLflow server health", || {
         (http_get(format!("127.0.0.1:{port}").parse().unwrap(), "/health").0 == 200).then_some(())
     });
-    Mlflow { child, url }
+    Mlflow { _child: child, url }
 }
 
 #[test]

@@ -160,11 +160,43 @@ fn signed_pushes_sync_at_once_and_nothing_else_does() {
     ] {
         assert!(metrics.contains(line), "missing {line}:\n{metrics}");
     }
-    // A fresh signed delivery for the pending commit still works.
-    assert_eq!(
-        post("push", "d-9", Some(sign(SECRET.as_bytes(), &body)), &body).0,
-        200
+    // A content type GitHub never sends: 415 naming the webhook setting.
+    let signed = sign(SECRET.as_bytes(), &body);
+    let (code, text) = http_post(
+        addr,
+        "/webhooks/github",
+        &[
+            ("X-GitHub-Event", "push"),
+            ("X-GitHub-Delivery", "d-9"),
+            ("Content-Type", "text/plain"),
+            ("X-Hub-Signature-256", &signed),
+        ],
+        &body,
     );
+    assert_eq!(code, 415, "{text}");
+    assert!(
+        text.contains("\"Content type\" to application/json"),
+        "{text}"
+    );
+    assert_eq!(published(addr).as_deref(), Some(second.as_str()));
+    // The webhook's other content type, a form whose `payload` field holds
+    // the JSON (signed over the raw form body), syncs the pending commit.
+    let form = form_urlencoded::Serializer::new(String::new())
+        .append_pair("payload", std::str::from_utf8(&body).unwrap())
+        .finish();
+    let signed = sign(SECRET.as_bytes(), form.as_bytes());
+    let (code, text) = http_post(
+        addr,
+        "/webhooks/github",
+        &[
+            ("X-GitHub-Event", "push"),
+            ("X-GitHub-Delivery", "d-10"),
+            ("Content-Type", "application/x-www-form-urlencoded"),
+            ("X-Hub-Signature-256", &signed),
+        ],
+        form.as_bytes(),
+    );
+    assert_eq!(code, 200, "{text}");
     eventually(Duration::from_secs(5), "third commit", || {
         (published(addr)? == third).then_some(())
     });

@@ -150,6 +150,8 @@ impl DagsTarget {
         cancel: &AtomicBool,
     ) -> Result<DagsOutcome, DagsError> {
         let started = Instant::now();
+        // Phase lines let kill drills tell where an interrupted run stopped.
+        tracing::debug!(%commit, "phase: validate");
         let snapshot = snapshot::read(repo, commit, &self.config.subdir)?;
         let problems = self.checker.check(repo, &snapshot, &self.config.subdir);
         let policy = self.config.validation.policy;
@@ -179,6 +181,7 @@ impl DagsTarget {
         }
         self.ensure_live_snapshot(repo, current);
 
+        tracing::debug!(%commit, "phase: stage");
         let staged = self.publisher.stage(repo, &snapshot, self.live.as_ref())?;
         let hook = if self.config.validation.command.is_empty() {
             None
@@ -212,7 +215,9 @@ impl DagsTarget {
             Some(report)
         };
         let stats = staged.stats;
+        tracing::debug!(%commit, "phase: swap");
         self.publisher.publish(staged)?;
+        tracing::debug!(%commit, "phase: prune");
         let skipped = snapshot.skipped.clone();
         self.live = Some(snapshot);
         let pruned = self.prune();

@@ -98,6 +98,7 @@ impl Publisher {
         };
         let revisions = publisher.revisions_dir();
         fs::create_dir_all(&revisions).map_err(io_err(&revisions))?;
+        linktree::set_dir_mode_if_masked(&revisions).map_err(io_err(&revisions))?;
         publisher.remove_leftovers()?;
         let link_path = publisher.link_path();
         if let Ok(meta) = fs::symlink_metadata(&link_path)
@@ -167,7 +168,7 @@ impl Publisher {
             std::process::id(),
             fastrand::u32(..)
         ));
-        fs::create_dir(&dir).map_err(io_err(&dir))?;
+        linktree::create_dir_readable(&dir).map_err(io_err(&dir))?;
         let result = self.fill(repo, snapshot, previous, &dir);
         match result {
             Ok(stats) => Ok(Staged {

@@ -161,8 +161,12 @@ pub fn run_hook(
     };
     let mut log = tempfile::tempfile().map_err(hook_err)?;
     let started = Instant::now();
+    use std::os::unix::process::CommandExt;
     let mut child = Command::new(&program)
         .args(&command[1..])
+        // Its own process group, so whatever the hook starts can be
+        // stopped with it (a killed `sh` would orphan its `sleep`).
+        .process_group(0)
         .current_dir(staged)
         .env("FERRY_STAGED_DIR", staged)
         .env("FERRY_COMMIT", commit.to_string())
@@ -180,12 +184,15 @@ pub fn run_hook(
         }
         if started.elapsed() >= timeout || cancel.load(Ordering::Relaxed) {
             timed_out = started.elapsed() >= timeout;
-            let _ = child.kill();
+            kill_group(child.id());
             let _ = child.wait();
             break None;
         }
         std::thread::sleep(Duration::from_millis(20));
     };
+    // A hook that exited may have left processes behind; none may outlive
+    // it, least of all one still writing into a tree about to be published.
+    kill_group(child.id());
     use std::io::Seek;
     let mut output = Vec::new();
     log.seek(std::io::SeekFrom::Start(0)).map_err(hook_err)?;
@@ -214,9 +221,66 @@ pub fn run_hook(
     })
 }
 
+/// SIGKILL to the hook's process group (its pgid is its pid).
+fn kill_group(pid: u32) {
+    if let Ok(pid) = i32::try_from(pid) {
+        // SAFETY: kill(2) with a negative pid signals a process group; no
+        // memory is involved. ESRCH (the group is gone) is fine.
+        unsafe { libc::kill(-pid, libc::SIGKILL) };
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn alive(pid: i32) -> bool {
+        // Zombies count as gone: they run nothing.
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+            !stat
+                .rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('Z')
+        })
+    }
+
+    #[test]
+    fn a_timed_out_or_finished_hook_leaves_no_process_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let never = AtomicBool::new(false);
+        for (script, timeout) in [
+            // Times out while its child sleeps.
+            (
+                "sleep 30 & echo $! > grandchild; wait",
+                Duration::from_millis(300),
+            ),
+            // Exits at once, leaving a background child.
+            (
+                "sleep 30 & echo $! > grandchild; exit 0",
+                Duration::from_secs(30),
+            ),
+        ] {
+            let command = vec!["sh".to_string(), "-c".to_string(), script.to_string()];
+            let report = run_hook(&command, dir.path(), Oid::ZERO_SHA1, timeout, &never).unwrap();
+            let pid: i32 = std::fs::read_to_string(dir.path().join("grandchild"))
+                .unwrap()
+                .trim()
+                .parse()
+                .unwrap();
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while alive(pid) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            assert!(!alive(pid), "{script}: grandchild {pid} survived the hook");
+            assert_eq!(
+                report.timed_out,
+                timeout < Duration::from_secs(1),
+                "{script}"
+            );
+        }
+    }
 
     #[test]
     fn valid_python_passes() {

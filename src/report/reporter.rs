@@ -317,7 +317,7 @@ impl Reporter {
             let Some(op) = head else {
                 tokio::select! {
                     _ = self.0.wake.notified() => continue,
-                    _ = shutdown.changed() => break,
+                    _ = shutdown.wait_for(|stop| *stop) => break,
                 }
             };
             let kind = op_kind(&op);
@@ -349,7 +349,7 @@ impl Reporter {
                     }
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => {}
-                        _ = shutdown.changed() => break,
+                        _ = shutdown.wait_for(|stop| *stop) => break,
                     }
                 }
             }

@@ -9,10 +9,11 @@
 
 mod credentials;
 pub mod known_hosts;
+pub mod mirror;
 pub mod signature;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use git2::{Direction, FetchOptions, Oid, Repository};
@@ -51,6 +52,23 @@ pub enum SourceError {
     Mirror { path: PathBuf, detail: String },
 }
 
+impl SourceError {
+    /// Whether a damaged mirror could explain this error: not when the
+    /// remote or the operator decided it (credentials, host key, timeout,
+    /// cancellation).
+    fn may_be_local(&self) -> bool {
+        !matches!(
+            self,
+            SourceError::Auth { .. }
+                | SourceError::HostKey { .. }
+                | SourceError::Timeout { .. }
+                | SourceError::Cancelled { .. }
+                | SourceError::BranchNotFound { .. }
+                | SourceError::RefNotFound { .. }
+        )
+    }
+}
+
 /// One tracked repository and its local bare mirror.
 pub struct GitSource {
     pub name: String,
@@ -63,8 +81,11 @@ pub struct GitSource {
     allowed_signers: Option<PathBuf>,
     /// Cleared the first time the server (or transport) refuses a shallow fetch.
     shallow: AtomicBool,
-    /// Set once stale lock files of an earlier, killed process are gone.
+    /// Set once the mirror left by an earlier process has been checked.
     recovered: AtomicBool,
+    /// Damaged mirrors replaced since the last [`GitSource::take_repairs`].
+    repairs: AtomicU64,
+    max_packs: usize,
 }
 
 /// What a branch fetch found.
@@ -90,7 +111,14 @@ impl GitSource {
                 crate::config::url_scheme(&config.url).is_some_and(|s| s != "file"),
             ),
             recovered: AtomicBool::new(false),
+            repairs: AtomicU64::new(0),
+            max_packs: max_packs(),
         }
+    }
+
+    /// How many damaged mirrors were replaced since the last call.
+    pub fn take_repairs(&self) -> u64 {
+        self.repairs.swap(0, Ordering::Relaxed)
     }
 
     /// Checks `commit` against the signature policy: `Ok(None)` when the
@@ -116,30 +144,57 @@ impl GitSource {
         format!("refs/ferry/heads/{}", self.branch)
     }
 
-    /// Opens the mirror, creating it when missing and recreating it when it
-    /// is unreadable (the cache is disposable: everything in it is refetched).
+    /// Opens the mirror, creating it when missing. The first open in a
+    /// process, which may follow a kill at any point of an earlier one,
+    /// checks the mirror and replaces it when it is damaged (the cache is
+    /// disposable: everything in it is refetched).
     pub fn open(&self) -> Result<Repository, SourceError> {
-        if !self.recovered.swap(true, Ordering::Relaxed) {
-            remove_stale_locks(&self.mirror);
+        if self.recovered.swap(true, Ordering::Relaxed) {
+            return self.open_or_init();
         }
-        let mirror_err = |e: git2::Error| SourceError::Mirror {
-            path: self.mirror.clone(),
-            detail: e.message().to_string(),
-        };
+        mirror::remove_trash(&self.mirror);
+        mirror::remove_stale_locks(&self.mirror);
+        let repo = self.open_or_init()?;
+        match mirror::check(&repo) {
+            Ok(()) => Ok(repo),
+            Err(damage) => {
+                drop(repo);
+                self.repair(&damage)
+            }
+        }
+    }
+
+    fn open_or_init(&self) -> Result<Repository, SourceError> {
         match Repository::open_bare(&self.mirror) {
             Ok(repo) => Ok(repo),
-            Err(_) if !self.mirror.exists() => {
-                Repository::init_bare(&self.mirror).map_err(mirror_err)
-            }
-            Err(err) => {
-                tracing::warn!(source = %self.name, mirror = %self.mirror.display(), error = %err.message(), "mirror unreadable, recreating");
-                std::fs::remove_dir_all(&self.mirror).map_err(|e| SourceError::Mirror {
-                    path: self.mirror.clone(),
-                    detail: e.to_string(),
-                })?;
-                Repository::init_bare(&self.mirror).map_err(mirror_err)
-            }
+            Err(_) if !self.mirror.exists() => self.init(),
+            Err(err) => self.repair(&mirror::Damage(format!(
+                "not a readable repository: {}",
+                err.message()
+            ))),
         }
+    }
+
+    fn init(&self) -> Result<Repository, SourceError> {
+        Repository::init_bare(&self.mirror).map_err(|e| SourceError::Mirror {
+            path: self.mirror.clone(),
+            detail: e.message().to_string(),
+        })
+    }
+
+    /// Replaces a damaged mirror with an empty one; the next fetch refills it.
+    fn repair(&self, damage: &mirror::Damage) -> Result<Repository, SourceError> {
+        tracing::warn!(source = %self.name, mirror = %self.mirror.display(), %damage, "mirror damaged (an interrupted run or a full disk); replacing it and fetching afresh");
+        self.repairs.fetch_add(1, Ordering::Relaxed);
+        self.discard()?;
+        self.init()
+    }
+
+    fn discard(&self) -> Result<(), SourceError> {
+        mirror::discard(&self.mirror).map_err(|e| SourceError::Mirror {
+            path: self.mirror.clone(),
+            detail: format!("cannot remove it: {e}"),
+        })
     }
 
     /// The commit last fetched for the tracked branch, if any.
@@ -165,6 +220,34 @@ impl GitSource {
     /// Fetches one remote ref (a branch, or `refs/pull/N/head` for previews)
     /// into `local_ref`, forced, so rewritten history is followed.
     pub fn fetch_ref(
+        &self,
+        remote_ref: &str,
+        local_ref: &str,
+        cancel: &AtomicBool,
+    ) -> Result<Fetched, SourceError> {
+        let err = match self.fetch_ref_once(remote_ref, local_ref, cancel) {
+            Ok(fetched) => return Ok(fetched),
+            Err(err) => err,
+        };
+        if !err.may_be_local() {
+            return Err(err);
+        }
+        // The remote may be fine and the mirror broken (objects lost to a
+        // kill or a full disk): then repair and try once more, so the
+        // error, if any, is about the remote.
+        let damage = Repository::open_bare(&self.mirror)
+            .map_err(|e| mirror::Damage(format!("not a readable repository: {}", e.message())))
+            .and_then(|repo| mirror::check(&repo));
+        match damage {
+            Ok(()) => Err(err),
+            Err(damage) => {
+                self.repair(&damage)?;
+                self.fetch_ref_once(remote_ref, local_ref, cancel)
+            }
+        }
+    }
+
+    fn fetch_ref_once(
         &self,
         remote_ref: &str,
         local_ref: &str,
@@ -229,27 +312,17 @@ impl GitSource {
     }
 
     /// Every fetch adds a pack and libgit2 cannot repack, so lookups would
-    /// slow down forever. Past [`MAX_PACKS`] the mirror is dropped and the
+    /// slow down forever. Past `max_packs` the mirror is dropped and the
     /// next fetch starts afresh (shallow: one commit's objects).
     fn compact_if_needed(&self, repo: Repository) -> Result<Repository, SourceError> {
-        let packs = std::fs::read_dir(self.mirror.join("objects").join("pack"))
-            .map(|entries| {
-                entries
-                    .flatten()
-                    .filter(|e| e.path().extension().is_some_and(|x| x == "pack"))
-                    .count()
-            })
-            .unwrap_or(0);
-        if packs <= MAX_PACKS {
+        let packs = mirror::pack_count(&self.mirror);
+        if packs <= self.max_packs {
             return Ok(repo);
         }
         drop(repo);
-        tracing::info!(source = %self.name, packs, "mirror has too many packs; starting it afresh");
-        std::fs::remove_dir_all(&self.mirror).map_err(|e| SourceError::Mirror {
-            path: self.mirror.clone(),
-            detail: e.to_string(),
-        })?;
-        self.open()
+        tracing::info!(source = %self.name, packs, "phase: compact (mirror has too many packs; starting it afresh)");
+        self.discard()?;
+        self.init()
     }
 
     fn fetch_once(
@@ -294,6 +367,18 @@ impl GitSource {
             return SourceError::Cancelled { url };
         }
         let detail = err.message().trim().to_string();
+        // Missing or corrupt local objects are the mirror's fault, never a
+        // sign that the remote repository is gone.
+        if matches!(
+            err.class(),
+            git2::ErrorClass::Odb | git2::ErrorClass::Object | git2::ErrorClass::Zlib
+        ) || err.code() == git2::ErrorCode::NotFound && detail.contains("no match for id")
+        {
+            return SourceError::Mirror {
+                path: self.mirror.clone(),
+                detail: format!("damaged while {action}: {detail}"),
+            };
+        }
         let lower = detail.to_ascii_lowercase();
         if lower.contains("404")
             || lower.contains("not found")
@@ -326,35 +411,13 @@ impl GitSource {
 /// Packs a mirror may hold before it is started afresh.
 pub const MAX_PACKS: usize = 50;
 
-/// A process killed mid-fetch leaves `*.lock` files that make every later
-/// fetch fail. The mirror belongs to this agent alone (one per cache dir), so
-/// at the first open in this process any lock is stale.
-fn remove_stale_locks(mirror: &Path) {
-    fn walk(dir: &Path, depth: usize) {
-        let Ok(entries) = std::fs::read_dir(dir) else {
-            return;
-        };
-        for entry in entries.flatten() {
-            let path = entry.path();
-            let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
-            if is_dir && depth < 8 && entry.file_name() != "objects" {
-                walk(&path, depth + 1);
-            } else if path.extension().is_some_and(|e| e == "lock") {
-                tracing::info!(path = %path.display(), "removing stale git lock file");
-                let _ = std::fs::remove_file(&path);
-            }
-        }
-    }
-    walk(mirror, 0);
-    // Half-written packs of a killed fetch are unreferenced temp files.
-    if let Ok(entries) = std::fs::read_dir(mirror.join("objects").join("pack")) {
-        for entry in entries.flatten() {
-            let name = entry.file_name();
-            if name.to_string_lossy().starts_with("tmp_") {
-                let _ = std::fs::remove_file(entry.path());
-            }
-        }
-    }
+/// `FERRY_MIRROR_MAX_PACKS` lowers the limit, to exercise compaction (tests,
+/// kill drills); unset or invalid means [`MAX_PACKS`].
+fn max_packs() -> usize {
+    std::env::var("FERRY_MIRROR_MAX_PACKS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(MAX_PACKS)
 }
 
 fn is_shallow_refusal(err: &git2::Error) -> bool {

@@ -7,11 +7,14 @@
 
 pub mod github;
 pub mod moto;
+pub mod process;
+
+pub use process::{Owned, spawn_owned};
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub fn free_port() -> u16 {
@@ -156,17 +159,11 @@ impl Repo {
     }
 }
 
+/// A server a test started; dropping it stops it (see [`Owned`]).
 pub struct Server {
-    child: Child,
+    _child: Owned,
     pub port: u16,
     pub log: PathBuf,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 impl Server {
@@ -181,23 +178,28 @@ pub fn git_daemon(root: &Path, port: u16) -> Server {
     let exec_path = run(Command::new("git").arg("--exec-path"))
         .trim()
         .to_string();
-    let child = Command::new(Path::new(&exec_path).join("git-daemon"))
-        .args([
-            "--reuseaddr",
-            "--export-all",
-            "--listen=127.0.0.1",
-            "--informative-errors",
-        ])
-        .arg(format!("--port={port}"))
-        .arg(format!("--base-path={}", root.display()))
-        .arg(root)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .expect("cannot start git-daemon (is git installed?)");
+    let child = spawn_owned(
+        Command::new(Path::new(&exec_path).join("git-daemon"))
+            .args([
+                "--reuseaddr",
+                "--export-all",
+                "--listen=127.0.0.1",
+                "--informative-errors",
+            ])
+            .arg(format!("--port={port}"))
+            .arg(format!("--base-path={}", root.display()))
+            .arg(root)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap()),
+    )
+    .expect("cannot start git-daemon (is git installed?)");
     wait_for_port(port, Duration::from_secs(10));
-    Server { child, port, log }
+    Server {
+        _child: child,
+        port,
+        log,
+    }
 }
 
 /// lighttpd + git-http-backend at http://127.0.0.1:port/git/<name>.git,
@@ -234,17 +236,22 @@ $HTTP["url"] =~ "^/git/" {{
     let conf_path = dir.join("lighttpd.conf");
     std::fs::write(&conf_path, conf).unwrap();
     let log = dir.join("error.log");
-    let child = Command::new(lighttpd)
-        .arg("-D")
-        .arg("-f")
-        .arg(&conf_path)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.join("stderr.log")).unwrap())
-        .spawn()
-        .expect("cannot start lighttpd");
+    let child = spawn_owned(
+        Command::new(lighttpd)
+            .arg("-D")
+            .arg("-f")
+            .arg(&conf_path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("stderr.log")).unwrap()),
+    )
+    .expect("cannot start lighttpd");
     wait_for_port(port, Duration::from_secs(10));
-    Server { child, port, log }
+    Server {
+        _child: child,
+        port,
+        log,
+    }
 }
 
 pub struct Ssh {
@@ -295,17 +302,22 @@ pub fn sshd_on(root: &Path, port: u16) -> Ssh {
     let conf_path = dir.join("sshd_config");
     std::fs::write(&conf_path, conf).unwrap();
     let log = dir.join("sshd.log");
-    let child = Command::new(sshd)
-        .args(["-D", "-e", "-f"])
-        .arg(&conf_path)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .expect("cannot start sshd");
+    let child = spawn_owned(
+        Command::new(sshd)
+            .args(["-D", "-e", "-f"])
+            .arg(&conf_path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap()),
+    )
+    .expect("cannot start sshd");
     wait_for_port(port, Duration::from_secs(10));
     Ssh {
-        server: Server { child, port, log },
+        server: Server {
+            _child: child,
+            port,
+            log,
+        },
         client_key,
         known_hosts,
         user,
@@ -490,8 +502,8 @@ pub fn staging_leftovers(dest: &Path) -> Vec<String> {
 }
 
 /// `ferry run --config <config>` with stderr in `log`; returns once its
-/// server listens on `port`.
-pub fn spawn_ferry(config: &Path, log: &Path, port: u16, envs: &[(&str, &Path)]) -> Child {
+/// server listens on `port`. Dropped, it is killed with whatever it started.
+pub fn spawn_ferry(config: &Path, log: &Path, port: u16, envs: &[(&str, &Path)]) -> Owned {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferry"));
     cmd.args(["run", "--config"])
         .arg(config)
@@ -501,7 +513,7 @@ pub fn spawn_ferry(config: &Path, log: &Path, port: u16, envs: &[(&str, &Path)])
     for (k, v) in envs {
         cmd.env(k, v);
     }
-    let mut child = cmd.spawn().expect("cannot start ferry");
+    let mut child = spawn_owned(&mut cmd).expect("cannot start ferry");
     let deadline = Instant::now() + Duration::from_secs(10);
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
         if let Ok(Some(status)) = child.try_wait() {
@@ -519,11 +531,9 @@ pub fn spawn_ferry(config: &Path, log: &Path, port: u16, envs: &[(&str, &Path)])
     child
 }
 
-/// Sends SIGTERM and asserts a clean exit.
-pub fn stop_ferry(mut child: Child) {
-    // SAFETY: kill(2) on a child we own; no memory is involved.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let status = child.wait().unwrap();
+/// Sends SIGTERM and asserts a clean exit within 30 s.
+pub fn stop_ferry(mut child: Owned) {
+    let status = child.signal_and_wait(libc::SIGTERM, Duration::from_secs(30));
     assert!(
         status.success(),
         "SIGTERM must stop ferry cleanly: {status:?}"

@@ -1,0 +1,729 @@
+//! Faults beyond a kill during publish: kills anywhere in a run (fetch,
+//! mirror compaction, validation, staging, swap), damaged mirrors, and the
+//! repair that must follow, against real git servers.
+
+mod support;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use git2::{Oid, Repository};
+use support::*;
+
+/// Expected (path, content) of each commit, by commit id.
+type Trees = Arc<Mutex<HashMap<String, Vec<(String, String)>>>>;
+
+/// The repo under test: 300 DAG files plus a marker naming the iteration,
+/// so the reader can tell which commit a revision is.
+struct History {
+    repo: Repository,
+    files: BTreeMap<String, (Vec<u8>, i32)>,
+    head: Option<Oid>,
+    /// Expected (path, content) of every commit made, for the reader.
+    trees: Trees,
+}
+
+impl History {
+    fn new(bare: &Path) -> History {
+        let repo = Repository::init_bare(bare).unwrap();
+        std::fs::write(bare.join("git-daemon-export-ok"), "").unwrap();
+        let mut files = BTreeMap::new();
+        for i in 0..300 {
+            let body = format!("N = {i}\n{}\n", "# padding\n".repeat(150));
+            files.insert(
+                format!("dags/d{:02}/f{i:03}.py", i % 12),
+                (body.into_bytes(), 0o100644),
+            );
+        }
+        History {
+            repo,
+            files,
+            head: None,
+            trees: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    /// A new head on main changing the marker and a few files.
+    fn commit(&mut self, n: usize) -> Oid {
+        self.files.insert(
+            "dags/marker.py".into(),
+            (format!("ITERATION = {n}\n").into_bytes(), 0o100644),
+        );
+        for k in 0..5 {
+            let i = (n * 7 + k * 61) % 300;
+            let body = format!("N = {i}\nCHANGED_IN = {n}\n");
+            self.files.insert(
+                format!("dags/d{:02}/f{i:03}.py", i % 12),
+                (body.into_bytes(), 0o100644),
+            );
+        }
+        let oid = build_commit(&self.repo, &self.files, self.head, "refs/heads/main", "c");
+        self.head = Some(oid);
+        let expected: Vec<(String, String)> = self
+            .files
+            .iter()
+            .map(|(p, (c, _))| {
+                (
+                    p.trim_start_matches("dags/").to_string(),
+                    String::from_utf8(c.clone()).unwrap(),
+                )
+            })
+            .collect();
+        self.trees.lock().unwrap().insert(oid.to_string(), expected);
+        oid
+    }
+}
+
+fn live(dest: &Path) -> Option<String> {
+    let target = std::fs::read_link(dest.join("current")).ok()?;
+    Some(target.file_name()?.to_string_lossy().into_owned())
+}
+
+/// Reads the tree the link names, if the link exists, and checks it is
+/// exactly one commit's files. Returns the commit.
+fn check_live(
+    dest: &Path,
+    trees: &Mutex<HashMap<String, Vec<(String, String)>>>,
+) -> Option<String> {
+    let sha = live(dest)?;
+    let seen = read_tree(&dest.join(".ferry").join(&sha));
+    let trees = trees.lock().unwrap();
+    let want = trees
+        .get(&sha)
+        .unwrap_or_else(|| panic!("the link names {sha}, which is no commit of this test"));
+    assert!(
+        seen == *want,
+        "revision {sha} is not exactly its commit's files ({} files, want {})",
+        seen.len(),
+        want.len()
+    );
+    Some(sha)
+}
+
+/// A thread that walks the live revision over and over while the test
+/// runs, failing the test if it ever sees a mixed or incomplete tree.
+struct Reader {
+    stop: Arc<AtomicBool>,
+    passes: Arc<AtomicUsize>,
+    handle: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Reader {
+    fn start(dest: PathBuf, trees: Trees) -> Reader {
+        let stop = Arc::new(AtomicBool::new(false));
+        let passes = Arc::new(AtomicUsize::new(0));
+        let (s, p) = (stop.clone(), passes.clone());
+        let handle = std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                // A revision may be pruned between readlink and the walk;
+                // only a complete read of a revision counts as a pass.
+                let sha = match live(&dest) {
+                    Some(sha) => sha,
+                    None => continue,
+                };
+                let dir = dest.join(".ferry").join(&sha);
+                let Some(seen) = read_tree_if_present(&dir) else {
+                    continue;
+                };
+                let trees = trees.lock().unwrap();
+                assert!(
+                    trees.get(&sha) == Some(&seen),
+                    "reader saw revision {sha} incomplete or mixed ({} files)",
+                    seen.len()
+                );
+                p.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+        Reader {
+            stop,
+            passes,
+            handle: Some(handle),
+        }
+    }
+
+    fn finish(mut self) -> usize {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            h.join().expect("the reader failed");
+        }
+        self.passes.load(Ordering::Relaxed)
+    }
+}
+
+/// [`read_tree`] that gives up (None) when anything vanishes under it:
+/// retention renames a revision away before deleting it.
+fn read_tree_if_present(dir: &Path) -> Option<Vec<(String, String)>> {
+    fn walk(base: &Path, dir: &Path, out: &mut Vec<(String, String)>) -> std::io::Result<()> {
+        for entry in std::fs::read_dir(dir)? {
+            let path = entry?.path();
+            if path.is_dir() {
+                walk(base, &path, out)?;
+            } else {
+                let rel = path
+                    .strip_prefix(base)
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned();
+                out.push((rel, std::fs::read_to_string(&path)?));
+            }
+        }
+        Ok(())
+    }
+    let mut out = Vec::new();
+    walk(dir, dir, &mut out).ok()?;
+    out.sort();
+    Some(out)
+}
+
+/// The phase an interrupted run was in: the last `phase: X` its debug log
+/// names (`start` before the first).
+fn last_phase(log: &Path) -> String {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split("phase: ").nth(1))
+        .map(|p| p.split([' ', '(']).next().unwrap_or("").trim().to_string())
+        .next_back()
+        .unwrap_or_else(|| "start".into())
+}
+
+fn publish_dags(url: &str, dest: &Path, cache: &Path, password: &Path, log: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferry"));
+    cmd.args([
+        "--log-level",
+        "debug",
+        "publish-dags",
+        "--repo",
+        url,
+        "--subdir",
+        "dags",
+    ])
+    .arg("--dest")
+    .arg(dest)
+    .arg("--cache-dir")
+    .arg(cache)
+    // Compaction (the mirror dropped and refetched) on every other run,
+    // so kills land in it too.
+    .env("FERRY_MIRROR_MAX_PACKS", "1")
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(std::fs::File::create(log).unwrap());
+    if url.starts_with("http") {
+        cmd.args(["--username", "ferry", "--token-file"])
+            .arg(password);
+    }
+    cmd
+}
+
+fn no_trash(cache: &Path) -> Vec<String> {
+    std::fs::read_dir(cache)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.contains(".trash-"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The production wedge: kill -9 of `ferry publish-dags` at uniformly
+/// spread moments from process start to exit, alternating git daemon and
+/// smart HTTP. After every kill an uninterrupted run must publish the head
+/// (the cache is disposable, a kill must never wedge it), and the link must
+/// always name one complete commit, as a concurrent reader checks.
+#[test]
+fn kill_9_anywhere_in_publish_dags_never_wedges_the_mirror() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("srv");
+    std::fs::create_dir_all(&root).unwrap();
+    let mut history = History::new(&root.join("dags.git"));
+    let daemon = git_daemon(&root, free_port());
+    let http = smart_http(&root, "ferry", "s3cret-pw");
+    let password = tmp.path().join("pw");
+    std::fs::write(&password, "s3cret-pw\n").unwrap();
+    let urls = [
+        format!("git://127.0.0.1:{}/dags.git", daemon.port),
+        format!("http://127.0.0.1:{}/git/dags.git", http.port),
+    ];
+    let dest = tmp.path().join("dest");
+    let cache = tmp.path().join("cache");
+    let log = tmp.path().join("run.log");
+
+    // Warm-up runs time a whole run on each transport, to spread the kills over.
+    let mut durations = Vec::new();
+    for n in 0..6 {
+        history.commit(n);
+        let started = Instant::now();
+        let status = publish_dags(&urls[n % 2], &dest, &cache, &password, &log)
+            .status()
+            .unwrap();
+        assert!(
+            status.success(),
+            "{}",
+            std::fs::read_to_string(&log).unwrap()
+        );
+        durations.push(started.elapsed());
+    }
+    let reader = Reader::start(dest.clone(), history.trees.clone());
+
+    let kills = 200;
+    let mut phases: BTreeMap<String, usize> = BTreeMap::new();
+    let mut repairs = 0;
+    // Undisturbed runs under the same load (the reader, the servers) keep
+    // the spread matched to what a run takes now.
+    let mut recent: Vec<Duration> = durations;
+    for run in 0..kills {
+        let head = history.commit(100 + run);
+        let url = &urls[run % 2];
+        let mut window = recent[recent.len().saturating_sub(21)..].to_vec();
+        window.sort();
+        let full = window[window.len() / 2];
+        let mut child =
+            spawn_owned(&mut publish_dags(url, &dest, &cache, &password, &log)).unwrap();
+        std::thread::sleep(full.mul_f64(fastrand::f64() * 1.1));
+        let finished = child.try_wait().unwrap().is_some();
+        child.kill_group();
+        let _ = child.wait();
+        drop(child);
+        let phase = if finished {
+            "finished".to_string()
+        } else {
+            last_phase(&log)
+        };
+        *phases.entry(phase).or_default() += 1;
+        check_live(&dest, &history.trees).expect("the link is gone");
+
+        // The next run, undisturbed, publishes the head.
+        let started = Instant::now();
+        let status = publish_dags(url, &dest, &cache, &password, &log)
+            .status()
+            .unwrap();
+        recent.push(started.elapsed());
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert!(
+            status.success(),
+            "run {run} after a kill in phase {:?} failed:\n{text}",
+            phases.iter().last()
+        );
+        assert!(!text.contains("not found or not readable"), "{text}");
+        if text.contains("mirror damaged") {
+            repairs += 1;
+        }
+        assert_eq!(check_live(&dest, &history.trees), Some(head.to_string()));
+        assert!(
+            staging_leftovers(&dest).is_empty(),
+            "{:?}",
+            staging_leftovers(&dest)
+        );
+        assert!(no_trash(&cache).is_empty(), "{:?}", no_trash(&cache));
+    }
+    let passes = reader.finish();
+    recent.sort();
+    eprintln!(
+        "{kills} kills over runs of median {:?}; phase at the kill: {phases:?}; mirrors repaired: {repairs}; reader passes: {passes}",
+        recent[recent.len() / 2]
+    );
+    let interrupted: usize = phases
+        .iter()
+        .filter(|(p, _)| p.as_str() != "finished")
+        .map(|(_, n)| n)
+        .sum();
+    assert!(
+        interrupted >= kills / 2,
+        "only {interrupted} kills interrupted a run: {phases:?}"
+    );
+    for phase in ["fetch", "stage"] {
+        assert!(
+            phases.contains_key(phase),
+            "no kill landed in {phase}: {phases:?}"
+        );
+    }
+    assert!(passes > kills, "the reader made only {passes} passes");
+}
+
+/// The state the wedge left (refs kept, packs gone) and a ref naming a
+/// commit the mirror lacks: the next `publish-dags` repairs the mirror,
+/// says so, and publishes; it never blames the remote.
+#[test]
+fn a_mirror_with_refs_but_no_objects_is_repaired_not_misreported() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("srv");
+    std::fs::create_dir_all(&root).unwrap();
+    let mut history = History::new(&root.join("dags.git"));
+    let daemon = git_daemon(&root, free_port());
+    let url = format!("git://127.0.0.1:{}/dags.git", daemon.port);
+    let (dest, cache, log) = (
+        tmp.path().join("dest"),
+        tmp.path().join("cache"),
+        tmp.path().join("log"),
+    );
+    let run = || {
+        let mut cmd = publish_dags(&url, &dest, &cache, Path::new("/nonexistent"), &log);
+        cmd.env_remove("FERRY_MIRROR_MAX_PACKS");
+        let status = cmd.status().unwrap();
+        (status.success(), std::fs::read_to_string(&log).unwrap())
+    };
+    history.commit(1);
+    assert!(run().0);
+    let mirror = cache.join("dags.git");
+
+    // 1. Every pack removed, refs kept.
+    for entry in std::fs::read_dir(mirror.join("objects/pack")).unwrap() {
+        std::fs::remove_file(entry.unwrap().path()).unwrap();
+    }
+    let head = history.commit(2);
+    let (ok, text) = run();
+    assert!(ok, "{text}");
+    assert!(text.contains("mirror damaged"), "{text}");
+    assert!(!text.contains("not found or not readable"), "{text}");
+    assert_eq!(live(&dest), Some(head.to_string()));
+
+    // 2. The tracking ref rewritten to a commit that is not there.
+    std::fs::write(
+        mirror.join("refs/ferry/heads/main"),
+        "1111111111111111111111111111111111111111\n",
+    )
+    .unwrap();
+    let head = history.commit(3);
+    let (ok, text) = run();
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("names 1111111111111111111111111111111111111111, which is missing"),
+        "{text}"
+    );
+    assert_eq!(live(&dest), Some(head.to_string()));
+
+    // 3. A mirror killed between "set aside" and "deleted": the trash goes.
+    let trash = cache.join("dags.git.trash-1-deadbeef");
+    std::fs::create_dir_all(trash.join("objects")).unwrap();
+    let (ok, text) = run();
+    assert!(ok, "{text}");
+    assert!(!trash.exists());
+    // An undamaged mirror is not replaced.
+    assert!(!text.contains("mirror damaged"), "{text}");
+}
+
+/// `ferry run` counts repairs in `ferry_mirror_repairs_total`: once for a
+/// mirror found damaged at start, once more for one damaged while it runs
+/// (the failed fetch leads to the check, the repair and a second fetch).
+#[test]
+fn ferry_run_repairs_a_damaged_mirror_and_counts_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("srv");
+    std::fs::create_dir_all(&root).unwrap();
+    let mut history = History::new(&root.join("dags.git"));
+    let daemon = git_daemon(&root, free_port());
+    let port = free_port();
+    let cache = tmp.path().join("cache");
+    let dest = tmp.path().join("dest");
+    let config = tmp.path().join("ferry.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "cache_dir: {cache}\nserver:\n  listen: 127.0.0.1:{port}\n\
+             sources:\n  - name: dags\n    url: git://127.0.0.1:{dp}/dags.git\n    interval: 1s\n    max_backoff: 1s\n\
+             targets:\n  dags:\n    source: dags\n    subdir: dags\n    destination: {dest}\n",
+            cache = cache.display(),
+            dp = daemon.port,
+            dest = dest.display(),
+        ),
+    )
+    .unwrap();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let repairs = || {
+        let (_, metrics) = http_get(addr, "/metrics");
+        metrics
+            .lines()
+            .find(|l| l.starts_with("ferry_mirror_repairs_total{source=\"dags\"} "))
+            .map(str::to_string)
+    };
+    let wait_live = |sha: Oid| {
+        eventually(Duration::from_secs(20), "publish", || {
+            (live(&dest)? == sha.to_string()).then_some(())
+        })
+    };
+    let drop_packs = || {
+        for entry in std::fs::read_dir(cache.join("dags.git/objects/pack")).unwrap() {
+            std::fs::remove_file(entry.unwrap().path()).unwrap();
+        }
+    };
+    let log = tmp.path().join("ferry.log");
+    let first = history.commit(1);
+    let ferry = spawn_ferry(&config, &log, port, &[]);
+    wait_live(first);
+    assert_eq!(
+        repairs().as_deref(),
+        Some("ferry_mirror_repairs_total{source=\"dags\"} 0")
+    );
+    stop_ferry(ferry);
+
+    drop_packs();
+    let second = history.commit(2);
+    let ferry = spawn_ferry(&config, &log, port, &[]);
+    wait_live(second);
+    assert_eq!(
+        repairs().as_deref(),
+        Some("ferry_mirror_repairs_total{source=\"dags\"} 1")
+    );
+
+    drop_packs();
+    let third = history.commit(3);
+    wait_live(third);
+    assert_eq!(
+        repairs().as_deref(),
+        Some("ferry_mirror_repairs_total{source=\"dags\"} 2")
+    );
+    let (_, status) = http_get(addr, "/api/v1/status/dags");
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(status["consecutive_failures"], 0, "{status}");
+    stop_ferry(ferry);
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("mirror damaged"), "{text}");
+    assert!(!text.contains("not found or not readable"), "{text}");
+}
+
+/// kill -9 of `ferry run` at spread moments from process start to the
+/// publish of the head: a restart always publishes the head, with no
+/// staging or trash left, and the link is always complete.
+#[test]
+fn kill_9_of_ferry_run_anywhere_then_a_restart_publishes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("srv");
+    std::fs::create_dir_all(&root).unwrap();
+    let mut history = History::new(&root.join("dags.git"));
+    let daemon = git_daemon(&root, free_port());
+    let port = free_port();
+    let cache = tmp.path().join("cache");
+    let dest = tmp.path().join("dest");
+    let config = tmp.path().join("ferry.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "cache_dir: {cache}\nserver:\n  listen: 127.0.0.1:{port}\nlog:\n  level: debug\n\
+             sources:\n  - name: dags\n    url: git://127.0.0.1:{dp}/dags.git\n    interval: 1h\n\
+             targets:\n  dags:\n    source: dags\n    subdir: dags\n    destination: {dest}\n",
+            cache = cache.display(),
+            dp = daemon.port,
+            dest = dest.display(),
+        ),
+    )
+    .unwrap();
+    let log = tmp.path().join("ferry.log");
+    let start = || {
+        spawn_owned(
+            Command::new(env!("CARGO_BIN_EXE_ferry"))
+                .args(["run", "--config"])
+                .arg(&config)
+                .env("FERRY_MIRROR_MAX_PACKS", "1")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(&log).unwrap()),
+        )
+        .unwrap()
+    };
+    // Published by this process (its status API says so), not merely live
+    // from an earlier run.
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let until_live = |sha: Oid| {
+        eventually(Duration::from_secs(20), "publish", || {
+            std::net::TcpStream::connect(addr).ok()?;
+            let (_, body) = http_get(addr, "/api/v1/status/dags");
+            let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+            (v["published_revision"].as_str()? == sha.to_string() && v["first_sync_done"] == true)
+                .then_some(())
+        });
+        assert_eq!(live(&dest), Some(sha.to_string()));
+    };
+    // Time from start to published, to spread the kills over.
+    let mut durations = Vec::new();
+    for n in 0..3 {
+        let head = history.commit(n);
+        let started = Instant::now();
+        let mut ferry = start();
+        until_live(head);
+        durations.push(started.elapsed());
+        let _ = ferry.signal_and_wait(libc::SIGTERM, Duration::from_secs(30));
+    }
+    let reader = Reader::start(dest.clone(), history.trees.clone());
+    let kills = 60;
+    let mut phases: BTreeMap<String, usize> = BTreeMap::new();
+    let mut recent = durations;
+    for run in 0..kills {
+        let head = history.commit(100 + run);
+        // Start -> published as the undisturbed runs measure it (which
+        // includes the polling of the status API, so it errs long).
+        let mut window = recent[recent.len().saturating_sub(11)..].to_vec();
+        window.sort();
+        let full = window[window.len() / 2];
+        let mut ferry = start();
+        std::thread::sleep(full.mul_f64(fastrand::f64()));
+        let phase = if live(&dest) == Some(head.to_string()) {
+            "published".to_string()
+        } else {
+            last_phase(&log)
+        };
+        ferry.kill_group();
+        drop(ferry);
+        *phases.entry(phase).or_default() += 1;
+        check_live(&dest, &history.trees).expect("the link is gone");
+
+        let started = Instant::now();
+        let mut ferry = start();
+        until_live(head);
+        recent.push(started.elapsed());
+        unsafe { libc::kill(ferry.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while ferry.try_wait().unwrap().is_none() {
+            if Instant::now() > deadline {
+                panic!(
+                    "ferry did not stop:\n{}",
+                    std::fs::read_to_string(&log).unwrap()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let status = ferry.wait().unwrap();
+        assert!(
+            status.success(),
+            "{status:?}\n{}",
+            std::fs::read_to_string(&log).unwrap()
+        );
+        assert!(
+            staging_leftovers(&dest).is_empty(),
+            "{:?}",
+            staging_leftovers(&dest)
+        );
+        assert!(no_trash(&cache).is_empty(), "{:?}", no_trash(&cache));
+    }
+    let passes = reader.finish();
+    recent.sort();
+    let full = recent[recent.len() / 2];
+    eprintln!(
+        "{kills} kills of ferry run over {full:?}; phase at the kill: {phases:?}; reader passes: {passes}"
+    );
+    let published = phases.get("published").copied().unwrap_or(0);
+    assert!(
+        published < kills / 2,
+        "most kills came too late: {phases:?}"
+    );
+}
+
+/// SIGTERM while the first sync runs (its validation hook sleeping), with
+/// an hour until the next poll: ferry stops within seconds, not after the
+/// interval (a shutdown seen during the sync used to be missed by the wait
+/// after it), and the hook's own child dies with it.
+#[test]
+fn sigterm_during_a_sync_stops_at_once_whatever_the_interval() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("srv");
+    std::fs::create_dir_all(&root).unwrap();
+    let mut history = History::new(&root.join("dags.git"));
+    history.commit(1);
+    let daemon = git_daemon(&root, free_port());
+    let port = free_port();
+    let marker = tmp.path().join("hook-pid");
+    let config = tmp.path().join("ferry.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "cache_dir: {cache}\nserver:\n  listen: 127.0.0.1:{port}\n\
+             sources:\n  - name: dags\n    url: git://127.0.0.1:{dp}/dags.git\n    interval: 1h\n\
+             targets:\n  dags:\n    source: dags\n    subdir: dags\n    destination: {dest}\n    \
+             validation:\n      command: [sh, -c, \"sleep 300 & echo $! > {marker}; wait\"]\n",
+            cache = tmp.path().join("cache").display(),
+            dp = daemon.port,
+            dest = tmp.path().join("dest").display(),
+            marker = marker.display(),
+        ),
+    )
+    .unwrap();
+    let mut ferry = spawn_ferry(&config, &tmp.path().join("ferry.log"), port, &[]);
+    let sleeper: i32 = eventually(Duration::from_secs(20), "the hook to start", || {
+        std::fs::read_to_string(&marker).ok()?.trim().parse().ok()
+    });
+    let asked = Instant::now();
+    let status = ferry.signal_and_wait(libc::SIGTERM, Duration::from_secs(15));
+    assert!(status.success(), "{status:?}");
+    assert!(
+        asked.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        asked.elapsed()
+    );
+    let gone = |pid: i32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| {
+            s.rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('Z')
+        })
+    };
+    eventually(Duration::from_secs(5), "the hook's child to die", || {
+        gone(sleeper).then_some(())
+    });
+}
+
+/// SIGTERM while a publish that cannot be interrupted (staging a large
+/// commit) runs: the publish completes, and ferry exits right after it
+/// instead of sleeping through its one-hour interval.
+#[test]
+fn sigterm_during_a_publish_exits_when_it_completes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("srv");
+    std::fs::create_dir_all(&root).unwrap();
+    let bare = root.join("dags.git");
+    let repo = Repository::init_bare(&bare).unwrap();
+    std::fs::write(bare.join("git-daemon-export-ok"), "").unwrap();
+    let mut files = BTreeMap::new();
+    for i in 0..20_000 {
+        files.insert(
+            format!("dags/d{:03}/f{i:05}.py", i % 200),
+            (format!("N = {i}\n").into_bytes(), 0o100644),
+        );
+    }
+    let big = build_commit(&repo, &files, None, "refs/heads/main", "big");
+    let daemon = git_daemon(&root, free_port());
+    let port = free_port();
+    let dest = tmp.path().join("dest");
+    let config = tmp.path().join("ferry.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "cache_dir: {cache}\nserver:\n  listen: 127.0.0.1:{port}\nlog:\n  level: debug\n\
+             sources:\n  - name: dags\n    url: git://127.0.0.1:{dp}/dags.git\n    interval: 1h\n\
+             targets:\n  dags:\n    source: dags\n    subdir: dags\n    destination: {dest}\n",
+            cache = tmp.path().join("cache").display(),
+            dp = daemon.port,
+            dest = dest.display(),
+        ),
+    )
+    .unwrap();
+    let log = tmp.path().join("ferry.log");
+    let mut ferry = spawn_ferry(&config, &log, port, &[]);
+    eventually(Duration::from_secs(60), "staging to start", || {
+        std::fs::read_to_string(&log)
+            .ok()?
+            .contains("phase: stage")
+            .then_some(())
+    });
+    let asked = Instant::now();
+    let status = ferry.signal_and_wait(libc::SIGTERM, Duration::from_secs(60));
+    assert!(status.success(), "{status:?}");
+    let text = std::fs::read_to_string(&log).unwrap();
+    let (signal, done) = (text.find("shutting down"), text.find("phase: prune"));
+    assert!(
+        signal.is_some() && done.is_some() && signal < done,
+        "the signal must arrive before the publish completed:\n{text}"
+    );
+    assert!(
+        asked.elapsed() < Duration::from_secs(20),
+        "took {:?}",
+        asked.elapsed()
+    );
+    assert_eq!(live(&dest), Some(big.to_string()));
+}
