@@ -727,3 +727,67 @@ fn sigterm_during_a_publish_exits_when_it_completes() {
     );
     assert_eq!(live(&dest), Some(big.to_string()));
 }
+
+/// Under `umask 077`, as some base images and init systems set it, every
+/// published directory is still `rwxr-xr-x` and files keep git's modes
+/// (Airflow runs as another user than ferry); and logs written to a file
+/// carry no terminal colour codes.
+#[test]
+fn published_modes_ignore_the_umask_and_logs_to_a_file_have_no_colour() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("srv");
+    std::fs::create_dir_all(&root).unwrap();
+    let bare = root.join("dags.git");
+    let repo = Repository::init_bare(&bare).unwrap();
+    let mut files = BTreeMap::new();
+    files.insert("dags/a.py".to_string(), (b"A = 1\n".to_vec(), 0o100644));
+    files.insert(
+        "dags/sub/deep/b.py".to_string(),
+        (b"B = 1\n".to_vec(), 0o100644),
+    );
+    files.insert(
+        "dags/bin/run.sh".to_string(),
+        (b"#!/bin/sh\n".to_vec(), 0o100755),
+    );
+    let head = build_commit(&repo, &files, None, "refs/heads/main", "c");
+    let dest = tmp.path().join("dest");
+    let log = tmp.path().join("log");
+    let mut cmd = publish_dags(
+        bare.to_str().unwrap(),
+        &dest,
+        &tmp.path().join("cache"),
+        Path::new("/nonexistent"),
+        &log,
+    );
+    // SAFETY: umask(2) in the child between fork and exec; async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::umask(0o077);
+            Ok(())
+        });
+    }
+    let status = cmd.status().unwrap();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(status.success(), "{text}");
+    assert!(
+        !text.contains('\u{1b}'),
+        "colour codes in a log file:\n{text:?}"
+    );
+    assert!(text.contains("phase: swap"), "{text}");
+    let revision = dest.join(".ferry").join(head.to_string());
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    for dir in [
+        dest.join(".ferry"),
+        revision.clone(),
+        revision.join("sub"),
+        revision.join("sub/deep"),
+        revision.join("bin"),
+    ] {
+        assert_eq!(mode(&dir), 0o755, "{}", dir.display());
+    }
+    assert_eq!(mode(&revision.join("a.py")), 0o644);
+    assert_eq!(mode(&revision.join("sub/deep/b.py")), 0o644);
+    assert_eq!(mode(&revision.join("bin/run.sh")), 0o755);
+}
