@@ -11,6 +11,7 @@ pub mod aws;
 pub mod config;
 pub mod dags;
 pub mod desired;
+pub mod disk;
 pub mod kubernetes;
 pub mod leader;
 pub mod logging;

@@ -791,3 +791,212 @@ fn published_modes_ignore_the_umask_and_logs_to_a_file_have_no_colour() {
     assert_eq!(mode(&revision.join("sub/deep/b.py")), 0o644);
     assert_eq!(mode(&revision.join("bin/run.sh")), 0o755);
 }
+
+/// A small tmpfs mounted for one test (the tests run as root, as CI does),
+/// unmounted when dropped.
+struct SmallDisk {
+    path: PathBuf,
+}
+
+impl SmallDisk {
+    fn mount(path: PathBuf, size: &str) -> SmallDisk {
+        std::fs::create_dir_all(&path).unwrap();
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&path)
+            .output()
+            .expect("cannot run mount");
+        assert!(
+            out.status.success(),
+            "this test mounts a small tmpfs and needs root (CI runs as root): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        SmallDisk { path }
+    }
+
+    /// Fills the disk with `filler`, leaving about `leave` bytes free.
+    fn fill_leaving(&self, leave: u64) {
+        use std::io::Write;
+        let filler = self.path.join("filler");
+        let mut file = std::fs::File::create(&filler).unwrap();
+        let chunk = vec![0xA5u8; 64 * 1024];
+        while file.write_all(&chunk).is_ok() {}
+        let len = file.metadata().unwrap().len();
+        file.set_len(len.saturating_sub(leave)).unwrap();
+    }
+
+    fn free(&self) {
+        std::fs::remove_file(self.path.join("filler")).unwrap();
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+    }
+}
+
+/// ENOSPC while staging (a commit whose files are larger than what is
+/// left, though its pack is small), while fetching (random text larger than
+/// what is left) and while saving the GitHub report ledger (on the same
+/// disk): the live revision stays complete, the ledger on disk stays whole,
+/// the status names the path and the free space, and once space is freed
+/// the next retry publishes and the queued reports are delivered, with no
+/// restart.
+#[test]
+fn a_full_disk_keeps_the_live_revision_and_recovers_without_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("srv");
+    std::fs::create_dir_all(&root).unwrap();
+    let mut history = History::new(&root.join("dags.git"));
+    let first = history.commit(1);
+    let daemon = git_daemon(&root, free_port());
+    let disk = SmallDisk::mount(tmp.path().join("small"), "24m");
+    let github = support::github::FakeGithub::start(support::github::FakeState {
+        token: Some("ghp_diskFullTest0123456789".into()),
+        repos: ["acme/dags".to_string()].into(),
+        ..Default::default()
+    });
+    std::fs::write(tmp.path().join("token"), "ghp_diskFullTest0123456789\n").unwrap();
+    let port = free_port();
+    let dest = disk.path.join("dest");
+    // The report ledger on a disk of its own, to fill it at a chosen moment.
+    let ledger_disk = SmallDisk::mount(tmp.path().join("ledger"), "1m");
+    let ledger = ledger_disk.path.join("github-report.json");
+    let config = tmp.path().join("ferry.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "cache_dir: {cache}\nserver:\n  listen: 127.0.0.1:{port}\n\
+             github:\n  api_url: {api}\n  external_url: https://ferry.example.test\n  token_file: {token}\n  deployments: false\n  state_file: {ledger}\n\
+             sources:\n  - name: dags\n    url: git://127.0.0.1:{dp}/dags.git\n    github_repo: acme/dags\n    interval: 1s\n    max_backoff: 1s\n\
+             targets:\n  dags:\n    source: dags\n    subdir: dags\n    destination: {dest}\n",
+            cache = disk.path.join("cache").display(),
+            api = github.url(),
+            token = tmp.path().join("token").display(),
+            ledger = ledger.display(),
+            dp = daemon.port,
+            dest = dest.display(),
+        ),
+    )
+    .unwrap();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let status = || -> serde_json::Value {
+        serde_json::from_str(&http_get(addr, "/api/v1/status/dags").1).unwrap()
+    };
+    let statuses = |sha: Oid| github.states(&sha.to_string(), "ferry/dags");
+    let log = tmp.path().join("ferry.log");
+    let ferry = spawn_ferry(&config, &log, port, &[]);
+    eventually(Duration::from_secs(20), "first publish", || {
+        (statuses(first).last()? == "success").then_some(())
+    });
+    assert_eq!(live(&dest), Some(first.to_string()));
+
+    // Staging: 400 distinct 16 KiB files (6 MiB on disk) that pack to a few KiB.
+    for i in 0..400 {
+        let body = format!("N = {i}\n{}", "x = 1\n".repeat(2700));
+        history.files.insert(
+            format!("dags/big/f{i:03}.py"),
+            (body.into_bytes(), 0o100644),
+        );
+    }
+    disk.fill_leaving(1024 * 1024);
+    let before = std::fs::read(&ledger).unwrap();
+    ledger_disk.fill_leaving(0);
+    let second = history.commit(2);
+    let error = eventually(Duration::from_secs(20), "a disk-full error", || {
+        let v = status();
+        let message = v["last_error"]["message"].as_str()?.to_string();
+        message.contains("no space left").then_some(message)
+    });
+    assert!(
+        error.starts_with(&format!("{}: no space left", dest.display())),
+        "{error}"
+    );
+    assert!(error.contains("B free)"), "{error}");
+    check_live(&dest, &history.trees);
+    assert_eq!(live(&dest), Some(first.to_string()));
+    assert!(
+        staging_leftovers(&dest).is_empty(),
+        "{:?}",
+        staging_leftovers(&dest)
+    );
+    // The ledger could not be saved: the log says so, naming it, and the
+    // copy on disk is the last good one.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .any(|l| l.contains(&ledger.display().to_string()) && l.contains("no space left"))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no ledger error logged:\n{}",
+            std::fs::read_to_string(&log).unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        std::fs::read(&ledger).unwrap() == before,
+        "the ledger on disk must stay the last good copy"
+    );
+    disk.free();
+    ledger_disk.free();
+    eventually(
+        Duration::from_secs(20),
+        "publish after space returned",
+        || (live(&dest)? == second.to_string()).then_some(()),
+    );
+    check_live(&dest, &history.trees);
+    // What was reported while the disk was full reaches GitHub: `pending`
+    // first, success last.
+    eventually(Duration::from_secs(20), "second commit's status", || {
+        (statuses(second).last()? == "success").then_some(())
+    });
+    // Exactly: pending, one error however many retries failed the same
+    // way, success.
+    assert_eq!(
+        statuses(second),
+        ["pending", "error", "success"],
+        "{:?}",
+        github.statuses(&second.to_string(), "ferry/dags")
+    );
+    // And the ledger is saved again, with what was reported meanwhile.
+    eventually(Duration::from_secs(20), "the ledger saved again", || {
+        let saved = String::from_utf8(std::fs::read(&ledger).ok()?).ok()?;
+        saved.contains(&second.to_string()).then_some(())
+    });
+
+    // Fetching: 3 MiB of random letters (compressed, still over 2 MiB),
+    // with 256 KiB left.
+    let noise: String = (0..3 * 1024 * 1024)
+        .map(|_| fastrand::alphanumeric())
+        .collect();
+    history
+        .files
+        .insert("dags/data/noise.txt".into(), (noise.into_bytes(), 0o100644));
+    disk.fill_leaving(256 * 1024);
+    let third = history.commit(3);
+    let error = eventually(Duration::from_secs(20), "a disk-full fetch error", || {
+        let v = status();
+        let message = v["last_error"]["message"].as_str()?.to_string();
+        (v["last_error"]["kind"] == "fetch_error" && message.contains("no space left"))
+            .then_some(message)
+    });
+    assert!(
+        error.contains(&disk.path.join("cache").display().to_string()),
+        "{error}"
+    );
+    assert!(error.contains(" free"), "{error}");
+    assert_eq!(live(&dest), Some(second.to_string()));
+    disk.free();
+    eventually(
+        Duration::from_secs(30),
+        "publish after space returned",
+        || (statuses(third).last()? == "success").then_some(()),
+    );
+    assert_eq!(live(&dest), Some(third.to_string()));
+    assert_eq!(status()["consecutive_failures"], 0);
+    github.assert_nothing_rejected();
+    stop_ferry(ferry);
+}

@@ -39,6 +39,8 @@ pub enum PublishError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("{}: no space left on the filesystem ({free}); nothing was published, the live revision stays, and ferry retries once space is freed", path.display())]
+    DiskFull { path: PathBuf, free: String },
     #[error("{}: exists and is not a symlink; move it away so ferry can manage the link", path.display())]
     LinkOccupied { path: PathBuf },
     #[error("reading blob {blob} for {path}: {detail}")]
@@ -50,9 +52,25 @@ pub enum PublishError {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> PublishError + '_ {
-    move |source| PublishError::Io {
-        path: path.to_path_buf(),
-        source,
+    move |source| {
+        if crate::disk::is_full(&source) {
+            // The destination, not the staging file that happened to fail:
+            // that is what to free space on, and it stays the same across
+            // retries (so the status is not re-posted for each).
+            let dest = path
+                .ancestors()
+                .find(|p| p.file_name().is_some_and(|n| n == REVISIONS))
+                .and_then(Path::parent)
+                .unwrap_or(path);
+            return PublishError::DiskFull {
+                path: dest.to_path_buf(),
+                free: crate::disk::free_text(dest),
+            };
+        }
+        PublishError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
     }
 }
 

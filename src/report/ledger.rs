@@ -133,6 +133,10 @@ pub enum LedgerError {
         path: PathBuf,
         source: serde_json::Error,
     },
+    #[error(
+        "cannot write {path}: no space left on the filesystem ({free}); the last saved copy is kept, reports stay queued in memory, and the next change saves again"
+    )]
+    DiskFull { path: PathBuf, free: String },
     #[error("cannot write {path}: {source}")]
     Write {
         path: PathBuf,
@@ -194,9 +198,17 @@ impl Ledger {
             tmp.persist(path).map_err(|e| e.error)?;
             std::fs::File::open(dir)?.sync_all()
         };
-        write(&self.path).map_err(|source| LedgerError::Write {
-            path: self.path.clone(),
-            source,
+        write(&self.path).map_err(|source| {
+            if crate::disk::is_full(&source) {
+                return LedgerError::DiskFull {
+                    path: self.path.clone(),
+                    free: crate::disk::free_text(&self.path),
+                };
+            }
+            LedgerError::Write {
+                path: self.path.clone(),
+                source,
+            }
         })
     }
 }

@@ -163,7 +163,12 @@ pub fn remove_stale_locks(mirror: &Path) {
         }
     }
     walk(mirror, 0);
-    // Half-written packs of a killed fetch are unreferenced temp files.
+    remove_temp_packs(mirror);
+}
+
+/// Half-written packs of a killed or failed fetch are unreferenced temp
+/// files (`objects/pack/tmp_*`).
+pub fn remove_temp_packs(mirror: &Path) {
     if let Ok(entries) = std::fs::read_dir(mirror.join("objects").join("pack")) {
         for entry in entries.flatten() {
             let name = entry.file_name();
@@ -229,6 +234,8 @@ mod tests {
         let repo = Repository::init_bare(dir.path()).unwrap();
         let first = commit(&repo, &[("a.py", "A = 1\n")], None);
         let head = commit(&repo, &[("b.py", "B = 1\n")], Some(first));
+        // A fresh handle per check: libgit2 caches objects it has read.
+        let check = |repo: &Repository| check(&Repository::open_bare(repo.path()).unwrap());
 
         // A parent gone (what a half-deleted shallow mirror looks like)...
         std::fs::remove_file(loose_path(&repo, first)).unwrap();

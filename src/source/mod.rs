@@ -50,6 +50,15 @@ pub enum SourceError {
     },
     #[error("mirror {path}: {detail}")]
     Mirror { path: PathBuf, detail: String },
+    #[error(
+        "fetch from {url} into {path}: no space left on the filesystem ({free}); the last good revision stays live and ferry retries once space is freed ({detail})"
+    )]
+    DiskFull {
+        url: String,
+        path: PathBuf,
+        free: String,
+        detail: String,
+    },
 }
 
 impl SourceError {
@@ -65,6 +74,7 @@ impl SourceError {
                 | SourceError::Cancelled { .. }
                 | SourceError::BranchNotFound { .. }
                 | SourceError::RefNotFound { .. }
+                | SourceError::DiskFull { .. }
         )
     }
 }
@@ -229,6 +239,9 @@ impl GitSource {
             Ok(fetched) => return Ok(fetched),
             Err(err) => err,
         };
+        // A pack cut short (full disk, timeout) must not hold on to the
+        // space it took.
+        mirror::remove_temp_packs(&self.mirror);
         if !err.may_be_local() {
             return Err(err);
         }
@@ -367,6 +380,14 @@ impl GitSource {
             return SourceError::Cancelled { url };
         }
         let detail = err.message().trim().to_string();
+        if crate::disk::says_full(&detail) {
+            return SourceError::DiskFull {
+                url,
+                path: self.mirror.clone(),
+                free: crate::disk::free_text(&self.mirror),
+                detail,
+            };
+        }
         // Missing or corrupt local objects are the mirror's fault, never a
         // sign that the remote repository is gone.
         if matches!(
