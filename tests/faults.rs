@@ -1000,3 +1000,440 @@ fn a_full_disk_keeps_the_live_revision_and_recovers_without_restart() {
     github.assert_nothing_rejected();
     stop_ferry(ferry);
 }
+
+/// A control plane of the test's own, so restarting its apiserver
+/// disturbs no other test.
+struct PrivateControlPlane {
+    dir: tempfile::TempDir,
+}
+
+impl PrivateControlPlane {
+    fn start() -> PrivateControlPlane {
+        let dir = tempfile::tempdir().unwrap();
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/control-plane/start.sh");
+        let out = Command::new(&script)
+            .arg(dir.path())
+            .arg("--owner-pid")
+            .arg(std::process::id().to_string())
+            .output()
+            .expect("cannot run tools/control-plane/start.sh");
+        assert!(
+            out.status.success(),
+            "control plane did not start: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        PrivateControlPlane { dir }
+    }
+
+    fn admin(&self) -> PathBuf {
+        self.dir.path().join("admin.kubeconfig")
+    }
+
+    fn audit_log(&self) -> PathBuf {
+        self.dir.path().join("audit.log")
+    }
+
+    /// kill -9 of the apiserver, then the same server again; returns when ready.
+    fn restart_apiserver(&self) {
+        let script =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/control-plane/restart-apiserver.sh");
+        let out = Command::new(script).arg(self.dir.path()).output().unwrap();
+        assert!(
+            out.status.success(),
+            "apiserver did not come back: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for PrivateControlPlane {
+    fn drop(&mut self) {
+        let stop = Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/control-plane/stop.sh");
+        let _ = Command::new(stop).arg(self.dir.path()).status();
+    }
+}
+
+/// Writes by ferry (not dry runs) to configmaps in `ns`: (verb, name).
+fn configmap_writes(audit_log: &Path, ns: &str) -> Vec<(String, String)> {
+    let prefix = format!("/api/v1/namespaces/{ns}/configmaps/");
+    std::fs::read_to_string(audit_log)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| e["stage"] == "ResponseComplete")
+        .filter_map(|e| {
+            let uri = e["requestURI"].as_str()?;
+            let rest = uri.strip_prefix(&prefix)?;
+            if uri.contains("dryRun=") {
+                return None;
+            }
+            let name = rest.split('?').next()?.to_string();
+            Some((e["verb"].as_str()?.to_string(), name))
+        })
+        .collect()
+}
+
+fn configmaps(prefix: &str, range: std::ops::Range<usize>, size: usize) -> String {
+    range
+        .map(|i| {
+            format!(
+                "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {prefix}-{i:03}\ndata:\n  payload: \"{}\"\n---\n",
+                "x".repeat(size)
+            )
+        })
+        .collect()
+}
+
+/// The apiserver killed (-9) and restarted while ferry applies a revision
+/// of 600 new objects that also drops ten: ferry retries until the revision
+/// is applied, the inventory (watched throughout) never loses an object both
+/// revisions declare, and the only deletes are of the ten git dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_apiserver_restart_mid_apply_is_retried_and_prunes_nothing_by_mistake() {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    let cp = PrivateControlPlane::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = Repo::new(tmp.path(), "platform");
+    let ns = "restart-test";
+    let ns_yaml = format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {ns}\n");
+    let first = repo.commit(
+        &[
+            ("manifests/ns.yaml", Some(&ns_yaml)),
+            ("manifests/a.yaml", Some(&configmaps("a", 0..40, 10))),
+        ],
+        "first",
+    );
+    let daemon = git_daemon(tmp.path(), free_port());
+    let port = free_port();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let config = tmp.path().join("ferry.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "cache_dir: {cache}\nserver:\n  listen: 127.0.0.1:{port}\n\
+             sources:\n  - name: platform\n    url: git://127.0.0.1:{dp}/platform.git\n    interval: 1s\n    max_backoff: 1s\n\
+             targets:\n  kubernetes:\n    source: platform\n    default_namespace: {ns}\n    allowed_namespaces: [{ns}]\n    \
+             health_timeout: 0s\n    kubeconfig: {kc}\n",
+            cache = tmp.path().join("cache").display(),
+            dp = daemon.port,
+            kc = cp.admin().display(),
+        ),
+    )
+    .unwrap();
+    let log = tmp.path().join("ferry.log");
+    let ferry = spawn_ferry(&config, &log, port, &[]);
+    let applied = |sha: &str| {
+        let (_, body) = http_get(addr, "/api/v1/status/platform");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        v["kubernetes"]["applied_revision"] == sha
+    };
+    eventually(Duration::from_secs(30), "first apply", || {
+        applied(&first).then_some(())
+    });
+
+    // Watch the inventory: it must always list every object both revisions
+    // declare (a-010 .. a-039), whenever it can be read.
+    let client = ferry::kubernetes::client::connect(Some(&cp.admin()))
+        .await
+        .unwrap();
+    let inventories: kube::Api<ConfigMap> = kube::Api::namespaced(client.clone(), ns);
+    let stop = Arc::new(AtomicBool::new(false));
+    let watcher = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut reads = 0;
+            while !stop.load(Ordering::Relaxed) {
+                if let Ok(cm) = inventories.get("ferry-inventory-platform").await {
+                    let text = cm.data.unwrap_or_default()["objects.json"].clone();
+                    for i in 10..40 {
+                        let name = format!("\"a-{i:03}\"");
+                        assert!(text.contains(&name), "the inventory lost a-{i:03}: {text}");
+                    }
+                    reads += 1;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            reads
+        })
+    };
+
+    let second = repo.commit(
+        &[
+            ("manifests/a.yaml", Some(&configmaps("a", 10..40, 10))),
+            ("manifests/b.yaml", Some(&configmaps("b", 0..600, 2000))),
+        ],
+        "second",
+    );
+    // Kill the apiserver once ferry is well into the new objects.
+    let audit = cp.audit_log();
+    let b_written = |audit: &Path| {
+        configmap_writes(audit, ns)
+            .into_iter()
+            .filter(|(verb, name)| verb == "patch" && name.starts_with("b-"))
+            .map(|(_, name)| name)
+            .collect::<std::collections::BTreeSet<_>>()
+            .len()
+    };
+    let (cp, b_before) = tokio::task::block_in_place(|| {
+        eventually(Duration::from_secs(30), "ferry applying b-*", || {
+            (b_written(&audit) >= 30).then_some(())
+        });
+        let at_kill = b_written(&audit);
+        cp.restart_apiserver();
+        (cp, at_kill)
+    });
+    assert!(
+        b_before < 600,
+        "the restart came after the apply ({b_before} of 600 written)"
+    );
+
+    let second_done = second.clone();
+    tokio::task::block_in_place(|| {
+        eventually(
+            Duration::from_secs(60),
+            "second apply after the restart",
+            || applied(&second_done).then_some(()),
+        )
+    });
+    stop.store(true, Ordering::Relaxed);
+    let reads = watcher.await.unwrap();
+    assert!(reads > 5, "the inventory was read only {reads} times");
+
+    let all = kube::Api::<ConfigMap>::namespaced(client, ns)
+        .list(&Default::default())
+        .await
+        .unwrap();
+    let names: std::collections::BTreeSet<String> = all
+        .items
+        .iter()
+        .filter_map(|c| c.metadata.name.clone())
+        .collect();
+    for i in 0..600 {
+        assert!(names.contains(&format!("b-{i:03}")), "b-{i:03} missing");
+    }
+    for i in 0..40 {
+        assert_eq!(names.contains(&format!("a-{i:03}")), i >= 10, "a-{i:03}");
+    }
+    let deleted: Vec<String> = configmap_writes(&cp.audit_log(), ns)
+        .into_iter()
+        .filter(|(verb, _)| verb == "delete")
+        .map(|(_, name)| name)
+        .collect();
+    let expected: Vec<String> = (0..10).map(|i| format!("a-{i:03}")).collect();
+    let mut sorted = deleted.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(sorted, expected, "deletes: {deleted:?}");
+    eprintln!(
+        "apiserver restarted after {b_before} of 600 new objects; inventory read {reads} times"
+    );
+    stop_ferry(ferry);
+}
+
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+}
+
+/// Git remote, GitHub and the kube-apiserver all unreachable at once for a
+/// long outage (compressed: 20 s of 1 s polls and a 2 s backoff cap, so
+/// every loop retries many times), with new commits pushed meanwhile: ferry
+/// stays up and healthy, says what fails, holds its memory and descriptors,
+/// and within one interval of the return publishes, applies and reports
+/// each commit exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_outage_of_everything_is_ridden_out_and_converges_once() {
+    use support::github::{FakeGithub, FakeState};
+    let cp = control_plane();
+    let tmp = tempfile::tempdir().unwrap();
+    let dags = Repo::new(tmp.path(), "dags");
+    let platform = Repo::new(tmp.path(), "platform");
+    let ns = unique_namespace("outage");
+    let ns_yaml = format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {ns}\n");
+    let cm = |mode: &str| {
+        format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: settings\ndata:\n  mode: {mode}\n"
+        )
+    };
+    let d1 = dags.commit(&[("dags/a.py", Some("A = 1\n"))], "d1");
+    let p1 = platform.commit(
+        &[
+            ("manifests/ns.yaml", Some(&ns_yaml)),
+            ("manifests/cm.yaml", Some(&cm("one"))),
+        ],
+        "p1",
+    );
+    let daemon = git_daemon(tmp.path(), free_port());
+    let github = FakeGithub::start(FakeState {
+        token: Some("ghp_outageTest0123456789".into()),
+        repos: ["acme/dags".to_string(), "acme/platform".to_string()].into(),
+        ..Default::default()
+    });
+    std::fs::write(tmp.path().join("token"), "ghp_outageTest0123456789\n").unwrap();
+    // Every way out of ferry goes through a link the test can cut.
+    let git_link = Link::start(format!("127.0.0.1:{}", daemon.port).parse().unwrap());
+    let github_link = Link::start(github.addr);
+    let kubeconfig_text = std::fs::read_to_string(&cp.admin).unwrap();
+    let api_port: u16 = kubeconfig_text
+        .split("https://127.0.0.1:")
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|p| p.parse().ok())
+        .expect("apiserver port in the kubeconfig");
+    let api_link = Link::start(format!("127.0.0.1:{api_port}").parse().unwrap());
+    let kubeconfig = tmp.path().join("via-link.kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        kubeconfig_text.replace(
+            &format!("https://127.0.0.1:{api_port}"),
+            &format!("https://127.0.0.1:{}", api_link.port),
+        ),
+    )
+    .unwrap();
+    let port = free_port();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let config = tmp.path().join("ferry.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "cache_dir: {cache}\nserver:\n  listen: 127.0.0.1:{port}\n\
+             github:\n  api_url: http://127.0.0.1:{gh}\n  external_url: https://ferry.example.test\n  token_file: {token}\n  deployments: false\n  previews: false\n\
+             sources:\n\
+             \x20 - name: dags\n    url: git://127.0.0.1:{git}/dags.git\n    github_repo: acme/dags\n    interval: 1s\n    max_backoff: 2s\n    timeout: 5s\n\
+             \x20 - name: platform\n    url: git://127.0.0.1:{git}/platform.git\n    github_repo: acme/platform\n    interval: 1s\n    max_backoff: 2s\n    timeout: 5s\n\
+             targets:\n  dags:\n    source: dags\n    subdir: dags\n    destination: {dest}\n\
+             \x20 kubernetes:\n    source: platform\n    default_namespace: {ns}\n    allowed_namespaces: [{ns}]\n    health_timeout: 0s\n    kubeconfig: {kc}\n",
+            cache = tmp.path().join("cache").display(),
+            gh = github_link.port,
+            token = tmp.path().join("token").display(),
+            git = git_link.port,
+            dest = tmp.path().join("dest").display(),
+            kc = kubeconfig.display(),
+        ),
+    )
+    .unwrap();
+    let log = tmp.path().join("ferry.log");
+    let mut ferry = spawn_ferry(&config, &log, port, &[]);
+    let pid = ferry.id();
+    let get = move |path: &str| http_get(addr, path);
+    let status = move |source: &str| -> serde_json::Value {
+        serde_json::from_str(&get(&format!("/api/v1/status/{source}")).1).unwrap_or_default()
+    };
+    let states = |sha: &str, context: &str| github.states(sha, context);
+    let converged = |d: &str, p: &str| {
+        status("dags")["published_revision"] == d
+            && status("platform")["kubernetes"]["applied_revision"] == p
+            && states(d, "ferry/dags").last().map(String::as_str) == Some("success")
+            && states(p, "ferry/platform").last().map(String::as_str) == Some("success")
+    };
+    let (d1c, p1c) = (d1.clone(), p1.clone());
+    tokio::task::block_in_place({
+        let converged = converged.clone();
+        move || {
+            eventually(Duration::from_secs(30), "first round", || {
+                converged(&d1c, &p1c).then_some(())
+            })
+        }
+    });
+    let fds_before = open_fds(pid);
+    let rss_before = proc_mib(pid, "VmRSS:");
+
+    // GitHub goes first: the next commits are published and applied, but
+    // their reports wait in the outbox, whose backoff grows all outage long.
+    github_link.set_up(false);
+    let d2 = dags.commit(&[("dags/b.py", Some("B = 2\n"))], "d2");
+    let p2 = platform.commit(&[("manifests/cm.yaml", Some(&cm("two")))], "p2");
+    let (d2c, p2c) = (d2.clone(), p2.clone());
+    tokio::task::block_in_place(|| {
+        eventually(
+            Duration::from_secs(30),
+            "d2 and p2 while GitHub is down",
+            || {
+                (status("dags")["published_revision"] == d2c.as_str()
+                    && status("platform")["kubernetes"]["applied_revision"] == p2c.as_str())
+                .then_some(())
+            },
+        )
+    });
+    // Then git and the apiserver too; new commits on both repos meanwhile.
+    git_link.set_up(false);
+    api_link.set_up(false);
+    let d3 = dags.commit(&[("dags/c.py", Some("C = 3\n"))], "d3");
+    let p3 = platform.commit(&[("manifests/cm.yaml", Some(&cm("three")))], "p3");
+    let outage = Instant::now();
+    let mut fds_peak = 0;
+    let mut rss_peak = 0.0f64;
+    let mut failures_seen = 0;
+    while outage.elapsed() < Duration::from_secs(20) {
+        assert!(
+            ferry.try_wait().unwrap().is_none(),
+            "ferry exited during the outage"
+        );
+        assert_eq!(get("/healthz").0, 200);
+        let v = status("dags");
+        if v["last_error"]["kind"] == "fetch_error" {
+            failures_seen = failures_seen.max(v["consecutive_failures"].as_u64().unwrap_or(0));
+        }
+        fds_peak = fds_peak.max(open_fds(pid));
+        rss_peak = rss_peak.max(proc_mib(pid, "VmRSS:"));
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(
+        failures_seen >= 5,
+        "only {failures_seen} failed fetches in the outage"
+    );
+    let dags_status = status("dags");
+    assert!(
+        dags_status["last_error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains(&format!("127.0.0.1:{}", git_link.port))),
+        "{dags_status}"
+    );
+    assert_eq!(dags_status["published_revision"], d2.as_str());
+    assert!(
+        fds_peak <= fds_before + 8,
+        "descriptors grew from {fds_before} to {fds_peak}"
+    );
+    assert!(
+        rss_peak < rss_before + 20.0,
+        "RSS grew from {rss_before:.1} to {rss_peak:.1} MiB"
+    );
+
+    // Back: converged within one interval plus the backoff cap.
+    for link in [&git_link, &github_link, &api_link] {
+        link.set_up(true);
+    }
+    let back = Instant::now();
+    let (d3c, p3c) = (d3.clone(), p3.clone());
+    tokio::task::block_in_place(|| {
+        eventually(
+            Duration::from_secs(60),
+            "convergence after the outage",
+            || converged(&d3c, &p3c).then_some(()),
+        )
+    });
+    let took = back.elapsed();
+    assert!(
+        took < Duration::from_secs(6),
+        "converged {took:?} after the return"
+    );
+    // Each commit has exactly one status history: pending, then its verdict.
+    for (sha, context) in [
+        (&d1, "ferry/dags"),
+        (&d2, "ferry/dags"),
+        (&d3, "ferry/dags"),
+        (&p3, "ferry/platform"),
+        (&p1, "ferry/platform"),
+        (&p2, "ferry/platform"),
+    ] {
+        assert_eq!(
+            states(sha, context),
+            ["pending", "success"],
+            "{context} {sha}"
+        );
+    }
+    github.assert_nothing_rejected();
+    eprintln!(
+        "outage 20 s: {failures_seen} failed fetches, fds {fds_before} -> peak {fds_peak}, RSS {rss_before:.1} -> peak {rss_peak:.1} MiB; converged {took:?} after the return"
+    );
+    stop_ferry(ferry);
+}

@@ -340,6 +340,7 @@ impl Reporter {
                 }
                 Err(GithubError::Unavailable { what, retry_after }) => {
                     self.count(kind, "retried");
+                    let asked = retry_after.is_some();
                     let delay = retry_after.unwrap_or_else(|| backoff.next_delay());
                     if failing_since.is_none() {
                         failing_since = Some(std::time::Instant::now());
@@ -347,8 +348,13 @@ impl Reporter {
                     } else {
                         tracing::debug!(error = %what, retry_in_ms = delay.as_millis() as u64, "GitHub still unavailable");
                     }
+                    // After a long outage the backoff is minutes; a report
+                    // queued meanwhile (a sync just worked, so the network
+                    // may be back) tries again at once. A wait GitHub asked
+                    // for (Retry-After, rate limits) is always kept.
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => {}
+                        _ = self.0.wake.notified(), if !asked => {}
                         _ = shutdown.wait_for(|stop| *stop) => break,
                     }
                 }

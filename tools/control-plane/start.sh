@@ -69,19 +69,27 @@ rm -rf "$dir/etcd-data"
 etcd_pid=$!
 
 # --- kube-apiserver --------------------------------------------------------
-"$bin/kube-apiserver" \
-  --etcd-servers "http://127.0.0.1:$etcd_port" \
-  --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$api_port" \
-  --cert-dir "$pki" --tls-cert-file "$pki/serving.crt" --tls-private-key-file "$pki/serving.key" \
-  --client-ca-file "$pki/ca.crt" \
-  --authorization-mode RBAC \
-  --service-account-issuer https://kubernetes.default.svc \
-  --service-account-key-file "$pki/sa.pub" --service-account-signing-key-file "$pki/sa.key" \
-  --service-cluster-ip-range 10.96.0.0/16 --allow-privileged=true \
-  --endpoint-reconciler-type none \
-  --audit-policy-file "$dir/audit-policy.yaml" --audit-log-path "$dir/audit.log" \
-  --audit-log-mode blocking --audit-log-format json \
-  > "$dir/kube-apiserver.log" 2>&1 &
+# Written as a script so restart-apiserver.sh can start the same server
+# again (same port, certificates and etcd) for tests of a control plane
+# restart.
+cat > "$dir/apiserver.sh" <<LAUNCH
+#!/usr/bin/env bash
+exec "$bin/kube-apiserver" \\
+  --etcd-servers "http://127.0.0.1:$etcd_port" \\
+  --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$api_port" \\
+  --cert-dir "$pki" --tls-cert-file "$pki/serving.crt" --tls-private-key-file "$pki/serving.key" \\
+  --client-ca-file "$pki/ca.crt" \\
+  --authorization-mode RBAC \\
+  --service-account-issuer https://kubernetes.default.svc \\
+  --service-account-key-file "$pki/sa.pub" --service-account-signing-key-file "$pki/sa.key" \\
+  --service-cluster-ip-range 10.96.0.0/16 --allow-privileged=true \\
+  --endpoint-reconciler-type none \\
+  --audit-policy-file "$dir/audit-policy.yaml" --audit-log-path "$dir/audit.log" \\
+  --audit-log-mode blocking --audit-log-format json
+LAUNCH
+chmod +x "$dir/apiserver.sh"
+echo "$api_port" > "$dir/api-port"
+"$dir/apiserver.sh" > "$dir/kube-apiserver.log" 2>&1 &
 api_pid=$!
 echo "$etcd_pid $api_pid" > "$dir/pids"
 
