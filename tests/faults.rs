@@ -1325,14 +1325,10 @@ async fn a_long_outage_of_everything_is_ridden_out_and_converges_once() {
             && states(d, "ferry/dags").last().map(String::as_str) == Some("success")
             && states(p, "ferry/platform").last().map(String::as_str) == Some("success")
     };
-    let (d1c, p1c) = (d1.clone(), p1.clone());
-    tokio::task::block_in_place({
-        let converged = converged.clone();
-        move || {
-            eventually(Duration::from_secs(30), "first round", || {
-                converged(&d1c, &p1c).then_some(())
-            })
-        }
+    tokio::task::block_in_place(|| {
+        eventually(Duration::from_secs(30), "first round", || {
+            converged(&d1, &p1).then_some(())
+        })
     });
     let fds_before = open_fds(pid);
     let rss_before = proc_mib(pid, "VmRSS:");
