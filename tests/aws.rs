@@ -870,3 +870,119 @@ async fn ferry_plan_shows_the_aws_plan_without_applying_it() {
         "a plan applies nothing"
     );
 }
+
+fn calls(moto: &support::moto::Moto, target: &str) -> u64 {
+    let (_, body) = moto.get("/ferry-test/calls");
+    let counts: serde_json::Value = serde_json::from_str(&body).unwrap();
+    counts[target].as_u64().unwrap_or(0)
+}
+
+/// An endpoint update interrupted twice while SageMaker deploys it (held
+/// in `Updating` by the test): ferry is killed (-9) and restarted, and AWS
+/// is unreachable for a while. The restarted ferry follows the deployment
+/// already under way instead of starting another (UpdateEndpoint is called
+/// exactly once), the old config serves throughout, and once the deployment
+/// settles the commit is applied and the old model and config are cleaned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_update_cut_by_a_restart_and_an_outage_is_followed_not_redone() {
+    let moto = moto();
+    let _guard = moto.lock().await;
+    credentials();
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = Repo::new(tmp.path(), "platform");
+    let first = repo.commit(
+        &[(
+            "platform.yaml",
+            Some(&sagemaker_yaml(&[("diagnosis", "v1", 1.0)])),
+        )],
+        "v1",
+    );
+    let daemon = git_daemon(tmp.path(), free_port());
+    let aws_link = Link::start(format!("127.0.0.1:{}", moto.port).parse().unwrap());
+    let port = free_port();
+    let config = tmp.path().join("ferry.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "cache_dir: {cache}\nserver:\n  listen: 127.0.0.1:{port}\n\
+             sources:\n  - name: platform\n    url: git://127.0.0.1:{dp}/platform.git\n    interval: 1s\n    max_backoff: 1s\n\
+             targets:\n  aws:\n    source: platform\n    region: {REGION}\n    endpoint_url: http://127.0.0.1:{link}\n    drift_interval: 1s\n    poll_interval: 50ms\n",
+            cache = tmp.path().join("cache").display(),
+            dp = daemon.port,
+            link = aws_link.port,
+        ),
+    )
+    .unwrap();
+    let log = tmp.path().join("ferry.log");
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let status = || -> serde_json::Value {
+        serde_json::from_str(&http_get(addr, "/api/v1/status/platform").1).unwrap_or_default()
+    };
+    let mut ferry = spawn_ferry(&config, &log, port, &aws_env());
+    tokio::task::block_in_place(|| {
+        eventually(Duration::from_secs(30), "v1 applied", || {
+            (status()["aws"]["applied_revision"] == first.as_str()).then_some(())
+        })
+    });
+    let (v1_config, _) = serving("diagnosis").await;
+
+    // SageMaker takes its time with the next deployment.
+    assert_eq!(moto.post("/ferry-test/hold?on=1").0, 200);
+    let second = repo.commit(
+        &[(
+            "platform.yaml",
+            Some(&sagemaker_yaml(&[("diagnosis", "v2", 1.0)])),
+        )],
+        "v2",
+    );
+    tokio::task::block_in_place(|| {
+        eventually(Duration::from_secs(30), "UpdateEndpoint", || {
+            (calls(moto, "SageMaker.UpdateEndpoint") == 1).then_some(())
+        })
+    });
+    // Killed mid-follow, started again.
+    ferry.kill_group();
+    drop(ferry);
+    let ferry = spawn_ferry(&config, &log, port, &aws_env());
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // AWS out of reach for a while.
+    aws_link.set_up(false);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    aws_link.set_up(true);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // All along: still deploying, the old config serving, never applied early.
+    let sm = sagemaker_client().await;
+    let live = sm
+        .describe_endpoint()
+        .endpoint_name("diagnosis")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        live.endpoint_status(),
+        Some(&aws_sdk_sagemaker::types::EndpointStatus::Updating)
+    );
+    assert_eq!(live.endpoint_config_name(), Some(v1_config.as_str()));
+    // (A restarted ferry does not know what it applied before; it must
+    // not claim the new revision.)
+    assert_ne!(status()["aws"]["applied_revision"], second.as_str());
+
+    // The deployment settles: applied, cleaned, and started only once.
+    assert_eq!(moto.post("/ferry-test/hold?on=0").0, 200);
+    tokio::task::block_in_place(|| {
+        eventually(Duration::from_secs(30), "v2 applied", || {
+            (status()["aws"]["applied_revision"] == second.as_str()).then_some(())
+        })
+    });
+    let (v2_config, image) = serving("diagnosis").await;
+    assert!(image.ends_with(":v2"), "{image}");
+    assert_eq!(
+        calls(moto, "SageMaker.UpdateEndpoint"),
+        1,
+        "the deployment must not be started again"
+    );
+    assert_eq!(calls(moto, "SageMaker.CreateEndpoint"), 1);
+    assert_eq!(names("config").await, [v2_config]);
+    assert_eq!(names("model").await.len(), 1);
+    stop_ferry(ferry);
+}

@@ -235,6 +235,27 @@ pub async fn plan(
         let live_tags = tags_of(client, &arn).await?;
         let tags = TagSync::between(&endpoint.tags, &live_tags);
         let live_config = live.endpoint_config_name().unwrap_or_default().to_string();
+        // Our config already deploying (started by a ferry that was killed
+        // or restarted mid-way): not a change, but not done either. The
+        // Deploy op follows it without starting another.
+        if live_config == config_name || deploying_to(&live, &config_name) {
+            if let Some(status) = live.endpoint_status().filter(|s| transitional(s)) {
+                plan.changes.push(Change {
+                    resource,
+                    action: Action::Update,
+                    fields: vec![field("status", status.as_str(), "InService")],
+                    op: Op::SageMaker(SageMakerOp::Deploy {
+                        endpoint: endpoint.clone(),
+                        models,
+                        variant_models,
+                        config_name,
+                        create: false,
+                        tags,
+                    }),
+                });
+                continue;
+            }
+        }
         if live_config != config_name {
             let mut fields = vec![field("endpoint_config", &live_config, &config_name)];
             fields.extend(variant_changes(client, &live_config, endpoint).await);
@@ -570,13 +591,25 @@ pub async fn apply(
                     .await
                     .map_err(|e| format!("CreateEndpoint: {}", describe(&e)))?;
             } else {
-                client
-                    .update_endpoint()
-                    .endpoint_name(&endpoint.name)
-                    .endpoint_config_name(config_name)
-                    .send()
-                    .await
-                    .map_err(|e| format!("UpdateEndpoint: {}", describe(&e)))?;
+                let mut live = describe_endpoint(client, &endpoint.name).await?;
+                if live.endpoint_status().is_some_and(transitional)
+                    && !deploying_to(&live, config_name)
+                {
+                    // Someone else's deployment: SageMaker refuses a second
+                    // one until it ends.
+                    live = wait_in_service(client, &endpoint.name, limits, cancel).await?;
+                }
+                let ours = deploying_to(&live, config_name)
+                    || live.endpoint_config_name() == Some(config_name.as_str());
+                if !ours {
+                    client
+                        .update_endpoint()
+                        .endpoint_name(&endpoint.name)
+                        .endpoint_config_name(config_name)
+                        .send()
+                        .await
+                        .map_err(|e| format!("UpdateEndpoint: {}", describe(&e)))?;
+                }
             }
             let settled = wait_in_service(client, &endpoint.name, limits, cancel).await?;
             let serving = settled.endpoint_config_name().unwrap_or_default();
@@ -662,6 +695,44 @@ async fn sync_tags(client: &Client, arn: &str, sync: &TagSync) -> Result<(), Str
     Ok(())
 }
 
+type Described = aws_sdk_sagemaker::operation::describe_endpoint::DescribeEndpointOutput;
+
+async fn describe_endpoint(client: &Client, name: &str) -> Result<Described, String> {
+    client
+        .describe_endpoint()
+        .endpoint_name(name)
+        .send()
+        .await
+        .map_err(|e| format!("DescribeEndpoint: {}", describe(&e)))
+}
+
+/// States from which SageMaker moves on by itself.
+fn transitional(status: &EndpointStatus) -> bool {
+    matches!(
+        status,
+        EndpointStatus::Creating
+            | EndpointStatus::Updating
+            | EndpointStatus::SystemUpdating
+            | EndpointStatus::RollingBack
+    )
+}
+
+/// Whether the endpoint is being deployed with `config`: the pending
+/// deployment names it, or (a new endpoint, or no summary) it is the
+/// endpoint's config while the endpoint is transitional.
+fn deploying_to(live: &Described, config: &str) -> bool {
+    if !live.endpoint_status().is_some_and(transitional) {
+        return false;
+    }
+    match live
+        .pending_deployment_summary()
+        .and_then(|p| p.endpoint_config_name())
+    {
+        Some(pending) => pending == config,
+        None => live.endpoint_config_name() == Some(config),
+    }
+}
+
 /// Follows an endpoint until it leaves its transitional states. `Failed`
 /// is an error carrying SageMaker's `FailureReason`.
 async fn wait_in_service(
@@ -669,14 +740,9 @@ async fn wait_in_service(
     name: &str,
     limits: &Limits,
     cancel: &AtomicBool,
-) -> Result<aws_sdk_sagemaker::operation::describe_endpoint::DescribeEndpointOutput, String> {
+) -> Result<Described, String> {
     super::follow(&format!("endpoint {name}"), limits, cancel, || async {
-        let out = client
-            .describe_endpoint()
-            .endpoint_name(name)
-            .send()
-            .await
-            .map_err(|e| format!("DescribeEndpoint: {}", describe(&e)))?;
+        let out = describe_endpoint(client, name).await?;
         match out.endpoint_status() {
             Some(EndpointStatus::InService) => Ok(Some(out)),
             Some(EndpointStatus::Failed) | Some(EndpointStatus::OutOfService) => Err(format!(

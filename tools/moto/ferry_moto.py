@@ -13,7 +13,9 @@ EKS      CreateAddon, DescribeAddon, UpdateAddon, ListAddons, DeleteAddon,
          updates are recorded so DescribeUpdate can follow them).
 SageMaker UpdateEndpoint; endpoints report `Creating`/`Updating` on the
          first DescribeEndpoint after a change, as the real service does
-         while it deploys.
+         while it deploys. While an update deploys, `EndpointConfigName`
+         stays the serving config and `PendingDeploymentSummary` names the
+         one being deployed; the switch happens when it settles.
 
 Two test conveniences, documented here because they are not AWS behaviour:
 - A container image whose tag is `:broken` makes the deployment fail: a new
@@ -22,6 +24,11 @@ Two test conveniences, documented here because they are not AWS behaviour:
 - `POST /ferry-test/throttle?count=N` makes the next N AWS requests answer
   `ThrottlingException` (HTTP 400); `GET /ferry-test/throttle` returns how
   many are left. `POST /moto-api/reset` (moto's own) clears all state.
+- `POST /ferry-test/hold?on=1` keeps every deploying endpoint in its
+  transitional state until `POST /ferry-test/hold?on=0` (a slow deployment,
+  to interrupt the caller mid-way).
+- `GET /ferry-test/calls` counts the JSON-protocol calls by `X-Amz-Target`
+  (`SageMaker.UpdateEndpoint`: N) since the last reset.
 """
 
 import argparse
@@ -277,17 +284,29 @@ def update_endpoint(self, endpoint_name, endpoint_config_name, retain_variant_pr
     if endpoint_config_name not in self.endpoint_configs:
         raise ValidationError(message=f"Could not find endpoint configuration '{endpoint_config_name}'.")
     reason = _broken(self, endpoint_config_name)
-    if reason is None:
-        config = self.endpoint_configs[endpoint_config_name]
-        endpoint.endpoint_config_name = endpoint_config_name
-        endpoint.production_variants = endpoint._process_production_variants(config.production_variants)
-        endpoint.data_capture_config = config.data_capture_config
-        endpoint.failure_reason = None
     endpoint.last_modified_time = now()
-    # A failed update rolls back: the old config keeps serving.
+    # The old config serves until the new one settles; a failed update
+    # rolls back to it.
+    endpoint.ferry_pending = (endpoint_config_name, now())
     endpoint.ferry_settle = ("Updating", "InService", reason)
     endpoint.endpoint_status = "Updating"
     return endpoint
+
+
+def _switch(backend, endpoint):
+    """A pending update that succeeded: its config now serves."""
+    pending = getattr(endpoint, "ferry_pending", None)
+    endpoint.ferry_pending = None
+    if pending is None:
+        return
+    config = backend.endpoint_configs[pending[0]]
+    endpoint.endpoint_config_name = pending[0]
+    endpoint.production_variants = endpoint._process_production_variants(config.production_variants)
+    endpoint.data_capture_config = config.data_capture_config
+    endpoint.failure_reason = None
+
+
+HOLD = {"on": False}
 
 
 _original_describe_endpoint = SageMakerModelBackend.describe_endpoint
@@ -299,9 +318,20 @@ def describe_endpoint(self, endpoint_name):
     if endpoint is not None and settle is not None:
         transitional, final, reason = settle
         if endpoint.endpoint_status == transitional:
-            response = _original_describe_endpoint(self, endpoint_name)
-            endpoint.endpoint_status = final
-            endpoint.failure_reason = reason
+            response = dict(_original_describe_endpoint(self, endpoint_name))
+            pending = getattr(endpoint, "ferry_pending", None)
+            if pending is not None:
+                response["PendingDeploymentSummary"] = {
+                    "EndpointConfigName": pending[0],
+                    "StartTime": pending[1],
+                }
+            if not HOLD["on"]:
+                endpoint.endpoint_status = final
+                endpoint.failure_reason = reason
+                if reason is None:
+                    _switch(self, endpoint)
+                else:
+                    endpoint.ferry_pending = None
             return response
         endpoint.ferry_settle = None
     return _original_describe_endpoint(self, endpoint_name)
@@ -325,15 +355,32 @@ SageMakerResponse.update_endpoint = _r_update_endpoint
 # ------------------------------------------------------------- server ----
 
 class Throttle:
-    """WSGI middleware: answers the next `count` AWS requests with a throttle."""
+    """WSGI middleware for the test hooks: throttling, holding deployments,
+    counting calls."""
 
     def __init__(self, app):
         self.app = app
         self.left = 0
+        self.calls = {}
         self.lock = threading.Lock()
 
     def __call__(self, environ, start_response):
         request = Request(environ)
+        if request.path == "/moto-api/reset":
+            with self.lock:
+                self.calls = {}
+            HOLD["on"] = False
+        if request.path == "/ferry-test/hold":
+            HOLD["on"] = request.args.get("on", "1") == "1"
+            return Response(json.dumps(HOLD), mimetype="application/json")(environ, start_response)
+        if request.path == "/ferry-test/calls":
+            with self.lock:
+                body = json.dumps(self.calls)
+            return Response(body, mimetype="application/json")(environ, start_response)
+        target = request.headers.get("X-Amz-Target")
+        if target:
+            with self.lock:
+                self.calls[target] = self.calls.get(target, 0) + 1
         if request.path == "/ferry-test/throttle":
             with self.lock:
                 if request.method == "POST":
