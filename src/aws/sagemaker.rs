@@ -238,23 +238,23 @@ pub async fn plan(
         // Our config already deploying (started by a ferry that was killed
         // or restarted mid-way): not a change, but not done either. The
         // Deploy op follows it without starting another.
-        if live_config == config_name || deploying_to(&live, &config_name) {
-            if let Some(status) = live.endpoint_status().filter(|s| transitional(s)) {
-                plan.changes.push(Change {
-                    resource,
-                    action: Action::Update,
-                    fields: vec![field("status", status.as_str(), "InService")],
-                    op: Op::SageMaker(SageMakerOp::Deploy {
-                        endpoint: endpoint.clone(),
-                        models,
-                        variant_models,
-                        config_name,
-                        create: false,
-                        tags,
-                    }),
-                });
-                continue;
-            }
+        if (live_config == config_name || deploying_to(&live, &config_name))
+            && let Some(status) = live.endpoint_status().filter(|s| transitional(s))
+        {
+            plan.changes.push(Change {
+                resource,
+                action: Action::Update,
+                fields: vec![field("status", status.as_str(), "InService")],
+                op: Op::SageMaker(SageMakerOp::Deploy {
+                    endpoint: endpoint.clone(),
+                    models,
+                    variant_models,
+                    config_name,
+                    create: false,
+                    tags,
+                }),
+            });
+            continue;
         }
         if live_config != config_name {
             let mut fields = vec![field("endpoint_config", &live_config, &config_name)];
