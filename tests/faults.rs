@@ -1230,206 +1230,184 @@ async fn an_apiserver_restart_mid_apply_is_retried_and_prunes_nothing_by_mistake
     stop_ferry(ferry);
 }
 
-fn open_fds(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
-}
-
 /// Git remote, GitHub and the kube-apiserver all unreachable at once for a
 /// long outage (compressed: 20 s of 1 s polls and a 2 s backoff cap, so
-/// every loop retries many times), with new commits pushed meanwhile: ferry
-/// stays up and healthy, says what fails, holds its memory and descriptors,
-/// and within one interval of the return publishes, applies and reports
-/// each commit exactly once.
+/// every loop retries many times; `cargo bench --bench outage` runs it
+/// longer), with new commits pushed meanwhile: ferry stays up and healthy,
+/// says what fails, holds its memory and descriptors, and within about one
+/// interval of the return publishes, applies and reports each commit exactly
+/// once (support/outage.rs asserts the invariants).
+#[test]
+fn a_long_outage_of_everything_is_ridden_out_and_converges_once() {
+    let r = support::outage::run(Duration::from_secs(20));
+    assert!(
+        r.failed_fetches >= 5,
+        "only {} failed fetches in the outage",
+        r.failed_fetches
+    );
+    assert!(
+        r.fds_peak <= r.fds_before + 8,
+        "descriptors grew from {} to {}",
+        r.fds_before,
+        r.fds_peak
+    );
+    assert!(
+        r.rss_peak < r.rss_before + 20.0,
+        "RSS grew from {:.1} to {:.1} MiB",
+        r.rss_before,
+        r.rss_peak
+    );
+    assert!(
+        r.converged_after < Duration::from_secs(6),
+        "converged {:?} after the return",
+        r.converged_after
+    );
+    eprintln!(
+        "outage 20 s: {} failed fetches, fds {} -> peak {}, RSS {:.1} -> peak {:.1} MiB; converged {:?} after the return",
+        r.failed_fetches, r.fds_before, r.fds_peak, r.rss_before, r.rss_peak, r.converged_after
+    );
+}
+
+/// The leader Lease taken away while the holder applies a large revision:
+/// the holder exits at its next renewal, part-way through; each object it
+/// applied is whole (server-side apply is atomic per object), and the
+/// standby, once the Lease is free, completes the revision, inventory and
+/// prune included.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_long_outage_of_everything_is_ridden_out_and_converges_once() {
-    use support::github::{FakeGithub, FakeState};
+async fn a_lease_lost_mid_apply_is_completed_by_the_next_leader() {
+    use k8s_openapi::api::coordination::v1::Lease;
+    use k8s_openapi::api::core::v1::ConfigMap;
     let cp = control_plane();
     let tmp = tempfile::tempdir().unwrap();
-    let dags = Repo::new(tmp.path(), "dags");
-    let platform = Repo::new(tmp.path(), "platform");
-    let ns = unique_namespace("outage");
+    let repo = Repo::new(tmp.path(), "platform");
+    let ns = unique_namespace("lease-apply");
+    let lease = unique_namespace("ferry-lease");
     let ns_yaml = format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {ns}\n");
-    let cm = |mode: &str| {
-        format!(
-            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: settings\ndata:\n  mode: {mode}\n"
-        )
-    };
-    let d1 = dags.commit(&[("dags/a.py", Some("A = 1\n"))], "d1");
-    let p1 = platform.commit(
+    let first = repo.commit(
         &[
             ("manifests/ns.yaml", Some(&ns_yaml)),
-            ("manifests/cm.yaml", Some(&cm("one"))),
+            ("manifests/a.yaml", Some(&configmaps("a", 0..20, 10))),
         ],
-        "p1",
+        "first",
     );
     let daemon = git_daemon(tmp.path(), free_port());
-    let github = FakeGithub::start(FakeState {
-        token: Some("ghp_outageTest0123456789".into()),
-        repos: ["acme/dags".to_string(), "acme/platform".to_string()].into(),
-        ..Default::default()
-    });
-    std::fs::write(tmp.path().join("token"), "ghp_outageTest0123456789\n").unwrap();
-    // Every way out of ferry goes through a link the test can cut.
-    let git_link = Link::start(format!("127.0.0.1:{}", daemon.port).parse().unwrap());
-    let github_link = Link::start(github.addr);
-    let kubeconfig_text = std::fs::read_to_string(&cp.admin).unwrap();
-    let api_port: u16 = kubeconfig_text
-        .split("https://127.0.0.1:")
-        .nth(1)
-        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
-        .and_then(|p| p.parse().ok())
-        .expect("apiserver port in the kubeconfig");
-    let api_link = Link::start(format!("127.0.0.1:{api_port}").parse().unwrap());
-    let kubeconfig = tmp.path().join("via-link.kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        kubeconfig_text.replace(
-            &format!("https://127.0.0.1:{api_port}"),
-            &format!("https://127.0.0.1:{}", api_link.port),
-        ),
-    )
-    .unwrap();
-    let port = free_port();
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let config = tmp.path().join("ferry.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "cache_dir: {cache}\nserver:\n  listen: 127.0.0.1:{port}\n\
-             github:\n  api_url: http://127.0.0.1:{gh}\n  external_url: https://ferry.example.test\n  token_file: {token}\n  deployments: false\n  previews: false\n\
-             sources:\n\
-             \x20 - name: dags\n    url: git://127.0.0.1:{git}/dags.git\n    github_repo: acme/dags\n    interval: 1s\n    max_backoff: 2s\n    timeout: 5s\n\
-             \x20 - name: platform\n    url: git://127.0.0.1:{git}/platform.git\n    github_repo: acme/platform\n    interval: 1s\n    max_backoff: 2s\n    timeout: 5s\n\
-             targets:\n  dags:\n    source: dags\n    subdir: dags\n    destination: {dest}\n\
-             \x20 kubernetes:\n    source: platform\n    default_namespace: {ns}\n    allowed_namespaces: [{ns}]\n    health_timeout: 0s\n    kubeconfig: {kc}\n",
-            cache = tmp.path().join("cache").display(),
-            gh = github_link.port,
-            token = tmp.path().join("token").display(),
-            git = git_link.port,
-            dest = tmp.path().join("dest").display(),
-            kc = kubeconfig.display(),
-        ),
-    )
-    .unwrap();
-    let log = tmp.path().join("ferry.log");
-    let mut ferry = spawn_ferry(&config, &log, port, &[]);
-    let pid = ferry.id();
-    let get = move |path: &str| http_get(addr, path);
-    let status = move |source: &str| -> serde_json::Value {
-        serde_json::from_str(&get(&format!("/api/v1/status/{source}")).1).unwrap_or_default()
+    let config = |who: &str, port: u16| {
+        let path = tmp.path().join(format!("{who}.yaml"));
+        std::fs::write(
+            &path,
+            format!(
+                "cache_dir: {cache}\nserver:\n  listen: 127.0.0.1:{port}\n\
+                 sources:\n  - name: platform\n    url: git://127.0.0.1:{dp}/platform.git\n    interval: 1s\n    max_backoff: 1s\n\
+                 targets:\n  kubernetes:\n    source: platform\n    default_namespace: {ns}\n    allowed_namespaces: [{ns}]\n    \
+                 health_timeout: 0s\n    kubeconfig: {kc}\n\
+                 leader_election:\n  namespace: default\n  lease_name: {lease}\n  lease_duration: 5s\n  identity: ferry-{who}\n  kubeconfig: {kc}\n",
+                cache = tmp.path().join(who).join("cache").display(),
+                dp = daemon.port,
+                kc = cp.admin.display(),
+            ),
+        )
+        .unwrap();
+        path
     };
-    let states = |sha: &str, context: &str| github.states(sha, context);
-    let converged = |d: &str, p: &str| {
-        status("dags")["published_revision"] == d
-            && status("platform")["kubernetes"]["applied_revision"] == p
-            && states(d, "ferry/dags").last().map(String::as_str) == Some("success")
-            && states(p, "ferry/platform").last().map(String::as_str) == Some("success")
+    let (pa, pb) = (free_port(), free_port());
+    let applied = |port: u16, sha: &str| {
+        let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let (_, body) = http_get(addr, "/api/v1/status/platform");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        v["kubernetes"]["applied_revision"] == sha
     };
-    tokio::task::block_in_place(|| {
-        eventually(Duration::from_secs(30), "first round", || {
-            converged(&d1, &p1).then_some(())
-        })
-    });
-    let fds_before = open_fds(pid);
-    let rss_before = proc_mib(pid, "VmRSS:");
-
-    // GitHub goes first: the next commits are published and applied, but
-    // their reports wait in the outbox, whose backoff grows all outage long.
-    github_link.set_up(false);
-    let d2 = dags.commit(&[("dags/b.py", Some("B = 2\n"))], "d2");
-    let p2 = platform.commit(&[("manifests/cm.yaml", Some(&cm("two")))], "p2");
-    let (d2c, p2c) = (d2.clone(), p2.clone());
+    let mut a = spawn_ferry(&config("a", pa), &tmp.path().join("a.log"), pa, &[]);
     tokio::task::block_in_place(|| {
         eventually(
             Duration::from_secs(30),
-            "d2 and p2 while GitHub is down",
-            || {
-                (status("dags")["published_revision"] == d2c.as_str()
-                    && status("platform")["kubernetes"]["applied_revision"] == p2c.as_str())
-                .then_some(())
-            },
+            "a applies the first revision",
+            || applied(pa, &first).then_some(()),
         )
     });
-    // Then git and the apiserver too; new commits on both repos meanwhile.
-    git_link.set_up(false);
-    api_link.set_up(false);
-    let d3 = dags.commit(&[("dags/c.py", Some("C = 3\n"))], "d3");
-    let p3 = platform.commit(&[("manifests/cm.yaml", Some(&cm("three")))], "p3");
-    let outage = Instant::now();
-    let mut fds_peak = 0;
-    let mut rss_peak = 0.0f64;
-    let mut failures_seen = 0;
-    while outage.elapsed() < Duration::from_secs(20) {
-        assert!(
-            ferry.try_wait().unwrap().is_none(),
-            "ferry exited during the outage"
-        );
-        assert_eq!(get("/healthz").0, 200);
-        let v = status("dags");
-        if v["last_error"]["kind"] == "fetch_error" {
-            failures_seen = failures_seen.max(v["consecutive_failures"].as_u64().unwrap_or(0));
-        }
-        fds_peak = fds_peak.max(open_fds(pid));
-        rss_peak = rss_peak.max(proc_mib(pid, "VmRSS:"));
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    assert!(
-        failures_seen >= 5,
-        "only {failures_seen} failed fetches in the outage"
-    );
-    let dags_status = status("dags");
-    assert!(
-        dags_status["last_error"]["message"]
-            .as_str()
-            .is_some_and(|m| m.contains(&format!("127.0.0.1:{}", git_link.port))),
-        "{dags_status}"
-    );
-    assert_eq!(dags_status["published_revision"], d2.as_str());
-    assert!(
-        fds_peak <= fds_before + 8,
-        "descriptors grew from {fds_before} to {fds_peak}"
-    );
-    assert!(
-        rss_peak < rss_before + 20.0,
-        "RSS grew from {rss_before:.1} to {rss_peak:.1} MiB"
-    );
+    let b = spawn_ferry(&config("b", pb), &tmp.path().join("b.log"), pb, &[]);
 
-    // Back: converged within one interval plus the backoff cap.
-    for link in [&git_link, &github_link, &api_link] {
-        link.set_up(true);
+    let second = repo.commit(
+        &[
+            ("manifests/a.yaml", Some(&configmaps("a", 5..20, 10))),
+            ("manifests/b.yaml", Some(&configmaps("b", 0..600, 2000))),
+        ],
+        "second",
+    );
+    let b_written = || {
+        configmap_writes(&cp.audit_log, &ns)
+            .into_iter()
+            .filter(|(verb, name)| verb == "patch" && name.starts_with("b-"))
+            .map(|(_, name)| name)
+            .collect::<std::collections::BTreeSet<_>>()
+            .len()
+    };
+    tokio::task::block_in_place(|| {
+        eventually(Duration::from_secs(30), "a applying b-*", || {
+            (b_written() >= 20).then_some(())
+        })
+    });
+    // Someone else in the Lease (and never renewing it).
+    let client = ferry::kubernetes::client::connect(Some(&cp.admin))
+        .await
+        .unwrap();
+    let leases: kube::Api<Lease> = kube::Api::namespaced(client.clone(), "default");
+    let mut taken = leases.get(&lease).await.unwrap();
+    if let Some(spec) = taken.spec.as_mut() {
+        spec.holder_identity = Some("intruder".into());
+        spec.renew_time = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(
+            k8s_openapi::jiff::Timestamp::now(),
+        ));
     }
-    let back = Instant::now();
-    let (d3c, p3c) = (d3.clone(), p3.clone());
+    leases
+        .replace(&lease, &Default::default(), &taken)
+        .await
+        .unwrap();
+    let exit = tokio::task::block_in_place(|| {
+        eventually(Duration::from_secs(10), "a exits", || a.try_wait().unwrap())
+    });
+    let at_exit = b_written();
+    assert_eq!(exit.code(), Some(1));
+    assert!(
+        at_exit < 600,
+        "a finished the apply ({at_exit} of 600) before it noticed"
+    );
+    let log = std::fs::read_to_string(tmp.path().join("a.log")).unwrap();
+    assert!(
+        log.contains("lost the leader Lease") && log.contains("intruder"),
+        "{log}"
+    );
+    // Nothing more from a: once the requests it had in flight (up to the
+    // apply concurrency) are answered, the count stays while nobody holds
+    // the Lease.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let settled = b_written();
+    assert!(settled <= at_exit + 16, "{settled} after {at_exit}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(b_written(), settled, "writes after the holder exited");
+
     tokio::task::block_in_place(|| {
         eventually(
-            Duration::from_secs(60),
-            "convergence after the outage",
-            || converged(&d3c, &p3c).then_some(()),
+            Duration::from_secs(40),
+            "b completes the second revision",
+            || applied(pb, &second).then_some(()),
         )
     });
-    let took = back.elapsed();
-    assert!(
-        took < Duration::from_secs(6),
-        "converged {took:?} after the return"
-    );
-    // Each commit has exactly one status history: pending, then its verdict.
-    for (sha, context) in [
-        (&d1, "ferry/dags"),
-        (&d2, "ferry/dags"),
-        (&d3, "ferry/dags"),
-        (&p3, "ferry/platform"),
-        (&p1, "ferry/platform"),
-        (&p2, "ferry/platform"),
-    ] {
-        assert_eq!(
-            states(sha, context),
-            ["pending", "success"],
-            "{context} {sha}"
-        );
+    let names: std::collections::BTreeSet<String> = kube::Api::<ConfigMap>::namespaced(client, &ns)
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter_map(|c| c.metadata.name)
+        .collect();
+    for i in 0..600 {
+        assert!(names.contains(&format!("b-{i:03}")), "b-{i:03} missing");
     }
-    github.assert_nothing_rejected();
-    eprintln!(
-        "outage 20 s: {failures_seen} failed fetches, fds {fds_before} -> peak {fds_peak}, RSS {rss_before:.1} -> peak {rss_peak:.1} MiB; converged {took:?} after the return"
-    );
-    stop_ferry(ferry);
+    for i in 0..20 {
+        assert_eq!(names.contains(&format!("a-{i:03}")), i >= 5, "a-{i:03}");
+    }
+    let inventory = names.contains("ferry-inventory-platform");
+    assert!(inventory, "{names:?}");
+    eprintln!("lease taken after {at_exit} of 600 objects; the standby completed the revision");
+    stop_ferry(b);
 }

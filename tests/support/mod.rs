@@ -7,6 +7,7 @@
 
 pub mod github;
 pub mod moto;
+pub mod outage;
 pub mod process;
 
 pub use process::{Owned, spawn_owned};
