@@ -531,15 +531,8 @@ async fn sagemaker_endpoints_deploy_update_reweight_fail_safely_and_prune() {
             .iter()
             .all(|m| !m.starts_with("fraud-"))
     );
-    // An endpoint ferry did not make is never touched.
-    assert!(
-        !sm.list_endpoints()
-            .send()
-            .await
-            .unwrap()
-            .endpoints()
-            .is_empty()
-    );
+    // Endpoints ferry did not make for this source: see
+    // prune_deletes_only_what_this_source_made.
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -984,5 +977,239 @@ async fn an_endpoint_update_cut_by_a_restart_and_an_outage_is_followed_not_redon
     assert_eq!(calls(moto, "SageMaker.CreateEndpoint"), 1);
     assert_eq!(names("config").await, [v2_config]);
     assert_eq!(names("model").await.len(), 1);
+    stop_ferry(ferry);
+}
+
+async fn endpoint_names() -> Vec<String> {
+    let mut names: Vec<String> = sagemaker_client()
+        .await
+        .list_endpoints()
+        .send()
+        .await
+        .unwrap()
+        .endpoints()
+        .iter()
+        .map(|e| e.endpoint_name().unwrap().to_string())
+        .collect();
+    names.sort();
+    names
+}
+
+/// With `prune: true`, ferry deletes only endpoints it made for this very
+/// source: one made by hand (no tags), one ferry made for another source,
+/// and one carrying `ferry.dev/managed=true` but no source all survive the
+/// revision that drops every endpoint of this source, models and configs
+/// included; the one this source made and git dropped is deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prune_deletes_only_what_this_source_made() {
+    use aws_sdk_sagemaker::types::{ContainerDefinition, ProductionVariant, Tag};
+    let _moto = moto().lock().await;
+    credentials();
+    let sm = sagemaker_client().await;
+    let no = AtomicBool::new(false);
+    // Made by hand, and one half-tagged (managed, but no source).
+    for (name, tags) in [
+        ("hand-made", vec![]),
+        (
+            "half-tagged",
+            vec![
+                Tag::builder()
+                    .key("ferry.dev/managed")
+                    .value("true")
+                    .build(),
+            ],
+        ),
+    ] {
+        sm.create_model()
+            .model_name(name)
+            .execution_role_arn(ROLE)
+            .primary_container(
+                ContainerDefinition::builder()
+                    .image(format!(
+                        "123456789012.dkr.ecr.{REGION}.amazonaws.com/{name}:1"
+                    ))
+                    .build(),
+            )
+            .send()
+            .await
+            .unwrap();
+        sm.create_endpoint_config()
+            .endpoint_config_name(name)
+            .production_variants(
+                ProductionVariant::builder()
+                    .variant_name("primary")
+                    .model_name(name)
+                    .instance_type(
+                        aws_sdk_sagemaker::types::ProductionVariantInstanceType::MlM5Large,
+                    )
+                    .initial_instance_count(1)
+                    .build(),
+            )
+            .send()
+            .await
+            .unwrap();
+        sm.create_endpoint()
+            .endpoint_name(name)
+            .endpoint_config_name(name)
+            .set_tags(Some(tags))
+            .send()
+            .await
+            .unwrap();
+    }
+    // Made by ferry for another source.
+    let mut other = AwsTarget::new("other", "acme/other", target_config(&moto().url, true));
+    apply_ok(
+        &mut other,
+        1,
+        parse(&sagemaker_yaml(&[("theirs", "1", 1.0)])),
+    )
+    .await;
+    // Made by this source.
+    let mut ours = AwsTarget::new(
+        "platform",
+        "acme/platform",
+        target_config(&moto().url, true),
+    );
+    apply_ok(
+        &mut ours,
+        1,
+        parse(&sagemaker_yaml(&[
+            ("kept", "1", 1.0),
+            ("dropped", "1", 1.0),
+        ])),
+    )
+    .await;
+    assert_eq!(
+        endpoint_names().await,
+        ["dropped", "half-tagged", "hand-made", "kept", "theirs"]
+    );
+    let models_before = names("model").await;
+
+    // The revision drops `dropped`: the plan deletes it and nothing else.
+    let revision = parse(&sagemaker_yaml(&[("kept", "1", 1.0)]))
+        .unwrap()
+        .unwrap();
+    let clients = aws::clients(&revision, &ours.config).await;
+    let plan = aws::plan(&clients, &revision, &provenance(2), true)
+        .await
+        .unwrap();
+    let deletes: Vec<&str> = plan
+        .changes
+        .iter()
+        .filter(|c| c.action == Action::Delete)
+        .map(|c| c.resource.as_str())
+        .collect();
+    assert_eq!(deletes, ["sagemaker/endpoint/dropped"], "{plan:?}");
+    apply_ok(&mut ours, 2, Ok(Some(revision))).await;
+    assert_eq!(
+        endpoint_names().await,
+        ["half-tagged", "hand-made", "kept", "theirs"]
+    );
+    let models_after = names("model").await;
+    let gone: Vec<&String> = models_before
+        .iter()
+        .filter(|m| !models_after.contains(m))
+        .collect();
+    assert!(
+        gone.iter().all(|m| m.starts_with("dropped-")) && !gone.is_empty(),
+        "only the dropped endpoint's models go: {gone:?}"
+    );
+    for name in ["hand-made", "half-tagged"] {
+        assert!(
+            models_after.contains(&name.to_string()),
+            "{name} model deleted"
+        );
+        assert!(
+            names("config").await.contains(&name.to_string()),
+            "{name} config deleted"
+        );
+    }
+}
+
+/// A platform head that is not signed by a listed key, on a source feeding
+/// both the Kubernetes and the AWS target: refused at every poll, and
+/// neither the apiserver (audit log) nor AWS (moto's call counts) receives
+/// a single request for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_head_reaches_neither_the_cluster_nor_aws() {
+    let moto = moto();
+    let _guard = moto.lock().await;
+    credentials();
+    let cp = control_plane();
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = Repo::new(tmp.path(), "platform");
+    let ns = unique_namespace("refused");
+    let head = repo.commit(
+        &[
+            (
+                "manifests/ns.yaml",
+                Some(&format!(
+                    "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {ns}\n"
+                )),
+            ),
+            (
+                "manifests/cm.yaml",
+                Some(
+                    "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: settings\ndata:\n  k: v\n",
+                ),
+            ),
+            (
+                "platform.yaml",
+                Some(&sagemaker_yaml(&[("diagnosis", "v1", 1.0)])),
+            ),
+        ],
+        "unsigned",
+    );
+    let allowed = allowed_signers_of_a_stranger(tmp.path());
+    let daemon = git_daemon(tmp.path(), free_port());
+    let port = free_port();
+    let config = tmp.path().join("ferry.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "cache_dir: {cache}\nserver:\n  listen: 127.0.0.1:{port}\n\
+             sources:\n  - name: platform\n    url: git://127.0.0.1:{dp}/platform.git\n    interval: 1s\n    max_backoff: 1s\n    \
+             verify:\n      allowed_signers: {allowed}\n\
+             targets:\n  kubernetes:\n    source: platform\n    default_namespace: {ns}\n    allowed_namespaces: [{ns}]\n    health_timeout: 0s\n    kubeconfig: {kc}\n\
+             \x20 aws:\n    source: platform\n    region: {REGION}\n    endpoint_url: {url}\n    poll_interval: 50ms\n",
+            cache = tmp.path().join("cache").display(),
+            dp = daemon.port,
+            allowed = allowed.display(),
+            kc = cp.admin.display(),
+            url = moto.url,
+        ),
+    )
+    .unwrap();
+    let ferry = spawn_ferry(&config, &tmp.path().join("ferry.log"), port, &aws_env());
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let refusals = || -> u64 {
+        let (_, metrics) = http_get(addr, "/metrics");
+        metrics
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(
+                    "ferry_syncs_total{source=\"platform\",result=\"untrusted_commit\"} ",
+                )
+            })
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    // Several polls, each refusing the same head: the window below is not empty.
+    tokio::task::block_in_place(|| {
+        eventually(Duration::from_secs(30), "three refusals", || {
+            (refusals() >= 3).then_some(())
+        })
+    });
+    let (_, body) = http_get(addr, "/api/v1/status/platform");
+    let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(status["last_error"]["kind"], "untrusted_commit", "{status}");
+    assert_eq!(status["last_error"]["commit"], head.as_str(), "{status}");
+    assert!(
+        audited_writes(&cp.audit_log, &ns).is_empty(),
+        "{:?}",
+        audited_writes(&cp.audit_log, &ns)
+    );
+    let (_, calls) = moto.get("/ferry-test/calls");
+    assert_eq!(calls.trim(), "{}", "AWS was called for a refused head");
     stop_ferry(ferry);
 }

@@ -531,3 +531,70 @@ async fn the_restricted_user_applies_what_ferrys_role_allows_and_is_refused_the_
             .is_none()
     );
 }
+
+/// An object ferry applied (so it is in the inventory) that someone then
+/// took over, by removing ferry's `managed-by` label or setting another
+/// manager's, is kept when git drops it: listed as kept with the reason,
+/// never deleted, while an untouched sibling is pruned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_inventoried_object_someone_took_over_is_kept_not_pruned() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = Repository::init_bare(tmp.path().join("platform.git")).unwrap();
+    let ns = unique_namespace("adopted");
+    let config = kube_target(&ns, false);
+    let client = admin().await;
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let mut last = None;
+    let r1 = commit_files(
+        &repo,
+        &[
+            ("manifests/ns.yaml", ns_yaml(&ns)),
+            ("manifests/unlabelled.yaml", cm("unlabelled", "one", "")),
+            ("manifests/helm.yaml", cm("helm-owned", "one", "")),
+            ("manifests/plain.yaml", cm("plain", "one", "")),
+        ],
+    );
+    let out = apply(&repo, r1, &config, &mut last).await.unwrap();
+    assert!(out.succeeded(), "{out:?}");
+    // Taken over: one loses ferry's label, one gets another manager's.
+    for (name, value) in [
+        ("unlabelled", serde_json::Value::Null),
+        ("helm-owned", "Helm".into()),
+    ] {
+        cms.patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({
+                "metadata": {"labels": {"app.kubernetes.io/managed-by": value}}
+            })),
+        )
+        .await
+        .unwrap();
+    }
+    let r2 = commit_files(&repo, &[("manifests/ns.yaml", ns_yaml(&ns))]);
+    let out = apply(&repo, r2, &config, &mut last).await.unwrap();
+    assert!(out.succeeded(), "{out:?}");
+    let outcome = |name: &str| {
+        out.objects
+            .iter()
+            .find(|o| o.id.name == name)
+            .cloned()
+            .unwrap()
+    };
+    for name in ["unlabelled", "helm-owned"] {
+        let o = outcome(name);
+        assert_eq!(o.status, Status::Kept, "{o:?}");
+        assert!(
+            o.error
+                .as_deref()
+                .is_some_and(|e| e.contains("no longer labelled")),
+            "{o:?}"
+        );
+        assert!(
+            cms.get_opt(name).await.unwrap().is_some(),
+            "{name} was deleted"
+        );
+    }
+    assert_eq!(outcome("plain").status, Status::Pruned);
+    assert!(cms.get_opt("plain").await.unwrap().is_none());
+}
