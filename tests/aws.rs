@@ -1006,7 +1006,6 @@ async fn prune_deletes_only_what_this_source_made() {
     let _moto = moto().lock().await;
     credentials();
     let sm = sagemaker_client().await;
-    let no = AtomicBool::new(false);
     // Made by hand, and one half-tagged (managed, but no source).
     for (name, tags) in [
         ("hand-made", vec![]),
