@@ -707,9 +707,10 @@ async fn ferry_run_applies_platform_yaml_and_reports_drift() {
             .then_some(())
     });
     let (_, metrics) = http_get(addr, "/metrics");
-    assert!(
-        metrics.contains("ferry_aws_drift_resources{source=\"platform\"} 2"),
-        "{metrics}"
+    assert_series(
+        &metrics,
+        "ferry_aws_drift_resources{source=\"platform\"}",
+        2.0,
     );
     stop_ferry(ferry);
 }

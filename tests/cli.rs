@@ -487,12 +487,25 @@ fn server_endpoints_readiness_metrics_and_sigterm() {
     for needle in [
         "ferry_sync_duration_seconds_bucket{",
         "ferry_fetch_duration_seconds_count{source=\"dags\"}",
-        "ferry_syncs_total{source=\"dags\",result=\"success\"} 1",
         "ferry_last_success_timestamp_seconds{source=\"dags\"}",
-        &format!("ferry_revision_info{{source=\"dags\",revision=\"{first}\"}} 1"),
-        "ferry_dags_files_published_total{source=\"dags\",how=\"written\"} 1",
     ] {
         assert!(metrics.contains(needle), "missing {needle} in:\n{metrics}");
+    }
+    for (line, value) in [
+        (
+            "ferry_syncs_total{source=\"dags\",result=\"success\"}".to_string(),
+            1.0,
+        ),
+        (
+            format!("ferry_revision_info{{source=\"dags\",revision=\"{first}\"}}"),
+            1.0,
+        ),
+        (
+            "ferry_dags_files_published_total{source=\"dags\",how=\"written\"}".to_string(),
+            1.0,
+        ),
+    ] {
+        assert_series(&metrics, &line, value);
     }
 
     // A commit whose validation hangs; SIGTERM while it runs.

@@ -91,8 +91,19 @@ async fn ferry_run_applies_reports_drift_and_self_heals() {
         "busy"
     );
 
-    // Nothing changes for several poll and drift intervals: zero writes.
+    // Nothing changes for several poll and drift intervals: zero writes,
+    // while the loop demonstrably ran (unchanged syncs and drift checks).
+    // Every sync of the source, whatever its result.
+    let unchanged = |metrics: &str| -> f64 {
+        metrics
+            .lines()
+            .filter(|l| l.starts_with("ferry_syncs_total{source=\"platform\","))
+            .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+            .sum()
+    };
     let before = audited_writes(&cp.audit_log, &ns).len();
+    let syncs_before = unchanged(&http_get(addr, "/metrics").1);
+    let drift_check_before = status(addr)["kubernetes"]["last_drift_check"].clone();
     tokio::time::sleep(Duration::from_secs(4)).await;
     assert_eq!(
         audited_writes(&cp.audit_log, &ns).len(),
@@ -101,10 +112,16 @@ async fn ferry_run_applies_reports_drift_and_self_heals() {
     );
     let (_, metrics) = http_get(addr, "/metrics");
     assert!(
-        metrics.contains("ferry_drift_objects{source=\"platform\"} 0"),
-        "{}",
-        status(addr)
+        unchanged(&metrics) >= syncs_before + 2.0,
+        "the loop did not run in the window: {syncs_before} -> {}",
+        unchanged(&metrics)
     );
+    assert_ne!(
+        status(addr)["kubernetes"]["last_drift_check"],
+        drift_check_before,
+        "no drift check ran in the window"
+    );
+    assert_series(&metrics, "ferry_drift_objects{source=\"platform\"}", 0.0);
 
     // Out-of-band edit: reported as drift, left alone without self_heal.
     let edit = serde_json::json!({"data": {"mode": "hand-edited"}});
@@ -124,10 +141,7 @@ async fn ferry_run_applies_reports_drift_and_self_heals() {
         "{v}"
     );
     let (_, metrics) = http_get(addr, "/metrics");
-    assert!(
-        metrics.contains("ferry_drift_objects{source=\"platform\"} 1"),
-        "{metrics}"
-    );
+    assert_series(&metrics, "ferry_drift_objects{source=\"platform\"}", 1.0);
     assert_eq!(
         cms.get("settings").await.unwrap().data.unwrap()["mode"],
         "hand-edited"
@@ -265,7 +279,7 @@ async fn shutdown_does_not_wait_out_the_health_timeout() {
     std::fs::write(
         &config,
         format!(
-            "cache_dir: {}\nserver:\n  listen: 127.0.0.1:{port}\nsources:\n  - name: platform\n    url: git://127.0.0.1:{}/platform.git\n    interval: 1s\n\
+            "cache_dir: {}\nserver:\n  listen: 127.0.0.1:{port}\nlog:\n  level: debug\nsources:\n  - name: platform\n    url: git://127.0.0.1:{}/platform.git\n    interval: 1s\n\
              targets:\n  kubernetes:\n    source: platform\n    default_namespace: {ns}\n    health_timeout: 120s\n    kubeconfig: {}\n",
             tmp.path().join("cache").display(),
             daemon.port,
@@ -273,19 +287,19 @@ async fn shutdown_does_not_wait_out_the_health_timeout() {
         ),
     )
     .unwrap();
-    let ferry = spawn_ferry(&config, &tmp.path().join("ferry.log"), port, &[]);
-    let client = ferry::kubernetes::client::connect(Some(&cp.admin))
-        .await
-        .unwrap();
-    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> = Api::namespaced(client, &ns);
-    // The Deployment exists: ferry is now waiting for it to become healthy.
-    for _ in 0..200 {
-        if let Ok(Some(_)) = deployments.get_opt("web").await {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let log = tmp.path().join("ferry.log");
+    let ferry = spawn_ferry(&config, &log, port, &[]);
+    // ferry says it waits for health (the Deployment never becomes
+    // healthy here); the test fails if it never gets there.
+    tokio::task::block_in_place(|| {
+        eventually(Duration::from_secs(20), "ferry waiting for health", || {
+            std::fs::read_to_string(&log)
+                .ok()?
+                .contains("phase: health")
+                .then_some(())
+        })
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let asked = std::time::Instant::now();
     tokio::task::spawn_blocking(move || stop_ferry(ferry))
         .await

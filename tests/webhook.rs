@@ -150,15 +150,30 @@ fn signed_pushes_sync_at_once_and_nothing_else_does() {
     );
 
     let (_, metrics) = http_get(addr, "/metrics");
-    for line in [
-        "ferry_webhooks_total{event=\"push\",outcome=\"unauthorized\"} 3",
-        "ferry_webhooks_total{event=\"push\",outcome=\"triggered\"} 1",
-        "ferry_webhooks_total{event=\"push\",outcome=\"duplicate\"} 1",
-        "ferry_webhooks_total{event=\"push\",outcome=\"ignored\"} 1",
-        "ferry_webhooks_total{event=\"issues\",outcome=\"ignored\"} 1",
-        "ferry_webhooks_total{event=\"ping\",outcome=\"pong\"} 1",
+    for (line, value) in [
+        (
+            "ferry_webhooks_total{event=\"push\",outcome=\"unauthorized\"}",
+            3.0,
+        ),
+        (
+            "ferry_webhooks_total{event=\"push\",outcome=\"triggered\"}",
+            1.0,
+        ),
+        (
+            "ferry_webhooks_total{event=\"push\",outcome=\"duplicate\"}",
+            1.0,
+        ),
+        (
+            "ferry_webhooks_total{event=\"push\",outcome=\"ignored\"}",
+            1.0,
+        ),
+        (
+            "ferry_webhooks_total{event=\"issues\",outcome=\"ignored\"}",
+            1.0,
+        ),
+        ("ferry_webhooks_total{event=\"ping\",outcome=\"pong\"}", 1.0),
     ] {
-        assert!(metrics.contains(line), "missing {line}:\n{metrics}");
+        assert_series(&metrics, line, value);
     }
     // A content type GitHub never sends: 415 naming the webhook setting.
     let signed = sign(SECRET.as_bytes(), &body);

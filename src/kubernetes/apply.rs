@@ -376,6 +376,7 @@ impl Applier<'_> {
         if self.config.health_timeout.is_zero() {
             return;
         }
+        tracing::debug!(target = self.target, "phase: health");
         let api_version: HashMap<&ObjectRef, &str> = resolved
             .iter()
             .map(|m| (&m.id, m.api_version.as_str()))

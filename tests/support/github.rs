@@ -97,6 +97,9 @@ pub struct FakeState {
     /// Answers to give instead of handling the next requests, in order:
     /// (HTTP status, Retry-After seconds).
     pub outage: Vec<(u16, Option<u64>)>,
+    /// When set, only requests whose path contains this consume `outage`
+    /// (e.g. `/statuses/`), so a test knows which calls failed.
+    pub outage_path: Option<String>,
     /// Every request answered, `METHOD /path -> status`.
     pub log: Vec<String>,
     pub rejected: Vec<String>,
@@ -266,7 +269,11 @@ fn answer(
     headers: &HeaderMap,
     body: &[u8],
 ) -> (u16, Value) {
-    if let Some((status, after)) = (!s.outage.is_empty()).then(|| s.outage.remove(0)) {
+    let targeted = s
+        .outage_path
+        .as_deref()
+        .is_none_or(|part| uri.path().contains(part));
+    if let Some((status, after)) = (targeted && !s.outage.is_empty()).then(|| s.outage.remove(0)) {
         s.outage_reply = Some((status, after));
         let message = if status == 403 {
             "You have exceeded a secondary rate limit. Please wait a few minutes before you try again."

@@ -665,6 +665,24 @@ pub fn tcp_forward(port: u16, target: std::net::SocketAddr) {
     });
 }
 
+/// The value of one whole series line in Prometheus text (`name{labels}`
+/// exactly, so `x{a="b"} 1` never matches `x{a="b"} 12`).
+pub fn series(metrics: &str, name_and_labels: &str) -> Option<f64> {
+    metrics.lines().find_map(|line| {
+        let (series, value) = line.rsplit_once(' ')?;
+        (series == name_and_labels).then(|| value.parse().ok())?
+    })
+}
+
+/// Fails the test unless the series exists with exactly `value`.
+pub fn assert_series(metrics: &str, name_and_labels: &str, value: f64) {
+    assert_eq!(
+        series(metrics, name_and_labels),
+        Some(value),
+        "{name_and_labels} in:\n{metrics}"
+    );
+}
+
 /// A field of /proc/<pid>/status (e.g. `VmHWM:`) in MiB.
 pub fn proc_mib(pid: u32, key: &str) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
