@@ -63,7 +63,7 @@ impl Setup {
         std::fs::write(
             &path,
             format!(
-                "cache_dir: {cache}\nserver:\n  listen: 127.0.0.1:{port}\nlog:\n  level: debug\n\
+                "cache_dir: {cache}\nserver:\n  listen: 127.0.0.1:{port}\nlog:\n  level: trace\n\
                  github:\n  api_url: {api}\n  external_url: {EXTERNAL}/\n  webhook_secret_file: {secret}\n  environment: staging\n{auth}\
                  sources:\n  - name: dags\n    url: git://127.0.0.1:{dp}/dags.git\n    github_repo: Acme/DAGs\n    interval: {interval}\n    max_backoff: 2s\n\
                  targets:\n  dags:\n    source: dags\n    subdir: dags\n    destination: {dest}\n{extra}",
@@ -177,11 +177,10 @@ fn log_text(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
 }
 
-fn assert_no_secrets(texts: &[&str]) {
-    for text in texts {
-        assert!(!text.contains(TOKEN), "the GitHub token leaked");
-        assert!(!text.contains(SECRET), "the webhook secret leaked");
-    }
+/// Neither secret, in any encoding, on any of the surfaces.
+fn assert_no_secrets(surfaces: &[(&str, &str)]) {
+    assert_no_secret("GitHub token", TOKEN, surfaces);
+    assert_no_secret("webhook secret", SECRET, surfaces);
 }
 
 #[test]
@@ -259,10 +258,24 @@ fn dag_commits_get_statuses_and_deployments_and_no_secret_is_logged() {
         "one deployment per evaluated commit"
     );
 
+    // Every surface ferry writes to, while it still serves them.
+    let (_, status_api) = http_get(s.addr, "/api/v1/status");
+    let (_, revision_page) = http_get(s.addr, &format!("/api/v1/status/dags/revisions/{bad}"));
+    let (_, metrics) = http_get(s.addr, "/metrics");
     stop_ferry(ferry);
     s.fake.assert_nothing_rejected();
     let ledger = std::fs::read_to_string(s.tmp.path().join("cache/github-report.json")).unwrap();
-    assert_no_secrets(&[&log_text(&log), &ledger]);
+    let sent = s
+        .fake
+        .with(|f| format!("{:?}{:?}{:?}", f.statuses, f.deployments, f.comments));
+    assert_no_secrets(&[
+        ("log", &log_text(&log)),
+        ("ledger", &ledger),
+        ("status API", &status_api),
+        ("revision page", &revision_page),
+        ("metrics", &metrics),
+        ("statuses and deployments sent to GitHub", &sent),
+    ]);
     assert!(
         log_text(&log).contains("commit status reported"),
         "debug logging was on and ran"
@@ -394,9 +407,15 @@ fn a_dags_pull_request_gets_one_comment_edited_in_place() {
         revisions.iter().all(|r| r != &head1 && r != &head2),
         "{revisions:?}"
     );
+    let (_, status_api) = http_get(s.addr, "/api/v1/status");
     stop_ferry(ferry);
     s.fake.assert_nothing_rejected();
-    assert_no_secrets(&[&log_text(&log)]);
+    let comments = s.fake.with(|f| format!("{:?}", f.comments));
+    assert_no_secrets(&[
+        ("log", &log_text(&log)),
+        ("status API", &status_api),
+        ("PR comments", &comments),
+    ]);
 }
 
 #[test]
@@ -790,4 +809,18 @@ fn only_heads_signed_by_a_listed_key_are_published() {
     );
     assert_eq!(s.published().as_deref(), Some(next.as_str()));
     stop_ferry(ferry);
+}
+
+/// The leak search itself finds a secret wherever base64 put it.
+#[test]
+fn secret_search_finds_a_secret_inside_a_basic_auth_header() {
+    use base64::Engine;
+    let header = base64::engine::general_purpose::STANDARD.encode("ferry:s3cret-pass-phrase");
+    let found = |secret: &str| {
+        support::secret_forms(secret)
+            .iter()
+            .any(|f| header.contains(f.as_str()))
+    };
+    assert!(found("s3cret-pass-phrase"));
+    assert!(!found("another-pass-phrase"));
 }

@@ -801,3 +801,51 @@ impl Link {
         }
     }
 }
+
+/// The forms in which `secret` could leak: as is, percent-encoded, and
+/// base64 (standard and URL-safe) at each of the three alignments it can
+/// have inside a longer encoded value (a Basic auth header, a JSON blob), so
+/// the check does not depend on where the secret sat in what was encoded.
+pub fn secret_forms(secret: &str) -> Vec<String> {
+    use base64::Engine;
+    let mut forms = vec![
+        secret.to_string(),
+        form_urlencoded::byte_serialize(secret.as_bytes()).collect(),
+    ];
+    for engine in [
+        &base64::engine::general_purpose::STANDARD_NO_PAD,
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+    ] {
+        for offset in 0..3usize {
+            let mut bytes = vec![b'x'; offset];
+            bytes.extend_from_slice(secret.as_bytes());
+            let encoded = engine.encode(&bytes);
+            // Characters that depend on the neighbouring bytes are dropped.
+            let start = (offset * 4).div_ceil(3);
+            let end = encoded.len().saturating_sub(3);
+            if end > start + 8 {
+                forms.push(encoded[start..end].to_string());
+            }
+        }
+    }
+    forms.sort();
+    forms.dedup();
+    forms
+}
+
+/// Fails if any form of `secret` (see [`secret_forms`]) appears on any of
+/// the named output surfaces.
+pub fn assert_no_secret(what: &str, secret: &str, surfaces: &[(&str, &str)]) {
+    assert!(
+        secret.len() >= 12,
+        "test secrets must be long enough to search for"
+    );
+    for form in secret_forms(secret) {
+        for (surface, text) in surfaces {
+            assert!(
+                !text.contains(&form),
+                "the {what} leaked into the {surface} (as `{form}`)"
+            );
+        }
+    }
+}
