@@ -515,8 +515,17 @@ fn a_restart_neither_reposts_nor_loses_a_final_status() {
         })
     });
     // Delivery is at least once: a kill between GitHub's answer and the
-    // ledger noting it would send that report again. Let the note land.
-    std::thread::sleep(Duration::from_millis(500));
+    // ledger noting it would send that report again. Wait for the note.
+    let ledger = s.tmp.path().join("cache/github-report.json");
+    eventually(
+        Duration::from_secs(10),
+        "the ledger's outbox emptied",
+        || {
+            let saved: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(&ledger).ok()?).ok()?;
+            saved["outbox"].as_array()?.is_empty().then_some(())
+        },
+    );
     ferry.kill().unwrap();
     ferry.wait().unwrap();
     let ferry = spawn_ferry(&passing, &s.tmp.path().join("run4.log"), s.port, &[]);

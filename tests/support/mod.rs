@@ -36,6 +36,26 @@ pub fn wait_for_port(port: u16, timeout: Duration) {
     panic!("nothing listens on 127.0.0.1:{port} after {timeout:?}");
 }
 
+/// Waits for `child` to listen on `port`, failing at once (with its log)
+/// if it exits first: a server that could not bind, say because another
+/// process took the port, is reported as such instead of as a timeout.
+pub fn wait_listening(child: &mut Owned, port: u16, log: &Path, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!(
+                "the server meant for 127.0.0.1:{port} exited ({status}) before listening:\n{}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "nothing listens on 127.0.0.1:{port} after {timeout:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 pub fn require_binary(path: &str) -> PathBuf {
     let p = PathBuf::from(path);
     assert!(
@@ -179,7 +199,7 @@ pub fn git_daemon(root: &Path, port: u16) -> Server {
     let exec_path = run(Command::new("git").arg("--exec-path"))
         .trim()
         .to_string();
-    let child = spawn_owned(
+    let mut child = spawn_owned(
         Command::new(Path::new(&exec_path).join("git-daemon"))
             .args([
                 "--reuseaddr",
@@ -195,7 +215,7 @@ pub fn git_daemon(root: &Path, port: u16) -> Server {
             .stderr(std::fs::File::create(&log).unwrap()),
     )
     .expect("cannot start git-daemon (is git installed?)");
-    wait_for_port(port, Duration::from_secs(10));
+    wait_listening(&mut child, port, &log, Duration::from_secs(10));
     Server {
         _child: child,
         port,
@@ -237,7 +257,7 @@ $HTTP["url"] =~ "^/git/" {{
     let conf_path = dir.join("lighttpd.conf");
     std::fs::write(&conf_path, conf).unwrap();
     let log = dir.join("error.log");
-    let child = spawn_owned(
+    let mut child = spawn_owned(
         Command::new(lighttpd)
             .arg("-D")
             .arg("-f")
@@ -247,7 +267,12 @@ $HTTP["url"] =~ "^/git/" {{
             .stderr(std::fs::File::create(dir.join("stderr.log")).unwrap()),
     )
     .expect("cannot start lighttpd");
-    wait_for_port(port, Duration::from_secs(10));
+    wait_listening(
+        &mut child,
+        port,
+        &dir.join("stderr.log"),
+        Duration::from_secs(10),
+    );
     Server {
         _child: child,
         port,
@@ -303,7 +328,7 @@ pub fn sshd_on(root: &Path, port: u16) -> Ssh {
     let conf_path = dir.join("sshd_config");
     std::fs::write(&conf_path, conf).unwrap();
     let log = dir.join("sshd.log");
-    let child = spawn_owned(
+    let mut child = spawn_owned(
         Command::new(sshd)
             .args(["-D", "-e", "-f"])
             .arg(&conf_path)
@@ -312,7 +337,7 @@ pub fn sshd_on(root: &Path, port: u16) -> Ssh {
             .stderr(std::fs::File::create(&log).unwrap()),
     )
     .expect("cannot start sshd");
-    wait_for_port(port, Duration::from_secs(10));
+    wait_listening(&mut child, port, &log, Duration::from_secs(10));
     Ssh {
         server: Server {
             _child: child,
