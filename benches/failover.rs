@@ -107,13 +107,31 @@ fn main() {
         );
         wait_published(&nodes[holder].dest, &head, Duration::from_secs(30));
         assert!(!nodes[standby].ready(), "the standby must not be ready");
+        // The stop lands anywhere in the holder's renewal period, not right
+        // after a renewal the bench happens to line up with.
+        std::thread::sleep(Duration::from_millis(fastrand::u64(0..2200)));
         let mut child = nodes[holder].child.take().unwrap();
+        let before_stop = published(&nodes[standby].dest);
         let started = Instant::now();
         if kill {
             child.kill().unwrap();
             child.wait().unwrap();
         } else {
             stop_ferry(child);
+        }
+        if kill {
+            // A standby that acted before the Lease expired would print a
+            // better number: nothing may move for most of the Lease.
+            let quiet = Duration::from_secs(LEASE_SECONDS * 2 / 3);
+            while started.elapsed() < quiet {
+                assert_eq!(
+                    published(&nodes[standby].dest),
+                    before_stop,
+                    "the standby published {:?} after a kill -9, before the Lease expired",
+                    started.elapsed()
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
         }
         wait_published(&nodes[standby].dest, &head, Duration::from_secs(60));
         let took = started.elapsed();
@@ -154,3 +172,6 @@ fn main() {
         }
     }
 }
+
+/// deploy/'s Lease duration, which the configs above leave at its default.
+const LEASE_SECONDS: u64 = 15;
