@@ -8,6 +8,7 @@
 pub mod agent;
 #[cfg(feature = "aws")]
 pub mod aws;
+pub mod build;
 pub mod config;
 pub mod dags;
 pub mod desired;

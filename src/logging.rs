@@ -4,11 +4,18 @@ use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
 
-/// Installs the global subscriber. `RUST_LOG`, when set, overrides `level`.
-pub fn init(format: LogFormat, level: &str) {
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(level))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
+/// Installs the global subscriber. The filter is, first found: `flag`
+/// (`--log-level` / `FERRY_LOG_LEVEL`), `RUST_LOG`, then `config_level`
+/// (`log.level`). One that does not parse is an error naming where it came
+/// from, never a silent fallback.
+pub fn init(format: LogFormat, flag: Option<&str>, config_level: &str) -> Result<(), String> {
+    let rust_log = std::env::var("RUST_LOG").ok().filter(|v| !v.is_empty());
+    let (origin, text) = match (flag, rust_log.as_deref()) {
+        (Some(flag), _) => ("--log-level", flag),
+        (None, Some(env)) => ("RUST_LOG", env),
+        (None, None) => ("log.level", config_level),
+    };
+    let filter = parse(origin, text)?;
     // Colour codes only for a person at a terminal; in a pipe, a file or a
     // log collector they are noise. `NO_COLOR` (no-color.org) turns them off.
     use std::io::IsTerminal;
@@ -26,4 +33,19 @@ pub fn init(format: LogFormat, level: &str) {
             .with_current_span(false)
             .try_init(),
     };
+    Ok(())
+}
+
+/// Checks a `--log-level` before anything runs, also for commands that log
+/// nothing, so a typo is never silently ignored.
+pub fn check_flag(text: &str) -> Result<(), String> {
+    parse("--log-level", text).map(|_| ())
+}
+
+fn parse(origin: &str, text: &str) -> Result<EnvFilter, String> {
+    EnvFilter::builder().parse(text).map_err(|e| {
+        format!(
+            "{origin} `{text}` is not a log filter ({e}); use a level such as `info` or `debug`, or directives such as `ferry=debug,info`"
+        )
+    })
 }

@@ -26,7 +26,7 @@ use ferry::status::StatusStore;
 #[derive(Parser)]
 #[command(
     name = "ferry",
-    version,
+    version = ferry::build::LONG_VERSION,
     about = "GitOps agent for an ML platform: publishes Airflow DAGs atomically and reconciles platform config from git.",
     after_help = "Start here:  ferry quickstart --once\nDocs:        README.md (config reference, how ferry differs from git-sync)"
 )]
@@ -98,7 +98,8 @@ enum Command {
     #[command(after_help = "Example:\n  ferry plan --config ferry.yaml\n  \
         ferry plan --config ferry.yaml --revision refs/pull/42/head --output json\n\n\
         Every object is checked by the API server (server-side apply, dry run, field manager `ferry`).\n\
-        Exits 1 when the revision has errors or the server would refuse an object.")]
+        Exits 1 when the revision has errors or the server would refuse an object;\n\
+        with --detailed-exitcode, 0 means no changes and 2 means changes.")]
     Plan {
         #[arg(long, short, default_value = "ferry.yaml")]
         config: PathBuf,
@@ -110,6 +111,10 @@ enum Command {
         /// Which target to plan; default: kubernetes if configured, else aws.
         #[arg(long, value_enum)]
         target: Option<PlanTarget>,
+        /// Exit 0 when nothing would change, 2 when something would, 1 on
+        /// errors (Terraform's convention, for CI).
+        #[arg(long)]
+        detailed_exitcode: bool,
     },
     /// Fetch one ref and publish its DAGs once (for init containers).
     #[command(
@@ -160,6 +165,31 @@ struct PublishDagsArgs {
     allowed_signers: Option<PathBuf>,
 }
 
+/// What `ferry plan` found, mapped to an exit code at the edge.
+enum PlanOutcome {
+    Failed,
+    NoChanges,
+    Changes,
+}
+
+impl PlanOutcome {
+    fn of(failed: bool, changes: bool) -> PlanOutcome {
+        match (failed, changes) {
+            (true, _) => PlanOutcome::Failed,
+            (false, true) => PlanOutcome::Changes,
+            (false, false) => PlanOutcome::NoChanges,
+        }
+    }
+
+    fn exit_code(&self, detailed: bool) -> ExitCode {
+        match (self, detailed) {
+            (PlanOutcome::Failed, _) => ExitCode::FAILURE,
+            (PlanOutcome::Changes, true) => ExitCode::from(2),
+            _ => ExitCode::SUCCESS,
+        }
+    }
+}
+
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum PlanTarget {
     Kubernetes,
@@ -179,7 +209,19 @@ enum PolicyArg {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // Usage errors exit 1 like every other error: 2 belongs to
+    // `plan --detailed-exitcode` ("changes"), and must not be ambiguous.
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => {
+            let _ = err.print();
+            return if err.use_stderr() {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .max_blocking_threads(16)
@@ -195,23 +237,45 @@ fn main() -> ExitCode {
     match runtime.block_on(dispatch(cli)) {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            eprintln!("error: {}", chain(&err));
             ExitCode::FAILURE
         }
     }
 }
 
+/// The error and its causes, each once: many errors already name their
+/// source in their message, which `{:#}` would print a second time.
+fn chain(err: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
+}
+
 async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
-    let log = |config_format: LogFormat, config_level: &str| {
+    if let Some(level) = &cli.log_level {
+        ferry::logging::check_flag(level).map_err(anyhow::Error::msg)?;
+    }
+    let log = |config_format: LogFormat, config_level: &str| -> anyhow::Result<()> {
         ferry::logging::init(
             cli.log_format.unwrap_or(config_format),
-            cli.log_level.as_deref().unwrap_or(config_level),
-        );
+            cli.log_level.as_deref(),
+            config_level,
+        )
+        .map_err(anyhow::Error::msg)
     };
     match cli.command {
         Command::Run { ref config } => {
             let config = Config::load(config)?;
-            log(config.log.format, &config.log.level);
+            log(config.log.format, &config.log.level)?;
             run(config).await?;
             Ok(ExitCode::SUCCESS)
         }
@@ -290,7 +354,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             listen,
             ref kubeconfig,
         } => {
-            log(LogFormat::Text, "info");
+            log(LogFormat::Text, "info")?;
             quickstart_cmd(dir, once, listen, kubeconfig.as_deref()).await
         }
         Command::Plan {
@@ -298,24 +362,28 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             ref revision,
             output,
             target,
+            detailed_exitcode,
         } => {
             let config = Config::load(config)?;
-            log(config.log.format, &config.log.level);
+            log(config.log.format, &config.log.level)?;
             let target = target.unwrap_or(if config.targets.kubernetes.is_some() {
                 PlanTarget::Kubernetes
             } else {
                 PlanTarget::Aws
             });
-            match target {
-                PlanTarget::Kubernetes => plan_cmd(config, revision.clone(), output).await,
+            let outcome = match target {
+                PlanTarget::Kubernetes => plan_cmd(config, revision.clone(), output).await?,
                 #[cfg(feature = "aws")]
-                PlanTarget::Aws => plan_aws_cmd(config, revision.clone(), output).await,
+                PlanTarget::Aws => plan_aws_cmd(config, revision.clone(), output).await?,
                 #[cfg(not(feature = "aws"))]
-                PlanTarget::Aws => anyhow::bail!("this ferry was built without the `aws` feature"),
-            }
+                PlanTarget::Aws => {
+                    anyhow::bail!("this ferry was built without the `aws` feature")
+                }
+            };
+            Ok(outcome.exit_code(detailed_exitcode))
         }
         Command::PublishDags(ref args) => {
-            log(LogFormat::Text, "info");
+            log(LogFormat::Text, "info")?;
             publish_dags(args).await
         }
     }
@@ -704,7 +772,7 @@ async fn plan_aws_cmd(
     config: Config,
     revision: Option<String>,
     output: OutputFormat,
-) -> anyhow::Result<ExitCode> {
+) -> anyhow::Result<PlanOutcome> {
     let target = config
         .targets
         .aws
@@ -726,13 +794,13 @@ async fn plan_aws_cmd(
                 "{} is absent at {commit}: nothing declared, nothing to plan",
                 target.file
             );
-            return Ok(ExitCode::SUCCESS);
+            return Ok(PlanOutcome::NoChanges);
         }
         Err(errors) => {
             for e in &errors {
                 eprintln!("error: {e}");
             }
-            return Ok(ExitCode::FAILURE);
+            return Ok(PlanOutcome::Failed);
         }
     };
     let provenance = ferry::aws::Provenance {
@@ -750,11 +818,10 @@ async fn plan_aws_cmd(
         OutputFormat::Text => print!("{}", plan.render_text()),
         OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&plan)?),
     }
-    Ok(if plan.errors.is_empty() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    Ok(PlanOutcome::of(
+        !plan.errors.is_empty(),
+        !plan.changes.is_empty(),
+    ))
 }
 
 /// The source a target names (`key` is the target's config path).
@@ -787,12 +854,14 @@ async fn fetch_revision<T: Send + 'static>(
         let commit = match revision.as_deref() {
             None => source.fetch_branch(&cancel)?.commit,
             Some(r) if r.starts_with("refs/") => source.fetch_ref(r, "refs/ferry/plan", &cancel)?.commit,
-            Some(r) if r.len() == 40 && r.chars().all(|c| c.is_ascii_hexdigit()) => {
+            Some(r) if (4..=40).contains(&r.len()) && r.chars().all(|c| c.is_ascii_hexdigit()) => {
                 source.fetch_branch(&cancel)?;
-                let oid = git2::Oid::from_str(r)?;
-                source.open()?.find_commit(oid).map(|c| c.id()).with_context(|| {
-                    format!("commit {r} is not in the mirror of `{}`; pass a branch or a ref instead", source.name)
-                })?
+                // Full or abbreviated, as git accepts it.
+                let found = source.open()?.revparse_single(r).and_then(|o| o.peel_to_commit()).map(|c| c.id());
+                found.map_err(|_| anyhow::anyhow!(
+                    "commit {r} is not in ferry's mirror of `{}`, which holds the head of `{}` (fetched shallow) and the refs asked for; pass a branch, or a ref such as refs/pull/N/head, whose head is that commit",
+                    source.name, source.branch
+                ))?
             }
             Some(branch) => source.fetch_ref(&format!("refs/heads/{branch}"), "refs/ferry/plan", &cancel)?.commit,
         };
@@ -817,7 +886,7 @@ async fn plan_cmd(
     config: Config,
     revision: Option<String>,
     output: OutputFormat,
-) -> anyhow::Result<ExitCode> {
+) -> anyhow::Result<PlanOutcome> {
     let target = config
         .targets
         .kubernetes
@@ -846,11 +915,11 @@ async fn plan_cmd(
         OutputFormat::Text => print!("{}", plan.render_text()),
         OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&plan)?),
     }
-    Ok(if plan.failed() > 0 {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
-    })
+    let changes = plan
+        .objects
+        .iter()
+        .any(|o| o.action != ferry::kubernetes::plan::Action::Unchanged);
+    Ok(PlanOutcome::of(plan.failed() > 0, changes))
 }
 
 async fn publish_dags(args: &PublishDagsArgs) -> anyhow::Result<ExitCode> {

@@ -36,6 +36,12 @@ pub struct FileLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BuildLabels {
+    pub version: String,
+    pub commit: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct GithubLabels {
     /// `status`, `deployment`, `comment`
     pub op: String,
@@ -119,6 +125,18 @@ impl Metrics {
             github_outbox.clone(),
         );
         let previews = Family::<ResultLabels, Counter>::default();
+        let build = Family::<BuildLabels, Gauge>::default();
+        build
+            .get_or_create(&BuildLabels {
+                version: crate::build::VERSION.into(),
+                commit: crate::build::COMMIT.into(),
+            })
+            .set(1);
+        registry.register(
+            "build_info",
+            "The running ferry's version and commit (value is always 1)",
+            build,
+        );
         let mirror_repairs = Family::<SourceLabels, Counter>::default();
         registry.register(
             "mirror_repairs",

@@ -91,12 +91,17 @@ async fn metrics(State(state): State<AppState>) -> Response {
 
 #[derive(Serialize)]
 struct StatusResponse {
+    /// What is running, so an operator can ask a live agent.
+    version: &'static str,
+    commit: &'static str,
     ready: bool,
     sources: Vec<SourceStatus>,
 }
 
 async fn status_all(State(state): State<AppState>) -> Json<StatusResponse> {
     Json(StatusResponse {
+        version: crate::build::VERSION,
+        commit: crate::build::COMMIT,
         ready: state.status.ready(),
         sources: state.status.all(),
     })

@@ -534,3 +534,111 @@ fn server_endpoints_readiness_metrics_and_sigterm() {
         "a cancelled validation removes its staging dir"
     );
 }
+
+/// What a newcomer types first: `--version` names the commit (so does a
+/// running agent, in its status API and `ferry_build_info`); a bad
+/// `--log-level` is an error, not a silent `info`; `--log-level` wins over
+/// `RUST_LOG`; an OS error is printed once; a usage error exits 1 (2 is
+/// reserved for `plan --detailed-exitcode`).
+#[test]
+fn versions_log_levels_and_errors_read_right() {
+    let out = ferry(&["--version"]);
+    assert!(out.status.success());
+    let version = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let commit = Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    if let Some(commit) = &commit {
+        assert_eq!(
+            version,
+            format!("ferry {} (commit {commit})", env!("CARGO_PKG_VERSION"))
+        );
+    }
+
+    let out = ferry(&["--log-level", "ferry=[", "check-config", "ferry.yaml"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("--log-level `ferry=[` is not a log filter"),
+        "{err}"
+    );
+
+    let out = ferry(&["check-config", "/nonexistent/ferry.yaml"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.matches("os error 2").count(), 1, "{err}");
+
+    let out = ferry(&["no-such-command"]);
+    assert_eq!(out.status.code(), Some(1));
+
+    // --log-level beats RUST_LOG: warn hides publish-dags' info lines.
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = Repo::new(tmp.path(), "dags");
+    repo.commit(&[("dags/a.py", Some("a = 1\n"))], "first");
+    let publish = |flag: Option<&str>| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferry"));
+        if let Some(level) = flag {
+            cmd.args(["--log-level", level]);
+        }
+        cmd.args(["publish-dags", "--subdir", "dags", "--repo"])
+            .arg(&repo.bare)
+            .arg("--dest")
+            .arg(tmp.path().join("dest"))
+            .arg("--cache-dir")
+            .arg(tmp.path().join("cache"))
+            .env("RUST_LOG", "debug");
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    assert!(
+        publish(None).contains("DEBUG"),
+        "RUST_LOG applies without the flag"
+    );
+    let quiet = publish(Some("warn"));
+    assert!(
+        !quiet.contains("DEBUG") && !quiet.contains("INFO"),
+        "{quiet}"
+    );
+
+    // A running agent says what it is.
+    let port = free_port();
+    let config = tmp.path().join("run.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "cache_dir: {}\nserver:\n  listen: 127.0.0.1:{port}\nsources:\n  - name: dags\n    url: {}\n    interval: 1h\n\
+             targets:\n  dags:\n    source: dags\n    subdir: dags\n    destination: {}\n",
+            tmp.path().join("run-cache").display(),
+            repo.bare.display(),
+            tmp.path().join("run-dest").display()
+        ),
+    )
+    .unwrap();
+    let agent = spawn_ferry(&config, &tmp.path().join("run.log"), port, &[]);
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let (_, body) = http_get(addr, "/api/v1/status");
+    let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(status["version"], env!("CARGO_PKG_VERSION"));
+    let live_commit = status["commit"].as_str().unwrap().to_string();
+    if let Some(commit) = &commit {
+        assert_eq!(&live_commit, commit);
+    }
+    let (_, metrics) = http_get(addr, "/metrics");
+    assert_series(
+        &metrics,
+        &format!(
+            "ferry_build_info{{version=\"{}\",commit=\"{live_commit}\"}}",
+            env!("CARGO_PKG_VERSION")
+        ),
+        1.0,
+    );
+    stop_ferry(agent);
+}

@@ -354,3 +354,84 @@ fn ferry_plan_cli_prints_json_and_fails_on_refusals() {
     let error = bad["error"].as_str().unwrap_or_default();
     assert!(error.contains("422") && error.contains("99999"), "{bad}");
 }
+
+/// `ferry plan --detailed-exitcode` answers like Terraform (0 nothing to
+/// do, 2 changes, 1 errors), and `--revision` takes a short SHA of the head;
+/// a commit the mirror cannot have is refused with what to pass instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plan_exit_codes_and_short_revisions() {
+    let cp = control_plane();
+    let tmp = tempfile::tempdir().unwrap();
+    let served = Repo::new(tmp.path(), "platform");
+    let ns = unique_namespace("exitcode");
+    let head = served.commit(
+        &[
+            (
+                "manifests/a-ns.yaml",
+                Some(&format!(
+                    "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {ns}\n"
+                )),
+            ),
+            (
+                "manifests/cm.yaml",
+                Some("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: c\ndata:\n  k: v\n"),
+            ),
+        ],
+        "first",
+    );
+    let config = tmp.path().join("ferry.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "cache_dir: {}\nsources:\n  - name: platform\n    url: {}\n\
+             targets:\n  kubernetes:\n    source: platform\n    default_namespace: {ns}\n    kubeconfig: {}\n",
+            tmp.path().join("cache").display(),
+            served.bare.display(),
+            cp.admin.display()
+        ),
+    )
+    .unwrap();
+    let plan = |extra: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
+            .args(["plan", "--config"])
+            .arg(&config)
+            .args(extra)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // Everything to create: 2 with the flag, 0 without.
+    let (code, out, err) = plan(&["--detailed-exitcode"]);
+    assert_eq!(code, Some(2), "{out}{err}");
+    assert_eq!(plan(&[]).0, Some(0));
+    // A short SHA of the head plans that commit.
+    let (code, out, err) = plan(&["--revision", &head[..8], "--output", "json"]);
+    assert_eq!(code, Some(0), "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["revision"], head.as_str());
+    // Applied as ferry would: nothing to do, 0 even with the flag.
+    let repo = Repository::open_bare(&served.bare).unwrap();
+    apply_as(&repo, Oid::from_str(&head).unwrap(), &ns, "ferry").await;
+    let (code, out, err) = plan(&["--detailed-exitcode"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    // A commit not in the mirror: an error saying what to pass, exit 1.
+    let (code, _, err) = plan(&["--revision", "0123456789ab", "--detailed-exitcode"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("is not in ferry's mirror of `platform`") && err.contains("pass a branch"),
+        "{err}"
+    );
+    // Errors stay 1 with the flag: a refused object.
+    served.commit(
+        &[(
+            "manifests/bad.yaml",
+            Some("apiVersion: v1\nkind: Service\nmetadata:\n  name: s\n  namespace: default\nspec:\n  ports:\n    - port: 99999\n"),
+        )],
+        "bad",
+    );
+    assert_eq!(plan(&["--detailed-exitcode"]).0, Some(1));
+}
