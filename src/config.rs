@@ -500,12 +500,67 @@ fn default_validate_timeout() -> Duration {
 }
 
 impl Config {
+    /// Reads, parses and validates `path`, and checks the files it names
+    /// that ferry reads at start: what `ferry run` refuses, `check-config`
+    /// refuses too.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let config = Config::load_unchecked(path)?;
+        config.check_files(path)?;
+        Ok(config)
+    }
+
+    /// [`Config::load`] without [`Config::check_files`], for checking a
+    /// config away from the machine (or cluster) whose files it names.
+    pub fn load_unchecked(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),
             source,
         })?;
         Config::parse(&text, path)
+    }
+
+    /// The files ferry reads at start (secrets and policies), readable and
+    /// well-formed: webhook secret, GitHub token or App key, allowed signers.
+    /// Secrets are read and dropped, never printed.
+    pub fn check_files(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |key: String, message: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            key,
+            line: None,
+            message,
+        };
+        for (i, source) in self.sources.iter().enumerate() {
+            if let Some(verify) = &source.verify {
+                crate::source::signature::AllowedSigners::load(&verify.allowed_signers).map_err(
+                    |e| {
+                        invalid(
+                            format!("sources[{i}].verify.allowed_signers"),
+                            e.to_string(),
+                        )
+                    },
+                )?;
+            }
+        }
+        if let Some(github) = &self.github {
+            let files = [
+                (
+                    "github.webhook_secret_file",
+                    github.webhook_secret_file.as_ref(),
+                ),
+                ("github.token_file", github.token_file.as_ref()),
+                (
+                    "github.app.private_key_file",
+                    github.app.as_ref().map(|a| &a.private_key_file),
+                ),
+            ];
+            for (key, file) in files {
+                if let Some(file) = file {
+                    crate::secret::from_file(file)
+                        .map_err(|e| invalid(key.into(), e.to_string()))?;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Parses and validates; `path` is only used to name the file in errors.
@@ -598,10 +653,6 @@ impl Config {
             }
             validate_auth(&source.url, &source.auth)
                 .map_err(|(k, message)| invalid(key(k), message))?;
-            if let Some(verify) = &source.verify {
-                crate::source::signature::AllowedSigners::load(&verify.allowed_signers)
-                    .map_err(|e| invalid(key("verify.allowed_signers"), e.to_string()))?;
-            }
         }
         if let Some(dags) = &self.targets.dags {
             if !names.contains(dags.source.as_str()) {
@@ -629,6 +680,12 @@ impl Config {
                         "`{}` must be a plain file name that does not start with `.`",
                         dags.link
                     ),
+                ));
+            }
+            if dags.retention.keep == 0 {
+                return Err(invalid(
+                    "targets.dags.retention.keep".into(),
+                    "must be at least 1 (the live revision is always kept; keep counts superseded ones Airflow may still run)".into(),
                 ));
             }
             if Path::new(&dags.subdir).is_absolute() || dags.subdir.split('/').any(|c| c == "..") {
@@ -683,6 +740,20 @@ impl Config {
                         format!("`{url}` must be an http:// or https:// URL"),
                     ));
                 }
+            }
+            // GitHub links (status "Details", deployments) must lead
+            // somewhere: not to the unspecified address ferry listens on.
+            let effective = github
+                .external_url
+                .clone()
+                .unwrap_or_else(|| format!("http://{}", self.server.listen));
+            if github.reporting() && unroutable(&effective) {
+                return Err(invalid(
+                    "github.external_url".into(),
+                    format!(
+                        "GitHub statuses would link to {effective}, which nobody can open; set github.external_url to the URL people reach ferry at (e.g. https://ferry.example.com)"
+                    ),
+                ));
             }
             if github.environment.trim().is_empty() {
                 return Err(invalid(
@@ -757,6 +828,24 @@ impl Config {
 }
 
 /// Returns (key below `auth` or `url`, message) on error.
+/// An http(s) URL whose host is the unspecified address (`0.0.0.0`, `[::]`).
+fn unroutable(url: &str) -> bool {
+    let host = url
+        .split_once("://")
+        .map_or(url, |(_, rest)| rest)
+        .split('/')
+        .next()
+        .unwrap_or("");
+    let host = host.rsplit_once(':').map_or(host, |(h, port)| {
+        if port.chars().all(|c| c.is_ascii_digit()) {
+            h
+        } else {
+            host
+        }
+    });
+    matches!(host, "0.0.0.0" | "[::]" | "::" | "[0:0:0:0:0:0:0:0]")
+}
+
 fn validate_auth(url: &str, auth: &AuthConfig) -> Result<(), (&'static str, String)> {
     let scheme = url_scheme(url);
     if matches!(scheme, Some("http" | "https")) && url_has_password(url) {
@@ -917,7 +1006,11 @@ alice@example.com ssh-ed25519
             "{MINIMAL}    verify:\n      allowed_signers: {}\n",
             file.display()
         );
-        let err = parse(&text).unwrap_err();
+        let checked = |text: &str| {
+            let config = parse(text).expect("the file itself is valid");
+            config.check_files(Path::new("ferry.yaml"))
+        };
+        let err = checked(&text).unwrap_err();
         assert_eq!(err.key(), Some("sources[0].verify.allowed_signers"));
         assert!(
             err.to_string()
@@ -925,7 +1018,7 @@ alice@example.com ssh-ed25519
             "{err}"
         );
         std::fs::remove_file(&file).unwrap();
-        let err = parse(&text).unwrap_err();
+        let err = checked(&text).unwrap_err();
         assert!(
             err.to_string().contains("cannot read allowed signers file"),
             "{err}"
@@ -965,7 +1058,7 @@ alice@example.com ssh-ed25519
     fn github_reporting_takes_one_credential_and_real_urls() {
         let base = "sources:\n  - name: a\n    url: https://e.com/a.git\ngithub:\n";
         let ok = parse(&format!(
-            "{base}  token_file: /t\n  api_url: https://ghe.example.com/api/v3\n"
+            "{base}  token_file: /t\n  api_url: https://ghe.example.com/api/v3\n  external_url: https://ferry.example.com\n"
         ))
         .unwrap();
         let github = ok.github.unwrap();
@@ -978,6 +1071,11 @@ alice@example.com ssh-ed25519
                 .contains("set one of token_file, token_env and app"),
             "{err}"
         );
+        // Reporting with links to the address ferry listens on by default.
+        let err = parse(&format!("{base}  token_file: /t\n")).unwrap_err();
+        assert_eq!(err.key(), Some("github.external_url"));
+        assert!(err.to_string().contains("http://0.0.0.0:8080"), "{err}");
+        assert!(unroutable("http://[::]:8080/x") && !unroutable("https://ferry.example.com"));
         let err = parse(&format!("{base}  external_url: ferry.example.com\n")).unwrap_err();
         assert!(
             err.to_string()

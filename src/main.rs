@@ -75,9 +75,17 @@ enum Command {
     },
     /// Validate a config file and exit non-zero with the offending key if it is wrong.
     #[command(
-        after_help = "Example:\n  ferry check-config ferry.yaml\n  ferry check-config deploy/ferry.yaml && kubectl apply -k deploy/"
+        after_help = "Example:\n  ferry check-config ferry.yaml\n  ferry check-config --skip-files deploy/ferry.yaml && kubectl apply -k deploy/\n\n\
+        Checks what `ferry run` checks at start, including the files it reads then (webhook secret,\n\
+        GitHub token or App key, allowed signers); --skip-files leaves those out, for a config whose\n\
+        files exist only where ferry runs (mounted Secrets)."
     )]
-    CheckConfig { file: PathBuf },
+    CheckConfig {
+        file: PathBuf,
+        /// Do not check the secret and policy files the config names.
+        #[arg(long)]
+        skip_files: bool,
+    },
     /// Check a platform repo checkout offline: manifests and platform.yaml parse and validate.
     #[command(
         after_help = "Example:\n  ferry validate .                  # in a platform repo checkout (CI on every PR)\n  \
@@ -284,8 +292,15 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             ref manifests,
             ref platform,
         } => validate_checkout(dir, manifests, platform),
-        Command::CheckConfig { ref file } => {
-            let config = Config::load(file)?;
+        Command::CheckConfig {
+            ref file,
+            skip_files,
+        } => {
+            let config = if skip_files {
+                Config::load_unchecked(file)?
+            } else {
+                Config::load(file)?
+            };
             let mut targets = Vec::new();
             if let Some(d) = &config.targets.dags {
                 targets.push(format!("dags (from source `{}`)", d.source));
@@ -364,7 +379,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             target,
             detailed_exitcode,
         } => {
-            let config = Config::load(config)?;
+            let config = Config::load_unchecked(config)?;
             log(config.log.format, &config.log.level)?;
             let target = target.unwrap_or(if config.targets.kubernetes.is_some() {
                 PlanTarget::Kubernetes
@@ -554,7 +569,7 @@ async fn serve_and_run(
 }
 
 /// The webhook receiver, when configured: one route per source that has a
-/// GitHub repository. The secret is checked now so a typo fails at start.
+/// GitHub repository. (`Config::load` has checked the secret file.)
 fn webhook_receiver(
     config: &Config,
     agent: &Agent,
@@ -566,7 +581,6 @@ fn webhook_receiver(
     else {
         return Ok(None);
     };
-    ferry::secret::from_file(&secret_file).context("github.webhook_secret_file")?;
     let previews = config.github.as_ref().is_some_and(|g| g.previews);
     let mut handles = agent.handles(previews);
     let routes: Vec<ferry::webhook::Route> = config

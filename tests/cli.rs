@@ -120,6 +120,24 @@ fn each_bad_config_gives_one_clear_error_naming_the_key() {
             "    destination: /tmp/ferry-dags\n  kubernetes:\n    source: dags\n    drift_interval: sometimes\n",
             "targets.kubernetes.drift_interval",
         ),
+        (
+            "    destination: /tmp/ferry-dags\n",
+            "    destination: /tmp/ferry-dags\n    retention:\n      keep: 0\n",
+            "targets.dags.retention.keep",
+        ),
+        // Reporting on, no external URL, listening on every address: the
+        // links GitHub would show lead nowhere.
+        (
+            "targets:\n",
+            "server:\n  listen: 0.0.0.0:8080\ngithub:\n  token_env: GITHUB_TOKEN\ntargets:\n",
+            "github.external_url",
+        ),
+        // What `ferry run` reads at start must be there.
+        (
+            "targets:\n",
+            "github:\n  webhook_secret_file: /nonexistent/webhook-secret\ntargets:\n",
+            "github.webhook_secret_file",
+        ),
     ];
     for (find, replace, key) in cases {
         assert!(BASE.contains(find), "bad test case: {find:?}");
@@ -185,11 +203,17 @@ fn the_readme_configuration_reference_is_valid() {
     let tmp = tempfile::tempdir().unwrap();
     let path = tmp.path().join("readme.yaml");
     std::fs::write(&path, config).unwrap();
-    let out = ferry(&["check-config", path.to_str().unwrap()]);
+    // The README's paths exist only where ferry runs.
+    let out = ferry(&["check-config", "--skip-files", path.to_str().unwrap()]);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+    let full = ferry(&["check-config", path.to_str().unwrap()]);
+    assert!(
+        !full.status.success(),
+        "ferry run would refuse it: its secret files are missing"
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("kubernetes (from source `platform`), aws (from source `platform`, platform.yaml); github: webhooks, reporting to https://api.github.com, deployments to `production`, PR previews)"), "{}", String::from_utf8_lossy(&out.stdout));
 }
