@@ -231,6 +231,62 @@ fn no_trash(cache: &Path) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// One `ferry run` set-up of these tests: a served DAGs repo (`History`),
+/// its git daemon, and a config for one DAGs source and target.
+struct Scene {
+    /// Holds the repo, cache and destination for the test's life.
+    _tmp: tempfile::TempDir,
+    history: History,
+    _daemon: Server,
+    port: u16,
+    cache: PathBuf,
+    dest: PathBuf,
+    config: PathBuf,
+    log: PathBuf,
+}
+
+impl Scene {
+    /// `top` is added before `sources:` (e.g. `log:`), `source` to the
+    /// source and `target` to the DAGs target, each as YAML lines.
+    fn new(top: &str, source: &str, target: &str) -> Scene {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("srv");
+        std::fs::create_dir_all(&root).unwrap();
+        let history = History::new(&root.join("dags.git"));
+        let daemon = git_daemon(&root, free_port());
+        let port = free_port();
+        let (cache, dest) = (tmp.path().join("cache"), tmp.path().join("dest"));
+        let config = tmp.path().join("ferry.yaml");
+        std::fs::write(
+            &config,
+            format!(
+                "cache_dir: {cache}\nserver:\n  listen: 127.0.0.1:{port}\n{top}\
+                 sources:\n  - name: dags\n    url: git://127.0.0.1:{dp}/dags.git\n{source}\
+                 targets:\n  dags:\n    source: dags\n    subdir: dags\n    destination: {dest}\n{target}",
+                cache = cache.display(),
+                dp = daemon.port,
+                dest = dest.display(),
+            ),
+        )
+        .unwrap();
+        let log = tmp.path().join("ferry.log");
+        Scene {
+            _tmp: tmp,
+            history,
+            _daemon: daemon,
+            port,
+            cache,
+            dest,
+            config,
+            log,
+        }
+    }
+
+    fn addr(&self) -> std::net::SocketAddr {
+        std::net::SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+}
+
 /// The production wedge: kill -9 of `ferry publish-dags` at uniformly
 /// spread moments from process start to exit, alternating git daemon and
 /// smart HTTP. After every kill an uninterrupted run must publish the head
@@ -413,28 +469,10 @@ fn a_mirror_with_refs_but_no_objects_is_repaired_not_misreported() {
 /// (the failed fetch leads to the check, the repair and a second fetch).
 #[test]
 fn ferry_run_repairs_a_damaged_mirror_and_counts_it() {
-    let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path().join("srv");
-    std::fs::create_dir_all(&root).unwrap();
-    let mut history = History::new(&root.join("dags.git"));
-    let daemon = git_daemon(&root, free_port());
-    let port = free_port();
-    let cache = tmp.path().join("cache");
-    let dest = tmp.path().join("dest");
-    let config = tmp.path().join("ferry.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "cache_dir: {cache}\nserver:\n  listen: 127.0.0.1:{port}\n\
-             sources:\n  - name: dags\n    url: git://127.0.0.1:{dp}/dags.git\n    interval: 1s\n    max_backoff: 1s\n\
-             targets:\n  dags:\n    source: dags\n    subdir: dags\n    destination: {dest}\n",
-            cache = cache.display(),
-            dp = daemon.port,
-            dest = dest.display(),
-        ),
-    )
-    .unwrap();
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut scene = Scene::new("", "    interval: 1s\n    max_backoff: 1s\n", "");
+    let (port, addr) = (scene.port, scene.addr());
+    let (cache, dest) = (scene.cache.clone(), scene.dest.clone());
+    let (config, log) = (scene.config.clone(), scene.log.clone());
     let repairs = || {
         let (_, metrics) = http_get(addr, "/metrics");
         metrics
@@ -452,8 +490,7 @@ fn ferry_run_repairs_a_damaged_mirror_and_counts_it() {
             std::fs::remove_file(entry.unwrap().path()).unwrap();
         }
     };
-    let log = tmp.path().join("ferry.log");
-    let first = history.commit(1);
+    let first = scene.history.commit(1);
     let ferry = spawn_ferry(&config, &log, port, &[]);
     wait_live(first);
     assert_eq!(
@@ -463,7 +500,7 @@ fn ferry_run_repairs_a_damaged_mirror_and_counts_it() {
     stop_ferry(ferry);
 
     drop_packs();
-    let second = history.commit(2);
+    let second = scene.history.commit(2);
     let ferry = spawn_ferry(&config, &log, port, &[]);
     wait_live(second);
     assert_eq!(
@@ -472,7 +509,7 @@ fn ferry_run_repairs_a_damaged_mirror_and_counts_it() {
     );
 
     drop_packs();
-    let third = history.commit(3);
+    let third = scene.history.commit(3);
     wait_live(third);
     assert_eq!(
         repairs().as_deref(),
@@ -492,28 +529,11 @@ fn ferry_run_repairs_a_damaged_mirror_and_counts_it() {
 /// staging or trash left, and the link is always complete.
 #[test]
 fn kill_9_of_ferry_run_anywhere_then_a_restart_publishes() {
-    let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path().join("srv");
-    std::fs::create_dir_all(&root).unwrap();
-    let mut history = History::new(&root.join("dags.git"));
-    let daemon = git_daemon(&root, free_port());
-    let port = free_port();
-    let cache = tmp.path().join("cache");
-    let dest = tmp.path().join("dest");
-    let config = tmp.path().join("ferry.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "cache_dir: {cache}\nserver:\n  listen: 127.0.0.1:{port}\nlog:\n  level: debug\n\
-             sources:\n  - name: dags\n    url: git://127.0.0.1:{dp}/dags.git\n    interval: 1h\n\
-             targets:\n  dags:\n    source: dags\n    subdir: dags\n    destination: {dest}\n",
-            cache = cache.display(),
-            dp = daemon.port,
-            dest = dest.display(),
-        ),
-    )
-    .unwrap();
-    let log = tmp.path().join("ferry.log");
+    let scene = Scene::new("log:\n  level: debug\n", "    interval: 1h\n", "");
+    let mut history = scene.history;
+    let (cache, dest) = (scene.cache.clone(), scene.dest.clone());
+    let (config, log) = (scene.config.clone(), scene.log.clone());
+    let port = scene.port;
     let start = || {
         spawn_owned(
             Command::new(env!("CARGO_BIN_EXE_ferry"))
@@ -619,30 +639,18 @@ fn kill_9_of_ferry_run_anywhere_then_a_restart_publishes() {
 /// after it), and the hook's own child dies with it.
 #[test]
 fn sigterm_during_a_sync_stops_at_once_whatever_the_interval() {
-    let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path().join("srv");
-    std::fs::create_dir_all(&root).unwrap();
-    let mut history = History::new(&root.join("dags.git"));
-    history.commit(1);
-    let daemon = git_daemon(&root, free_port());
-    let port = free_port();
-    let marker = tmp.path().join("hook-pid");
-    let config = tmp.path().join("ferry.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "cache_dir: {cache}\nserver:\n  listen: 127.0.0.1:{port}\n\
-             sources:\n  - name: dags\n    url: git://127.0.0.1:{dp}/dags.git\n    interval: 1h\n\
-             targets:\n  dags:\n    source: dags\n    subdir: dags\n    destination: {dest}\n    \
-             validation:\n      command: [sh, -c, \"sleep 300 & echo $! > {marker}; wait\"]\n",
-            cache = tmp.path().join("cache").display(),
-            dp = daemon.port,
-            dest = tmp.path().join("dest").display(),
-            marker = marker.display(),
+    let marker_dir = tempfile::tempdir().unwrap();
+    let marker = marker_dir.path().join("hook-pid");
+    let mut scene = Scene::new(
+        "",
+        "    interval: 1h\n",
+        &format!(
+            "    validation:\n      command: [sh, -c, \"sleep 300 & echo $! > {}; wait\"]\n",
+            marker.display()
         ),
-    )
-    .unwrap();
-    let mut ferry = spawn_ferry(&config, &tmp.path().join("ferry.log"), port, &[]);
+    );
+    scene.history.commit(1);
+    let mut ferry = spawn_ferry(&scene.config, &scene.log, scene.port, &[]);
     let sleeper: i32 = eventually(Duration::from_secs(20), "the hook to start", || {
         std::fs::read_to_string(&marker).ok()?.trim().parse().ok()
     });
@@ -673,38 +681,16 @@ fn sigterm_during_a_sync_stops_at_once_whatever_the_interval() {
 /// instead of sleeping through its one-hour interval.
 #[test]
 fn sigterm_during_a_publish_exits_when_it_completes() {
-    let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path().join("srv");
-    std::fs::create_dir_all(&root).unwrap();
-    let bare = root.join("dags.git");
-    let repo = Repository::init_bare(&bare).unwrap();
-    std::fs::write(bare.join("git-daemon-export-ok"), "").unwrap();
-    let mut files = BTreeMap::new();
+    let mut scene = Scene::new("log:\n  level: debug\n", "    interval: 1h\n", "");
     for i in 0..20_000 {
-        files.insert(
+        scene.history.files.insert(
             format!("dags/d{:03}/f{i:05}.py", i % 200),
             (format!("N = {i}\n").into_bytes(), 0o100644),
         );
     }
-    let big = build_commit(&repo, &files, None, "refs/heads/main", "big");
-    let daemon = git_daemon(&root, free_port());
-    let port = free_port();
-    let dest = tmp.path().join("dest");
-    let config = tmp.path().join("ferry.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "cache_dir: {cache}\nserver:\n  listen: 127.0.0.1:{port}\nlog:\n  level: debug\n\
-             sources:\n  - name: dags\n    url: git://127.0.0.1:{dp}/dags.git\n    interval: 1h\n\
-             targets:\n  dags:\n    source: dags\n    subdir: dags\n    destination: {dest}\n",
-            cache = tmp.path().join("cache").display(),
-            dp = daemon.port,
-            dest = dest.display(),
-        ),
-    )
-    .unwrap();
-    let log = tmp.path().join("ferry.log");
-    let mut ferry = spawn_ferry(&config, &log, port, &[]);
+    let big = scene.history.commit(1);
+    let (dest, log) = (scene.dest.clone(), scene.log.clone());
+    let mut ferry = spawn_ferry(&scene.config, &log, scene.port, &[]);
     eventually(Duration::from_secs(60), "staging to start", || {
         std::fs::read_to_string(&log)
             .ok()?
@@ -1056,19 +1042,11 @@ impl Drop for PrivateControlPlane {
 /// Writes by ferry (not dry runs) to configmaps in `ns`: (verb, name).
 fn configmap_writes(audit_log: &Path, ns: &str) -> Vec<(String, String)> {
     let prefix = format!("/api/v1/namespaces/{ns}/configmaps/");
-    std::fs::read_to_string(audit_log)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|e| e["stage"] == "ResponseComplete")
-        .filter_map(|e| {
-            let uri = e["requestURI"].as_str()?;
-            let rest = uri.strip_prefix(&prefix)?;
-            if uri.contains("dryRun=") {
-                return None;
-            }
-            let name = rest.split('?').next()?.to_string();
-            Some((e["verb"].as_str()?.to_string(), name))
+    audit_writes(audit_log)
+        .into_iter()
+        .filter_map(|(verb, uri)| {
+            let name = uri.strip_prefix(&prefix)?.split('?').next()?.to_string();
+            Some((verb, name))
         })
         .collect()
 }
@@ -1351,17 +1329,7 @@ async fn a_lease_lost_mid_apply_is_completed_by_the_next_leader() {
         .await
         .unwrap();
     let leases: kube::Api<Lease> = kube::Api::namespaced(client.clone(), "default");
-    let mut taken = leases.get(&lease).await.unwrap();
-    if let Some(spec) = taken.spec.as_mut() {
-        spec.holder_identity = Some("intruder".into());
-        spec.renew_time = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(
-            k8s_openapi::jiff::Timestamp::now(),
-        ));
-    }
-    leases
-        .replace(&lease, &Default::default(), &taken)
-        .await
-        .unwrap();
+    take_lease(&leases, &lease, "intruder").await;
     let exit = tokio::task::block_in_place(|| {
         eventually(Duration::from_secs(10), "a exits", || a.try_wait().unwrap())
     });

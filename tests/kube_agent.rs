@@ -412,17 +412,7 @@ async fn one_leader_publishes_and_a_standby_takes_over() {
     assert!(transitions >= 2, "a -> b -> a: {transitions}");
 
     // Someone else in the Lease: the holder stops at its next renewal.
-    let mut taken = leases.get(&lease).await.unwrap();
-    if let Some(spec) = taken.spec.as_mut() {
-        spec.holder_identity = Some("intruder".into());
-        spec.renew_time = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(
-            k8s_openapi::jiff::Timestamp::now(),
-        ));
-    }
-    leases
-        .replace(&lease, &Default::default(), &taken)
-        .await
-        .unwrap();
+    take_lease(&leases, &lease, "intruder").await;
     let mut a = a;
     let status = eventually(Duration::from_secs(10), "a exits", || a.try_wait().unwrap());
     assert_eq!(status.code(), Some(1));

@@ -533,8 +533,12 @@ fn kill_9_at_random_points_always_leaves_a_complete_revision() {
             started.elapsed()
         })
         .collect();
-    timings.sort();
-    let full = timings[1];
+    let median = |timings: &[Duration]| {
+        let mut recent = timings[timings.len().saturating_sub(5)..].to_vec();
+        recent.sort();
+        recent[recent.len() / 2]
+    };
+    let mut full = median(&timings);
     let check = |run: usize| {
         let sha = live(&dest).unwrap_or_else(|| panic!("run {run}: link missing"));
         let seen = read_tree(&dest.join(".ferry").join(&sha));
@@ -563,6 +567,16 @@ fn kill_9_at_random_points_always_leaves_a_complete_revision() {
             .find(|&b| live_now.as_deref() != Some(tips[b].to_string().as_str()))
             .unwrap();
         forget(target);
+        // Re-time now and then: the machine's load changes while the test
+        // runs, and the spread must follow what a run takes now.
+        if run % 10 == 9 {
+            let started = Instant::now();
+            assert!(publish(["a", "b", "c"][target]).wait().unwrap().success());
+            timings.push(started.elapsed());
+            full = median(&timings);
+            check(run);
+            continue;
+        }
         let mut child = publish(["a", "b", "c"][target]);
         // Run times vary, so the tail of this spread still reaches the
         // last phases (rename, link swap) of slower runs.
@@ -575,10 +589,11 @@ fn kill_9_at_random_points_always_leaves_a_complete_revision() {
         let _ = child.wait();
         check(run);
     }
-    eprintln!("{killed_mid_run} of 60 kills landed mid-publish");
+    // 54 killed runs (every tenth run re-times the spread instead).
+    eprintln!("{killed_mid_run} of 54 kills landed mid-publish");
     assert!(
-        killed_mid_run >= 40,
-        "only {killed_mid_run} of 60 kills landed mid-publish"
+        killed_mid_run >= 36,
+        "only {killed_mid_run} of 54 kills landed mid-publish"
     );
     // After all that, an uninterrupted run cleans up and publishes.
     let status = publish("c").wait().unwrap();

@@ -236,30 +236,22 @@ pub async fn plan(
         let tags = TagSync::between(&endpoint.tags, &live_tags);
         let live_config = live.endpoint_config_name().unwrap_or_default().to_string();
         // Our config already deploying (started by a ferry that was killed
-        // or restarted mid-way): not a change, but not done either. The
-        // Deploy op follows it without starting another.
-        if (live_config == config_name || deploying_to(&live, &config_name))
-            && let Some(status) = live.endpoint_status().filter(|s| transitional(s))
-        {
-            plan.changes.push(Change {
-                resource,
-                action: Action::Update,
-                fields: vec![field("status", status.as_str(), "InService")],
-                op: Op::SageMaker(SageMakerOp::Deploy {
-                    endpoint: endpoint.clone(),
-                    models,
-                    variant_models,
-                    config_name,
-                    create: false,
-                    tags,
-                }),
-            });
-            continue;
-        }
-        if live_config != config_name {
-            let mut fields = vec![field("endpoint_config", &live_config, &config_name)];
-            fields.extend(variant_changes(client, &live_config, endpoint).await);
-            fields.extend(tags.fields(&live_tags));
+        // or restarted mid-way): not a change, but not done either; the
+        // Deploy op follows it without starting another. Another config:
+        // a deployment of ours.
+        let fields = match live.endpoint_status().filter(|s| transitional(s)) {
+            Some(status) if live_config == config_name || deploying_to(&live, &config_name) => {
+                Some(vec![field("status", status.as_str(), "InService")])
+            }
+            _ if live_config != config_name => {
+                let mut fields = vec![field("endpoint_config", &live_config, &config_name)];
+                fields.extend(variant_changes(client, &live_config, endpoint).await);
+                fields.extend(tags.fields(&live_tags));
+                Some(fields)
+            }
+            _ => None,
+        };
+        if let Some(fields) = fields {
             plan.changes.push(Change {
                 resource,
                 action: Action::Update,

@@ -624,14 +624,24 @@ pub fn unique_namespace(prefix: &str) -> String {
 
 /// Audit-log write events (not dry runs) whose URI mentions `needle`.
 pub fn audited_writes(audit_log: &Path, needle: &str) -> Vec<String> {
+    audit_writes(audit_log)
+        .into_iter()
+        .filter(|(_, uri)| uri.contains(needle))
+        .map(|(verb, uri)| format!("{verb} {uri}"))
+        .collect()
+}
+
+/// Every completed write in the audit log that was not a dry run:
+/// (verb, request URI).
+pub fn audit_writes(audit_log: &Path) -> Vec<(String, String)> {
     let text = std::fs::read_to_string(audit_log).unwrap_or_default();
     text.lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
         .filter(|e| e["stage"] == "ResponseComplete")
         .filter_map(|e| {
             let uri = e["requestURI"].as_str()?.to_string();
-            (uri.contains(needle) && !uri.contains("dryRun="))
-                .then(|| format!("{} {uri}", e["verb"].as_str().unwrap_or("?")))
+            let verb = e["verb"].as_str().unwrap_or("?").to_string();
+            (!uri.contains("dryRun=")).then_some((verb, uri))
         })
         .collect()
 }
@@ -873,4 +883,24 @@ pub fn assert_no_secret(what: &str, secret: &str, surfaces: &[(&str, &str)]) {
             );
         }
     }
+}
+
+/// Writes `holder` into a Lease, renewed now and never again: another
+/// process taking the Lease, as far as its holder can tell.
+pub async fn take_lease(
+    leases: &kube::Api<k8s_openapi::api::coordination::v1::Lease>,
+    name: &str,
+    holder: &str,
+) {
+    let mut taken = leases.get(name).await.unwrap();
+    if let Some(spec) = taken.spec.as_mut() {
+        spec.holder_identity = Some(holder.into());
+        spec.renew_time = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(
+            k8s_openapi::jiff::Timestamp::now(),
+        ));
+    }
+    leases
+        .replace(name, &Default::default(), &taken)
+        .await
+        .unwrap();
 }
