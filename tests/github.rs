@@ -442,8 +442,23 @@ fn a_pull_request_whose_webhook_was_lost_is_found_by_polling() {
         "{}",
         comment.body
     );
-    // Later polls see the preview recorded and ask for nothing more.
+    // Later polls see the preview recorded and ask for nothing more; the
+    // polls themselves are counted, so the window is known to hold some.
+    let polls = || {
+        s.fake.with(|f| {
+            f.log
+                .iter()
+                .filter(|l| l.starts_with("GET ") && l.contains("/pulls"))
+                .count()
+        })
+    };
+    let polls_before = polls();
     std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        polls() >= polls_before + 2,
+        "no polls in the window: {polls_before} -> {}",
+        polls()
+    );
     let (comments, statuses) = s.fake.with(|f| (f.comments.len(), f.statuses.len()));
     assert_eq!(
         (comments, statuses),
