@@ -281,6 +281,13 @@ fn every_subcommand_help_teaches_with_an_example() {
 #[test]
 fn quickstart_applies_the_platform_template_to_a_reachable_cluster() {
     let cp = control_plane();
+    // As ferry's own identity: deploy/base's ClusterRole, nothing more.
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let admin = ferry::kubernetes::client::connect(Some(&cp.admin))
+            .await
+            .unwrap();
+        grant_ferrys_cluster_role(&admin).await;
+    });
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("qs");
     let listen = format!("127.0.0.1:{}", free_port());
@@ -292,7 +299,7 @@ fn quickstart_applies_the_platform_template_to_a_reachable_cluster() {
         "--listen",
         &listen,
         "--kubeconfig",
-        cp.admin.to_str().unwrap(),
+        cp.restricted.to_str().unwrap(),
     ]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(

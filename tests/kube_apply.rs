@@ -442,38 +442,7 @@ async fn the_restricted_user_applies_what_ferrys_role_allows_and_is_refused_the_
     let repo = Repository::init_bare(tmp.path().join("platform.git")).unwrap();
     let ns = unique_namespace("rbac");
     // Bind the repo's own ClusterRole to the restricted user, as deploy/ does.
-    let admin_client = admin().await;
-    let role_yaml = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/deploy/base/clusterrole.yaml"
-    ))
-    .unwrap();
-    let role: serde_json::Value = serde_yaml_ng::from_str(&role_yaml).unwrap();
-    let roles: Api<k8s_openapi::api::rbac::v1::ClusterRole> = Api::all(admin_client.clone());
-    roles
-        .patch(
-            "ferry",
-            &PatchParams::apply("test-setup").force(),
-            &Patch::Apply(&role),
-        )
-        .await
-        .unwrap();
-    let binding = serde_json::json!({
-        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
-        "metadata": {"name": "ferry-test-user"},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "ferry"},
-        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "ferry"}]
-    });
-    let bindings: Api<k8s_openapi::api::rbac::v1::ClusterRoleBinding> =
-        Api::all(admin_client.clone());
-    bindings
-        .patch(
-            "ferry-test-user",
-            &PatchParams::apply("test-setup").force(),
-            &Patch::Apply(&binding),
-        )
-        .await
-        .unwrap();
+    grant_ferrys_cluster_role(&admin().await).await;
 
     let escalation = format!(
         "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\nmetadata:\n  name: {ns}-admin\n\
@@ -523,7 +492,7 @@ async fn the_restricted_user_applies_what_ferrys_role_allows_and_is_refused_the_
         "{refused:?}"
     );
     assert!(!out.succeeded());
-    let crbs: Api<k8s_openapi::api::rbac::v1::ClusterRoleBinding> = Api::all(admin_client);
+    let crbs: Api<k8s_openapi::api::rbac::v1::ClusterRoleBinding> = Api::all(admin().await);
     assert!(
         crbs.get_opt(&format!("{ns}-admin"))
             .await

@@ -82,11 +82,18 @@ impl ApplyOutcome {
 fn wave(id: &ObjectRef) -> u8 {
     match (id.group.as_str(), id.kind.as_str()) {
         ("apiextensions.k8s.io", "CustomResourceDefinition") | ("", "Namespace") => 0,
-        ("rbac.authorization.k8s.io", _) | ("", "ServiceAccount" | "ConfigMap" | "Secret") => 1,
-        ("", "Service") => 2,
-        _ => 3,
+        ("rbac.authorization.k8s.io", "Role" | "ClusterRole")
+        | ("", "ServiceAccount" | "ConfigMap" | "Secret") => 1,
+        // After the roles they bind: the API server checks a binding made
+        // by anyone but an admin against the rules of the role it names,
+        // and answers 404 while that role does not exist yet.
+        ("rbac.authorization.k8s.io", _) => 2,
+        ("", "Service") => 3,
+        _ => LAST_WAVE,
     }
 }
+
+const LAST_WAVE: u8 = 4;
 
 /// One object as the last successful apply left it.
 #[derive(Debug, Clone)]
@@ -190,7 +197,7 @@ impl Applier<'_> {
                 health: None,
             });
         }
-        for w in 0..=3u8 {
+        for w in 0..=LAST_WAVE {
             let batch: Vec<&Manifest> = resolved
                 .iter()
                 .filter(|m| wave(&m.id) == w && !untouched.contains(&m.id))

@@ -185,6 +185,20 @@ pub async fn plan_objects(
         .buffered(CONCURRENCY)
         .collect()
         .await;
+    // A binding's dry run is checked against the role it names, which a
+    // dry run of the same revision has not created: for anyone but an
+    // admin the server answers 404. Apply orders roles first, so that is
+    // a note, not a failure.
+    for (plan, manifest) in objects.iter_mut().zip(manifests) {
+        if plan.error.as_deref().is_some_and(|e| e.contains("(404"))
+            && binds_a_role_the_revision_creates(manifest, manifests)
+        {
+            plan.error = None;
+            plan.note = Some(
+                "binds a role this revision creates, so the server checks it only at apply".into(),
+            );
+        }
+    }
     for entry in previous {
         if manifests.iter().any(|m| m.id == entry.id) {
             continue;
@@ -194,6 +208,26 @@ pub async fn plan_objects(
         }
     }
     objects
+}
+
+fn binds_a_role_the_revision_creates(binding: &Manifest, manifests: &[Manifest]) -> bool {
+    let is_binding = binding.id.group == "rbac.authorization.k8s.io"
+        && matches!(
+            binding.id.kind.as_str(),
+            "RoleBinding" | "ClusterRoleBinding"
+        );
+    let role_ref = &binding.object["roleRef"];
+    let (Some(kind), Some(name)) = (role_ref["kind"].as_str(), role_ref["name"].as_str()) else {
+        return false;
+    };
+    is_binding
+        && manifests.iter().any(|m| {
+            m.id.group == "rbac.authorization.k8s.io"
+                && m.id.kind == kind
+                && m.id.name == name
+                // A Role is namespaced: the binding's own namespace.
+                && (kind == "ClusterRole" || m.id.namespace == binding.id.namespace)
+        })
 }
 
 /// What apply would do with an inventory entry git no longer declares:

@@ -917,3 +917,39 @@ pub async fn take_lease(
         .await
         .unwrap();
 }
+
+/// Binds deploy/base's own ClusterRole (read from the repo, so the test
+/// checks what ships) to the control plane's restricted user `ferry`, as
+/// deploy/ binds it to ferry's ServiceAccount. Idempotent.
+pub async fn grant_ferrys_cluster_role(admin: &kube::Client) {
+    use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+    use kube::api::{Api, Patch, PatchParams};
+    let role_yaml = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/base/clusterrole.yaml"
+    ))
+    .unwrap();
+    let role: serde_json::Value = serde_yaml_ng::from_str(&role_yaml).unwrap();
+    Api::<ClusterRole>::all(admin.clone())
+        .patch(
+            "ferry",
+            &PatchParams::apply("test-setup").force(),
+            &Patch::Apply(&role),
+        )
+        .await
+        .unwrap();
+    let binding = serde_json::json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+        "metadata": {"name": "ferry-test-user"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "ferry"},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "ferry"}]
+    });
+    Api::<ClusterRoleBinding>::all(admin.clone())
+        .patch(
+            "ferry-test-user",
+            &PatchParams::apply("test-setup").force(),
+            &Patch::Apply(&binding),
+        )
+        .await
+        .unwrap();
+}
