@@ -385,6 +385,12 @@ pub struct KubernetesTargetConfig {
     pub wait_timeout: Duration,
     /// Kubeconfig file; default: in-cluster service account, then `KUBECONFIG`/`~/.kube/config`.
     pub kubeconfig: Option<PathBuf>,
+    /// Who writes this target's inventory: the source's URL, branch and the
+    /// manifests path. Set when the config is parsed; it names the
+    /// inventory so that two ferry instances on one cluster never share
+    /// (and prune from) one. Empty: the legacy name, source only.
+    #[serde(skip)]
+    pub owner: String,
 }
 
 fn yes() -> bool {
@@ -585,6 +591,12 @@ impl Config {
             },
             other => other,
         })?;
+        let mut config = config;
+        if let Some(kube) = config.targets.kubernetes.as_mut()
+            && let Some(source) = config.sources.iter().find(|s| s.name == kube.source)
+        {
+            kube.owner = format!("{}#{}:{}", source.url, source.branch, kube.path);
+        }
         Ok(config)
     }
 

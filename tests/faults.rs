@@ -1115,13 +1115,20 @@ async fn an_apiserver_restart_mid_apply_is_retried_and_prunes_nothing_by_mistake
         .await
         .unwrap();
     let inventories: kube::Api<ConfigMap> = kube::Api::namespaced(client.clone(), ns);
+    let inventory_name = ferry::kubernetes::inventory::name(
+        "platform",
+        &format!(
+            "git://127.0.0.1:{}/platform.git#main:manifests",
+            daemon.port
+        ),
+    );
     let stop = Arc::new(AtomicBool::new(false));
     let watcher = {
         let stop = stop.clone();
         tokio::spawn(async move {
             let mut reads = 0;
             while !stop.load(Ordering::Relaxed) {
-                if let Ok(cm) = inventories.get("ferry-inventory-platform").await {
+                if let Ok(cm) = inventories.get(&inventory_name).await {
                     let text = cm.data.unwrap_or_default()["objects.json"].clone();
                     for i in 10..40 {
                         let name = format!("\"a-{i:03}\"");
@@ -1374,8 +1381,14 @@ async fn a_lease_lost_mid_apply_is_completed_by_the_next_leader() {
     for i in 0..20 {
         assert_eq!(names.contains(&format!("a-{i:03}")), i >= 5, "a-{i:03}");
     }
-    let inventory = names.contains("ferry-inventory-platform");
-    assert!(inventory, "{names:?}");
+    let inventory = ferry::kubernetes::inventory::name(
+        "platform",
+        &format!(
+            "git://127.0.0.1:{}/platform.git#main:manifests",
+            daemon.port
+        ),
+    );
+    assert!(names.contains(&inventory), "{names:?}");
     eprintln!("lease taken after {at_exit} of 600 objects; the standby completed the revision");
     stop_ferry(b);
 }

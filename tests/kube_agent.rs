@@ -422,3 +422,176 @@ async fn one_leader_publishes_and_a_standby_takes_over() {
         "{log}"
     );
 }
+
+/// Two ferry instances on one cluster, each with a source called
+/// `platform` applying into the same namespace (two quickstarts, say):
+/// each prunes only what it applied. Before owner-named inventories the
+/// second deleted the first one's objects. An inventory under the legacy
+/// name is adopted by the instance that finds it unclaimed, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_on_one_cluster_never_prune_each_other() {
+    let cp = control_plane();
+    let ns = unique_namespace("twins");
+    let client = ferry::kubernetes::client::connect(Some(&cp.admin))
+        .await
+        .unwrap();
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let ns_yaml = format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {ns}\n");
+    let cm = |name: &str| {
+        format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\ndata:\n  k: v\n")
+    };
+    // The owner of an inventory includes the source URL, so each repo keeps
+    // one server (one URL) for the whole test.
+    let start = |tmp: &Path, daemon: &Server, port: u16| {
+        let config = write_config(tmp, port, daemon.port, &ns, false);
+        spawn_ferry(&config, &tmp.join("ferry.log"), port, &[])
+    };
+    let applied = |port: u16, sha: &str| {
+        let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        status(addr)["kubernetes"]["applied_revision"] == sha
+    };
+
+    let (a_tmp, b_tmp) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a_repo = Repo::new(a_tmp.path(), "platform");
+    let b_repo = Repo::new(b_tmp.path(), "platform");
+    a_repo.commit(
+        &[
+            ("manifests/ns.yaml", Some(&ns_yaml)),
+            ("manifests/a1.yaml", Some(&cm("a1"))),
+            ("manifests/a2.yaml", Some(&cm("a2"))),
+        ],
+        "a1",
+    );
+    let (pa, pb) = (free_port(), free_port());
+    // A legacy inventory, as an earlier ferry left it, listing an object
+    // git no longer declares: the first start of A adopts it and prunes
+    // that object.
+    let a_daemon = git_daemon(a_tmp.path(), free_port());
+    let b_daemon = git_daemon(b_tmp.path(), free_port());
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    namespaces
+        .patch(
+            &ns,
+            &PatchParams::apply("test-setup"),
+            &Patch::Apply(serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})),
+        )
+        .await
+        .unwrap();
+    cms.patch(
+        "legacy-leftover",
+        &PatchParams::apply("test-setup"),
+        &Patch::Apply(serde_json::json!({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "legacy-leftover", "labels": {"app.kubernetes.io/managed-by": "ferry"}},
+            "data": {"k": "v"}
+        })),
+    )
+    .await
+    .unwrap();
+    let legacy_entries = serde_json::json!([
+        {"api_version": "v1", "group": "", "kind": "ConfigMap", "namespace": ns, "name": "legacy-leftover"}
+    ]);
+    cms.patch(
+        "ferry-inventory-platform",
+        &PatchParams::apply("test-setup"),
+        &Patch::Apply(serde_json::json!({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "ferry-inventory-platform"},
+            "data": {"objects.json": legacy_entries.to_string()}
+        })),
+    )
+    .await
+    .unwrap();
+
+    // Both instances run; B declares b1 only.
+    let b1 = b_repo.commit(
+        &[
+            ("manifests/ns.yaml", Some(&ns_yaml)),
+            ("manifests/b1.yaml", Some(&cm("b1"))),
+        ],
+        "b1",
+    );
+    let a2 = a_repo.commit(
+        &[(
+            "manifests/a1.yaml",
+            Some(&format!("{}  extra: x\n", cm("a1"))),
+        )],
+        "a2",
+    );
+    let a = start(a_tmp.path(), &a_daemon, pa);
+    tokio::task::block_in_place(|| {
+        eventually(Duration::from_secs(30), "A applied", || {
+            applied(pa, &a2).then_some(())
+        })
+    });
+    let b = start(b_tmp.path(), &b_daemon, pb);
+    tokio::task::block_in_place(|| {
+        eventually(Duration::from_secs(30), "B applied", || {
+            applied(pb, &b1).then_some(())
+        })
+    });
+    // A drops a2: A prunes it, and nothing of B's.
+    let a3 = a_repo.commit(&[("manifests/a2.yaml", None)], "a3");
+    tokio::task::block_in_place(|| {
+        eventually(Duration::from_secs(30), "A applied a3", || {
+            applied(pa, &a3).then_some(())
+        })
+    });
+    // Another round of B after A's prune: it still keeps A's objects.
+    let b2 = b_repo.commit(
+        &[(
+            "manifests/b1.yaml",
+            Some(&format!("{}  more: y\n", cm("b1"))),
+        )],
+        "b2",
+    );
+    tokio::task::block_in_place(|| {
+        eventually(Duration::from_secs(30), "B applied b2", || {
+            applied(pb, &b2).then_some(())
+        })
+    });
+    let names: std::collections::BTreeSet<String> = cms
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter_map(|c| c.metadata.name)
+        .collect();
+    for (name, present) in [
+        ("a1", true),
+        ("b1", true),
+        ("a2", false),
+        ("legacy-leftover", false),
+    ] {
+        assert_eq!(names.contains(name), present, "{name}: {names:?}");
+    }
+    // Never deleted, not even for a moment (a re-apply would hide that):
+    // the only deletes are what A's git dropped and the adopted leftover
+    // (the legacy inventory itself goes too, once adopted).
+    let mut deleted: Vec<String> = audited_writes(&cp.audit_log, &ns)
+        .into_iter()
+        .filter(|w| w.starts_with("delete "))
+        .filter_map(|w| {
+            w.rsplit('/')
+                .next()
+                .map(|n| n.split('?').next().unwrap_or(n).to_string())
+        })
+        .collect();
+    deleted.sort();
+    deleted.dedup();
+    assert_eq!(
+        deleted,
+        ["a2", "ferry-inventory-platform", "legacy-leftover"],
+        "{deleted:?}"
+    );
+    // Two inventories of their own; the adopted legacy one is gone.
+    let inventories: Vec<&String> = names
+        .iter()
+        .filter(|n| n.starts_with("ferry-inventory-platform"))
+        .collect();
+    assert_eq!(inventories.len(), 2, "{inventories:?}");
+    assert!(!names.contains("ferry-inventory-platform"), "{names:?}");
+    stop_ferry(a);
+    stop_ferry(b);
+}

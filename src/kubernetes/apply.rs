@@ -180,9 +180,14 @@ impl Applier<'_> {
 
         let previous = match last.as_ref() {
             Some(l) => l.inventory.clone(),
-            None => inventory::load(self.client, self.inventory_namespace(), self.target)
-                .await
-                .map_err(cluster)?,
+            None => inventory::load(
+                self.client,
+                self.inventory_namespace(),
+                self.target,
+                &self.config.owner,
+            )
+            .await
+            .map_err(cluster)?,
         };
         let mut outcomes = Vec::new();
         let mut applied: HashMap<ObjectRef, AppliedObject> = HashMap::new();
@@ -270,6 +275,7 @@ impl Applier<'_> {
                 self.client,
                 self.inventory_namespace(),
                 self.target,
+                &self.config.owner,
                 revision,
                 &inventory,
             )

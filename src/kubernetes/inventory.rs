@@ -1,7 +1,10 @@
 //! The inventory: every object ferry applied for a target, kept in the
-//! cluster as one ConfigMap (`ferry-inventory-<target>`). Pruning deletes
-//! only what is listed here (and labelled as ferry's), so objects created
-//! by hand or by other tools are never touched.
+//! cluster as one ConfigMap (`ferry-inventory-<target>-<owner hash>`).
+//! Pruning deletes only what is listed here (and labelled as ferry's), so
+//! objects created by hand or by other tools are never touched. The owner
+//! (source URL, branch, manifests path) is in the name and in an
+//! annotation, so two ferry instances on one cluster never prune from each
+//! other's inventory.
 
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Client;
@@ -14,6 +17,7 @@ use crate::desired::manifests::ObjectRef;
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
 pub const MANAGED_BY_VALUE: &str = "ferry";
 const KEY: &str = "objects.json";
+const OWNER_ANNOTATION: &str = "ferry.dev/owner";
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entry {
@@ -22,20 +26,62 @@ pub struct Entry {
     pub id: ObjectRef,
 }
 
-pub fn name(target: &str) -> String {
+/// The inventory's ConfigMap name for `target` written by `owner`.
+pub fn name(target: &str, owner: &str) -> String {
+    if owner.is_empty() {
+        return legacy_name(target);
+    }
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(owner.as_bytes());
+    let hex: String = digest[..4].iter().map(|b| format!("{b:02x}")).collect();
+    format!("ferry-inventory-{target}-{hex}")
+}
+
+/// What ferry before owner-named inventories called it.
+fn legacy_name(target: &str) -> String {
     format!("ferry-inventory-{target}")
 }
 
-/// The target's inventory; empty when it does not exist yet.
+/// The target's inventory; empty when it does not exist yet. An inventory
+/// under the legacy name is adopted once, and only if no other instance
+/// has claimed it (it carries no owner, or ours).
 pub async fn load(
     client: &Client,
     namespace: &str,
     target: &str,
+    owner: &str,
 ) -> Result<Vec<Entry>, kube::Error> {
     let api: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
-    let Some(cm) = api.get_opt(&name(target)).await? else {
+    if let Some(cm) = api.get_opt(&name(target, owner)).await? {
+        return Ok(entries(&cm, target));
+    }
+    if owner.is_empty() {
+        return Ok(Vec::new());
+    }
+    let Some(legacy) = api.get_opt(&legacy_name(target)).await? else {
         return Ok(Vec::new());
     };
+    let claimed = legacy
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(OWNER_ANNOTATION))
+        .filter(|o| o.as_str() != owner);
+    if let Some(other) = claimed {
+        tracing::warn!(
+            inventory = %legacy_name(target),
+            namespace,
+            other = %other,
+            ours = owner,
+            "not adopting an inventory written by another ferry instance; starting an inventory of our own"
+        );
+        return Ok(Vec::new());
+    }
+    tracing::info!(from = %legacy_name(target), to = %name(target, owner), namespace, "adopting the inventory of an earlier ferry");
+    Ok(entries(&legacy, target))
+}
+
+fn entries(cm: &ConfigMap, target: &str) -> Vec<Entry> {
     let text = cm
         .data
         .as_ref()
@@ -43,36 +89,52 @@ pub async fn load(
         .cloned()
         .unwrap_or_default();
     // A damaged inventory must not stop applies; it only limits pruning.
-    Ok(serde_json::from_str(&text).unwrap_or_else(|err| {
+    serde_json::from_str(&text).unwrap_or_else(|err| {
         tracing::warn!(%err, target, "inventory unreadable; nothing will be pruned this time");
         Vec::new()
-    }))
+    })
 }
 
 pub async fn save(
     client: &Client,
     namespace: &str,
     target: &str,
+    owner: &str,
     revision: &str,
     entries: &[Entry],
 ) -> Result<(), kube::Error> {
     let api: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
+    let name = name(target, owner);
     let body = serde_json::json!({
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": {
-            "name": name(target),
+            "name": name,
             "namespace": namespace,
             "labels": { MANAGED_BY_LABEL: MANAGED_BY_VALUE },
-            "annotations": { "ferry.dev/revision": revision },
+            "annotations": { "ferry.dev/revision": revision, OWNER_ANNOTATION: owner },
         },
         "data": { KEY: serde_json::to_string(entries).unwrap_or_else(|_| "[]".into()) },
     });
     api.patch(
-        &name(target),
+        &name,
         &PatchParams::apply(FIELD_MANAGER).force(),
         &Patch::Apply(&body),
     )
     .await?;
+    // An adopted legacy inventory is ours now, under our name: remove it,
+    // unless another instance claimed it meanwhile.
+    if !owner.is_empty()
+        && let Some(legacy) = api.get_opt(&legacy_name(target)).await?
+        && legacy
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(OWNER_ANNOTATION))
+            .is_none_or(|o| o == owner)
+    {
+        api.delete(&legacy_name(target), &Default::default())
+            .await?;
+    }
     Ok(())
 }

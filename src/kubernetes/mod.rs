@@ -50,7 +50,7 @@ pub async fn plan_revision(
             .inventory_namespace
             .as_deref()
             .unwrap_or(&config.default_namespace);
-        inventory::load(client, ns, target).await?
+        inventory::load(client, ns, target, &config.owner).await?
     } else {
         Vec::new()
     };

@@ -676,6 +676,7 @@ pub fn kube_target(ns: &str, force: bool) -> ferry::config::KubernetesTargetConf
         // Nothing runs pods on a bare apiserver: tests that check health set this.
         health_timeout: Duration::ZERO,
         kubeconfig: None,
+        owner: String::new(),
     }
 }
 
