@@ -267,16 +267,18 @@ async fn the_platform_template_is_accepted_by_the_apiserver() {
     let plan = assert_dry_run_accepted(&client, "default", manifests).await;
     assert!(plan.objects.len() >= 30, "{}", plan.objects.len());
     // Every object was dry-run, except the bindings of roles the template
-    // itself creates: the server checks those against the role, which only
-    // the apply creates (applied for real, as ferry's identity, by the
-    // quickstart test in tests/cli.rs).
+    // itself creates while those roles do not exist yet (on a cluster where
+    // the quickstart test has applied the template they do): the server
+    // checks a binding against its role, which only the apply creates
+    // (applied for real, as ferry's identity, by that quickstart test in
+    // tests/cli.rs).
     let noted: Vec<String> = plan
         .objects
         .iter()
         .filter(|o| o.note.is_some())
         .map(|o| format!("{} ({})", o.id, o.note.as_deref().unwrap_or_default()))
         .collect();
-    assert_eq!(noted.len(), 2, "{noted:#?}");
+    assert!(noted.len() <= 2, "{noted:#?}");
     assert!(
         noted
             .iter()
