@@ -422,8 +422,10 @@ fn default_namespace() -> String {
 pub struct DagsTargetConfig {
     /// Name of the source that feeds this target.
     pub source: String,
-    /// Directory inside the repo to publish; `""` or `.` publishes the whole repo.
-    #[serde(default)]
+    /// Directory inside the repo to publish (default `dags`, as the DAGs
+    /// template lays it out, so its `tests/` never reach Airflow); `""` or
+    /// `.` publishes the whole repo.
+    #[serde(default = "default_subdir")]
     pub subdir: String,
     /// Volume root. Revisions live in `<destination>/.ferry/<sha>`.
     pub destination: PathBuf,
@@ -459,6 +461,10 @@ impl Default for RetentionConfig {
             max_age: default_max_age(),
         }
     }
+}
+
+fn default_subdir() -> String {
+    "dags".into()
 }
 
 fn default_keep() -> usize {

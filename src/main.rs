@@ -145,8 +145,9 @@ struct PublishDagsArgs {
     /// Destination root; the link and .ferry/ are created inside it.
     #[arg(long)]
     dest: PathBuf,
-    /// Directory inside the repo to publish.
-    #[arg(long, default_value = "")]
+    /// Directory inside the repo to publish, as the DAGs target's `subdir`
+    /// (`""` or `.` for the whole repo).
+    #[arg(long, default_value = "dags")]
     subdir: String,
     /// Name of the symlink Airflow reads through.
     #[arg(long, default_value = "current")]

@@ -673,3 +673,43 @@ fn versions_log_levels_and_errors_read_right() {
     );
     stop_ferry(agent);
 }
+
+/// `publish-dags` publishes `dags/` unless told otherwise, as the DAGs
+/// target does: the template's `tests/` never reach Airflow.
+#[test]
+fn publish_dags_publishes_the_dags_folder_by_default() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = Repo::new(tmp.path(), "dags");
+    repo.commit(
+        &[
+            ("dags/a.py", Some("a = 1\n")),
+            ("tests/test_a.py", Some("import unittest\n")),
+        ],
+        "first",
+    );
+    let dest = tmp.path().join("dest");
+    let out = ferry(&[
+        "publish-dags",
+        "--repo",
+        repo.bare.to_str().unwrap(),
+        "--dest",
+        dest.to_str().unwrap(),
+        "--cache-dir",
+        tmp.path().join("cache").to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let published = read_tree(&dest.join("current"));
+    let files: Vec<&str> = published.iter().map(|(p, _)| p.as_str()).collect();
+    assert_eq!(files, ["a.py"]);
+    // The DAGs target's default is the same.
+    let config = ferry::config::Config::parse(
+        "sources:\n  - name: d\n    url: https://e.com/d.git\ntargets:\n  dags:\n    source: d\n    destination: /tmp/x\n",
+        Path::new("ferry.yaml"),
+    )
+    .unwrap();
+    assert_eq!(config.targets.dags.unwrap().subdir, "dags");
+}

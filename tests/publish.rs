@@ -501,7 +501,8 @@ fn kill_9_at_random_points_always_leaves_a_complete_revision() {
     }
     let publish = |branch: &str| {
         Command::new(env!("CARGO_BIN_EXE_ferry"))
-            .args(["publish-dags", "--repo"])
+            // The whole repository: these trees have no dags/ folder.
+            .args(["publish-dags", "--subdir", "", "--repo"])
             .arg(&bare)
             .args(["--ref", branch, "--dest"])
             .arg(&dest)
