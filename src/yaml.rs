@@ -43,6 +43,78 @@ pub fn parse<T: DeserializeOwned>(text: &str) -> Result<T, YamlError> {
     })
 }
 
+/// Like [`parse`], but an unknown key does not hide the rest: each one is
+/// reported (its line found in `text`), taken out, and parsing goes on, so
+/// the caller can validate what remains and list every problem at once.
+/// Other errors (syntax, types) still stop at the first.
+pub fn parse_all_unknown<T: DeserializeOwned>(
+    text: &str,
+) -> Result<(T, Vec<YamlError>), Vec<YamlError>> {
+    let mut unknown = Vec::new();
+    let first = match parse::<T>(text) {
+        Ok(value) => return Ok((value, unknown)),
+        Err(e) => e,
+    };
+    if !first.message.starts_with("unknown field") {
+        return Err(vec![first]);
+    }
+    let Ok(mut value) = serde_yaml_ng::from_str::<serde_yaml_ng::Value>(text) else {
+        return Err(vec![first]);
+    };
+    let mut error = first;
+    // Bounded: each round removes one key.
+    for _ in 0..100 {
+        if !error.message.starts_with("unknown field") || !remove_key(&mut value, &error.key) {
+            unknown.push(error);
+            return Err(unknown);
+        }
+        error.line = error.line.or_else(|| line_of(text, &error.key));
+        unknown.push(error);
+        match serde_path_to_error::deserialize::<_, T>(value.clone()) {
+            Ok(parsed) => return Ok((parsed, unknown)),
+            Err(err) => {
+                let key = err.path().to_string();
+                let message = strip_location(&err.into_inner().to_string());
+                let key = match unknown_field(&message) {
+                    Some(field) if key == "." => field.to_string(),
+                    Some(field) if key == field || key.ends_with(&format!(".{field}")) => key,
+                    Some(field) => format!("{key}.{field}"),
+                    None => key,
+                };
+                let line = line_of(text, &key);
+                error = YamlError { key, line, message };
+            }
+        }
+    }
+    Err(unknown)
+}
+
+/// Removes the mapping key at `path` (`a.b[0].c`); false if it is not there.
+fn remove_key(value: &mut serde_yaml_ng::Value, path: &str) -> bool {
+    let segments: Vec<&str> = path.split('.').collect();
+    let Some((last, parents)) = segments.split_last() else {
+        return false;
+    };
+    let mut at = value;
+    for segment in parents {
+        let (name, index) = match segment.split_once('[') {
+            Some((n, i)) => (n, i.trim_end_matches(']').parse::<usize>().ok()),
+            None => (*segment, None),
+        };
+        let Some(next) = at.get_mut(name) else {
+            return false;
+        };
+        at = match index {
+            Some(i) => match next.get_mut(i) {
+                Some(item) => item,
+                None => return false,
+            },
+            None => next,
+        };
+    }
+    at.as_mapping_mut().and_then(|m| m.remove(*last)).is_some()
+}
+
 /// Best-effort line of a key path such as `sources[1].auth.token_file` in
 /// block-style YAML: the line of the deepest part of the path that exists.
 /// Semantic checks run on parsed values, which carry no positions.

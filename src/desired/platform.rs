@@ -175,15 +175,16 @@ pub struct PlatformError {
 
 /// Parses and validates; every error found, not only the first.
 pub fn parse(file: &str, text: &str) -> Result<Platform, Vec<PlatformError>> {
-    let platform: Platform = yaml::parse(text).map_err(|e| {
-        vec![PlatformError {
-            file: file.to_string(),
-            line: e.line,
-            key: e.key,
-            message: e.message,
-        }]
-    })?;
-    let mut problems = Vec::new();
+    let as_problem = |e: yaml::YamlError| PlatformError {
+        file: file.to_string(),
+        line: e.line,
+        key: e.key,
+        message: e.message,
+    };
+    // Unknown keys are listed with everything else, not one at a time.
+    let (platform, unknown): (Platform, _) = yaml::parse_all_unknown(text)
+        .map_err(|errors| errors.into_iter().map(as_problem).collect::<Vec<_>>())?;
+    let mut problems: Vec<PlatformError> = unknown.into_iter().map(as_problem).collect();
     validate(&platform, &mut |key: String, message: String| {
         problems.push(PlatformError {
             file: file.to_string(),
@@ -606,6 +607,30 @@ sagemaker:
             (err.key.as_str(), err.line),
             ("eks.nodegroup_list", Some(7)),
             "{err}"
+        );
+        // Unknown keys do not hide the other problems: two typos and a
+        // value out of range, all three named with their lines.
+        let many = GOOD
+            .replace("  nodegroups:", "  nodegroup_list: []\n  nodegroups:")
+            .replace("      taints:", "      tains: []\n      taints:")
+            .replace("desired: 2", "desired: 7");
+        let errors = parse("platform.yaml", &many).unwrap_err();
+        let text: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+        assert_eq!(text.len(), 3, "{text:#?}");
+        assert!(
+            text[0].starts_with("platform.yaml:7: eks.nodegroup_list: unknown field"),
+            "{}",
+            text[0]
+        );
+        assert!(
+            text[1].starts_with("platform.yaml:11: eks.nodegroups[0].tains: unknown field"),
+            "{}",
+            text[1]
+        );
+        assert!(
+            text[2].starts_with("platform.yaml:10: eks.nodegroups[0].scaling.desired: desired 7"),
+            "{}",
+            text[2]
         );
         let dup = GOOD.replace("  addons:\n", "  addons:\n    - name: vpc-cni\n");
         let err = &parse("platform.yaml", &dup).unwrap_err()[0];
