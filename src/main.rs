@@ -679,17 +679,23 @@ async fn quickstart_cmd(
     }
     println!("  Airflow dags_folder {}", layout.dags_folder().display());
     if kubeconfig.is_none() {
-        let lines = quickstart::platform_summary(&layout)?;
-        println!(
-            "\nPlatform plan ({} change(s); no cluster given, nothing applied: pass --kubeconfig to apply the manifests):",
-            lines.len()
-        );
-        for line in &lines {
-            println!("  {line}");
+        // A listing of what the repo declares, not a plan; a broken head is
+        // reported, it does not stop the DAGs loop from starting.
+        match quickstart::platform_summary(&layout) {
+            Ok(lines) => {
+                println!(
+                    "\nThe platform repo declares {} object(s) and AWS resource(s) (a listing: no cluster given, nothing planned or applied; pass --kubeconfig to apply the manifests):",
+                    lines.len()
+                );
+                for line in &lines {
+                    println!("  {line}");
+                }
+            }
+            Err(err) => println!("\nThe platform repo's head has problems: {err}"),
         }
     }
     if once {
-        let json = serde_json::to_string_pretty(&status.all())?;
+        let json = serde_json::to_string_pretty(&server::status_document(&status))?;
         println!("\nstatus (as served on /api/v1/status):\n{json}");
         return Ok(if ok {
             ExitCode::SUCCESS
@@ -698,6 +704,7 @@ async fn quickstart_cmd(
         });
     }
     let repo = layout.dags_repo.display().to_string();
+    let work = layout.dir.join("dags-work").display().to_string();
     serve_and_run(
         agent,
         None,
@@ -707,10 +714,9 @@ async fn quickstart_cmd(
         |addr| {
             println!("  status API         http://{addr}/api/v1/status   (metrics: /metrics)");
             println!(
-                "\nTry a change:\n  git clone {repo} /tmp/dags-work && cd /tmp/dags-work\n  \
+                "\nTry a change:\n  git clone {repo} {work} && cd {work}\n  \
              # edit dags/*.py, then: git commit -am 'my change' && git push\n\
-             ferry polls every 10s. Ctrl-C to stop.",
-                repo = repo
+             ferry polls every 10s. Ctrl-C to stop."
             );
         },
     )

@@ -77,30 +77,37 @@ pub fn prepare(
     }
     // With a cluster, its manifests are applied (without waiting for the
     // workloads: their images, secrets and volumes are the real platform's).
-    let kubernetes = match kubeconfig {
-        Some(kc) => format!(
-            "  kubernetes:\n    source: platform\n    default_namespace: default\n    \
-             allowed_namespaces: [default, airflow, mlflow, jupyterhub, monitoring]\n    \
-             health_timeout: 0s\n    kubeconfig: {}\n",
-            yaml_str(
-                &kc.canonicalize()
-                    .with_context(|| format!("kubeconfig {}", kc.display()))?
-            )
+    // Without one the platform repo has no target, so it is no source
+    // either: a source that "succeeds" while feeding nothing would mislead.
+    let (platform_source, kubernetes) = match kubeconfig {
+        Some(kc) => (
+            format!(
+                "  - name: platform\n    url: {}\n    branch: main\n    interval: 10s\n    max_backoff: 30s\n",
+                yaml_str(&layout.platform_repo)
+            ),
+            format!(
+                "  kubernetes:\n    source: platform\n    default_namespace: default\n    \
+                 allowed_namespaces: [default, airflow, mlflow, jupyterhub, monitoring]\n    \
+                 health_timeout: 0s\n    kubeconfig: {}\n",
+                yaml_str(
+                    &kc.canonicalize()
+                        .with_context(|| format!("kubeconfig {}", kc.display()))?
+                )
+            ),
         ),
-        None => String::new(),
+        None => (String::new(), String::new()),
     };
     let config = format!(
         "# Written by `ferry quickstart`; run it yourself with `ferry run --config {config}`.\n\
          cache_dir: {cache}\n\
          server:\n  listen: {listen}\n\
          sources:\n  - name: dags\n    url: {repo}\n    branch: main\n    interval: 10s\n    max_backoff: 30s\n\
-         \x20 - name: platform\n    url: {platform}\n    branch: main\n    interval: 10s\n    max_backoff: 30s\n\
+         {platform_source}\
          targets:\n  dags:\n    source: dags\n    subdir: dags\n    destination: {dest}\n    link: {link}\n    \
          retention:\n      keep: 5\n      max_age: 10m\n{kubernetes}",
         config = layout.config_path.display(),
         cache = yaml_str(&dir.join("cache")),
         repo = yaml_str(&layout.dags_repo),
-        platform = yaml_str(&layout.platform_repo),
         dest = yaml_str(&layout.dags_dest),
         link = layout.link,
     );
@@ -111,7 +118,8 @@ pub fn prepare(
 }
 
 /// What the platform repo's main branch declares, one line per object,
-/// read offline (no cluster to compare with: everything would be created).
+/// read offline: a listing, not a plan (there is no cluster or AWS account
+/// to compare with).
 pub fn platform_summary(layout: &Layout) -> anyhow::Result<Vec<String>> {
     let repo = Repository::open_bare(&layout.platform_repo)
         .with_context(|| format!("cannot open {}", layout.platform_repo.display()))?;
@@ -127,7 +135,10 @@ pub fn platform_summary(layout: &Layout) -> anyhow::Result<Vec<String>> {
                     .join("; ")
             )
         })?;
-    let mut lines: Vec<String> = manifests.iter().map(|m| format!("+ {}", m.id)).collect();
+    let mut lines: Vec<String> = manifests
+        .iter()
+        .map(|m| format!("object  {}", m.id))
+        .collect();
     let platform =
         crate::desired::platform::read_mirror(&layout.platform_repo, commit, "platform.yaml")
             .map_err(|errors| {
@@ -143,13 +154,13 @@ pub fn platform_summary(layout: &Layout) -> anyhow::Result<Vec<String>> {
     if let Some(p) = platform {
         for ng in p.eks.iter().flat_map(|e| e.nodegroups.iter()) {
             lines.push(format!(
-                "~ AWS EKS nodegroup {} (scaling {}..{}, desired {})",
+                "aws     EKS nodegroup {} (scaling {}..{}, desired {})",
                 ng.name, ng.scaling.min, ng.scaling.max, ng.scaling.desired
             ));
         }
         for e in p.sagemaker.iter().flat_map(|s| s.endpoints.iter()) {
             lines.push(format!(
-                "~ AWS SageMaker endpoint {} ({} variant(s))",
+                "aws     SageMaker endpoint {} ({} variant(s))",
                 e.name,
                 e.variants.len()
             ));

@@ -99,12 +99,22 @@ struct StatusResponse {
 }
 
 async fn status_all(State(state): State<AppState>) -> Json<StatusResponse> {
-    Json(StatusResponse {
+    Json(status_response(&state.status))
+}
+
+fn status_response(status: &StatusStore) -> StatusResponse {
+    StatusResponse {
         version: crate::build::VERSION,
         commit: crate::build::COMMIT,
-        ready: state.status.ready(),
-        sources: state.status.all(),
-    })
+        ready: status.ready(),
+        sources: status.all(),
+    }
+}
+
+/// `/api/v1/status` as a JSON value, for printing the same document
+/// elsewhere (`quickstart --once`).
+pub fn status_document(status: &StatusStore) -> serde_json::Value {
+    serde_json::to_value(status_response(status)).unwrap_or_default()
 }
 
 async fn status_one(State(state): State<AppState>, Path(source): Path<String>) -> Response {

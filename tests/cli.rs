@@ -308,8 +308,14 @@ fn quickstart_applies_the_platform_template_to_a_reachable_cluster() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout.contains("applied            platform @"), "{stdout}");
-    let v: serde_json::Value = serde_json::from_str(&stdout[stdout.find('[').unwrap()..]).unwrap();
-    let platform = v
+    // The document /api/v1/status serves, not another shape.
+    let start = stdout
+        .find("status (as served on /api/v1/status):")
+        .unwrap();
+    let json = &stdout[start..];
+    let v: serde_json::Value = serde_json::from_str(&json[json.find('{').unwrap()..]).unwrap();
+    assert_eq!(v["version"], env!("CARGO_PKG_VERSION"));
+    let platform = v["sources"]
         .as_array()
         .unwrap()
         .iter()
@@ -342,19 +348,34 @@ fn quickstart_once_publishes_the_template_and_is_rerunnable() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout.contains("published          dags @"), "{stdout}");
-    // The platform template: planned offline, its objects and AWS resources listed.
+    // The platform template: listed offline (not called a plan: nothing
+    // was compared with a cluster or AWS), and not a source at all without
+    // a cluster, so nothing claims to have succeeded for it.
     assert!(
-        stdout.contains("Platform plan (42 change(s); no cluster given"),
+        stdout.contains("The platform repo declares 42 object(s) and AWS resource(s) (a listing: no cluster given"),
         "{stdout}"
     );
     assert!(
-        stdout.contains("+ Deployment.apps airflow/airflow-scheduler"),
+        stdout.contains("object  Deployment.apps airflow/airflow-scheduler"),
         "{stdout}"
     );
     assert!(
-        stdout.contains("~ AWS SageMaker endpoint diagnosis (1 variant(s))"),
+        stdout.contains("aws     SageMaker endpoint diagnosis (1 variant(s))"),
         "{stdout}"
     );
+    assert!(!stdout.contains("up to date         platform"), "{stdout}");
+    let start = stdout
+        .find("status (as served on /api/v1/status):")
+        .unwrap();
+    let json = &stdout[start..];
+    let v: serde_json::Value = serde_json::from_str(&json[json.find('{').unwrap()..]).unwrap();
+    let sources: Vec<&str> = v["sources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(sources, ["dags"]);
     let folder = dir.canonicalize().unwrap().join("airflow/dags/current");
     assert!(
         stdout.contains(&folder.display().to_string()),
@@ -395,6 +416,49 @@ fn quickstart_once_publishes_the_template_and_is_rerunnable() {
     assert!(again.status.success());
     assert!(
         stdout.contains("reusing git repo") && stdout.contains("up to date"),
+        "{stdout}"
+    );
+
+    // A broken manifest on the platform repo's head is reported; the DAGs
+    // loop still starts.
+    let platform = git2::Repository::open_bare(dir.join("repos/platform.git")).unwrap();
+    let head = platform.refname_to_id("refs/heads/main").unwrap();
+    let mut files: Vec<(&str, String)> = Vec::new();
+    let tree = platform.find_commit(head).unwrap().tree().unwrap();
+    let mut all = Vec::new();
+    tree.walk(git2::TreeWalkMode::PreOrder, |dir, entry| {
+        if entry.kind() == Some(git2::ObjectType::Blob) {
+            let blob = platform.find_blob(entry.id()).unwrap();
+            all.push((
+                format!("{dir}{}", entry.name().unwrap()),
+                String::from_utf8_lossy(blob.content()).into_owned(),
+            ));
+        }
+        git2::TreeWalkResult::Ok
+    })
+    .unwrap();
+    all.push(("manifests/broken.yaml".into(), "kind: [unclosed\n".into()));
+    for (path, text) in &all {
+        files.push((path.as_str(), text.clone()));
+    }
+    let mut map = std::collections::BTreeMap::new();
+    for (path, text) in files {
+        map.insert(path.to_string(), (text.into_bytes(), 0o100644));
+    }
+    build_commit(&platform, &map, Some(head), "refs/heads/main", "broken");
+    let broken = ferry(&[
+        "quickstart",
+        "--once",
+        "--dir",
+        dir.to_str().unwrap(),
+        "--listen",
+        &listen,
+    ]);
+    let stdout = String::from_utf8_lossy(&broken.stdout);
+    assert!(broken.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("The platform repo's head has problems")
+            && stdout.contains("manifests/broken.yaml"),
         "{stdout}"
     );
 }
