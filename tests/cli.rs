@@ -777,3 +777,51 @@ fn publish_dags_publishes_the_dags_folder_by_default() {
     .unwrap();
     assert_eq!(config.targets.dags.unwrap().subdir, "dags");
 }
+
+/// The running quickstart's "try a change" hint clones into its own
+/// directory, not a fixed /tmp path another user or run may hold.
+#[test]
+fn the_quickstart_hint_points_into_its_own_directory() {
+    use std::io::BufRead;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("qs");
+    let listen = format!("127.0.0.1:{}", free_port());
+    let mut child = spawn_owned(
+        Command::new(env!("CARGO_BIN_EXE_ferry"))
+            .args(["quickstart", "--dir"])
+            .arg(&dir)
+            .args(["--listen", &listen])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null()),
+    )
+    .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let mut seen = Vec::new();
+    let hint = loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let line = rx
+            .recv_timeout(left)
+            .unwrap_or_else(|_| panic!("no hint in:\n{}", seen.join("\n")));
+        if line.contains("git clone") {
+            break line;
+        }
+        seen.push(line);
+    };
+    let work = dir.canonicalize().unwrap().join("dags-work");
+    assert!(hint.contains(&work.display().to_string()), "{hint}");
+    assert!(!hint.contains("/tmp/dags-work"), "{hint}");
+    child.kill_group();
+}
