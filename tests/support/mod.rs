@@ -604,24 +604,30 @@ pub fn control_plane() -> &'static ControlPlane {
         }
         // Kept for the life of the test binary; the watchdog stops the daemons.
         let dir = tempfile::tempdir().unwrap().keep();
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/control-plane/start.sh");
-        let out = Command::new(&script)
-            .arg(&dir)
-            .arg("--owner-pid")
-            .arg(std::process::id().to_string())
-            .output()
-            .expect("cannot run tools/control-plane/start.sh");
-        assert!(
-            out.status.success(),
-            "control plane did not start (needs Go; builds once):\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        start_control_plane(&dir);
         ControlPlane {
             admin: dir.join("admin.kubeconfig"),
             restricted: dir.join("ferry.kubeconfig"),
             audit_log: dir.join("audit.log"),
         }
     })
+}
+
+/// Starts tools/control-plane in `dir`, stopped by its watchdog when this
+/// test binary exits.
+pub fn start_control_plane(dir: &Path) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/control-plane/start.sh");
+    let out = Command::new(&script)
+        .arg(dir)
+        .arg("--owner-pid")
+        .arg(std::process::id().to_string())
+        .output()
+        .expect("cannot run tools/control-plane/start.sh");
+    assert!(
+        out.status.success(),
+        "control plane did not start (needs Go; builds once):\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// A namespace name no other test (or earlier run) uses.
@@ -906,17 +912,23 @@ pub async fn take_lease(
     name: &str,
     holder: &str,
 ) {
-    let mut taken = leases.get(name).await.unwrap();
-    if let Some(spec) = taken.spec.as_mut() {
-        spec.holder_identity = Some(holder.into());
-        spec.renew_time = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(
-            k8s_openapi::jiff::Timestamp::now(),
-        ));
+    // The holder renews meanwhile (a compare-and-swap on resourceVersion,
+    // as ferry's own writes): read again and retry on a conflict.
+    for _ in 0..50 {
+        let mut taken = leases.get(name).await.unwrap();
+        if let Some(spec) = taken.spec.as_mut() {
+            spec.holder_identity = Some(holder.into());
+            spec.renew_time = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(
+                k8s_openapi::jiff::Timestamp::now(),
+            ));
+        }
+        match leases.replace(name, &Default::default(), &taken).await {
+            Ok(_) => return,
+            Err(kube::Error::Api(status)) if status.code == 409 => continue,
+            Err(err) => panic!("cannot take the Lease {name}: {err}"),
+        }
     }
-    leases
-        .replace(name, &Default::default(), &taken)
-        .await
-        .unwrap();
+    panic!("the Lease {name} kept changing under every attempt to take it");
 }
 
 /// Binds deploy/base's own ClusterRole (read from the repo, so the test
