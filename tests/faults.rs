@@ -1272,7 +1272,7 @@ async fn a_lease_lost_mid_apply_is_completed_by_the_next_leader() {
                  sources:\n  - name: platform\n    url: git://127.0.0.1:{dp}/platform.git\n    interval: 1s\n    max_backoff: 1s\n\
                  targets:\n  kubernetes:\n    source: platform\n    default_namespace: {ns}\n    allowed_namespaces: [{ns}]\n    \
                  health_timeout: 0s\n    kubeconfig: {kc}\n\
-                 leader_election:\n  namespace: default\n  lease_name: {lease}\n  lease_duration: 5s\n  identity: ferry-{who}\n  kubeconfig: {kc}\n",
+                 leader_election:\n  namespace: default\n  lease_name: {lease}\n  lease_duration: 3s\n  identity: ferry-{who}\n  kubeconfig: {kc}\n",
                 cache = tmp.path().join(who).join("cache").display(),
                 dp = daemon.port,
                 kc = cp.admin.display(),
@@ -1306,7 +1306,7 @@ async fn a_lease_lost_mid_apply_is_completed_by_the_next_leader() {
     let second = repo.commit(
         &[
             ("manifests/a.yaml", Some(&configmaps("a", 5..20, 10))),
-            ("manifests/b.yaml", Some(&configmaps("b", 0..600, 2000))),
+            ("manifests/b.yaml", Some(&configmaps("b", 0..1000, 2000))),
         ],
         "second",
     );
@@ -1335,8 +1335,8 @@ async fn a_lease_lost_mid_apply_is_completed_by_the_next_leader() {
     let at_exit = b_written();
     assert_eq!(exit.code(), Some(1));
     assert!(
-        at_exit < 600,
-        "a finished the apply ({at_exit} of 600) before it noticed"
+        at_exit < 1000,
+        "a finished the apply ({at_exit} of 1000) before it noticed"
     );
     let log = std::fs::read_to_string(tmp.path().join("a.log")).unwrap();
     assert!(
@@ -1367,7 +1367,7 @@ async fn a_lease_lost_mid_apply_is_completed_by_the_next_leader() {
         .into_iter()
         .filter_map(|c| c.metadata.name)
         .collect();
-    for i in 0..600 {
+    for i in 0..1000 {
         assert!(names.contains(&format!("b-{i:03}")), "b-{i:03} missing");
     }
     for i in 0..20 {
@@ -1381,6 +1381,6 @@ async fn a_lease_lost_mid_apply_is_completed_by_the_next_leader() {
         ),
     );
     assert!(names.contains(&inventory), "{names:?}");
-    eprintln!("lease taken after {at_exit} of 600 objects; the standby completed the revision");
+    eprintln!("lease taken after {at_exit} of 1000 objects; the standby completed the revision");
     stop_ferry(b);
 }
