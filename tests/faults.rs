@@ -126,7 +126,7 @@ impl Reader {
                     None => continue,
                 };
                 let dir = dest.join(".ferry").join(&sha);
-                let Some(seen) = read_tree_if_present(&dir) else {
+                let Some(seen) = try_read_tree(&dir).ok() else {
                     continue;
                 };
                 let trees = trees.lock().unwrap();
@@ -152,31 +152,6 @@ impl Reader {
         }
         self.passes.load(Ordering::Relaxed)
     }
-}
-
-/// [`read_tree`] that gives up (None) when anything vanishes under it:
-/// retention renames a revision away before deleting it.
-fn read_tree_if_present(dir: &Path) -> Option<Vec<(String, String)>> {
-    fn walk(base: &Path, dir: &Path, out: &mut Vec<(String, String)>) -> std::io::Result<()> {
-        for entry in std::fs::read_dir(dir)? {
-            let path = entry?.path();
-            if path.is_dir() {
-                walk(base, &path, out)?;
-            } else {
-                let rel = path
-                    .strip_prefix(base)
-                    .unwrap()
-                    .to_string_lossy()
-                    .into_owned();
-                out.push((rel, std::fs::read_to_string(&path)?));
-            }
-        }
-        Ok(())
-    }
-    let mut out = Vec::new();
-    walk(dir, dir, &mut out).ok()?;
-    out.sort();
-    Some(out)
 }
 
 /// The phase an interrupted run was in: the last `phase: X` its debug log

@@ -458,26 +458,33 @@ pub fn eventually<T>(timeout: Duration, what: &str, mut check: impl FnMut() -> O
 
 /// Reads every file under `dir` into (relative path, content), sorted.
 pub fn read_tree(dir: &Path) -> Vec<(String, String)> {
-    fn walk(base: &Path, dir: &Path, out: &mut Vec<(String, String)>) {
-        for entry in std::fs::read_dir(dir).unwrap() {
-            let entry = entry.unwrap();
-            let path = entry.path();
+    try_read_tree(dir)
+        .unwrap_or_else(|e| panic!("cannot read the tree under {}: {e}", dir.display()))
+}
+
+/// [`read_tree`] that reports instead of panicking when anything vanishes
+/// under it (retention renames a revision away before deleting it).
+pub fn try_read_tree(dir: &Path) -> std::io::Result<Vec<(String, String)>> {
+    fn walk(base: &Path, dir: &Path, out: &mut Vec<(String, String)>) -> std::io::Result<()> {
+        for entry in std::fs::read_dir(dir)? {
+            let path = entry?.path();
             if path.is_dir() {
-                walk(base, &path, out);
+                walk(base, &path, out)?;
             } else {
                 let rel = path
                     .strip_prefix(base)
-                    .unwrap()
+                    .unwrap_or(&path)
                     .to_string_lossy()
                     .into_owned();
-                out.push((rel, std::fs::read_to_string(&path).unwrap()));
+                out.push((rel, std::fs::read_to_string(&path)?));
             }
         }
+        Ok(())
     }
     let mut out = Vec::new();
-    walk(dir, dir, &mut out);
+    walk(dir, dir, &mut out)?;
     out.sort();
-    out
+    Ok(out)
 }
 
 /// Creates a commit in `repo` whose tree holds exactly `files`
