@@ -32,13 +32,7 @@ pub fn parse<T: DeserializeOwned>(text: &str) -> Result<T, YamlError> {
             }
             _ => message,
         };
-        let key = match unknown_field(&message) {
-            Some(field) if key == "." => field.to_string(),
-            Some(field) if key == field || key.ends_with(&format!(".{field}")) => key,
-            Some(field) => format!("{key}.{field}"),
-            None if key == "." => "(root)".to_string(),
-            None => key,
-        };
+        let key = full_key(key, &message);
         YamlError { key, line, message }
     })
 }
@@ -75,12 +69,7 @@ pub fn parse_all_unknown<T: DeserializeOwned>(
             Err(err) => {
                 let key = err.path().to_string();
                 let message = strip_location(&err.into_inner().to_string());
-                let key = match unknown_field(&message) {
-                    Some(field) if key == "." => field.to_string(),
-                    Some(field) if key == field || key.ends_with(&format!(".{field}")) => key,
-                    Some(field) => format!("{key}.{field}"),
-                    None => key,
-                };
+                let key = full_key(key, &message);
                 let line = line_of(text, &key);
                 error = YamlError { key, line, message };
             }
@@ -181,6 +170,18 @@ fn strip_location(message: &str) -> String {
     match message.rfind(" at line ") {
         Some(idx) => message[..idx].to_string(),
         None => message.to_string(),
+    }
+}
+
+/// The path serde reports, completed with the key an unknown/missing
+/// field message names (serde stops at its parent).
+fn full_key(key: String, message: &str) -> String {
+    match unknown_field(message) {
+        Some(field) if key == "." => field.to_string(),
+        Some(field) if key == field || key.ends_with(&format!(".{field}")) => key,
+        Some(field) => format!("{key}.{field}"),
+        None if key == "." => "(root)".to_string(),
+        None => key,
     }
 }
 

@@ -423,29 +423,23 @@ fn quickstart_once_publishes_the_template_and_is_rerunnable() {
     // loop still starts.
     let platform = git2::Repository::open_bare(dir.join("repos/platform.git")).unwrap();
     let head = platform.refname_to_id("refs/heads/main").unwrap();
-    let mut files: Vec<(&str, String)> = Vec::new();
+    // The head's files, plus one that does not parse.
+    let mut files = std::collections::BTreeMap::new();
     let tree = platform.find_commit(head).unwrap().tree().unwrap();
-    let mut all = Vec::new();
     tree.walk(git2::TreeWalkMode::PreOrder, |dir, entry| {
         if entry.kind() == Some(git2::ObjectType::Blob) {
             let blob = platform.find_blob(entry.id()).unwrap();
-            all.push((
-                format!("{dir}{}", entry.name().unwrap()),
-                String::from_utf8_lossy(blob.content()).into_owned(),
-            ));
+            let path = format!("{dir}{}", entry.name().unwrap());
+            files.insert(path, (blob.content().to_vec(), 0o100644));
         }
         git2::TreeWalkResult::Ok
     })
     .unwrap();
-    all.push(("manifests/broken.yaml".into(), "kind: [unclosed\n".into()));
-    for (path, text) in &all {
-        files.push((path.as_str(), text.clone()));
-    }
-    let mut map = std::collections::BTreeMap::new();
-    for (path, text) in files {
-        map.insert(path.to_string(), (text.into_bytes(), 0o100644));
-    }
-    build_commit(&platform, &map, Some(head), "refs/heads/main", "broken");
+    files.insert(
+        "manifests/broken.yaml".to_string(),
+        (b"kind: [unclosed\n".to_vec(), 0o100644),
+    );
+    build_commit(&platform, &files, Some(head), "refs/heads/main", "broken");
     let broken = ferry(&[
         "quickstart",
         "--once",

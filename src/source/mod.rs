@@ -64,11 +64,13 @@ pub enum SourceError {
 impl SourceError {
     /// Whether a damaged mirror could explain this error: not when the
     /// remote or the operator decided it (credentials, host key, timeout,
-    /// cancellation).
+    /// cancellation), nor when the remote could not be reached (so an
+    /// outage does not re-check the mirror at every retry).
     fn may_be_local(&self) -> bool {
         !matches!(
             self,
-            SourceError::Auth { .. }
+            SourceError::Network { .. }
+                | SourceError::Auth { .. }
                 | SourceError::HostKey { .. }
                 | SourceError::Timeout { .. }
                 | SourceError::Cancelled { .. }
