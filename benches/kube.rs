@@ -14,8 +14,8 @@ mod support;
 use std::time::{Duration, Instant};
 
 use ferry::desired::manifests;
-use ferry::kubernetes::apply::Applier;
-use ferry::kubernetes::client;
+use ferry::kubernetes::plan::Depth;
+use ferry::kubernetes::target::KubeTarget;
 use git2::Repository;
 use support::*;
 
@@ -70,26 +70,22 @@ fn main() {
     let r1 = commit(&repo, &objects(&ns, 1, 0));
     let r2 = commit(&repo, &objects(&ns, 2, 10));
     let (first, noop, noop_writes, change, change_writes) = runtime.block_on(async {
-        let client = client::connect(Some(&cp.admin)).await.unwrap();
-        let applier = Applier {
-            client: &client,
-            target: "bench",
-            config: &config,
-            cancel: None,
-        };
-        let mut last = None;
+        // The agent's way: a plan made for applying, then that plan applied.
+        let mut target = KubeTarget::new(
+            "bench",
+            ferry::config::KubernetesTargetConfig {
+                kubeconfig: Some(cp.admin.clone()),
+                ..config.clone()
+            },
+        );
+        let cancel = std::sync::atomic::AtomicBool::new(false);
         // Applies a revision: (outcome, time taken, writes the audit log saw).
         let mut timed = async |rev: git2::Oid| {
             let writes_before = audited_writes(&cp.audit_log, &ns).len();
+            let manifests = manifests::read(&repo, rev, "manifests").unwrap();
             let started = Instant::now();
-            let out = applier
-                .apply(
-                    &rev.to_string(),
-                    manifests::read(&repo, rev, "manifests"),
-                    &mut last,
-                )
-                .await
-                .unwrap();
+            let plan = target.plan(rev, &manifests, Depth::Apply).await.unwrap();
+            let out = target.apply(plan, &cancel).await.unwrap();
             let took = started.elapsed();
             (
                 out,

@@ -963,6 +963,70 @@ fn valid_name(name: &str) -> bool {
         && !name.starts_with('-')
 }
 
+impl Config {
+    /// What the config sets up, in one line (`ferry check-config`).
+    pub fn summary(&self) -> String {
+        let mut targets = Vec::new();
+        if let Some(d) = &self.targets.dags {
+            targets.push(format!("dags (from source `{}`)", d.source));
+        }
+        if let Some(k) = &self.targets.kubernetes {
+            targets.push(format!("kubernetes (from source `{}`)", k.source));
+        }
+        if let Some(a) = &self.targets.aws {
+            targets.push(format!("aws (from source `{}`, {})", a.source, a.file));
+        }
+        let targets = if targets.is_empty() {
+            "none".to_string()
+        } else {
+            targets.join(", ")
+        };
+        let github = match &self.github {
+            None => "off".to_string(),
+            Some(g) => {
+                let mut parts = Vec::new();
+                if g.webhook_secret_file.is_some() {
+                    parts.push("webhooks".to_string());
+                }
+                if g.reporting() {
+                    parts.push(format!("reporting to {}", g.api_url));
+                    if g.deployments {
+                        parts.push(format!("deployments to `{}`", g.environment));
+                    }
+                    if g.previews {
+                        parts.push("PR previews".into());
+                    }
+                }
+                if parts.is_empty() {
+                    "off".into()
+                } else {
+                    parts.join(", ")
+                }
+            }
+        };
+        let leader = match &self.leader_election {
+            Some(l) => format!(
+                "; leader election: Lease {}/{}",
+                l.namespace.as_deref().unwrap_or("(pod's namespace)"),
+                l.lease_name
+            ),
+            None => String::new(),
+        };
+        format!(
+            "{} source(s): {}; targets: {targets}; github: {github}{leader}",
+            self.sources.len(),
+            self.sources
+                .iter()
+                .map(|s| match s.verify {
+                    Some(_) => format!("{} (signed heads only)", s.name),
+                    None => s.name.clone(),
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,15 +1,19 @@
 //! ferry: a GitOps agent for a self-hosted ML platform.
 //!
-//! Data flows one way: `source` (git mirrors) -> `desired`/`dags` (what a
-//! commit declares) -> `kubernetes`/`dags` (plan and apply) -> `report`
-//! (GitHub), `status` and `metrics`, driven by `agent` and served by
-//! `server`; `preview` runs the plan half on pull requests. See `../shared/design.md` for the agreed shape.
+//! Data flows one way: `source` (git mirrors) -> `revision` (the narrow
+//! artifact) -> `desired` (the gate: a commit read once, rejected whole) ->
+//! `targets` (one face: plan, then apply that plan, for `dags`,
+//! `kubernetes` and `aws`) -> `verdict` (typed reasons, one policy) ->
+//! `report` (GitHub), `status` and `metrics`; driven by `agent`, served by
+//! `server`; `preview` is plan without apply. See `docs/architecture.md`.
 
 pub mod agent;
 #[cfg(feature = "aws")]
 pub mod aws;
+pub mod backoff;
 pub mod build;
 pub mod config;
+pub mod daemon;
 pub mod dags;
 pub mod desired;
 pub mod disk;
@@ -17,12 +21,18 @@ pub mod kubernetes;
 pub mod leader;
 pub mod logging;
 pub mod metrics;
+pub mod oneshot;
 pub mod preview;
+pub mod problem;
 pub mod quickstart;
 pub mod report;
+pub mod revision;
 pub mod secret;
 pub mod server;
 pub mod source;
 pub mod status;
+pub mod targets;
+pub mod trigger;
+pub mod verdict;
 pub mod webhook;
 pub mod yaml;

@@ -3,24 +3,19 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
-use tokio::sync::watch;
 
-use ferry::agent::{Agent, SyncResult};
+use ferry::agent::Agent;
 use ferry::config::{
     AuthConfig, Config, DagsTargetConfig, LogFormat, RetentionConfig, SourceConfig, TargetsConfig,
     ValidationConfig, ValidationPolicy,
 };
-use ferry::dags::DagsTarget;
 use ferry::metrics::Metrics;
 use ferry::quickstart::{self, Layout};
-use ferry::server::{self, AppState};
-use ferry::source::GitSource;
+use ferry::server;
 use ferry::status::StatusStore;
 
 #[derive(Parser)]
@@ -285,7 +280,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run { ref config } => {
             let config = Config::load(config)?;
             log(config.log.format, &config.log.level)?;
-            run(config).await?;
+            ferry::daemon::run(config).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Validate {
@@ -302,66 +297,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 Config::load(file)?
             };
-            let mut targets = Vec::new();
-            if let Some(d) = &config.targets.dags {
-                targets.push(format!("dags (from source `{}`)", d.source));
-            }
-            if let Some(k) = &config.targets.kubernetes {
-                targets.push(format!("kubernetes (from source `{}`)", k.source));
-            }
-            if let Some(a) = &config.targets.aws {
-                targets.push(format!("aws (from source `{}`, {})", a.source, a.file));
-            }
-            let targets = if targets.is_empty() {
-                "none".to_string()
-            } else {
-                targets.join(", ")
-            };
-            let github = match &config.github {
-                None => "off".to_string(),
-                Some(g) => {
-                    let mut parts = Vec::new();
-                    if g.webhook_secret_file.is_some() {
-                        parts.push("webhooks".to_string());
-                    }
-                    if g.reporting() {
-                        parts.push(format!("reporting to {}", g.api_url));
-                        if g.deployments {
-                            parts.push(format!("deployments to `{}`", g.environment));
-                        }
-                        if g.previews {
-                            parts.push("PR previews".into());
-                        }
-                    }
-                    if parts.is_empty() {
-                        "off".into()
-                    } else {
-                        parts.join(", ")
-                    }
-                }
-            };
-            let leader = match &config.leader_election {
-                Some(l) => format!(
-                    "; leader election: Lease {}/{}",
-                    l.namespace.as_deref().unwrap_or("(pod's namespace)"),
-                    l.lease_name
-                ),
-                None => String::new(),
-            };
-            println!(
-                "{}: ok ({} source(s): {}; targets: {targets}; github: {github}{leader})",
-                file.display(),
-                config.sources.len(),
-                config
-                    .sources
-                    .iter()
-                    .map(|s| match s.verify {
-                        Some(_) => format!("{} (signed heads only)", s.name),
-                        None => s.name.clone(),
-                    })
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            );
+            println!("{}: ok ({})", file.display(), config.summary());
             Ok(ExitCode::SUCCESS)
         }
         Command::Quickstart {
@@ -387,15 +323,11 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 PlanTarget::Aws
             });
-            let outcome = match target {
-                PlanTarget::Kubernetes => plan_cmd(config, revision.clone(), output).await?,
-                #[cfg(feature = "aws")]
-                PlanTarget::Aws => plan_aws_cmd(config, revision.clone(), output).await?,
-                #[cfg(not(feature = "aws"))]
-                PlanTarget::Aws => {
-                    anyhow::bail!("this ferry was built without the `aws` feature")
-                }
+            let target = match target {
+                PlanTarget::Kubernetes => "kubernetes",
+                PlanTarget::Aws => "aws",
             };
+            let outcome = plan_cmd(config, target, revision.clone(), output).await?;
             Ok(outcome.exit_code(detailed_exitcode))
         }
         Command::PublishDags(ref args) => {
@@ -403,212 +335,6 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             publish_dags(args).await
         }
     }
-}
-
-fn shutdown_signal() -> watch::Receiver<bool> {
-    let (tx, rx) = watch::channel(false);
-    tokio::spawn(async move {
-        wait_for_signal().await;
-        tracing::info!("shutting down: finishing in-flight work (signal again to exit now)");
-        let _ = tx.send(true);
-        wait_for_signal().await;
-        tracing::warn!("second signal: exiting now; published revisions stay consistent");
-        std::process::exit(130);
-    });
-    rx
-}
-
-async fn wait_for_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
-}
-
-async fn run(config: Config) -> anyhow::Result<()> {
-    let status = StatusStore::default();
-    let metrics = Metrics::new();
-    let shutdown = shutdown_signal();
-    // Leadership before anything touches the DAGs volume, the cluster or
-    // GitHub: even opening the DAGs target cleans up staging directories.
-    let holding = match &config.leader_election {
-        Some(leader) => {
-            match stand_by(leader, config.server.listen, &status, &metrics, &shutdown).await? {
-                Some(holding) => Some(holding),
-                None => return Ok(()),
-            }
-        }
-        None => None,
-    };
-    let reporter = match &config.github {
-        Some(github) => ferry::report::Reporter::open(
-            github,
-            &config.cache_dir,
-            config.server.listen,
-            metrics.clone(),
-        )
-        .context("cannot start reporting to GitHub")?,
-        None => None,
-    };
-    if reporter.is_some() {
-        tracing::info!("reporting to GitHub: commit statuses, deployments, PR previews");
-    }
-    let agent = Agent::new(&config, status.clone(), metrics.clone(), reporter.clone())?;
-    let webhook = webhook_receiver(&config, &agent)?;
-    let sources = config.sources.len();
-    serve_and_run(
-        agent,
-        reporter,
-        config.server.listen,
-        webhook,
-        shutdown,
-        |addr| {
-            tracing::info!(%addr, sources, "ferry running");
-        },
-    )
-    .await?;
-    if let Some(holding) = holding {
-        let _ = holding.release.send(());
-        let _ = holding.task.await;
-    }
-    tracing::info!("stopped");
-    Ok(())
-}
-
-/// A held leader Lease: renewed by `task` until `release` fires.
-struct Holding {
-    release: tokio::sync::oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-/// Serves health, readiness (503 with the holder's name) and metrics until
-/// this process holds the leader Lease; None when a signal came first. A
-/// lost Lease ends the process (exit 1) so nothing syncs without it.
-async fn stand_by(
-    config: &ferry::config::LeaderElectionConfig,
-    listen: SocketAddr,
-    status: &StatusStore,
-    metrics: &Arc<Metrics>,
-    shutdown: &watch::Receiver<bool>,
-) -> anyhow::Result<Option<Holding>> {
-    let mut elector = ferry::leader::Elector::new(config).await?;
-    let lease = elector.lease().to_string();
-    status.set_standby(Some(format!("standing by for the leader Lease {lease}")));
-    let (stop_server, server_stop) = watch::channel(false);
-    let state = AppState {
-        status: status.clone(),
-        metrics: metrics.clone(),
-        webhook: None,
-    };
-    let (addr, server) = server::serve(listen, state, server_stop).await?;
-    tracing::info!(%addr, identity = elector.identity(), lease = %lease, "standing by for the leader Lease");
-    let acquired = elector
-        .acquire(&mut shutdown.clone(), |holder| {
-            status.set_standby(Some(format!(
-                "standing by: the leader Lease {lease} is held by {holder}"
-            )))
-        })
-        .await;
-    let _ = stop_server.send(true);
-    let _ = server.await;
-    status.set_standby(None);
-    if !acquired {
-        tracing::info!("stopped while standing by");
-        return Ok(None);
-    }
-    tracing::info!(identity = elector.identity(), lease = %lease, "holding the leader Lease");
-    let (release, release_rx) = tokio::sync::oneshot::channel();
-    let task = tokio::spawn(async move {
-        if let ferry::leader::Ended::Lost(why) = elector.hold(release_rx).await {
-            tracing::error!(reason = %why, "lost the leader Lease; exiting so that nothing syncs without it");
-            std::process::exit(1);
-        }
-    });
-    Ok(Some(Holding { release, task }))
-}
-
-/// Serves HTTP and runs the agent until SIGTERM or Ctrl-C; `listening` is
-/// told the bound address first.
-async fn serve_and_run(
-    agent: Agent,
-    reporter: Option<ferry::report::Reporter>,
-    listen: SocketAddr,
-    webhook: Option<Arc<ferry::webhook::Receiver>>,
-    shutdown: watch::Receiver<bool>,
-    listening: impl FnOnce(SocketAddr),
-) -> anyhow::Result<()> {
-    agent.metrics().leader.set(1);
-    let state = AppState {
-        status: agent.status(),
-        metrics: agent.metrics(),
-        webhook,
-    };
-    let (addr, server) = server::serve(listen, state, shutdown.clone()).await?;
-    listening(addr);
-    let reporting = reporter.map(|r| tokio::spawn(r.run(shutdown.clone())));
-    agent.run(shutdown).await;
-    let _ = server.await;
-    if let Some(reporting) = reporting {
-        let _ = reporting.await;
-    }
-    Ok(())
-}
-
-/// The webhook receiver, when configured: one route per source that has a
-/// GitHub repository. (`Config::load` has checked the secret file.)
-fn webhook_receiver(
-    config: &Config,
-    agent: &Agent,
-) -> anyhow::Result<Option<Arc<ferry::webhook::Receiver>>> {
-    let Some(secret_file) = config
-        .github
-        .as_ref()
-        .and_then(|g| g.webhook_secret_file.clone())
-    else {
-        return Ok(None);
-    };
-    let previews = config.github.as_ref().is_some_and(|g| g.previews);
-    let mut handles = agent.handles(previews);
-    let routes: Vec<ferry::webhook::Route> = config
-        .sources
-        .iter()
-        .filter_map(|s| {
-            let at = handles.iter().position(|h| h.name == s.name)?;
-            let handle = handles.swap_remove(at);
-            Some(ferry::webhook::Route {
-                repo: s.github_repo()?,
-                branch: s.branch.clone(),
-                source: s.name.clone(),
-                trigger: handle.trigger,
-                previews: handle.previews,
-            })
-        })
-        .collect();
-    if routes.is_empty() {
-        tracing::warn!(
-            "webhooks enabled, but no source has a GitHub repository (set sources[].github_repo)"
-        );
-    }
-    Ok(Some(ferry::webhook::Receiver::new(
-        secret_file,
-        routes,
-        agent.metrics().webhooks.clone(),
-    )))
 }
 
 async fn quickstart_cmd(
@@ -637,45 +363,11 @@ async fn quickstart_cmd(
 
     let status = StatusStore::default();
     let metrics = Metrics::new();
-    let agent = Agent::new(&config, status.clone(), metrics.clone(), None)?;
+    let mut agent = Agent::new(&config, status.clone(), metrics.clone(), None)?;
     let results = agent.sync_once().await;
-    let mut ok = true;
-    for (source, result) in &results {
-        match result {
-            SyncResult::Published(o) if !o.published => {
-                println!("  up to date         {source} @ {}", &o.commit[..12]);
-            }
-            SyncResult::Published(o) => println!(
-                "  published          {source} @ {} ({} files written, {} reused) in {} ms",
-                &o.commit[..12],
-                o.stats.files_written,
-                o.stats.files_linked,
-                o.duration_ms
-            ),
-            SyncResult::Unchanged { commit } | SyncResult::Fetched { commit } => {
-                println!(
-                    "  up to date         {source} @ {}",
-                    &commit.to_string()[..12]
-                );
-            }
-            #[cfg(feature = "aws")]
-            SyncResult::Aws { commit, .. } => {
-                println!(
-                    "  applied            {source} @ {} to AWS",
-                    &commit.to_string()[..12]
-                );
-            }
-            SyncResult::Kube { commit, .. } => {
-                println!(
-                    "  applied            {source} @ {} to Kubernetes",
-                    &commit.to_string()[..12]
-                );
-            }
-            SyncResult::Failed(f) => {
-                ok = false;
-                println!("  FAILED             {source}: {}", f.error);
-            }
-        }
+    let (lines, ok) = quickstart::results(&results);
+    for line in &lines {
+        println!("  {line}");
     }
     println!("  Airflow dags_folder {}", layout.dags_folder().display());
     if kubeconfig.is_none() {
@@ -705,12 +397,12 @@ async fn quickstart_cmd(
     }
     let repo = layout.dags_repo.display().to_string();
     let work = layout.dir.join("dags-work").display().to_string();
-    serve_and_run(
+    ferry::daemon::serve_and_run(
         agent,
         None,
         config.server.listen,
         None,
-        shutdown_signal(),
+        ferry::daemon::shutdown_signal(),
         |addr| {
             println!("  status API         http://{addr}/api/v1/status   (metrics: /metrics)");
             println!(
@@ -726,221 +418,58 @@ async fn quickstart_cmd(
 
 /// `ferry validate`: every manifest document and platform.yaml, offline.
 fn validate_checkout(dir: &Path, manifests: &str, platform: &str) -> anyhow::Result<ExitCode> {
-    let mut problems: Vec<String> = Vec::new();
-    let mut objects = 0usize;
-    let root = dir.join(manifests);
-    let mut pending = vec![root.clone()];
-    let mut files = Vec::new();
-    while let Some(d) = pending.pop() {
-        let entries =
-            std::fs::read_dir(&d).with_context(|| format!("cannot read {}", d.display()))?;
-        for entry in entries {
-            let path = entry?.path();
-            if path.is_dir() {
-                pending.push(path);
-            } else if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
-                files.push(path);
-            }
-        }
-    }
-    files.sort();
-    for path in &files {
-        let rel = path.strip_prefix(dir).unwrap_or(path).display().to_string();
-        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {rel}"))?;
-        match ferry::desired::manifests::parse_file(&rel, &text) {
-            Ok(found) => objects += found.len(),
-            Err(errors) => problems.extend(errors.iter().map(|e| e.to_string())),
-        }
-    }
-    let platform_path = dir.join(platform);
-    let mut declared = "absent".to_string();
-    if platform_path.exists() {
-        let text = std::fs::read_to_string(&platform_path)
-            .with_context(|| format!("cannot read {}", platform_path.display()))?;
-        match ferry::desired::platform::parse(platform, &text) {
-            Ok(p) => {
-                declared = format!(
-                    "{} nodegroup(s), {} addon(s), {} endpoint(s)",
-                    p.eks.as_ref().map_or(0, |e| e.nodegroups.len()),
-                    p.eks.as_ref().map_or(0, |e| e.addons.len()),
-                    p.sagemaker.as_ref().map_or(0, |s| s.endpoints.len())
-                )
-            }
-            Err(errors) => problems.extend(errors.iter().map(|e| e.to_string())),
-        }
-    }
-    if problems.is_empty() {
+    let report = ferry::desired::checkout::validate(dir, manifests, platform)?;
+    if report.problems.is_empty() {
         println!(
-            "ok: {objects} object(s) in {} file(s) under {manifests}/; {platform}: {declared}",
-            files.len()
+            "ok: {} object(s) in {} file(s) under {manifests}/; {platform}: {}",
+            report.objects, report.files, report.platform
         );
-        Ok(ExitCode::SUCCESS)
-    } else {
-        for p in &problems {
-            eprintln!("error: {p}");
-        }
-        eprintln!(
-            "{} problem(s); fix them and run `ferry validate` again",
-            problems.len()
-        );
-        Ok(ExitCode::FAILURE)
+        return Ok(ExitCode::SUCCESS);
     }
+    for p in &report.problems {
+        eprintln!("error: {p}");
+    }
+    eprintln!(
+        "{} problem(s); fix them and run `ferry validate` again",
+        report.problems.len()
+    );
+    Ok(ExitCode::FAILURE)
 }
 
-/// `ferry plan --target aws`: platform.yaml at a revision against AWS.
-#[cfg(feature = "aws")]
-async fn plan_aws_cmd(
+/// `ferry plan`: one target's plan of a revision, printed; nothing is applied.
+async fn plan_cmd(
     config: Config,
+    target: &'static str,
     revision: Option<String>,
     output: OutputFormat,
 ) -> anyhow::Result<PlanOutcome> {
-    let target = config
-        .targets
-        .aws
-        .clone()
-        .context("the config has no targets.aws: nothing to plan")?;
-    let source_config = source_of(&config, &target.source, "targets.aws")?;
-    let file = target.file.clone();
-    let (commit, platform) = fetch_revision(
-        &config,
-        source_config.clone(),
-        revision,
-        move |repo, commit| ferry::desired::platform::read_mirror(repo.path(), commit, &file),
-    )
-    .await?;
-    let platform = match platform {
-        Ok(Some(p)) => p,
-        Ok(None) => {
-            println!(
-                "{} is absent at {commit}: nothing declared, nothing to plan",
-                target.file
-            );
-            return Ok(PlanOutcome::NoChanges);
-        }
-        Err(errors) => {
-            for e in &errors {
-                eprintln!("error: {e}");
+    let run = ferry::oneshot::plan(&config, target, revision).await?;
+    let commit = run.revision.commit;
+    if let Some(by) = &run.revision.signed_by {
+        eprintln!("commit {commit} signed by {by}");
+    }
+    if let Some(why) = &run.untrusted {
+        eprintln!("warning: {why}; `ferry run` would not apply this revision");
+    }
+    let plan = match run.plan {
+        Ok(plan) => plan,
+        Err(rejection) => {
+            for p in &rejection.problems {
+                eprintln!("error: {p}");
             }
+            eprintln!(
+                "{} problem(s) in {}: `ferry run` would apply nothing of it",
+                rejection.problems.len(),
+                run.revision.short()
+            );
             return Ok(PlanOutcome::Failed);
         }
     };
-    let provenance = ferry::aws::Provenance {
-        source: source_config.name.clone(),
-        repo: source_config
-            .github_repo()
-            .unwrap_or_else(|| source_config.url.clone()),
-        commit: commit.to_string(),
-    };
-    let clients = ferry::aws::clients(&platform, &target).await;
-    let plan = ferry::aws::plan(&clients, &platform, &provenance, target.prune)
-        .await
-        .context("cannot plan against AWS")?;
     match output {
         OutputFormat::Text => print!("{}", plan.render_text()),
-        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&plan)?),
+        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&plan.to_json())?),
     }
-    Ok(PlanOutcome::of(
-        !plan.errors.is_empty(),
-        !plan.changes.is_empty(),
-    ))
-}
-
-/// The source a target names (`key` is the target's config path).
-fn source_of(
-    config: &Config,
-    name: &str,
-    key: &str,
-) -> anyhow::Result<ferry::config::SourceConfig> {
-    config
-        .source(name)
-        .cloned()
-        .with_context(|| format!("{key}.source names no source"))
-}
-
-/// Fetches `revision` (default: the tracked branch) of a source into its
-/// mirror and reads what `read` wants from that commit.
-async fn fetch_revision<T: Send + 'static>(
-    config: &Config,
-    source_config: ferry::config::SourceConfig,
-    revision: Option<String>,
-    read: impl FnOnce(&git2::Repository, git2::Oid) -> T + Send + 'static,
-) -> anyhow::Result<(git2::Oid, T)> {
-    std::fs::create_dir_all(&config.cache_dir)
-        .with_context(|| format!("cannot create cache_dir {}", config.cache_dir.display()))?;
-    let cache_dir = config.cache_dir.clone();
-    tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
-        ferry::source::set_network_timeouts(Duration::from_secs(30), source_config.timeout);
-        let source = GitSource::new(&source_config, &cache_dir);
-        let cancel = AtomicBool::new(false);
-        let commit = match revision.as_deref() {
-            None => source.fetch_branch(&cancel)?.commit,
-            Some(r) if r.starts_with("refs/") => source.fetch_ref(r, "refs/ferry/plan", &cancel)?.commit,
-            Some(r) if (4..=40).contains(&r.len()) && r.chars().all(|c| c.is_ascii_hexdigit()) => {
-                source.fetch_branch(&cancel)?;
-                // Full or abbreviated, as git accepts it.
-                let found = source.open()?.revparse_single(r).and_then(|o| o.peel_to_commit()).map(|c| c.id());
-                found.map_err(|_| anyhow::anyhow!(
-                    "commit {r} is not in ferry's mirror of `{}`, which holds the head of `{}` (fetched shallow) and the refs asked for; pass a branch, or a ref such as refs/pull/N/head, whose head is that commit",
-                    source.name, source.branch
-                ))?
-            }
-            Some(branch) => source.fetch_ref(&format!("refs/heads/{branch}"), "refs/ferry/plan", &cancel)?.commit,
-        };
-        // A plan is read-only, so an untrusted revision is still planned; say
-        // that `ferry run` would refuse it.
-        match source.verify(commit) {
-            Ok(Some(signed)) => eprintln!(
-                "commit {commit} signed by {} ({})",
-                signed.principal, signed.fingerprint
-            ),
-            Ok(None) => {}
-            Err(err) => eprintln!("warning: {err}; `ferry run` would not apply this revision"),
-        }
-        let repo = source.open()?;
-        Ok((commit, read(&repo, commit)))
-    })
-    .await
-    .context("fetch task failed")?
-}
-
-async fn plan_cmd(
-    config: Config,
-    revision: Option<String>,
-    output: OutputFormat,
-) -> anyhow::Result<PlanOutcome> {
-    let target = config
-        .targets
-        .kubernetes
-        .clone()
-        .context("the config has no targets.kubernetes: nothing to plan")?;
-    let source_config = source_of(&config, &target.source, "targets.kubernetes")?;
-    let path = target.path.clone();
-    let (commit, manifests) =
-        fetch_revision(&config, source_config, revision, move |repo, commit| {
-            ferry::desired::manifests::read(repo, commit, &path)
-        })
-        .await?;
-    let client = ferry::kubernetes::client::connect(target.kubeconfig.as_deref()).await?;
-    let plan = ferry::kubernetes::plan_revision(
-        &client,
-        // The agent names the target (and its inventory) after its source.
-        &target.source,
-        &commit.to_string(),
-        &target,
-        manifests,
-    )
-    .await
-    .map_err(|e| anyhow::anyhow!(ferry::kubernetes::plan::describe(&e)))
-    .context("cannot plan against the cluster")?;
-    match output {
-        OutputFormat::Text => print!("{}", plan.render_text()),
-        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&plan)?),
-    }
-    let changes = plan
-        .objects
-        .iter()
-        .any(|o| o.action != ferry::kubernetes::plan::Action::Unchanged);
-    Ok(PlanOutcome::of(plan.failed() > 0, changes))
+    Ok(PlanOutcome::of(plan.failed() > 0, plan.changes()))
 }
 
 async fn publish_dags(args: &PublishDagsArgs) -> anyhow::Result<ExitCode> {
@@ -1011,59 +540,41 @@ async fn publish_dags(args: &PublishDagsArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("cannot create --dest {}", args.dest.display()))?;
 
     let reference = args.reference.clone();
-    let outcome = tokio::task::spawn_blocking(move || -> anyhow::Result<ExitCode> {
-        ferry::source::set_network_timeouts(Duration::from_secs(30), source_config.timeout);
-        // Opening the target first removes what a killed earlier run left
-        // in the destination, whatever this run's fetch then does.
-        let mut target = DagsTarget::open(target_config)?;
-        let source = GitSource::new(&source_config, &config.cache_dir);
-        let cancel = AtomicBool::new(false);
-        tracing::debug!("phase: fetch");
-        let fetched = if reference.starts_with("refs/") {
-            source.fetch_ref(&reference, "refs/ferry/oneshot", &cancel)?
-        } else {
-            source.fetch_branch(&cancel)?
-        };
-        tracing::debug!(commit = %fetched.commit, "phase: verify");
-        if let Some(signed) = source.verify(fetched.commit)? {
-            eprintln!(
-                "commit {} signed by {} ({})",
-                fetched.commit, signed.principal, signed.fingerprint
+    let published =
+        tokio::task::spawn_blocking(move || ferry::oneshot::publish_dags(&config, &reference))
+            .await
+            .context("publish task failed")??;
+    match published {
+        Ok(p) => {
+            if let Some(by) = &p.signed_by {
+                eprintln!("commit {} signed by {by}", p.outcome.commit);
+            }
+            for warning in &p.outcome.warnings {
+                eprintln!("warning: {warning}");
+            }
+            println!(
+                "{} {} -> {} ({} files written, {} reused)",
+                if p.outcome.published {
+                    "published"
+                } else {
+                    "already live:"
+                },
+                p.outcome.commit,
+                p.link.display(),
+                p.outcome.stats.files_written,
+                p.outcome.stats.files_linked
             );
+            Ok(ExitCode::SUCCESS)
         }
-        let repo = source.open()?;
-        match target.sync(&repo, fetched.commit, &Arc::new(AtomicBool::new(false))) {
-            Ok(outcome) => {
-                for warning in &outcome.warnings {
-                    eprintln!("warning: {warning}");
-                }
-                println!(
-                    "{} {} -> {} ({} files written, {} reused)",
-                    if outcome.published {
-                        "published"
-                    } else {
-                        "already live:"
-                    },
-                    outcome.commit,
-                    target.publisher().link_path().display(),
-                    outcome.stats.files_written,
-                    outcome.stats.files_linked
-                );
-                Ok(ExitCode::SUCCESS)
+        Err(err) => {
+            for problem in err.problems() {
+                eprintln!("{problem}");
             }
-            Err(err) => {
-                for problem in err.problems() {
-                    eprintln!("{problem}");
-                }
-                if let Some(hook) = err.hook() {
-                    eprintln!("{}", hook.output);
-                }
-                eprintln!("error: {err}");
-                Ok(ExitCode::FAILURE)
+            if let Some(hook) = err.hook() {
+                eprintln!("{}", hook.output);
             }
+            eprintln!("error: {err}");
+            Ok(ExitCode::FAILURE)
         }
-    })
-    .await
-    .context("publish task failed")??;
-    Ok(outcome)
+    }
 }

@@ -205,3 +205,48 @@ fn file_name(path: &Path) -> anyhow::Result<&str> {
         .and_then(|n| n.to_str())
         .with_context(|| format!("template path {} has no UTF-8 name", path.display()))
 }
+
+/// One line per source of what the first sync did, and whether all went well.
+pub fn results(results: &[(String, crate::agent::SyncResult)]) -> (Vec<String>, bool) {
+    use crate::agent::SyncResult;
+    use crate::targets::Outcome;
+    let mut lines = Vec::new();
+    let mut ok = true;
+    for (source, result) in results {
+        match result {
+            SyncResult::Evaluated { commit, outcomes } => {
+                let short = &commit.to_string()[..12];
+                if outcomes.is_empty() {
+                    lines.push(format!("up to date         {source} @ {short}"));
+                }
+                for outcome in outcomes {
+                    lines.push(match outcome {
+                        Outcome::Dags(o) if !o.published => {
+                            format!("up to date         {source} @ {short}")
+                        }
+                        Outcome::Dags(o) => format!(
+                            "published          {source} @ {short} ({} files written, {} reused) in {} ms",
+                            o.stats.files_written, o.stats.files_linked, o.duration_ms
+                        ),
+                        other => format!(
+                            "applied            {source} @ {short} to {}: {}",
+                            other.target(),
+                            other.summary()
+                        ),
+                    });
+                }
+            }
+            SyncResult::Unchanged { commit } | SyncResult::Drift { commit, .. } => {
+                lines.push(format!(
+                    "up to date         {source} @ {}",
+                    &commit.to_string()[..12]
+                ));
+            }
+            SyncResult::Failed { failure, .. } => {
+                ok = false;
+                lines.push(format!("FAILED             {source}: {failure}"));
+            }
+        }
+    }
+    (lines, ok)
+}

@@ -19,9 +19,9 @@ use prometheus_client::metrics::family::Family;
 use serde::Deserialize;
 use sha2::Sha256;
 
-use crate::agent::Trigger;
 use crate::preview::PreviewQueue;
 use crate::secret;
+use crate::trigger::Trigger;
 
 /// GitHub's own limit for webhook payloads is 25 MB; ferry needs far less.
 pub const MAX_BODY: usize = 5 * 1024 * 1024;

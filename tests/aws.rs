@@ -12,6 +12,7 @@ use ferry::aws::target::AwsTarget;
 use ferry::aws::{self, Action, Provenance};
 use ferry::config::AwsTargetConfig;
 use ferry::desired::platform;
+use ferry::verdict::{Failure, Reason};
 use support::moto::moto;
 use support::*;
 
@@ -135,12 +136,30 @@ async fn apply_ok(
     n: u8,
     platform: Result<Option<platform::Platform>, Vec<platform::PlatformError>>,
 ) -> ferry::aws::AwsOutcome {
-    let outcome = target
-        .apply(oid(n), platform, &AtomicBool::new(false))
+    let outcome = revise(target, oid(n), platform, &AtomicBool::new(false))
         .await
         .unwrap();
     assert!(outcome.succeeded(), "{:?}", outcome.results);
     outcome
+}
+
+/// The agent's way through this target: the gate's part (platform.yaml
+/// parsed), a plan, and that plan applied.
+async fn revise(
+    target: &mut AwsTarget,
+    commit: git2::Oid,
+    platform: Result<Option<platform::Platform>, Vec<platform::PlatformError>>,
+    cancel: &AtomicBool,
+) -> Result<ferry::aws::AwsOutcome, Failure> {
+    let platform = platform.map_err(|errors| {
+        Failure::problems(
+            Reason::Invalid,
+            "not applied",
+            errors.into_iter().map(Into::into).collect(),
+        )
+    })?;
+    let plan = target.plan(commit, platform.as_ref()).await?;
+    target.apply(plan, cancel).await
 }
 
 fn provenance(n: u8) -> Provenance {
@@ -235,10 +254,14 @@ async fn nodegroup_and_addon_changes_are_planned_then_applied() {
     assert!(again.changes.is_empty(), "{:?}", again.changes);
     let upgraded = eks_yaml("{min: 1, max: 4, desired: 2}", "  allow_upgrades: true\n")
         .replace("v1.19.0", "v1.20.0");
-    let outcome = target
-        .apply(oid(2), parse(&upgraded), &AtomicBool::new(false))
-        .await
-        .unwrap();
+    let outcome = revise(
+        &mut target,
+        oid(2),
+        parse(&upgraded),
+        &AtomicBool::new(false),
+    )
+    .await
+    .unwrap();
     assert!(outcome.succeeded(), "{:?}", outcome.results);
     assert_eq!(outcome.results.len(), 2, "{:?}", outcome.results);
     let live = live_nodegroup().await;
@@ -254,17 +277,17 @@ async fn invalid_scaling_is_refused_before_any_aws_call() {
     listener.set_nonblocking(true).unwrap();
     let config = target_config(&format!("http://{}", listener.local_addr().unwrap()), false);
     let mut target = AwsTarget::new("platform", "acme/platform", config);
-    let err = target
-        .apply(
-            oid(1),
-            parse(&eks_yaml("{min: 1, max: 3, desired: 5}", "")),
-            &AtomicBool::new(false),
-        )
-        .await
-        .unwrap_err();
-    assert!(err.is_revision_error());
+    let err = revise(
+        &mut target,
+        oid(1),
+        parse(&eks_yaml("{min: 1, max: 3, desired: 5}", "")),
+        &AtomicBool::new(false),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.reason, Reason::Invalid);
     assert_eq!(
-        err.to_string(),
+        err.problems[0].to_string(),
         "platform.yaml:7: eks.nodegroups[0].scaling.desired: desired 5 is outside min 1 .. max 3"
     );
     assert!(listener.accept().is_err(), "an AWS call was made");
@@ -284,8 +307,7 @@ async fn a_nodegroup_missing_in_aws_is_an_error_and_nothing_is_applied() {
         "acme/platform",
         target_config(&moto().url, false),
     );
-    let err = target
-        .apply(oid(1), parse(&text), &AtomicBool::new(false))
+    let err = revise(&mut target, oid(1), parse(&text), &AtomicBool::new(false))
         .await
         .unwrap_err();
     let text = err.to_string();
@@ -448,7 +470,7 @@ async fn sagemaker_endpoints_deploy_update_reweight_fail_safely_and_prune() {
         .unwrap();
     assert_eq!(plan.changes.len(), 1);
     assert_eq!(plan.changes[0].fields[0].field, "variants.primary.weight");
-    let outcome = target.apply(oid(3), Ok(Some(p)), &no).await.unwrap();
+    let outcome = revise(&mut target, oid(3), Ok(Some(p)), &no).await.unwrap();
     assert!(outcome.succeeded(), "{:?}", outcome.results);
     let endpoint = sm
         .describe_endpoint()
@@ -465,17 +487,17 @@ async fn sagemaker_endpoints_deploy_update_reweight_fail_safely_and_prune() {
     // A broken image: the deployment fails with SageMaker's reason, the
     // previous config keeps serving, nothing of it is cleaned up.
     let models_before = names("model").await;
-    let outcome = target
-        .apply(
-            oid(4),
-            parse(&sagemaker_yaml(&[
-                ("churn", "broken", 0.5),
-                ("fraud", "7", 1.0),
-            ])),
-            &no,
-        )
-        .await
-        .unwrap();
+    let outcome = revise(
+        &mut target,
+        oid(4),
+        parse(&sagemaker_yaml(&[
+            ("churn", "broken", 0.5),
+            ("fraud", "7", 1.0),
+        ])),
+        &no,
+    )
+    .await
+    .unwrap();
     assert!(!outcome.succeeded());
     let failure = outcome.failures().join("\n");
     assert!(
@@ -488,7 +510,11 @@ async fn sagemaker_endpoints_deploy_update_reweight_fail_safely_and_prune() {
         names("model").await.len() > models_before.len(),
         "the new model stays for inspection"
     );
-    assert!(target.needs_apply(oid(4)), "a failed revision is retried");
+    assert_ne!(
+        target.applied(),
+        Some(oid(4)),
+        "a failed revision is not the last good one"
+    );
 
     // Removed from git: drift with prune off, deleted with prune on.
     let only_churn = parse(&sagemaker_yaml(&[("churn", "2", 0.5)]))
@@ -510,8 +536,7 @@ async fn sagemaker_endpoints_deploy_update_reweight_fail_safely_and_prune() {
         "acme/platform",
         target_config(&moto().url, true),
     );
-    let outcome = pruning
-        .apply(oid(5), Ok(Some(only_churn)), &no)
+    let outcome = revise(&mut pruning, oid(5), Ok(Some(only_churn)), &no)
         .await
         .unwrap();
     assert!(outcome.succeeded(), "{:?}", outcome.results);
@@ -1211,5 +1236,84 @@ async fn a_refused_head_reaches_neither_the_cluster_nor_aws() {
     );
     let (_, calls) = moto.get("/ferry-test/calls");
     assert_eq!(calls.trim(), "{}", "AWS was called for a refused head");
+    stop_ferry(ferry);
+}
+
+/// One source feeding both targets, its head with valid manifests and an
+/// invalid platform.yaml: the commit is rejected whole at the gate. Neither
+/// the apiserver (audit log) nor AWS (moto's call counts) hears of it, and
+/// the status names the file and line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_platform_yaml_applies_nothing_of_the_same_commit() {
+    let moto = moto();
+    let _guard = moto.lock().await;
+    credentials();
+    let cp = control_plane();
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = Repo::new(tmp.path(), "platform");
+    let ns = unique_namespace("gate");
+    let head = repo.commit(
+        &[
+            (
+                "manifests/ns.yaml",
+                Some(&format!(
+                    "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {ns}\n"
+                )),
+            ),
+            (
+                "manifests/cm.yaml",
+                Some(
+                    "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: settings\ndata:\n  k: v\n",
+                ),
+            ),
+            (
+                "platform.yaml",
+                Some(&eks_yaml("{min: 1, max: 3, desired: 5}", "")),
+            ),
+        ],
+        "manifests fine, platform.yaml not",
+    );
+    let daemon = git_daemon(tmp.path(), free_port());
+    let port = free_port();
+    let config = tmp.path().join("ferry.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "cache_dir: {cache}\nserver:\n  listen: 127.0.0.1:{port}\n\
+             sources:\n  - name: platform\n    url: git://127.0.0.1:{dp}/platform.git\n    interval: 1s\n    max_backoff: 1s\n\
+             targets:\n  kubernetes:\n    source: platform\n    default_namespace: {ns}\n    allowed_namespaces: [{ns}]\n    health_timeout: 0s\n    kubeconfig: {kc}\n\
+             \x20 aws:\n    source: platform\n    region: {REGION}\n    endpoint_url: {url}\n    poll_interval: 50ms\n",
+            cache = tmp.path().join("cache").display(),
+            dp = daemon.port,
+            kc = cp.admin.display(),
+            url = moto.url,
+        ),
+    )
+    .unwrap();
+    let ferry = spawn_ferry(&config, &tmp.path().join("ferry.log"), port, &aws_env());
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let status = tokio::task::block_in_place(|| {
+        eventually(Duration::from_secs(30), "the head's verdict", || {
+            let (_, body) = http_get(addr, "/api/v1/status/platform");
+            let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+            (v["last_error"]["commit"] == head.as_str()).then_some(v)
+        })
+    });
+    // A few more polls: a rejected commit must not be retried into a write.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        audited_writes(&cp.audit_log, &ns).is_empty(),
+        "manifests of a rejected commit were applied: {:?}",
+        audited_writes(&cp.audit_log, &ns)
+    );
+    let (_, calls) = moto.get("/ferry-test/calls");
+    assert_eq!(calls.trim(), "{}", "AWS was called for a rejected commit");
+    assert_eq!(
+        status["last_error"]["kind"], "validation_failed",
+        "{status}"
+    );
+    let problem = &status["last_error"]["problems"][0];
+    assert_eq!(problem["file"], "platform.yaml", "{status}");
+    assert_eq!(problem["line"], 7, "{status}");
     stop_ferry(ferry);
 }

@@ -595,3 +595,110 @@ async fn two_instances_on_one_cluster_never_prune_each_other() {
     stop_ferry(a);
     stop_ferry(b);
 }
+
+/// A platform commit rejected for its content is evaluated once: it waits
+/// for git (no retry every interval, `consecutive_failures` stays 1, so
+/// `FerrySyncFailing` does not fire for it), while drift of the last good
+/// revision is still checked. The next push is applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejected_platform_commit_waits_for_git_and_drift_is_still_checked() {
+    let cp = control_plane();
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = Repo::new(tmp.path(), "platform");
+    let ns = unique_namespace("waits");
+    let ns_yaml = format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {ns}\n");
+    let cm = |mode: &str| {
+        format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: settings\ndata:\n  mode: {mode}\n"
+        )
+    };
+    let good = repo.commit(
+        &[
+            ("manifests/ns.yaml", Some(&ns_yaml)),
+            ("manifests/cm.yaml", Some(&cm("calm"))),
+        ],
+        "good",
+    );
+    let daemon = git_daemon(tmp.path(), free_port());
+    let port = free_port();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let config = write_config(tmp.path(), port, daemon.port, &ns, false);
+    let ferry = spawn_ferry(&config, &tmp.path().join("ferry.log"), port, &[]);
+    let wait = |what: &str, check: &dyn Fn(&serde_json::Value) -> bool| {
+        eventually(Duration::from_secs(30), what, || {
+            let v = status(addr);
+            check(&v).then_some(v)
+        })
+    };
+    wait("first apply", &|v| {
+        v["kubernetes"]["applied_revision"] == good.as_str()
+    });
+
+    // A namespace outside allowed_namespaces: rejected, nothing applied.
+    let bad = repo.commit(
+        &[(
+            "manifests/other.yaml",
+            Some("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: elsewhere\n  namespace: kube-system\n"),
+        )],
+        "bad",
+    );
+    let v = wait("the bad commit's verdict", &|v| {
+        v["last_error"]["commit"] == bad.as_str()
+    });
+    assert_eq!(v["consecutive_failures"], 1, "{v}");
+    let rejected = |metrics: &str| -> f64 {
+        metrics
+            .lines()
+            .filter(|l| l.starts_with("ferry_syncs_total{source=\"platform\","))
+            .filter(|l| !l.contains("result=\"success\"") && !l.contains("result=\"unchanged\""))
+            .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+            .sum()
+    };
+    let failed_syncs = rejected(&http_get(addr, "/metrics").1);
+
+    // Meanwhile a hand deletion from the last good revision is drift.
+    let client = ferry::kubernetes::client::connect(Some(&cp.admin))
+        .await
+        .unwrap();
+    let cms: Api<ConfigMap> = Api::namespaced(client, &ns);
+    cms.delete("settings", &Default::default()).await.unwrap();
+    let v = wait("drift of the last good revision", &|v| {
+        v["kubernetes"]["drift"].as_array().is_some_and(|d| {
+            d.iter()
+                .any(|o| o.as_str().is_some_and(|s| s.contains("settings")))
+        })
+    });
+    // Several intervals (1 s) have passed: the bad commit was not retried.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (_, metrics) = http_get(addr, "/metrics");
+    assert_eq!(
+        rejected(&metrics),
+        failed_syncs,
+        "the rejected commit was evaluated again without a push"
+    );
+    assert_series(
+        &metrics,
+        "ferry_source_consecutive_failures{source=\"platform\"}",
+        1.0,
+    );
+    let v2 = status(addr);
+    assert_eq!(v2["consecutive_failures"], 1, "{v2}");
+    assert_eq!(v2["kubernetes"]["applied_revision"], good.as_str(), "{v}");
+    assert!(
+        audited_writes(&cp.audit_log, "kube-system/configmaps/elsewhere").is_empty(),
+        "a rejected object was written"
+    );
+
+    // The fix is applied at the next push.
+    let fixed = repo.commit(&[("manifests/other.yaml", None)], "fixed");
+    let v = wait("the fix applied", &|v| {
+        v["kubernetes"]["applied_revision"] == fixed.as_str()
+    });
+    assert!(v["last_error"].is_null(), "{v}");
+    assert_eq!(v["consecutive_failures"], 0, "{v}");
+    assert!(
+        cms.get_opt("settings").await.unwrap().is_some(),
+        "the deleted object is back"
+    );
+    stop_ferry(ferry);
+}

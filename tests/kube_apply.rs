@@ -5,8 +5,10 @@ mod support;
 
 use ferry::config::KubernetesTargetConfig;
 use ferry::desired::manifests;
-use ferry::kubernetes::apply::{Applier, ApplyError, ApplyOutcome, LastApplied, Status};
+use ferry::kubernetes::apply::{Applier, ApplyError, ApplyOutcome, Status};
 use ferry::kubernetes::client;
+use ferry::kubernetes::last_applied::LastApplied;
+use ferry::kubernetes::plan::{self, Depth};
 use git2::{Oid, Repository};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::ConfigMap;
@@ -25,19 +27,37 @@ async fn apply(
     last: &mut Option<LastApplied>,
 ) -> Result<ApplyOutcome, ApplyError> {
     let client = admin().await;
+    apply_with(&client, repo, at, config, last).await
+}
+
+/// The agent's way: the revision's manifests (the gate), a plan made for
+/// applying, then that plan applied.
+async fn apply_with(
+    client: &kube::Client,
+    repo: &Repository,
+    at: Oid,
+    config: &KubernetesTargetConfig,
+    last: &mut Option<LastApplied>,
+) -> Result<ApplyOutcome, ApplyError> {
+    let manifests = manifests::read(repo, at, "manifests").map_err(ApplyError::Invalid)?;
+    let plan = plan::plan(
+        client,
+        "platform",
+        &at.to_string(),
+        config,
+        &manifests,
+        last.as_ref(),
+        Depth::Apply,
+    )
+    .await
+    .map_err(|e| ApplyError::Cluster(e.to_string()))?;
     let applier = Applier {
-        client: &client,
+        client,
         target: "platform",
         config,
         cancel: None,
     };
-    applier
-        .apply(
-            &at.to_string(),
-            manifests::read(repo, at, "manifests"),
-            last,
-        )
-        .await
+    applier.apply(plan, last).await
 }
 
 fn ns_yaml(ns: &str) -> String {
@@ -108,15 +128,15 @@ async fn create_update_and_prune_across_three_revisions() {
         ],
     );
     // The plan shows the prune before it happens, and what pruning keeps.
-    let plan = ferry::kubernetes::plan_revision(
+    let plan = plan_manifests(
         &client,
         "platform",
         &r2.to_string(),
         &config,
         manifests::read(&repo, r2, "manifests"),
+        None,
     )
-    .await
-    .unwrap();
+    .await;
     let planned = |name: &str| plan.objects.iter().find(|o| o.id.name == name).cloned();
     assert_eq!(
         planned("b").unwrap().action,
@@ -460,18 +480,7 @@ async fn the_restricted_user_applies_what_ferrys_role_allows_and_is_refused_the_
     );
     let restricted = client::connect(Some(&cp.restricted)).await.unwrap();
     let config = kube_target(&ns, false);
-    let applier = Applier {
-        client: &restricted,
-        target: "platform",
-        config: &config,
-        cancel: None,
-    };
-    let out = applier
-        .apply(
-            &r.to_string(),
-            manifests::read(&repo, r, "manifests"),
-            &mut None,
-        )
+    let out = apply_with(&restricted, &repo, r, &config, &mut None)
         .await
         .unwrap();
     let by = |name: &str| {

@@ -7,9 +7,10 @@ use std::process::Command;
 
 use ferry::config::KubernetesTargetConfig;
 use ferry::desired::manifests;
+use ferry::kubernetes::client;
+use ferry::kubernetes::client::api_for;
 use ferry::kubernetes::discovery::Catalog;
-use ferry::kubernetes::plan::{Action, Plan, api_for};
-use ferry::kubernetes::{client, plan_revision};
+use ferry::kubernetes::plan::{Action, Plan};
 use git2::{Oid, Repository};
 use kube::api::{Patch, PatchParams};
 use support::*;
@@ -25,9 +26,15 @@ fn commit(repo: &Repository, files: &[(&str, String)]) -> Oid {
 async fn plan(repo: &Repository, at: Oid, config: &KubernetesTargetConfig) -> Plan {
     let client = client::connect(Some(&control_plane().admin)).await.unwrap();
     let manifests = manifests::read(repo, at, "manifests");
-    plan_revision(&client, "platform", &at.to_string(), config, manifests)
-        .await
-        .unwrap()
+    plan_manifests(
+        &client,
+        "platform",
+        &at.to_string(),
+        config,
+        manifests,
+        None,
+    )
+    .await
 }
 
 /// Applies a revision's objects the way a previous ferry apply would have

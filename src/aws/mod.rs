@@ -18,6 +18,7 @@ use serde::Serialize;
 
 use crate::config::AwsTargetConfig;
 use crate::desired::platform::{Platform, PlatformError};
+use crate::report::comment::{Section, TargetPreview};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AwsError {
@@ -70,6 +71,9 @@ pub(crate) enum Op {
 /// What applying a revision would change.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct AwsPlan {
+    /// The clients and provenance the plan was made with, for apply.
+    #[serde(skip)]
+    pub(crate) basis: Option<(Clients, Provenance)>,
     pub revision: String,
     pub changes: Vec<Change>,
     /// Differences ferry will not apply (instance types, upgrades without
@@ -94,6 +98,61 @@ impl AwsPlan {
                 fields,
                 op,
             });
+        }
+    }
+
+    /// In the PR comment's target-neutral words.
+    pub fn preview(&self) -> TargetPreview {
+        let plan = self;
+        use Action as AwsAction;
+        let count = |a: AwsAction| plan.changes.iter().filter(|c| c.action == a).count();
+        let mut sections: Vec<Section> = plan
+            .changes
+            .iter()
+            .map(|c| Section {
+                title: format!(
+                    "{} {}",
+                    match c.action {
+                        AwsAction::Create => "+",
+                        AwsAction::Update => "~",
+                        AwsAction::Delete => "-",
+                    },
+                    c.resource
+                ),
+                lines: c
+                    .fields
+                    .iter()
+                    .flat_map(|f| {
+                        let mut lines = Vec::new();
+                        if !f.before.is_empty() {
+                            lines.push(format!("- {}: {}", f.field, f.before));
+                        }
+                        if !f.after.is_empty() {
+                            lines.push(format!("+ {}: {}", f.field, f.after));
+                        }
+                        lines
+                    })
+                    .collect(),
+            })
+            .collect();
+        for drift in &plan.drift {
+            sections.push(Section {
+                title: format!(
+                    "≠ not applied: {}",
+                    drift.split(": ").next().unwrap_or(drift)
+                ),
+                lines: vec![format!("# {drift}")],
+            });
+        }
+        TargetPreview {
+            target: "aws".into(),
+            create: count(AwsAction::Create),
+            update: count(AwsAction::Update),
+            delete: count(AwsAction::Delete),
+            unchanged: plan.unchanged,
+            failed: plan.errors.len(),
+            errors: plan.errors.clone(),
+            sections,
         }
     }
 
@@ -168,6 +227,7 @@ pub struct Provenance {
 }
 
 /// Clients for one revision's regions.
+#[derive(Debug, Clone)]
 pub struct Clients {
     pub eks: Option<aws_sdk_eks::Client>,
     pub sagemaker: Option<aws_sdk_sagemaker::Client>,
@@ -254,6 +314,7 @@ pub async fn plan(
 ) -> Result<AwsPlan, AwsError> {
     let mut plan = AwsPlan {
         revision: provenance.commit.clone(),
+        basis: Some((clients.clone(), provenance.clone())),
         ..AwsPlan::default()
     };
     if let (Some(eks), Some(client)) = (&platform.eks, &clients.eks) {

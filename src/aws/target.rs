@@ -1,22 +1,17 @@
-//! What the agent drives for one source: apply new revisions of
-//! platform.yaml, and re-read AWS every `drift_interval` to report drift.
+//! The AWS target as the agent drives it: plan `platform.yaml` against
+//! AWS, apply that plan, and remember the last good revision and when its
+//! drift was last checked.
 
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
 use git2::Oid;
-use serde::Serialize;
 
-use super::{AwsError, AwsOutcome, Limits, Provenance};
+use super::{AwsError, AwsOutcome, AwsPlan, Limits, Provenance};
 use crate::config::AwsTargetConfig;
-use crate::desired::platform::{Platform, PlatformError};
-
-#[derive(Debug, Clone, Serialize)]
-pub enum AwsSync {
-    Applied(AwsOutcome),
-    /// Differences between AWS and the applied revision.
-    Drift(Vec<String>),
-}
+use crate::desired::platform::Platform;
+use crate::problem::Problem;
+use crate::verdict::{Failure, Reason};
 
 pub struct AwsTarget {
     pub config: AwsTargetConfig,
@@ -37,8 +32,9 @@ impl AwsTarget {
         }
     }
 
-    pub fn needs_apply(&self, commit: Oid) -> bool {
-        self.applied != Some(commit)
+    /// The last revision applied in full.
+    pub fn applied(&self) -> Option<Oid> {
+        self.applied
     }
 
     pub fn drift_due(&self) -> bool {
@@ -46,75 +42,94 @@ impl AwsTarget {
             .is_none_or(|at| at.elapsed() >= self.config.drift_interval)
     }
 
-    fn provenance(&self, commit: Oid) -> Provenance {
-        Provenance {
+    pub fn drift_checked(&mut self) {
+        self.last_drift_check = Some(Instant::now());
+    }
+
+    /// Plans `platform` (None: the file is absent, which declares nothing)
+    /// of `commit` against AWS. Reads only.
+    pub async fn plan(&self, commit: Oid, platform: Option<&Platform>) -> Result<AwsPlan, Failure> {
+        let Some(platform) = platform else {
+            return Ok(AwsPlan {
+                revision: commit.to_string(),
+                ..AwsPlan::default()
+            });
+        };
+        let provenance = Provenance {
             source: self.source.clone(),
             repo: self.repo.clone(),
             commit: commit.to_string(),
-        }
+        };
+        let clients = super::clients(platform, &self.config).await;
+        super::plan(&clients, platform, &provenance, self.config.prune)
+            .await
+            .map_err(|e| match e {
+                AwsError::Invalid(errors) => Failure::problems(
+                    Reason::Invalid,
+                    "not applied",
+                    errors.into_iter().map(Problem::from).collect(),
+                ),
+                AwsError::Api(message) => Failure::new(
+                    Reason::AwsUnavailable,
+                    format!("cannot plan against AWS: {message}"),
+                ),
+            })
     }
 
-    /// Validates, plans and applies `commit`. A revision without the file
-    /// declares nothing, and nothing is touched.
+    /// Applies `plan`; each update is followed to its end. A plan with
+    /// errors (e.g. a nodegroup missing in AWS) applies nothing.
     pub async fn apply(
         &mut self,
-        commit: Oid,
-        platform: Result<Option<Platform>, Vec<PlatformError>>,
+        plan: AwsPlan,
         cancel: &AtomicBool,
-    ) -> Result<AwsOutcome, AwsError> {
-        let platform = platform.map_err(AwsError::Invalid)?;
-        let Some(platform) = platform else {
-            self.applied = Some(commit);
-            self.last_drift_check = Some(Instant::now());
-            return Ok(AwsOutcome {
-                revision: commit.to_string(),
+    ) -> Result<AwsOutcome, Failure> {
+        if !plan.errors.is_empty() {
+            return Err(Failure::problems(
+                Reason::Refused,
+                "not applied",
+                plan.problems(&self.config.file),
+            ));
+        }
+        let commit = Oid::from_str(&plan.revision).ok();
+        let outcome = match &plan.basis {
+            None => AwsOutcome {
+                revision: plan.revision.clone(),
                 results: Vec::new(),
                 drift: Vec::new(),
                 cleaned: Vec::new(),
-            });
+            },
+            Some((clients, provenance)) => {
+                super::apply(
+                    clients,
+                    &plan,
+                    provenance,
+                    &Limits::from(&self.config),
+                    cancel,
+                )
+                .await
+            }
         };
-        let clients = super::clients(&platform, &self.config).await;
-        let provenance = self.provenance(commit);
-        let plan = super::plan(&clients, &platform, &provenance, self.config.prune).await?;
-        if !plan.errors.is_empty() {
-            // Nothing is applied from a revision AWS cannot take whole.
-            return Err(AwsError::Api(plan.errors.join("; ")));
-        }
-        let outcome = super::apply(
-            &clients,
-            &plan,
-            &provenance,
-            &Limits::from(&self.config),
-            cancel,
-        )
-        .await;
         if outcome.succeeded() {
-            self.applied = Some(commit);
+            self.applied = commit;
         }
-        self.last_drift_check = Some(Instant::now());
+        self.drift_checked();
         Ok(outcome)
     }
+}
 
-    /// Plans the applied revision again: every change it would make, and
-    /// every difference it will not make, is drift.
-    pub async fn check_drift(
-        &mut self,
-        commit: Oid,
-        platform: Result<Option<Platform>, Vec<PlatformError>>,
-    ) -> Result<Vec<String>, AwsError> {
-        self.last_drift_check = Some(Instant::now());
-        let Some(platform) = platform.map_err(AwsError::Invalid)? else {
-            return Ok(Vec::new());
-        };
-        let clients = super::clients(&platform, &self.config).await;
-        let plan = super::plan(
-            &clients,
-            &platform,
-            &self.provenance(commit),
-            self.config.prune,
-        )
-        .await?;
-        let mut drift: Vec<String> = plan
+impl AwsPlan {
+    /// Problems that make the revision unappliable, against `file`.
+    pub fn problems(&self, file: &str) -> Vec<Problem> {
+        self.errors
+            .iter()
+            .map(|e| Problem::new(file, None, e.clone()))
+            .collect()
+    }
+
+    /// Every change it would make and every difference it will not make:
+    /// the drift of an applied revision.
+    pub fn drifted(&self) -> Vec<String> {
+        let mut drift: Vec<String> = self
             .changes
             .iter()
             .map(|c| {
@@ -126,8 +141,8 @@ impl AwsTarget {
                 format!("{}: {}", c.resource, fields.join(", "))
             })
             .collect();
-        drift.extend(plan.drift);
-        drift.extend(plan.errors);
-        Ok(drift)
+        drift.extend(self.drift.iter().cloned());
+        drift.extend(self.errors.iter().cloned());
+        drift
     }
 }

@@ -101,6 +101,27 @@ pub struct DagsOutcome {
     pub duration_ms: u64,
 }
 
+/// A revision staged and checked, not yet live.
+pub struct DagsPlan {
+    pub commit: Oid,
+    /// None when the revision is already live.
+    staged: Option<publish::Staged>,
+    snapshot: Snapshot,
+    pub warnings: Vec<Problem>,
+    pub hook: Option<HookReport>,
+    started: Instant,
+}
+
+impl DagsPlan {
+    pub fn files(&self) -> usize {
+        self.snapshot.files.len()
+    }
+
+    pub fn is_live(&self) -> bool {
+        self.staged.is_none()
+    }
+}
+
 pub struct DagsTarget {
     config: DagsTargetConfig,
     publisher: Publisher,
@@ -133,6 +154,10 @@ impl DagsTarget {
         self.background_prune = on;
     }
 
+    pub fn config(&self) -> &DagsTargetConfig {
+        &self.config
+    }
+
     pub fn publisher(&self) -> &Publisher {
         &self.publisher
     }
@@ -142,45 +167,57 @@ impl DagsTarget {
         self.publisher.current()
     }
 
-    /// Validates `commit` and, if the policy allows, publishes it.
+    /// Validates `commit` and, if the policy allows, publishes it: the
+    /// one-shot path (`ferry publish-dags`), the gate's DAGs part and then
+    /// [`DagsTarget::plan`] and [`DagsTarget::apply`].
     pub fn sync(
         &mut self,
         repo: &Repository,
         commit: Oid,
         cancel: &AtomicBool,
     ) -> Result<DagsOutcome, DagsError> {
-        let started = Instant::now();
         // Phase lines let kill drills tell where an interrupted run stopped.
         tracing::debug!(%commit, "phase: validate");
         let snapshot = snapshot::read(repo, commit, &self.config.subdir)?;
         let problems = self.checker.check(repo, &snapshot, &self.config.subdir);
-        let policy = self.config.validation.policy;
-        if !problems.is_empty() && policy == ValidationPolicy::Block {
+        if !problems.is_empty() && self.config.validation.policy == ValidationPolicy::Block {
             return Err(DagsError::Blocked {
                 commit,
                 problems,
                 hook: None,
             });
         }
+        let plan = self.plan(repo, snapshot, problems, cancel)?;
+        Ok(self.apply(plan)?)
+    }
 
+    /// Stages `snapshot` (already checked; `warnings` are its problems under
+    /// the `warn` policy) next to the live revision, reusing its unchanged
+    /// files, and runs the validation command in it. Nothing live changes:
+    /// the plan is published by [`DagsTarget::apply`] or thrown away by
+    /// [`DagsTarget::discard`].
+    pub fn plan(
+        &mut self,
+        repo: &Repository,
+        snapshot: Snapshot,
+        warnings: Vec<Problem>,
+        cancel: &AtomicBool,
+    ) -> Result<DagsPlan, DagsError> {
+        let started = Instant::now();
+        let commit = snapshot.commit;
         let current = self.publisher.current();
         if current == Some(commit) {
             // Already live, so it passed validation when it was published.
-            let skipped = snapshot.skipped.clone();
-            self.live = Some(snapshot);
-            return Ok(DagsOutcome {
-                commit: commit.to_string(),
-                published: false,
-                stats: PublishStats::default(),
-                warnings: problems,
+            return Ok(DagsPlan {
+                commit,
+                staged: None,
+                snapshot,
+                warnings,
                 hook: None,
-                skipped,
-                pruned: Vec::new(),
-                duration_ms: elapsed_ms(started),
+                started,
             });
         }
         self.ensure_live_snapshot(repo, current);
-
         tracing::debug!(%commit, "phase: stage");
         let staged = self.publisher.stage(repo, &snapshot, self.live.as_ref())?;
         let hook = if self.config.validation.command.is_empty() {
@@ -204,33 +241,73 @@ impl DagsTarget {
                     return Err(err.into());
                 }
             };
-            if !report.success && policy == ValidationPolicy::Block {
+            if !report.success && self.config.validation.policy == ValidationPolicy::Block {
                 self.publisher.discard(staged);
                 return Err(DagsError::Blocked {
                     commit,
-                    problems,
+                    problems: warnings,
                     hook: Some(report),
                 });
             }
             Some(report)
         };
+        Ok(DagsPlan {
+            commit,
+            staged: Some(staged),
+            snapshot,
+            warnings,
+            hook,
+            started,
+        })
+    }
+
+    /// Publishes `plan`: one atomic link swap, then pruning.
+    pub fn apply(&mut self, plan: DagsPlan) -> Result<DagsOutcome, PublishError> {
+        let DagsPlan {
+            commit,
+            staged,
+            snapshot,
+            warnings,
+            hook,
+            started,
+        } = plan;
+        let skipped = snapshot.skipped.clone();
+        let Some(staged) = staged else {
+            self.live = Some(snapshot);
+            return Ok(DagsOutcome {
+                commit: commit.to_string(),
+                published: false,
+                stats: PublishStats::default(),
+                warnings,
+                hook: None,
+                skipped,
+                pruned: Vec::new(),
+                duration_ms: elapsed_ms(started),
+            });
+        };
         let stats = staged.stats;
         tracing::debug!(%commit, "phase: swap");
         self.publisher.publish(staged)?;
         tracing::debug!(%commit, "phase: prune");
-        let skipped = snapshot.skipped.clone();
         self.live = Some(snapshot);
         let pruned = self.prune();
         Ok(DagsOutcome {
             commit: commit.to_string(),
             published: true,
             stats,
-            warnings: problems,
+            warnings,
             hook,
             skipped,
             pruned,
             duration_ms: elapsed_ms(started),
         })
+    }
+
+    /// Throws a plan away: its staged directory is removed.
+    pub fn discard(&self, plan: DagsPlan) {
+        if let Some(staged) = plan.staged {
+            self.publisher.discard(staged);
+        }
     }
 
     /// Removes revisions outside the retention window. Synchronously it

@@ -17,25 +17,7 @@ use serde::Serialize;
 
 use super::snapshot::Snapshot;
 
-/// One problem in one file, as reviewers and the status API see it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Problem {
-    /// Path relative to the repository root.
-    pub file: String,
-    pub line: Option<usize>,
-    pub column: Option<usize>,
-    pub message: String,
-}
-
-impl std::fmt::Display for Problem {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match (self.line, self.column) {
-            (Some(l), Some(c)) => write!(f, "{}:{l}:{c}: {}", self.file, self.message),
-            (Some(l), None) => write!(f, "{}:{l}: {}", self.file, self.message),
-            _ => write!(f, "{}: {}", self.file, self.message),
-        }
-    }
-}
+pub use crate::problem::Problem;
 
 /// (line, column, message) of a syntax error; `None` for a clean file.
 type ParseVerdict = Option<(usize, usize, String)>;
@@ -74,6 +56,7 @@ impl PythonChecker {
                     file: repo_path(prefix, &file.path),
                     line: Some(line),
                     column: Some(column),
+                    document: None,
                     message,
                 });
             }

@@ -1,6 +1,130 @@
-//! Desired state: one commit of the platform repo, read into typed values.
-//! Pure: reads git objects, talks to nothing.
+//! Desired state: one commit, read once into what it declares for every
+//! target its source feeds. This is the gate: any problem in any part (a
+//! DAG that does not parse, a bad manifest, a bad platform.yaml) rejects the
+//! whole commit before any target sees it. Reads git objects and parses;
+//! talks to no live system.
 
+pub mod checkout;
 pub mod manifests;
 pub mod platform;
 pub mod resolve;
+
+use crate::config::ValidationPolicy;
+use crate::dags::{PythonChecker, Snapshot, snapshot};
+use crate::problem::Problem;
+use crate::revision::Revision;
+use manifests::{Manifest, ManifestError};
+use platform::{Platform, PlatformError};
+
+/// Which parts of a commit the targets fed by one source read.
+#[derive(Debug, Clone, Default)]
+pub struct Feeds {
+    pub dags: Option<DagsFeed>,
+    /// The Kubernetes target's manifests directory.
+    pub manifests: Option<String>,
+    /// The AWS target's declaration file (`platform.yaml`).
+    pub platform: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct DagsFeed {
+    pub subdir: String,
+    pub policy: ValidationPolicy,
+}
+
+/// Everything one accepted commit declares.
+pub struct Desired {
+    pub revision: Revision,
+    pub dags: Option<DagsDesired>,
+    pub manifests: Option<Vec<Manifest>>,
+    /// `Some(None)`: the source feeds AWS and the file is absent, which
+    /// declares nothing (and changes nothing).
+    pub platform: Option<Option<Platform>>,
+}
+
+pub struct DagsDesired {
+    pub snapshot: Snapshot,
+    /// Problems published anyway under the `warn` policy.
+    pub warnings: Vec<Problem>,
+}
+
+/// A commit the gate refused, with every problem found in every part.
+#[derive(Debug, Clone)]
+pub struct Rejection {
+    pub problems: Vec<Problem>,
+}
+
+/// Reads every part of `revision` that `feeds` names. `checker` remembers
+/// Python verdicts by blob, so an unchanged file is parsed once per process.
+pub fn read(
+    revision: &Revision,
+    feeds: &Feeds,
+    checker: &mut PythonChecker,
+) -> Result<Desired, Rejection> {
+    let repo = revision.open().map_err(|e| Rejection {
+        problems: vec![Problem::new(
+            "",
+            None,
+            format!("cannot open the mirror: {}", e.message()),
+        )],
+    })?;
+    let mut problems = Vec::new();
+    let dags = feeds.dags.as_ref().and_then(|feed| {
+        let snapshot = match snapshot::read(&repo, revision.commit, &feed.subdir) {
+            Ok(s) => s,
+            Err(e) => {
+                problems.push(Problem::new("", None, e.to_string()));
+                return None;
+            }
+        };
+        let found = checker.check(&repo, &snapshot, &feed.subdir);
+        if feed.policy == ValidationPolicy::Block {
+            problems.extend(found);
+            Some(DagsDesired {
+                snapshot,
+                warnings: Vec::new(),
+            })
+        } else {
+            Some(DagsDesired {
+                snapshot,
+                warnings: found,
+            })
+        }
+    });
+    let manifests = feeds.manifests.as_ref().and_then(|dir| {
+        manifests::read(&repo, revision.commit, dir)
+            .map_err(|errors| problems.extend(errors.into_iter().map(Problem::from)))
+            .ok()
+    });
+    let platform = feeds.platform.as_ref().and_then(|file| {
+        platform::read(&repo, revision.commit, file)
+            .map_err(|errors| problems.extend(errors.into_iter().map(Problem::from)))
+            .ok()
+    });
+    if !problems.is_empty() {
+        return Err(Rejection { problems });
+    }
+    Ok(Desired {
+        revision: revision.clone(),
+        dags,
+        manifests,
+        platform,
+    })
+}
+
+impl From<ManifestError> for Problem {
+    fn from(e: ManifestError) -> Problem {
+        let line = (e.origin.line > 0).then_some(e.origin.line);
+        Problem {
+            // As ManifestError says it: `file:line (document N): message`.
+            document: Some(e.origin.document),
+            ..Problem::new(&e.origin.file, line, e.message)
+        }
+    }
+}
+
+impl From<PlatformError> for Problem {
+    fn from(e: PlatformError) -> Problem {
+        Problem::new(&e.file, e.line, format!("{}: {}", e.key, e.message))
+    }
+}

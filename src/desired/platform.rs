@@ -496,16 +496,27 @@ pub fn read_mirror(
     commit: git2::Oid,
     file: &str,
 ) -> Result<Option<Platform>, Vec<PlatformError>> {
-    let general = |message: String| {
-        vec![PlatformError {
-            file: file.to_string(),
-            line: None,
-            key: "(file)".into(),
-            message,
-        }]
-    };
     let repo = git2::Repository::open_bare(mirror)
-        .map_err(|e| general(format!("cannot open the mirror: {}", e.message())))?;
+        .map_err(|e| general(file, format!("cannot open the mirror: {}", e.message())))?;
+    read(&repo, commit, file)
+}
+
+fn general(file: &str, message: String) -> Vec<PlatformError> {
+    vec![PlatformError {
+        file: file.to_string(),
+        line: None,
+        key: "(file)".into(),
+        message,
+    }]
+}
+
+/// Reads `file` at `commit`; None when the file is absent.
+pub fn read(
+    repo: &git2::Repository,
+    commit: git2::Oid,
+    file: &str,
+) -> Result<Option<Platform>, Vec<PlatformError>> {
+    let general = |message: String| general(file, message);
     let tree = repo
         .find_commit(commit)
         .and_then(|c| c.tree())

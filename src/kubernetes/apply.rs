@@ -15,16 +15,15 @@ use kube::Client;
 use kube::api::{DeleteParams, Patch, PatchParams, PropagationPolicy};
 use serde::Serialize;
 
+use super::client::{api_for, describe};
 use super::discovery::Catalog;
 use super::health::{self, Health};
-use super::inventory::{self, Entry, MANAGED_BY_LABEL, MANAGED_BY_VALUE};
-use super::plan::{FIELD_MANAGER, api_for, describe};
+use super::inventory::{self, Entry};
+use super::last_applied::{AppliedObject, CONCURRENCY, LastApplied, digest};
+use super::ownership::{FIELD_MANAGER, kept_because};
+use super::plan::Plan;
 use crate::config::KubernetesTargetConfig;
 use crate::desired::manifests::{Manifest, ManifestError, ObjectRef};
-use crate::desired::resolve::{self, Policy};
-
-pub const PRUNE_ANNOTATION: &str = "ferry.dev/prune";
-const CONCURRENCY: usize = 16;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
@@ -95,31 +94,6 @@ fn wave(id: &ObjectRef) -> u8 {
 
 const LAST_WAVE: u8 = 4;
 
-/// One object as the last successful apply left it.
-#[derive(Debug, Clone)]
-struct AppliedObject {
-    api_version: String,
-    resource_version: String,
-    /// Digest of the object ferry sent.
-    digest: u64,
-}
-
-/// What the last successful apply left behind, for the fast paths: an
-/// object whose content is unchanged and whose live resourceVersion is
-/// still the one ferry's apply produced is not sent again.
-#[derive(Debug, Clone, Default)]
-pub struct LastApplied {
-    objects: HashMap<ObjectRef, AppliedObject>,
-    inventory: Vec<Entry>,
-}
-
-fn digest(object: &serde_json::Value) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    object.to_string().hash(&mut h);
-    h.finish()
-}
-
 pub struct Applier<'a> {
     pub client: &'a Client,
     pub target: &'a str,
@@ -137,35 +111,24 @@ impl Applier<'_> {
             .unwrap_or(&self.config.default_namespace)
     }
 
-    /// Applies `manifests` (from [`crate::desired::manifests::read`]) as `revision`.
+    /// Applies what `plan` planned (discovery, resolved objects, inventory
+    /// and the untouched ones are the plan's, not found out again). A plan
+    /// with errors applies nothing.
     pub async fn apply(
         &self,
-        revision: &str,
-        manifests: Result<Vec<Manifest>, Vec<ManifestError>>,
+        plan: Plan,
         last: &mut Option<LastApplied>,
     ) -> Result<ApplyOutcome, ApplyError> {
-        let manifests = manifests.map_err(ApplyError::Invalid)?;
+        let revision = plan.revision.as_str();
+        let basis = match plan.basis {
+            Some(basis) if plan.errors.is_empty() => basis,
+            _ => return Err(ApplyError::Invalid(plan.errors)),
+        };
         let cluster = |e: kube::Error| ApplyError::Cluster(describe(&e));
-        let mut catalog = Catalog::discover(self.client)
-            .await
-            .map_err(cluster)?
-            .with_crds_from(&manifests);
-        let policy = Policy {
-            default_namespace: self.config.default_namespace.clone(),
-            allowed_namespaces: self.config.allowed_namespaces.clone(),
-            allowed_kinds: self.config.allowed_kinds.clone(),
-        };
-        let mut resolved = resolve::resolve(manifests, |g, k| catalog.scope(g, k), &policy)
-            .map_err(ApplyError::Invalid)?;
-        for manifest in &mut resolved {
-            label_as_ours(&mut manifest.object);
-        }
+        let mut catalog = basis.catalog;
+        let mut resolved = basis.resolved;
         resolved.sort_by_key(|m| wave(&m.id));
-
-        let untouched = match last.as_ref() {
-            Some(previous) => self.untouched(&catalog, &resolved, previous).await,
-            None => HashSet::new(),
-        };
+        let untouched = basis.untouched;
         let same_set = last.as_ref().is_some_and(|l| {
             l.objects.len() == resolved.len()
                 && resolved.iter().all(|m| l.objects.contains_key(&m.id))
@@ -178,17 +141,7 @@ impl Applier<'_> {
             });
         }
 
-        let previous = match last.as_ref() {
-            Some(l) => l.inventory.clone(),
-            None => inventory::load(
-                self.client,
-                self.inventory_namespace(),
-                self.target,
-                &self.config.owner,
-            )
-            .await
-            .map_err(cluster)?,
-        };
+        let previous = basis.previous;
         let mut outcomes = Vec::new();
         let mut applied: HashMap<ObjectRef, AppliedObject> = HashMap::new();
         for m in resolved.iter().filter(|m| untouched.contains(&m.id)) {
@@ -482,29 +435,8 @@ impl Applier<'_> {
             Ok(None) => return outcome(Status::Pruned, None),
             Err(err) => return outcome(Status::Failed, Some(describe(&err))),
         };
-        let meta = &live.metadata;
-        if meta
-            .annotations
-            .as_ref()
-            .and_then(|a| a.get(PRUNE_ANNOTATION))
-            .map(String::as_str)
-            == Some("disabled")
-        {
-            return outcome(Status::Kept, Some(format!("{PRUNE_ANNOTATION}: disabled")));
-        }
-        if meta
-            .labels
-            .as_ref()
-            .and_then(|l| l.get(MANAGED_BY_LABEL))
-            .map(String::as_str)
-            != Some(MANAGED_BY_VALUE)
-        {
-            return outcome(
-                Status::Kept,
-                Some(format!(
-                    "no longer labelled {MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"
-                )),
-            );
+        if let Some(why) = kept_because(&live.metadata) {
+            return outcome(Status::Kept, Some(why));
         }
         let params = DeleteParams {
             propagation_policy: Some(PropagationPolicy::Background),
@@ -515,33 +447,6 @@ impl Applier<'_> {
             Err(kube::Error::Api(status)) if status.code == 404 => outcome(Status::Pruned, None),
             Err(err) => outcome(Status::Failed, Some(describe(&err))),
         }
-    }
-
-    /// Reads only: the objects whose content is what ferry last sent and
-    /// whose live resourceVersion is still the one that apply produced.
-    async fn untouched(
-        &self,
-        catalog: &Catalog,
-        resolved: &[Manifest],
-        last: &LastApplied,
-    ) -> HashSet<ObjectRef> {
-        let checks: Vec<Option<ObjectRef>> = futures::stream::iter(0..resolved.len())
-            .map(|i| async move {
-                let m = &resolved[i];
-                let known = last.objects.get(&m.id)?;
-                if known.digest != digest(&m.object) || known.api_version != m.api_version {
-                    return None;
-                }
-                let resource = catalog.api_resource(&known.api_version, &m.id.kind)?;
-                let api = api_for(self.client, &resource, m.id.namespace.as_deref());
-                let live = api.get_opt(&m.id.name).await.ok()??;
-                (live.metadata.resource_version.as_ref() == Some(&known.resource_version))
-                    .then(|| m.id.clone())
-            })
-            .buffered(CONCURRENCY)
-            .collect()
-            .await;
-        checks.into_iter().flatten().collect()
     }
 }
 
@@ -558,20 +463,4 @@ fn catalog_needs_refresh(catalog: &Catalog, batch: &[&Manifest]) -> bool {
     batch
         .iter()
         .any(|m| catalog.is_pending(&m.id.group, &m.id.kind))
-}
-
-/// Marks an object as ferry's. Plan and apply both send the labelled
-/// object, so a plan never shows the label as a change.
-pub(crate) fn label_as_ours(object: &mut serde_json::Value) {
-    if let Some(meta) = object.get_mut("metadata").and_then(|m| m.as_object_mut()) {
-        let labels = meta
-            .entry("labels")
-            .or_insert_with(|| serde_json::Value::Object(Default::default()));
-        if let Some(labels) = labels.as_object_mut() {
-            labels.insert(
-                MANAGED_BY_LABEL.into(),
-                serde_json::Value::String(MANAGED_BY_VALUE.into()),
-            );
-        }
-    }
 }

@@ -35,3 +35,26 @@ pub async fn connect(kubeconfig: Option<&Path>) -> Result<Client, ClientError> {
     };
     Client::try_from(config).map_err(|e| ClientError::Build(e.to_string()))
 }
+
+/// The API for objects of `resource`, in `namespace` or cluster-wide.
+pub fn api_for(
+    client: &Client,
+    resource: &kube::discovery::ApiResource,
+    namespace: Option<&str>,
+) -> kube::Api<kube::api::DynamicObject> {
+    match namespace {
+        Some(ns) => kube::Api::namespaced_with(client.clone(), ns, resource),
+        None => kube::Api::all_with(client.clone(), resource),
+    }
+}
+
+/// The server's own words, with its HTTP code; a conflict names the
+/// other field manager (the server's message already does).
+pub fn describe(err: &kube::Error) -> String {
+    match err {
+        kube::Error::Api(status) => {
+            format!("{} ({} {})", status.message, status.code, status.reason)
+        }
+        other => other.to_string(),
+    }
+}

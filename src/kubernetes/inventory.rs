@@ -11,11 +11,9 @@ use kube::Client;
 use kube::api::{Api, Patch, PatchParams};
 use serde::{Deserialize, Serialize};
 
-use super::plan::FIELD_MANAGER;
+use super::ownership::{FIELD_MANAGER, MANAGED_BY_LABEL, MANAGED_BY_VALUE};
 use crate::desired::manifests::ObjectRef;
 
-pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
-pub const MANAGED_BY_VALUE: &str = "ferry";
 const KEY: &str = "objects.json";
 const OWNER_ANNOTATION: &str = "ferry.dev/owner";
 

@@ -8,20 +8,20 @@ use std::collections::HashSet;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::Client;
-use kube::api::{Api, DynamicObject, Patch, PatchParams};
-use kube::discovery::ApiResource;
+use kube::api::{Api, Patch, PatchParams};
 use serde::Serialize;
 
-use super::apply::PRUNE_ANNOTATION;
-use super::diff::{self, FieldChange};
+use super::client::{api_for, describe};
+use super::diff::{self, FieldChange, Op};
 use super::discovery::Catalog;
-use super::inventory::{Entry, MANAGED_BY_LABEL, MANAGED_BY_VALUE};
+use super::inventory::{self, Entry};
+use super::last_applied::{CONCURRENCY, LastApplied};
+use super::ownership::{FIELD_MANAGER, kept_because, label_as_ours};
+use crate::config::KubernetesTargetConfig;
 use crate::desired::manifests::{Manifest, ManifestError, ObjectRef, Origin};
-
-pub const FIELD_MANAGER: &str = "ferry";
-
-/// Requests in flight at once; enough to hide latency, gentle on the server.
-const CONCURRENCY: usize = 16;
+use crate::desired::resolve::{self, Policy};
+use crate::problem::Problem;
+use crate::report::comment::{Section, TargetPreview};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -65,14 +65,128 @@ impl ObjectPlan {
     }
 }
 
-/// The plan of one target for one revision; the PR preview renders this.
+/// The plan of one target for one revision: what `ferry plan` prints, the
+/// PR comment shows and drift checks compare, and what apply consumes.
 #[derive(Debug, Clone, Serialize)]
 pub struct Plan {
     pub target: String,
     pub revision: String,
+    /// Per-object results of the dry run; empty in a plan made only to be
+    /// applied ([`Depth::Apply`]), whose outcome reports every object.
     pub objects: Vec<ObjectPlan>,
-    /// Problems in the revision itself (parse, allow-lists, duplicates).
+    /// Problems with the revision against this cluster (allow-lists, kinds
+    /// the cluster does not serve, duplicates): nothing of it is applied.
     pub errors: Vec<ManifestError>,
+    #[serde(skip)]
+    pub(crate) basis: Option<Basis>,
+}
+
+/// What apply needs and the plan already found out: discovery, the
+/// objects resolved against it and labelled as ferry's, the inventory, and
+/// which objects are untouched since the last apply.
+#[derive(Debug, Clone)]
+pub(crate) struct Basis {
+    pub catalog: Catalog,
+    pub resolved: Vec<Manifest>,
+    pub previous: Vec<Entry>,
+    pub untouched: HashSet<ObjectRef>,
+}
+
+impl Plan {
+    /// The plan of a revision whose manifests do not even parse: nothing
+    /// is dry-run, and `errors` say why.
+    pub fn refused(target: &str, revision: &str, errors: Vec<ManifestError>) -> Plan {
+        Plan {
+            target: target.to_string(),
+            revision: revision.to_string(),
+            objects: Vec::new(),
+            errors,
+            basis: None,
+        }
+    }
+}
+
+/// How much a plan finds out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Depth {
+    /// Enough to apply: discovery, resolution, inventory, the fast path.
+    Apply,
+    /// Also every changed object dry-run by the server and diffed, and
+    /// every prune: for people (`ferry plan`, PR comments) and drift.
+    Review,
+}
+
+/// Plans one revision against the cluster: resolve `manifests` against
+/// what it serves, then (at [`Depth::Review`]) dry-run every object that
+/// changed since `last` and list what pruning would do to inventory entries
+/// the revision drops. Reads only.
+pub async fn plan(
+    client: &Client,
+    target: &str,
+    revision: &str,
+    config: &KubernetesTargetConfig,
+    manifests: &[Manifest],
+    last: Option<&LastApplied>,
+    depth: Depth,
+) -> Result<Plan, kube::Error> {
+    let mut plan = Plan {
+        target: target.to_string(),
+        revision: revision.to_string(),
+        objects: Vec::new(),
+        errors: Vec::new(),
+        basis: None,
+    };
+    let catalog = Catalog::discover(client).await?.with_crds_from(manifests);
+    let policy = Policy {
+        default_namespace: config.default_namespace.clone(),
+        allowed_namespaces: config.allowed_namespaces.clone(),
+        allowed_kinds: config.allowed_kinds.clone(),
+    };
+    let mut resolved =
+        match resolve::resolve(manifests.to_vec(), |g, k| catalog.scope(g, k), &policy) {
+            Ok(resolved) => resolved,
+            Err(errors) => {
+                plan.errors = errors;
+                return Ok(plan);
+            }
+        };
+    // Apply sends the object labelled as ferry's; so must the plan.
+    for m in &mut resolved {
+        label_as_ours(&mut m.object);
+    }
+    let previous = match last {
+        Some(l) => l.inventory.clone(),
+        None => {
+            let ns = config
+                .inventory_namespace
+                .as_deref()
+                .unwrap_or(&config.default_namespace);
+            inventory::load(client, ns, target, &config.owner).await?
+        }
+    };
+    let untouched = match last {
+        Some(l) => l.untouched(client, &catalog, &resolved).await,
+        None => HashSet::new(),
+    };
+    if depth == Depth::Review {
+        let prunable: &[Entry] = if config.prune { &previous } else { &[] };
+        plan.objects = plan_objects(
+            client,
+            &catalog,
+            &resolved,
+            prunable,
+            config.force,
+            &untouched,
+        )
+        .await;
+    }
+    plan.basis = Some(Basis {
+        catalog,
+        resolved,
+        previous,
+        untouched,
+    });
+    Ok(plan)
 }
 
 impl Plan {
@@ -85,6 +199,90 @@ impl Plan {
 
     pub fn failed(&self) -> usize {
         self.objects.iter().filter(|o| o.error.is_some()).count() + self.errors.len()
+    }
+
+    /// Would applying change anything (create, update, prune)?
+    pub fn changes(&self) -> bool {
+        self.objects.iter().any(|o| o.action != Action::Unchanged)
+    }
+
+    /// The revision's problems against this cluster, with file and line.
+    pub fn problems(&self) -> Vec<Problem> {
+        self.errors.iter().cloned().map(Problem::from).collect()
+    }
+
+    /// Objects that differ from the revision, or that the server refuses:
+    /// the drift of an applied revision.
+    pub fn drifted(&self) -> Vec<String> {
+        self.objects
+            .iter()
+            .filter(|o| o.action != Action::Unchanged || o.error.is_some())
+            .map(|o| o.id.to_string())
+            .collect()
+    }
+
+    /// The first thing a reviewer must see: a revision error or a refusal.
+    pub fn first_problem(&self) -> Option<String> {
+        self.errors.first().map(|e| e.to_string()).or_else(|| {
+            self.objects
+                .iter()
+                .find_map(|o| Some(format!("{}: {}", o.id, o.error.as_ref()?)))
+        })
+    }
+
+    /// In the PR comment's target-neutral words.
+    pub fn preview(&self) -> TargetPreview {
+        let mut sections = Vec::new();
+        // Failures first: they are what a reviewer must see.
+        let mut objects: Vec<_> = self.objects.iter().collect();
+        objects.sort_by_key(|o| o.error.is_none());
+        for object in objects {
+            let mark = match object.mark() {
+                None => continue,
+                Some('!') => "❌".to_string(),
+                Some(m) => m.to_string(),
+            };
+            let mut lines = Vec::new();
+            if let Some(error) = &object.error {
+                lines.push(format!("! {error}"));
+            }
+            if let Some(note) = &object.note {
+                lines.push(format!("# {note}"));
+            }
+            for change in &object.changes {
+                let show = |v: &Option<serde_json::Value>| {
+                    v.as_ref().map(|v| v.to_string()).unwrap_or_default()
+                };
+                lines.push(match change.op {
+                    Op::Added => format!("+ {}: {}", change.path, show(&change.after)),
+                    Op::Removed => format!("- {}: {}", change.path, show(&change.before)),
+                    Op::Changed => format!(
+                        "- {}: {}\n+ {}: {}",
+                        change.path,
+                        show(&change.before),
+                        change.path,
+                        show(&change.after)
+                    ),
+                });
+            }
+            if object.action == Action::Prune && lines.is_empty() {
+                lines.push("- (deleted: no longer in the revision)".into());
+            }
+            sections.push(Section {
+                title: format!("{mark} {}", object.title()),
+                lines,
+            });
+        }
+        TargetPreview {
+            target: "kubernetes".into(),
+            create: self.count(Action::Create),
+            update: self.count(Action::Update),
+            delete: self.count(Action::Prune),
+            unchanged: self.count(Action::Unchanged),
+            failed: self.failed(),
+            errors: self.errors.iter().map(|e| e.to_string()).collect(),
+            sections,
+        }
     }
 
     /// A human plan, as `ferry plan` prints it.
@@ -119,17 +317,17 @@ impl Plan {
                         v.as_ref().map(|v| v.to_string()).unwrap_or_default()
                     };
                     match change.op {
-                        diff::Op::Added => out.push_str(&format!(
+                        Op::Added => out.push_str(&format!(
                             "    + {}: {}\n",
                             change.path,
                             show(&change.after)
                         )),
-                        diff::Op::Removed => out.push_str(&format!(
+                        Op::Removed => out.push_str(&format!(
                             "    - {}: {}\n",
                             change.path,
                             show(&change.before)
                         )),
-                        diff::Op::Changed => out.push_str(&format!(
+                        Op::Changed => out.push_str(&format!(
                             "    ~ {}: {} -> {}\n",
                             change.path,
                             show(&change.before),
@@ -143,25 +341,16 @@ impl Plan {
     }
 }
 
-pub fn api_for(
-    client: &Client,
-    resource: &ApiResource,
-    namespace: Option<&str>,
-) -> Api<DynamicObject> {
-    match namespace {
-        Some(ns) => Api::namespaced_with(client.clone(), ns, resource),
-        None => Api::all_with(client.clone(), resource),
-    }
-}
-
-/// Plans every object (dry-run apply and GET, concurrently) plus the prunes
-/// of `previous` (the inventory) that `manifests` no longer declare.
-pub async fn plan_objects(
+/// Plans every object (dry-run apply and GET, concurrently; `untouched`
+/// ones are unchanged without asking) plus the prunes of `previous` (the
+/// inventory) that `manifests` no longer declare.
+async fn plan_objects(
     client: &Client,
     catalog: &Catalog,
     manifests: &[Manifest],
     previous: &[Entry],
     force: bool,
+    untouched: &HashSet<ObjectRef>,
 ) -> Vec<ObjectPlan> {
     let absent = absent_namespaces(client, manifests).await;
     let declared: HashSet<&str> = manifests
@@ -180,7 +369,19 @@ pub async fn plan_objects(
                 Some(ns) if absent.contains(ns) => NamespaceState::Missing,
                 _ => NamespaceState::Exists,
             };
-            plan_one(client, catalog, m, force, context)
+            async move {
+                if untouched.contains(&m.id) {
+                    return ObjectPlan {
+                        id: m.id.clone(),
+                        origin: Some(m.origin.clone()),
+                        action: Action::Unchanged,
+                        changes: Vec::new(),
+                        error: None,
+                        note: None,
+                    };
+                }
+                plan_one(client, catalog, m, force, context).await
+            }
         })
         .buffered(CONCURRENCY)
         .collect()
@@ -251,22 +452,9 @@ async fn plan_prune(client: &Client, catalog: &Catalog, entry: &Entry) -> Option
             return Some(plan);
         }
     };
-    let meta = &live.metadata;
-    let annotation = meta
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(PRUNE_ANNOTATION));
-    let label = meta.labels.as_ref().and_then(|l| l.get(MANAGED_BY_LABEL));
-    if annotation.map(String::as_str) == Some("disabled") {
+    if let Some(why) = kept_because(&live.metadata) {
         plan.action = Action::Unchanged;
-        plan.note = Some(format!(
-            "removed from git but kept: {PRUNE_ANNOTATION}: disabled"
-        ));
-    } else if label.map(String::as_str) != Some(MANAGED_BY_VALUE) {
-        plan.action = Action::Unchanged;
-        plan.note = Some(format!(
-            "removed from git but kept: not labelled {MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"
-        ));
+        plan.note = Some(format!("removed from git but kept: {why}"));
     }
     Some(plan)
 }
@@ -380,15 +568,4 @@ async fn plan_one(
         }
     }
     plan
-}
-
-/// The server's own words, with its HTTP code; a conflict names the
-/// other field manager (the server's message already does).
-pub fn describe(err: &kube::Error) -> String {
-    match err {
-        kube::Error::Api(status) => {
-            format!("{} ({} {})", status.message, status.code, status.reason)
-        }
-        other => other.to_string(),
-    }
 }

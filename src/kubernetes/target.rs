@@ -1,53 +1,27 @@
-//! The Kubernetes target as the agent drives it: apply each new revision;
-//! between revisions, look for drift every `drift_interval` (a dry-run
-//! plan, so reads and dry runs only) and re-apply when `self_heal` is on.
+//! The Kubernetes target as the agent drives it: plan a revision against
+//! the cluster, apply that plan, and remember what the last good apply
+//! left (the fast path) and when drift was last checked.
 
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
 use git2::Oid;
 use kube::Client;
-use serde::Serialize;
 
-use super::apply::{Applier, ApplyError, ApplyOutcome, LastApplied};
-use super::client::{self, ClientError};
-use super::plan::{Action, describe};
+use super::apply::{Applier, ApplyError, ApplyOutcome};
+use super::client::{self, describe};
+use super::last_applied::LastApplied;
+use super::plan::{self, Depth, Plan};
 use crate::config::KubernetesTargetConfig;
-use crate::desired::manifests::{Manifest, ManifestError};
-
-#[derive(Debug, thiserror::Error)]
-pub enum KubeError {
-    #[error(transparent)]
-    Connect(#[from] ClientError),
-    #[error(transparent)]
-    Apply(#[from] ApplyError),
-    #[error("drift check failed: {0}")]
-    Drift(String),
-}
-
-impl KubeError {
-    /// A revision that cannot apply as written; retried when git changes.
-    pub fn is_revision_error(&self) -> bool {
-        matches!(self, KubeError::Apply(ApplyError::Invalid(_)))
-    }
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub enum KubeSync {
-    Applied(ApplyOutcome),
-    /// Objects that differ from the applied revision, and the heal if any.
-    Drift {
-        drifted: Vec<String>,
-        healed: Option<ApplyOutcome>,
-    },
-}
+use crate::desired::manifests::Manifest;
+use crate::verdict::{Failure, Reason};
 
 pub struct KubeTarget {
     pub config: KubernetesTargetConfig,
     name: String,
     client: Option<Client>,
     last: Option<LastApplied>,
-    /// Last revision applied successfully (the last good one).
+    /// Last revision applied with every object applied and healthy.
     applied: Option<Oid>,
     last_drift_check: Option<Instant>,
 }
@@ -64,10 +38,8 @@ impl KubeTarget {
         }
     }
 
-    /// True when `commit` should be applied now: it is new, or its last
-    /// attempt did not succeed (retried with the agent's backoff).
-    pub fn needs_apply(&self, commit: Oid) -> bool {
-        self.applied != Some(commit)
+    pub fn applied(&self) -> Option<Oid> {
+        self.applied
     }
 
     pub fn drift_due(&self) -> bool {
@@ -75,22 +47,57 @@ impl KubeTarget {
             .is_none_or(|at| at.elapsed() >= self.config.drift_interval)
     }
 
-    async fn client(&mut self) -> Result<Client, KubeError> {
+    pub fn drift_checked(&mut self) {
+        self.last_drift_check = Some(Instant::now());
+    }
+
+    async fn client(&mut self) -> Result<Client, Failure> {
         if let Some(c) = &self.client {
             return Ok(c.clone());
         }
-        let c = client::connect(self.config.kubeconfig.as_deref()).await?;
+        let c = client::connect(self.config.kubeconfig.as_deref())
+            .await
+            .map_err(|e| Failure::new(Reason::ClusterUnavailable, e.to_string()))?;
         self.client = Some(c.clone());
         Ok(c)
     }
 
-    pub async fn apply(
+    /// Plans `manifests` of `commit`. Reads only; objects untouched since
+    /// the last good apply are not dry-run again.
+    pub async fn plan(
         &mut self,
         commit: Oid,
-        manifests: Result<Vec<Manifest>, Vec<ManifestError>>,
-        cancel: &AtomicBool,
-    ) -> Result<ApplyOutcome, KubeError> {
+        manifests: &[Manifest],
+        depth: Depth,
+    ) -> Result<Plan, Failure> {
         let client = self.client().await?;
+        plan::plan(
+            &client,
+            &self.name,
+            &commit.to_string(),
+            &self.config,
+            manifests,
+            self.last.as_ref(),
+            depth,
+        )
+        .await
+        .map_err(|e| {
+            Failure::new(
+                Reason::ClusterUnavailable,
+                format!("cannot plan against the cluster: {}", describe(&e)),
+            )
+        })
+    }
+
+    /// Applies `plan` and waits for health. The outcome may hold failed
+    /// objects; the last good revision stays recorded then.
+    pub async fn apply(
+        &mut self,
+        plan: Plan,
+        cancel: &AtomicBool,
+    ) -> Result<ApplyOutcome, Failure> {
+        let client = self.client().await?;
+        let commit = Oid::from_str(&plan.revision).ok();
         let applier = Applier {
             client: &client,
             target: &self.name,
@@ -98,58 +105,23 @@ impl KubeTarget {
             cancel: Some(cancel),
         };
         let outcome = applier
-            .apply(&commit.to_string(), manifests, &mut self.last)
-            .await?;
+            .apply(plan, &mut self.last)
+            .await
+            .map_err(|e| match e {
+                ApplyError::Invalid(errors) => Failure::problems(
+                    Reason::Refused,
+                    "nothing was applied",
+                    errors.into_iter().map(Into::into).collect(),
+                ),
+                ApplyError::Cluster(message) => Failure::new(
+                    Reason::ClusterUnavailable,
+                    format!("cluster unavailable: {message}"),
+                ),
+            })?;
         if outcome.succeeded() {
-            self.applied = Some(commit);
+            self.applied = commit;
         }
-        self.last_drift_check = Some(Instant::now());
+        self.drift_checked();
         Ok(outcome)
-    }
-
-    /// Compares the cluster with the applied revision; heals if configured.
-    pub async fn check_drift(
-        &mut self,
-        commit: Oid,
-        manifests: Result<Vec<Manifest>, Vec<ManifestError>>,
-        cancel: &AtomicBool,
-    ) -> Result<KubeSync, KubeError> {
-        let client = self.client().await?;
-        self.last_drift_check = Some(Instant::now());
-        let manifests_again = manifests.clone();
-        let plan = super::plan_revision(
-            &client,
-            &self.name,
-            &commit.to_string(),
-            &self.config,
-            manifests,
-        )
-        .await
-        .map_err(|e| KubeError::Drift(describe(&e)))?;
-        let drifted: Vec<String> = plan
-            .objects
-            .iter()
-            .filter(|o| o.action != Action::Unchanged || o.error.is_some())
-            .map(|o| o.id.to_string())
-            .collect();
-        let healed = if self.config.self_heal && !drifted.is_empty() {
-            // self_heal applies with force (see Applier): out-of-band edits
-            // make their author own the fields, and healing takes them back.
-            let applier = Applier {
-                client: &client,
-                target: &self.name,
-                config: &self.config,
-                cancel: Some(cancel),
-            };
-            self.last = None;
-            Some(
-                applier
-                    .apply(&commit.to_string(), manifests_again, &mut self.last)
-                    .await?,
-            )
-        } else {
-            None
-        };
-        Ok(KubeSync::Drift { drifted, healed })
     }
 }

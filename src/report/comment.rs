@@ -3,9 +3,8 @@
 //! table first, then one collapsible section per changed object, cut to
 //! GitHub's comment limit with a line saying what was cut.
 
-use crate::dags::validate::{HookReport, Problem};
-use crate::kubernetes::diff::Op;
-use crate::kubernetes::plan::{Action, Plan};
+use crate::dags::HookReport;
+use crate::problem::Problem;
 
 /// GitHub refuses comment bodies longer than this.
 pub const COMMENT_LIMIT: usize = 65_535;
@@ -38,114 +37,6 @@ pub struct Section {
 }
 
 impl TargetPreview {
-    pub fn from_kube_plan(plan: &Plan) -> TargetPreview {
-        let mut sections = Vec::new();
-        // Failures first: they are what a reviewer must see.
-        let mut objects: Vec<_> = plan.objects.iter().collect();
-        objects.sort_by_key(|o| o.error.is_none());
-        for object in objects {
-            let mark = match object.mark() {
-                None => continue,
-                Some('!') => "❌".to_string(),
-                Some(m) => m.to_string(),
-            };
-            let mut lines = Vec::new();
-            if let Some(error) = &object.error {
-                lines.push(format!("! {error}"));
-            }
-            if let Some(note) = &object.note {
-                lines.push(format!("# {note}"));
-            }
-            for change in &object.changes {
-                let show = |v: &Option<serde_json::Value>| {
-                    v.as_ref().map(|v| v.to_string()).unwrap_or_default()
-                };
-                lines.push(match change.op {
-                    Op::Added => format!("+ {}: {}", change.path, show(&change.after)),
-                    Op::Removed => format!("- {}: {}", change.path, show(&change.before)),
-                    Op::Changed => format!(
-                        "- {}: {}\n+ {}: {}",
-                        change.path,
-                        show(&change.before),
-                        change.path,
-                        show(&change.after)
-                    ),
-                });
-            }
-            if object.action == Action::Prune && lines.is_empty() {
-                lines.push("- (deleted: no longer in the revision)".into());
-            }
-            sections.push(Section {
-                title: format!("{mark} {}", object.title()),
-                lines,
-            });
-        }
-        TargetPreview {
-            target: plan.target.clone(),
-            create: plan.count(Action::Create),
-            update: plan.count(Action::Update),
-            delete: plan.count(Action::Prune),
-            unchanged: plan.count(Action::Unchanged),
-            failed: plan.failed(),
-            errors: plan.errors.iter().map(|e| e.to_string()).collect(),
-            sections,
-        }
-    }
-
-    #[cfg(feature = "aws")]
-    pub fn from_aws_plan(plan: &crate::aws::AwsPlan) -> TargetPreview {
-        use crate::aws::Action as AwsAction;
-        let count = |a: AwsAction| plan.changes.iter().filter(|c| c.action == a).count();
-        let mut sections: Vec<Section> = plan
-            .changes
-            .iter()
-            .map(|c| Section {
-                title: format!(
-                    "{} {}",
-                    match c.action {
-                        AwsAction::Create => "+",
-                        AwsAction::Update => "~",
-                        AwsAction::Delete => "-",
-                    },
-                    c.resource
-                ),
-                lines: c
-                    .fields
-                    .iter()
-                    .flat_map(|f| {
-                        let mut lines = Vec::new();
-                        if !f.before.is_empty() {
-                            lines.push(format!("- {}: {}", f.field, f.before));
-                        }
-                        if !f.after.is_empty() {
-                            lines.push(format!("+ {}: {}", f.field, f.after));
-                        }
-                        lines
-                    })
-                    .collect(),
-            })
-            .collect();
-        for drift in &plan.drift {
-            sections.push(Section {
-                title: format!(
-                    "≠ not applied: {}",
-                    drift.split(": ").next().unwrap_or(drift)
-                ),
-                lines: vec![format!("# {drift}")],
-            });
-        }
-        TargetPreview {
-            target: "aws".into(),
-            create: count(AwsAction::Create),
-            update: count(AwsAction::Update),
-            delete: count(AwsAction::Delete),
-            unchanged: plan.unchanged,
-            failed: plan.errors.len(),
-            errors: plan.errors.clone(),
-            sections,
-        }
-    }
-
     pub fn changes(&self) -> usize {
         self.create + self.update + self.delete
     }
@@ -358,6 +249,7 @@ mod tests {
             file: "dags/bad.py".into(),
             line: Some(3),
             column: Some(1),
+            document: None,
             message: "Expected ':', found newline | oops".into(),
         }];
         let body = dags_comment("dags", 4, &"c".repeat(40), 2, &problems, None, None);

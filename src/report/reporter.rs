@@ -22,7 +22,7 @@ use super::ledger::{
     CommentRecord, DeploymentRecord, Ledger, Op, Origin, State, StatusRecord, comment_key,
     status_key,
 };
-use crate::agent::Backoff;
+use crate::backoff::Backoff;
 use crate::config::GithubConfig;
 use crate::metrics::{GithubLabels, Metrics};
 

@@ -765,9 +765,7 @@ pub async fn assert_dry_run_accepted(
 ) -> ferry::kubernetes::plan::Plan {
     let mut config = kube_target(default_namespace, false);
     config.prune = false;
-    let plan = ferry::kubernetes::plan_revision(client, "check", "rev", &config, Ok(manifests))
-        .await
-        .unwrap();
+    let plan = plan_manifests(client, "check", "rev", &config, Ok(manifests), None).await;
     assert!(plan.errors.is_empty(), "{:#?}", plan.errors);
     let refused: Vec<String> = plan
         .objects
@@ -972,4 +970,26 @@ pub async fn grant_ferrys_cluster_role(admin: &kube::Client) {
         )
         .await
         .unwrap();
+}
+
+/// Plans `manifests` as `ferry plan` does (a review-depth plan); manifests
+/// that do not parse give a plan of their errors, as the gate lists them.
+pub async fn plan_manifests(
+    client: &kube::Client,
+    target: &str,
+    revision: &str,
+    config: &ferry::config::KubernetesTargetConfig,
+    manifests: Result<
+        Vec<ferry::desired::manifests::Manifest>,
+        Vec<ferry::desired::manifests::ManifestError>,
+    >,
+    last: Option<&ferry::kubernetes::last_applied::LastApplied>,
+) -> ferry::kubernetes::plan::Plan {
+    use ferry::kubernetes::plan::{self, Depth, Plan};
+    match manifests {
+        Ok(m) => plan::plan(client, target, revision, config, &m, last, Depth::Review)
+            .await
+            .unwrap(),
+        Err(errors) => Plan::refused(target, revision, errors),
+    }
 }
