@@ -11,7 +11,7 @@
 //! DAGs link pointing at that commit. The stopped process comes back as the
 //! next round's standby.
 
-#[path = "../tests/support/mod.rs"]
+#[path = "../tests/it/support/mod.rs"]
 mod support;
 
 use std::path::{Path, PathBuf};

@@ -8,7 +8,7 @@
 //! a 10-object change; then `ferry run` applies the same set into a fresh
 //! namespace and its peak RSS is read from /proc.
 
-#[path = "../tests/support/mod.rs"]
+#[path = "../tests/it/support/mod.rs"]
 mod support;
 
 use std::time::{Duration, Instant};

@@ -8,7 +8,7 @@
 //! reported once. Needs the control plane (`scripts/test` or
 //! tools/control-plane/start.sh) like the tests.
 
-#[path = "../tests/support/mod.rs"]
+#[path = "../tests/it/support/mod.rs"]
 mod support;
 
 use std::time::Duration;

@@ -17,7 +17,7 @@
 //!    fetching from local smart HTTP, reporting to the fake GitHub of the
 //!    tests; also push -> `success` status received by that GitHub.
 
-#[path = "../tests/support/mod.rs"]
+#[path = "../tests/it/support/mod.rs"]
 mod support;
 
 use std::collections::BTreeMap;

@@ -324,6 +324,24 @@ pub struct AwsTargetConfig {
     /// How often a running update is polled.
     #[serde(default = "default_aws_poll_interval", with = "humantime_serde")]
     pub poll_interval: Duration,
+    /// Fixed keys instead of the default chain: never from ferry.yaml
+    /// (secrets are not inline), only for callers that hold keys already,
+    /// such as tests against moto, so nothing reads the process environment.
+    #[serde(skip)]
+    pub static_credentials: Option<StaticCredentials>,
+}
+
+/// An AWS access key pair.
+#[derive(Clone)]
+pub struct StaticCredentials {
+    pub access_key_id: String,
+    pub secret_access_key: crate::secret::Secret,
+}
+
+impl std::fmt::Debug for StaticCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "StaticCredentials({}, <redacted>)", self.access_key_id)
+    }
 }
 
 fn default_platform_file() -> String {
@@ -543,14 +561,12 @@ impl Config {
         };
         for (i, source) in self.sources.iter().enumerate() {
             if let Some(verify) = &source.verify {
-                crate::source::signature::AllowedSigners::load(&verify.allowed_signers).map_err(
-                    |e| {
-                        invalid(
-                            format!("sources[{i}].verify.allowed_signers"),
-                            e.to_string(),
-                        )
-                    },
-                )?;
+                crate::signature::AllowedSigners::load(&verify.allowed_signers).map_err(|e| {
+                    invalid(
+                        format!("sources[{i}].verify.allowed_signers"),
+                        e.to_string(),
+                    )
+                })?;
             }
         }
         if let Some(github) = &self.github {

@@ -29,6 +29,7 @@ pub mod report;
 pub mod revision;
 pub mod secret;
 pub mod server;
+pub mod signature;
 pub mod source;
 pub mod status;
 pub mod targets;

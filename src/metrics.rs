@@ -75,7 +75,7 @@ pub struct Metrics {
     pub consecutive_failures: Family<SourceLabels, Gauge>,
     pub drift_objects: Family<SourceLabels, Gauge>,
     pub aws_drift: Family<SourceLabels, Gauge>,
-    pub webhooks: Family<crate::webhook::WebhookLabels, Counter>,
+    pub webhooks: Family<WebhookLabels, Counter>,
     pub kube_objects: Family<KubeObjectLabels, Counter>,
     pub github_requests: Family<GithubLabels, Counter>,
     pub github_outbox: Gauge,
@@ -105,7 +105,7 @@ impl Metrics {
             "Differences between AWS (EKS, SageMaker) and the applied platform.yaml at the last check",
             aws_drift.clone(),
         );
-        let webhooks = Family::<crate::webhook::WebhookLabels, Counter>::default();
+        let webhooks = Family::<WebhookLabels, Counter>::default();
         registry.register(
             "webhooks",
             "GitHub webhook deliveries by event and outcome",
@@ -296,6 +296,13 @@ impl Metrics {
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
     }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WebhookLabels {
+    pub event: String,
+    /// `triggered`, `preview`, `ignored`, `duplicate`, `pong`, `unauthorized`, `bad_request`
+    pub outcome: String,
 }
 
 pub fn source(name: &str) -> SourceLabels {

@@ -5,9 +5,7 @@
 //! thrown away. The agent runs previews on the source's own worker,
 //! between syncs, so a preview never races a fetch on the same mirror.
 
-use std::collections::BTreeMap;
 use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use crate::config::{Config, SourceConfig};
@@ -21,25 +19,6 @@ use crate::source::GitSource;
 use crate::status::{RevisionRecord, timestamp};
 use crate::targets::{self, Plan, Purpose};
 use crate::verdict::{Failure, Retry};
-
-/// Pull requests waiting for a preview: number -> head SHA announced by the
-/// webhook. A newer push to the same PR replaces the older request.
-#[derive(Clone, Default)]
-pub struct PreviewQueue(Arc<Mutex<BTreeMap<u64, String>>>);
-
-impl PreviewQueue {
-    pub fn request(&self, pr: u64, head_sha: &str) {
-        self.lock().insert(pr, head_sha.to_string());
-    }
-
-    pub fn take(&self) -> Vec<(u64, String)> {
-        std::mem::take(&mut *self.lock()).into_iter().collect()
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, String>> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
 
 /// What a preview concluded, ready for the reporter and the status API.
 pub struct Preview {

@@ -11,6 +11,11 @@ use std::path::{Path, PathBuf};
 pub struct Secret(String);
 
 impl Secret {
+    /// A secret the caller already holds (e.g. a test's fixed keys).
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+
     pub fn expose(&self) -> &str {
         &self.0
     }

@@ -13,27 +13,20 @@ use std::sync::{Arc, Mutex};
 
 use axum::http::{HeaderMap, StatusCode};
 use hmac::{Hmac, Mac};
-use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use serde::Deserialize;
 use sha2::Sha256;
 
-use crate::preview::PreviewQueue;
+use crate::metrics::WebhookLabels;
 use crate::secret;
+use crate::trigger::PreviewQueue;
 use crate::trigger::Trigger;
 
 /// GitHub's own limit for webhook payloads is 25 MB; ferry needs far less.
 pub const MAX_BODY: usize = 5 * 1024 * 1024;
 /// Delivery ids remembered for deduplication (oldest forgotten first).
 const REMEMBERED: usize = 4096;
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct WebhookLabels {
-    pub event: String,
-    /// `triggered`, `preview`, `ignored`, `duplicate`, `pong`, `unauthorized`, `bad_request`
-    pub outcome: String,
-}
 
 /// One tracked (repository, branch) and the source it pokes.
 pub struct Route {

@@ -252,7 +252,11 @@ impl Limits {
 /// An SDK config from the default chain (IRSA in EKS, the environment in
 /// tests), with ferry's region/endpoint overrides, one rustls+ring HTTP
 /// client and standard retries (throttling and 5xx, with backoff).
-pub async fn sdk_config(region: Option<&str>, endpoint_url: Option<&str>) -> aws_config::SdkConfig {
+pub async fn sdk_config(
+    region: Option<&str>,
+    endpoint_url: Option<&str>,
+    credentials: Option<&crate::config::StaticCredentials>,
+) -> aws_config::SdkConfig {
     use aws_smithy_http_client::tls;
     let http = aws_smithy_http_client::Builder::new()
         .tls_provider(tls::Provider::Rustls(
@@ -273,6 +277,15 @@ pub async fn sdk_config(region: Option<&str>, endpoint_url: Option<&str>) -> aws
     if let Some(url) = endpoint_url {
         loader = loader.endpoint_url(url);
     }
+    if let Some(c) = credentials {
+        loader = loader.credentials_provider(aws_sdk_sagemaker::config::Credentials::new(
+            c.access_key_id.clone(),
+            c.secret_access_key.expose().to_string(),
+            None,
+            None,
+            "ferry",
+        ));
+    }
     loader.load().await
 }
 
@@ -285,7 +298,12 @@ pub async fn clients(platform: &Platform, config: &AwsTargetConfig) -> Clients {
         .or_else(|| config.region.clone());
     let eks = match &platform.eks {
         Some(_) => Some(aws_sdk_eks::Client::new(
-            &sdk_config(eks_region.as_deref(), config.endpoint_url.as_deref()).await,
+            &sdk_config(
+                eks_region.as_deref(),
+                config.endpoint_url.as_deref(),
+                config.static_credentials.as_ref(),
+            )
+            .await,
         )),
         None => None,
     };
@@ -297,7 +315,12 @@ pub async fn clients(platform: &Platform, config: &AwsTargetConfig) -> Clients {
                 .or(eks_region)
                 .or_else(|| config.region.clone());
             Some(aws_sdk_sagemaker::Client::new(
-                &sdk_config(region.as_deref(), config.endpoint_url.as_deref()).await,
+                &sdk_config(
+                    region.as_deref(),
+                    config.endpoint_url.as_deref(),
+                    config.static_credentials.as_ref(),
+                )
+                .await,
             ))
         }
         None => None,

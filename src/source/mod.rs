@@ -10,7 +10,6 @@
 mod credentials;
 pub mod known_hosts;
 pub mod mirror;
-pub mod signature;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -19,8 +18,8 @@ use std::time::{Duration, Instant};
 use git2::{Direction, FetchOptions, Oid, Repository};
 
 use crate::config::{AuthConfig, SourceConfig};
+use crate::signature::{self, SignatureError};
 use credentials::CallbackState;
-use signature::SignatureError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {

@@ -1,16 +1,14 @@
 //! `ferry run` driving the Kubernetes target from a git daemon onto a real
 //! kube-apiserver: apply, new revision, no-op, drift, self-heal.
 
-mod support;
-
 use std::path::Path;
 use std::time::Duration;
 
+use crate::support::*;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Api;
 use kube::api::{Patch, PatchParams};
-use support::*;
 
 fn write_config(
     dir: &Path,

@@ -4,13 +4,11 @@
 //! where its interpreter is). The ferry binary runs as the daemon, with the
 //! repo's `tools/airflow_dagbag.py --check` as its validation hook.
 
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use support::*;
+use crate::support::*;
 
 fn airflow_python() -> PathBuf {
     let path = std::env::var_os("FERRY_AIRFLOW_PYTHON")

@@ -3,18 +3,18 @@
 //! failure, throttling, and `ferry run` applying platform.yaml with drift.
 #![cfg(feature = "aws")]
 
-mod support;
+use crate::support;
 
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
+use crate::support::moto::moto;
+use crate::support::*;
 use ferry::aws::target::AwsTarget;
 use ferry::aws::{self, Action, Provenance};
 use ferry::config::AwsTargetConfig;
 use ferry::desired::platform;
 use ferry::verdict::{Failure, Reason};
-use support::moto::moto;
-use support::*;
 
 const REGION: &str = "eu-west-1";
 /// Credentials for `ferry run` against moto (any value passes).
@@ -27,13 +27,12 @@ fn aws_env() -> [(&'static str, &'static std::path::Path); 2] {
 }
 const ROLE: &str = "arn:aws:iam::123456789012:role/sagemaker-exec";
 
-fn credentials() {
-    // SAFETY: every test here holds the moto lock, so no other thread of
-    // this binary reads the environment meanwhile.
-    unsafe {
-        std::env::set_var("AWS_ACCESS_KEY_ID", "testing");
-        std::env::set_var("AWS_SECRET_ACCESS_KEY", "testing");
-        std::env::remove_var("AWS_PROFILE");
+/// moto's keys, given to the SDK directly: no test here touches the
+/// process environment, which every thread of the test binary shares.
+fn test_credentials() -> ferry::config::StaticCredentials {
+    ferry::config::StaticCredentials {
+        access_key_id: "testing".into(),
+        secret_access_key: ferry::secret::Secret::new("testing"),
     }
 }
 
@@ -47,15 +46,20 @@ fn target_config(endpoint: &str, prune: bool) -> AwsTargetConfig {
         drift_interval: Duration::from_secs(300),
         update_timeout: Duration::from_secs(30),
         poll_interval: Duration::from_millis(50),
+        static_credentials: Some(test_credentials()),
     }
 }
 
 async fn eks_client() -> aws_sdk_eks::Client {
-    aws_sdk_eks::Client::new(&aws::sdk_config(Some(REGION), Some(&moto().url)).await)
+    aws_sdk_eks::Client::new(
+        &aws::sdk_config(Some(REGION), Some(&moto().url), Some(&test_credentials())).await,
+    )
 }
 
 async fn sagemaker_client() -> aws_sdk_sagemaker::Client {
-    aws_sdk_sagemaker::Client::new(&aws::sdk_config(Some(REGION), Some(&moto().url)).await)
+    aws_sdk_sagemaker::Client::new(
+        &aws::sdk_config(Some(REGION), Some(&moto().url), Some(&test_credentials())).await,
+    )
 }
 
 async fn live_nodegroup() -> aws_sdk_eks::types::Nodegroup {
@@ -173,7 +177,6 @@ fn provenance(n: u8) -> Provenance {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodegroup_and_addon_changes_are_planned_then_applied() {
     let _moto = moto().lock().await;
-    credentials();
     terraform_cluster().await;
     let config = target_config(&moto().url, false);
     let p = parse(&eks_yaml("{min: 1, max: 4, desired: 2}", ""))
@@ -271,7 +274,6 @@ async fn nodegroup_and_addon_changes_are_planned_then_applied() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_scaling_is_refused_before_any_aws_call() {
     let _moto = moto().lock().await;
-    credentials();
     // Everything AWS would be asked goes to this listener: it must hear nothing.
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();
@@ -296,7 +298,6 @@ async fn invalid_scaling_is_refused_before_any_aws_call() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_nodegroup_missing_in_aws_is_an_error_and_nothing_is_applied() {
     let _moto = moto().lock().await;
-    credentials();
     terraform_cluster().await;
     let text = eks_yaml("{min: 1, max: 4, desired: 2}", "").replace(
         "  addons:",
@@ -411,7 +412,6 @@ async fn names(kind: &str) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sagemaker_endpoints_deploy_update_reweight_fail_safely_and_prune() {
     let _moto = moto().lock().await;
-    credentials();
     let no = AtomicBool::new(false);
     let mut target = AwsTarget::new(
         "platform",
@@ -563,7 +563,6 @@ async fn sagemaker_endpoints_deploy_update_reweight_fail_safely_and_prune() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn endpoint_tags_follow_git_and_the_serving_config_stays() {
     let _moto = moto().lock().await;
-    credentials();
     let mut target = AwsTarget::new(
         "platform",
         "acme/platform",
@@ -640,7 +639,6 @@ async fn endpoint_tags_follow_git_and_the_serving_config_stays() {
 async fn throttling_is_retried_with_backoff() {
     let moto = moto();
     let _guard = moto.lock().await;
-    credentials();
     terraform_cluster().await;
     let (code, _) = moto.post("/ferry-test/throttle?count=3");
     assert_eq!(code, 200);
@@ -664,7 +662,6 @@ async fn throttling_is_retried_with_backoff() {
 async fn ferry_run_applies_platform_yaml_and_reports_drift() {
     let moto = moto();
     let _guard = moto.lock().await;
-    credentials();
     terraform_cluster().await;
     let tmp = tempfile::tempdir().unwrap();
     let repo = Repo::new(tmp.path(), "platform");
@@ -746,7 +743,6 @@ async fn ferry_run_applies_platform_yaml_and_reports_drift() {
 async fn a_promotion_pull_request_is_previewed_against_aws_without_changing_it() {
     let moto = moto();
     let _guard = moto.lock().await;
-    credentials();
     let fake = support::github::FakeGithub::start(support::github::FakeState {
         token: Some("t0ken".into()),
         repos: ["acme/platform".to_string()].into(),
@@ -829,7 +825,6 @@ async fn a_promotion_pull_request_is_previewed_against_aws_without_changing_it()
 async fn ferry_plan_shows_the_aws_plan_without_applying_it() {
     let moto = moto();
     let _guard = moto.lock().await;
-    credentials();
     terraform_cluster().await;
     let tmp = tempfile::tempdir().unwrap();
     let repo = Repo::new(tmp.path(), "platform");
@@ -906,7 +901,6 @@ fn calls(moto: &support::moto::Moto, target: &str) -> u64 {
 async fn an_endpoint_update_cut_by_a_restart_and_an_outage_is_followed_not_redone() {
     let moto = moto();
     let _guard = moto.lock().await;
-    credentials();
     let tmp = tempfile::tempdir().unwrap();
     let repo = Repo::new(tmp.path(), "platform");
     let first = repo.commit(
@@ -1030,7 +1024,6 @@ async fn endpoint_names() -> Vec<String> {
 async fn prune_deletes_only_what_this_source_made() {
     use aws_sdk_sagemaker::types::{ContainerDefinition, ProductionVariant, Tag};
     let _moto = moto().lock().await;
-    credentials();
     let sm = sagemaker_client().await;
     // Made by hand, and one half-tagged (managed, but no source).
     for (name, tags) in [
@@ -1159,7 +1152,6 @@ async fn prune_deletes_only_what_this_source_made() {
 async fn a_refused_head_reaches_neither_the_cluster_nor_aws() {
     let moto = moto();
     let _guard = moto.lock().await;
-    credentials();
     let cp = control_plane();
     let tmp = tempfile::tempdir().unwrap();
     let repo = Repo::new(tmp.path(), "platform");
@@ -1247,7 +1239,6 @@ async fn a_refused_head_reaches_neither_the_cluster_nor_aws() {
 async fn an_invalid_platform_yaml_applies_nothing_of_the_same_commit() {
     let moto = moto();
     let _guard = moto.lock().await;
-    credentials();
     let cp = control_plane();
     let tmp = tempfile::tempdir().unwrap();
     let repo = Repo::new(tmp.path(), "platform");

@@ -2,15 +2,15 @@
 //! GitHub API in `support/github.rs`: commit statuses, deployments, PR
 //! previews, outages, restarts, App tokens, and no secret in the logs.
 
-mod support;
+use crate::support;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::support::github::{FakeGithub, FakeState};
+use crate::support::*;
 use ferry::webhook::sign;
-use support::github::{FakeGithub, FakeState};
-use support::*;
 
 const TOKEN: &str = "ghp_fakeToken0123456789abcdefSECRET";
 const SECRET: &str = "webhook-secret-9d2e44";

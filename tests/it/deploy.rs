@@ -4,14 +4,12 @@
 //! CRDs), `kubernetes-validate --strict`, every queried metric exported by a
 //! live ferry, actionlint on every workflow.
 
-mod support;
-
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use support::*;
+use crate::support::*;
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -4,14 +4,12 @@
 //! platform template dry-run on the real kube-apiserver and checked by
 //! `kubernetes-validate --strict`.
 
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use support::github::{FakeGithub, FakeState};
-use support::*;
+use crate::support::github::{FakeGithub, FakeState};
+use crate::support::*;
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -1,8 +1,7 @@
 //! Applying the platform repo's manifests to a real kube-apiserver
 //! (tools/control-plane). One unique namespace per test.
 
-mod support;
-
+use crate::support::*;
 use ferry::config::KubernetesTargetConfig;
 use ferry::desired::manifests;
 use ferry::kubernetes::apply::{Applier, ApplyError, ApplyOutcome, Status};
@@ -14,7 +13,6 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Api;
 use kube::api::{Patch, PatchParams, PostParams};
-use support::*;
 
 async fn admin() -> kube::Client {
     client::connect(Some(&control_plane().admin)).await.unwrap()

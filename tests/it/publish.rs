@@ -1,7 +1,5 @@
 //! The DAG publisher's invariants, on a real filesystem.
 
-mod support;
-
 use std::collections::{BTreeMap, HashMap};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -10,10 +8,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
+use crate::support::*;
 use ferry::config::{DagsTargetConfig, RetentionConfig, ValidationConfig, ValidationPolicy};
 use ferry::dags::{DagsError, DagsTarget};
 use git2::{Oid, Repository};
-use support::*;
 
 type Files = BTreeMap<String, (Vec<u8>, i32)>;
 

@@ -1,19 +1,17 @@
 //! Git sources against real servers: git daemon, smart HTTP (lighttpd +
 //! git-http-backend, basic auth) and sshd with a pinned host key.
 
-mod support;
-
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
+use crate::support::*;
 use ferry::agent::Agent;
 use ferry::config::Config;
 use ferry::metrics::Metrics;
 use ferry::source::{GitSource, SourceError};
 use ferry::status::StatusStore;
-use support::*;
 
 fn source(yaml_auth: &str, url: &str, cache: &Path) -> GitSource {
     let text = format!("sources:\n  - name: dags\n    url: {url}\n    timeout: 20s\n{yaml_auth}");

@@ -1,13 +1,11 @@
 //! The `ferry` binary as users meet it: config errors, help, quickstart,
 //! one-shot publishing, the HTTP endpoints and shutdown.
 
-mod support;
-
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use support::*;
+use crate::support::*;
 
 fn ferry(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_ferry"))

@@ -2,7 +2,7 @@
 //! mirror compaction, validation, staging, swap), damaged mirrors, and the
 //! repair that must follow, against real git servers.
 
-mod support;
+use crate::support;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -11,8 +11,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::support::*;
 use git2::{Oid, Repository};
-use support::*;
 
 /// Expected (path, content) of each commit, by commit id.
 type Trees = Arc<Mutex<HashMap<String, Vec<(String, String)>>>>;

@@ -1,12 +1,10 @@
 //! `POST /webhooks/github` on a running `ferry run`: signed pushes trigger a
 //! sync at once; everything unsigned, replayed, oversized or untracked does not.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
+use crate::support::*;
 use ferry::webhook::sign;
-use support::*;
 
 const SECRET: &str = "webhook-secret-7c1f0e";
 

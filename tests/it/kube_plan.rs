@@ -1,10 +1,9 @@
 //! Planning the platform repo's manifests against a real kube-apiserver
 //! (tools/control-plane). One unique namespace per test.
 
-mod support;
-
 use std::process::Command;
 
+use crate::support::*;
 use ferry::config::KubernetesTargetConfig;
 use ferry::desired::manifests;
 use ferry::kubernetes::client;
@@ -13,7 +12,6 @@ use ferry::kubernetes::discovery::Catalog;
 use ferry::kubernetes::plan::{Action, Plan};
 use git2::{Oid, Repository};
 use kube::api::{Patch, PatchParams};
-use support::*;
 
 fn target(ns: &str, force: bool) -> ferry::config::KubernetesTargetConfig {
     kube_target(ns, force)

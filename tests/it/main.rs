@@ -1,0 +1,21 @@
+//! ferry's integration tests: one binary (as ripgrep does), so the
+//! support code compiles and links once. Every test runs against real
+//! components on 127.0.0.1 that the tests or `scripts/test` start (see
+//! `support/`); only GitHub.com is a fake.
+
+mod support;
+
+mod airflow;
+mod aws;
+mod cli;
+mod deploy;
+mod faults;
+mod git_sources;
+mod github;
+mod kube_agent;
+mod kube_apply;
+mod kube_plan;
+mod publish;
+mod templates;
+mod terraform;
+mod webhook;
