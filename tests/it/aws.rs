@@ -1144,6 +1144,74 @@ async fn prune_deletes_only_what_this_source_made() {
     }
 }
 
+/// A platform repo whose head holds a Namespace, a ConfigMap and
+/// `platform.yaml`, served by a git daemon, and a ferry.yaml whose one
+/// source feeds both the Kubernetes and the AWS target (as deploy/ does).
+struct BothTargets {
+    ns: String,
+    head: String,
+    port: u16,
+    config: std::path::PathBuf,
+    _daemon: Server,
+}
+
+impl BothTargets {
+    /// `source_extra`: more keys of the source (e.g. `verify`).
+    fn new(dir: &std::path::Path, name: &str, platform: &str, source_extra: &str) -> BothTargets {
+        let repo = Repo::new(dir, "platform");
+        let ns = unique_namespace(name);
+        let head = repo.commit(
+            &[
+                (
+                    "manifests/ns.yaml",
+                    Some(&format!(
+                        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {ns}\n"
+                    )),
+                ),
+                (
+                    "manifests/cm.yaml",
+                    Some("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: settings\ndata:\n  k: v\n"),
+                ),
+                ("platform.yaml", Some(platform)),
+            ],
+            name,
+        );
+        let daemon = git_daemon(dir, free_port());
+        let port = free_port();
+        let config = dir.join("ferry.yaml");
+        std::fs::write(
+            &config,
+            format!(
+                "cache_dir: {cache}\nserver:\n  listen: 127.0.0.1:{port}\n\
+                 sources:\n  - name: platform\n    url: git://127.0.0.1:{dp}/platform.git\n    interval: 1s\n    max_backoff: 1s\n{source_extra}\
+                 targets:\n  kubernetes:\n    source: platform\n    default_namespace: {ns}\n    allowed_namespaces: [{ns}]\n    health_timeout: 0s\n    kubeconfig: {kc}\n\
+                 \x20 aws:\n    source: platform\n    region: {REGION}\n    endpoint_url: {url}\n    poll_interval: 50ms\n",
+                cache = dir.join("cache").display(),
+                dp = daemon.port,
+                kc = control_plane().admin.display(),
+                url = moto().url,
+            ),
+        )
+        .unwrap();
+        BothTargets {
+            ns,
+            head,
+            port,
+            config,
+            _daemon: daemon,
+        }
+    }
+
+    /// Neither the apiserver (audit log) nor AWS (moto's call counts)
+    /// received a request for the commit.
+    fn assert_nothing_reached(&self, what: &str) {
+        let writes = audited_writes(&control_plane().audit_log, &self.ns);
+        assert!(writes.is_empty(), "{what} reached the cluster: {writes:?}");
+        let (_, calls) = moto().get("/ferry-test/calls");
+        assert_eq!(calls.trim(), "{}", "{what} reached AWS");
+    }
+}
+
 /// A platform head that is not signed by a listed key, on a source feeding
 /// both the Kubernetes and the AWS target: refused at every poll, and
 /// neither the apiserver (audit log) nor AWS (moto's call counts) receives
@@ -1152,52 +1220,20 @@ async fn prune_deletes_only_what_this_source_made() {
 async fn a_refused_head_reaches_neither_the_cluster_nor_aws() {
     let moto = moto();
     let _guard = moto.lock().await;
-    let cp = control_plane();
     let tmp = tempfile::tempdir().unwrap();
-    let repo = Repo::new(tmp.path(), "platform");
-    let ns = unique_namespace("refused");
-    let head = repo.commit(
-        &[
-            (
-                "manifests/ns.yaml",
-                Some(&format!(
-                    "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {ns}\n"
-                )),
-            ),
-            (
-                "manifests/cm.yaml",
-                Some(
-                    "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: settings\ndata:\n  k: v\n",
-                ),
-            ),
-            (
-                "platform.yaml",
-                Some(&sagemaker_yaml(&[("diagnosis", "v1", 1.0)])),
-            ),
-        ],
-        "unsigned",
-    );
     let allowed = allowed_signers_of_a_stranger(tmp.path());
-    let daemon = git_daemon(tmp.path(), free_port());
-    let port = free_port();
-    let config = tmp.path().join("ferry.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "cache_dir: {cache}\nserver:\n  listen: 127.0.0.1:{port}\n\
-             sources:\n  - name: platform\n    url: git://127.0.0.1:{dp}/platform.git\n    interval: 1s\n    max_backoff: 1s\n    \
-             verify:\n      allowed_signers: {allowed}\n\
-             targets:\n  kubernetes:\n    source: platform\n    default_namespace: {ns}\n    allowed_namespaces: [{ns}]\n    health_timeout: 0s\n    kubeconfig: {kc}\n\
-             \x20 aws:\n    source: platform\n    region: {REGION}\n    endpoint_url: {url}\n    poll_interval: 50ms\n",
-            cache = tmp.path().join("cache").display(),
-            dp = daemon.port,
-            allowed = allowed.display(),
-            kc = cp.admin.display(),
-            url = moto.url,
-        ),
-    )
-    .unwrap();
-    let ferry = spawn_ferry(&config, &tmp.path().join("ferry.log"), port, &aws_env());
+    let verify = format!(
+        "    verify:\n      allowed_signers: {}\n",
+        allowed.display()
+    );
+    let both = BothTargets::new(
+        tmp.path(),
+        "refused",
+        &sagemaker_yaml(&[("diagnosis", "v1", 1.0)]),
+        &verify,
+    );
+    let (head, port, config) = (&both.head, both.port, &both.config);
+    let ferry = spawn_ferry(config, &tmp.path().join("ferry.log"), port, &aws_env());
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let refusals = || -> u64 {
         let (_, metrics) = http_get(addr, "/metrics");
@@ -1221,13 +1257,7 @@ async fn a_refused_head_reaches_neither_the_cluster_nor_aws() {
     let status: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(status["last_error"]["kind"], "untrusted_commit", "{status}");
     assert_eq!(status["last_error"]["commit"], head.as_str(), "{status}");
-    assert!(
-        audited_writes(&cp.audit_log, &ns).is_empty(),
-        "{:?}",
-        audited_writes(&cp.audit_log, &ns)
-    );
-    let (_, calls) = moto.get("/ferry-test/calls");
-    assert_eq!(calls.trim(), "{}", "AWS was called for a refused head");
+    both.assert_nothing_reached("a refused head");
     stop_ferry(ferry);
 }
 
@@ -1239,49 +1269,15 @@ async fn a_refused_head_reaches_neither_the_cluster_nor_aws() {
 async fn an_invalid_platform_yaml_applies_nothing_of_the_same_commit() {
     let moto = moto();
     let _guard = moto.lock().await;
-    let cp = control_plane();
     let tmp = tempfile::tempdir().unwrap();
-    let repo = Repo::new(tmp.path(), "platform");
-    let ns = unique_namespace("gate");
-    let head = repo.commit(
-        &[
-            (
-                "manifests/ns.yaml",
-                Some(&format!(
-                    "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {ns}\n"
-                )),
-            ),
-            (
-                "manifests/cm.yaml",
-                Some(
-                    "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: settings\ndata:\n  k: v\n",
-                ),
-            ),
-            (
-                "platform.yaml",
-                Some(&eks_yaml("{min: 1, max: 3, desired: 5}", "")),
-            ),
-        ],
-        "manifests fine, platform.yaml not",
+    let both = BothTargets::new(
+        tmp.path(),
+        "gate",
+        &eks_yaml("{min: 1, max: 3, desired: 5}", ""),
+        "",
     );
-    let daemon = git_daemon(tmp.path(), free_port());
-    let port = free_port();
-    let config = tmp.path().join("ferry.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "cache_dir: {cache}\nserver:\n  listen: 127.0.0.1:{port}\n\
-             sources:\n  - name: platform\n    url: git://127.0.0.1:{dp}/platform.git\n    interval: 1s\n    max_backoff: 1s\n\
-             targets:\n  kubernetes:\n    source: platform\n    default_namespace: {ns}\n    allowed_namespaces: [{ns}]\n    health_timeout: 0s\n    kubeconfig: {kc}\n\
-             \x20 aws:\n    source: platform\n    region: {REGION}\n    endpoint_url: {url}\n    poll_interval: 50ms\n",
-            cache = tmp.path().join("cache").display(),
-            dp = daemon.port,
-            kc = cp.admin.display(),
-            url = moto.url,
-        ),
-    )
-    .unwrap();
-    let ferry = spawn_ferry(&config, &tmp.path().join("ferry.log"), port, &aws_env());
+    let (head, port, config) = (&both.head, both.port, &both.config);
+    let ferry = spawn_ferry(config, &tmp.path().join("ferry.log"), port, &aws_env());
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let status = tokio::task::block_in_place(|| {
         eventually(Duration::from_secs(30), "the head's verdict", || {
@@ -1292,13 +1288,7 @@ async fn an_invalid_platform_yaml_applies_nothing_of_the_same_commit() {
     });
     // A few more polls: a rejected commit must not be retried into a write.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    assert!(
-        audited_writes(&cp.audit_log, &ns).is_empty(),
-        "manifests of a rejected commit were applied: {:?}",
-        audited_writes(&cp.audit_log, &ns)
-    );
-    let (_, calls) = moto.get("/ferry-test/calls");
-    assert_eq!(calls.trim(), "{}", "AWS was called for a rejected commit");
+    both.assert_nothing_reached("a rejected commit");
     assert_eq!(
         status["last_error"]["kind"], "validation_failed",
         "{status}"

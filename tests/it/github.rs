@@ -488,8 +488,24 @@ fn a_restart_neither_reposts_nor_loses_a_final_status() {
         "1h",
         "    validation:\n      command: [\"true\"]\n",
     );
+    // Delivery is at least once: a stop between GitHub's answer and the
+    // ledger noting it (or with a report still queued: the deployment's
+    // status follows the commit's) sends that report again. Wait for the note.
+    let ledger = s.tmp.path().join("cache/github-report.json");
+    let outbox_emptied = || {
+        eventually(
+            Duration::from_secs(10),
+            "the ledger's outbox emptied",
+            || {
+                let saved: serde_json::Value =
+                    serde_json::from_slice(&std::fs::read(&ledger).ok()?).ok()?;
+                saved["outbox"].as_array()?.is_empty().then_some(())
+            },
+        )
+    };
     let ferry = spawn_ferry(&passing, &s.tmp.path().join("run1.log"), s.port, &[]);
     wait_states(&s.fake, &first, "ferry/dags", &["pending", "success"]);
+    outbox_emptied();
     stop_ferry(ferry);
 
     // Same commit after a restart: evaluated again, reported never again.
@@ -529,18 +545,7 @@ fn a_restart_neither_reposts_nor_loses_a_final_status() {
                 .then_some(())
         })
     });
-    // Delivery is at least once: a kill between GitHub's answer and the
-    // ledger noting it would send that report again. Wait for the note.
-    let ledger = s.tmp.path().join("cache/github-report.json");
-    eventually(
-        Duration::from_secs(10),
-        "the ledger's outbox emptied",
-        || {
-            let saved: serde_json::Value =
-                serde_json::from_slice(&std::fs::read(&ledger).ok()?).ok()?;
-            saved["outbox"].as_array()?.is_empty().then_some(())
-        },
-    );
+    outbox_emptied();
     ferry.kill().unwrap();
     ferry.wait().unwrap();
     let ferry = spawn_ferry(&passing, &s.tmp.path().join("run4.log"), s.port, &[]);

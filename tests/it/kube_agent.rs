@@ -38,12 +38,22 @@ fn status(addr: std::net::SocketAddr) -> serde_json::Value {
     serde_json::from_str(&body).unwrap_or(serde_json::Value::Null)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ferry_run_applies_reports_drift_and_self_heals() {
-    let cp = control_plane();
-    let tmp = tempfile::tempdir().unwrap();
-    let repo = Repo::new(tmp.path(), "platform");
-    let ns = unique_namespace("agent");
+/// A platform repo declaring a Namespace and the ConfigMap `settings`
+/// (mode: calm), `ferry run` on it (1 s interval and drift checks, no
+/// self_heal), and its first apply done.
+struct Applied {
+    repo: Repo,
+    ns: String,
+    daemon: Server,
+    port: u16,
+    addr: std::net::SocketAddr,
+    ferry: process::Owned,
+    first: String,
+}
+
+fn applied(dir: &Path, name: &str) -> Applied {
+    let repo = Repo::new(dir, "platform");
+    let ns = unique_namespace(name);
     let ns_yaml = format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {ns}\n");
     let first = repo.commit(
         &[
@@ -52,21 +62,51 @@ async fn ferry_run_applies_reports_drift_and_self_heals() {
         ],
         "first",
     );
-    let daemon = git_daemon(tmp.path(), free_port());
+    let daemon = git_daemon(dir, free_port());
     let port = free_port();
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let config = write_config(tmp.path(), port, daemon.port, &ns, false);
-    let ferry = spawn_ferry(&config, &tmp.path().join("ferry.log"), port, &[]);
-
-    let wait = |what: &str, check: &dyn Fn(&serde_json::Value) -> bool| {
-        eventually(Duration::from_secs(30), what, || {
-            let v = status(addr);
-            check(&v).then_some(v)
-        })
-    };
-    wait("first apply", &|v| {
+    let config = write_config(dir, port, daemon.port, &ns, false);
+    let ferry = spawn_ferry(&config, &dir.join("ferry.log"), port, &[]);
+    wait_for(addr, "first apply", &|v| {
         v["kubernetes"]["applied_revision"] == first.as_str()
     });
+    Applied {
+        repo,
+        ns,
+        daemon,
+        port,
+        addr,
+        ferry,
+        first,
+    }
+}
+
+/// The source's status once `check` holds (30 s at most).
+fn wait_for(
+    addr: std::net::SocketAddr,
+    what: &str,
+    check: &dyn Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    eventually(Duration::from_secs(30), what, || {
+        let v = status(addr);
+        check(&v).then_some(v)
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ferry_run_applies_reports_drift_and_self_heals() {
+    let cp = control_plane();
+    let tmp = tempfile::tempdir().unwrap();
+    let Applied {
+        repo,
+        ns,
+        daemon,
+        port,
+        addr,
+        ferry,
+        ..
+    } = applied(tmp.path(), "agent");
+    let wait = |what: &str, check: &dyn Fn(&serde_json::Value) -> bool| wait_for(addr, what, check);
     let client = ferry::kubernetes::client::connect(Some(&cp.admin))
         .await
         .unwrap();
@@ -602,35 +642,16 @@ async fn two_instances_on_one_cluster_never_prune_each_other() {
 async fn a_rejected_platform_commit_waits_for_git_and_drift_is_still_checked() {
     let cp = control_plane();
     let tmp = tempfile::tempdir().unwrap();
-    let repo = Repo::new(tmp.path(), "platform");
-    let ns = unique_namespace("waits");
-    let ns_yaml = format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {ns}\n");
-    let cm = |mode: &str| {
-        format!(
-            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: settings\ndata:\n  mode: {mode}\n"
-        )
-    };
-    let good = repo.commit(
-        &[
-            ("manifests/ns.yaml", Some(&ns_yaml)),
-            ("manifests/cm.yaml", Some(&cm("calm"))),
-        ],
-        "good",
-    );
-    let daemon = git_daemon(tmp.path(), free_port());
-    let port = free_port();
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let config = write_config(tmp.path(), port, daemon.port, &ns, false);
-    let ferry = spawn_ferry(&config, &tmp.path().join("ferry.log"), port, &[]);
-    let wait = |what: &str, check: &dyn Fn(&serde_json::Value) -> bool| {
-        eventually(Duration::from_secs(30), what, || {
-            let v = status(addr);
-            check(&v).then_some(v)
-        })
-    };
-    wait("first apply", &|v| {
-        v["kubernetes"]["applied_revision"] == good.as_str()
-    });
+    let Applied {
+        repo,
+        ns,
+        addr,
+        ferry,
+        first: good,
+        daemon: _daemon,
+        ..
+    } = applied(tmp.path(), "waits");
+    let wait = |what: &str, check: &dyn Fn(&serde_json::Value) -> bool| wait_for(addr, what, check);
 
     // A namespace outside allowed_namespaces: rejected, nothing applied.
     let bad = repo.commit(
