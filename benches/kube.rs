@@ -82,8 +82,9 @@ fn main() {
         // Applies a revision: (outcome, time taken, writes the audit log saw).
         let mut timed = async |rev: git2::Oid| {
             let writes_before = audited_writes(&cp.audit_log, &ns).len();
-            let manifests = manifests::read(&repo, rev, "manifests").unwrap();
+            // Timed from reading the commit, as the agent's gate does.
             let started = Instant::now();
+            let manifests = manifests::read(&repo, rev, "manifests").unwrap();
             let plan = target.plan(rev, &manifests, Depth::Apply).await.unwrap();
             let out = target.apply(plan, &cancel).await.unwrap();
             let took = started.elapsed();

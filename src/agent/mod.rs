@@ -475,6 +475,9 @@ impl Worker {
         for target in &mut self.targets {
             planned.push(target.plan(&desired, Purpose::Apply, cancel).await);
         }
+        // What the commit declares is in the plans now; applies and health
+        // waits can be long, so its copy is not kept through them.
+        drop(desired);
         let plans = match targets::all_or_nothing(
             planned
                 .into_iter()
