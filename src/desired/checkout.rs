@@ -55,8 +55,16 @@ pub fn validate(
     report.files = files.len();
     for path in &files {
         let rel = path.strip_prefix(dir).unwrap_or(path).display().to_string();
-        let text = std::fs::read_to_string(path).map_err(read_err(path))?;
-        match super::manifests::parse_file(&rel, &text) {
+        let bytes = std::fs::read(path).map_err(read_err(path))?;
+        let Ok(text) = std::str::from_utf8(&bytes) else {
+            report.problems.push(Problem::new(
+                &rel,
+                crate::yaml::utf8_error_line(&bytes),
+                crate::yaml::NOT_UTF8.into(),
+            ));
+            continue;
+        };
+        match super::manifests::parse_file(&rel, text) {
             Ok(found) => report.objects += found.len(),
             Err(errors) => report
                 .problems

@@ -155,9 +155,9 @@ pub fn read(
                 origin: Origin {
                     file: path,
                     document: 0,
-                    line: 1,
+                    line: crate::yaml::utf8_error_line(&content).unwrap_or(1),
                 },
-                message: "not valid UTF-8".into(),
+                message: crate::yaml::NOT_UTF8.into(),
             }),
         }
     }
@@ -195,6 +195,31 @@ fn collect_yaml(
 /// Parses one file's documents. Empty documents (a trailing `---`, comments
 /// only) are skipped but still counted, so indexes match what editors show.
 pub fn parse_file(path: &str, text: &str) -> Result<Vec<Manifest>, Vec<ManifestError>> {
+    // Before parsing: a deserializer would keep one of the values silently.
+    let duplicates = crate::yaml::duplicate_keys(text);
+    if !duplicates.is_empty() {
+        return Err(duplicates
+            .into_iter()
+            .map(|d| ManifestError {
+                origin: Origin {
+                    file: path.to_string(),
+                    document: d.document,
+                    line: d.line,
+                },
+                message: format!("key `{}` {}", d.key, d.message()),
+            })
+            .collect());
+    }
+    if let Some(flow) = crate::yaml::check_duplicates(text).into_iter().next() {
+        return Err(vec![ManifestError {
+            origin: Origin {
+                file: path.to_string(),
+                document: 0,
+                line: flow.line.unwrap_or(1),
+            },
+            message: flow.message,
+        }]);
+    }
     let starts = document_lines(text);
     let mut manifests = Vec::new();
     let mut errors = Vec::new();

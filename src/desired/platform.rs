@@ -529,8 +529,14 @@ pub fn read(
     let blob = repo
         .find_blob(entry.id())
         .map_err(|e| general(format!("not a file: {}", e.message())))?;
-    let text =
-        std::str::from_utf8(blob.content()).map_err(|_| general("is not UTF-8 text".into()))?;
+    let text = std::str::from_utf8(blob.content()).map_err(|_| {
+        vec![PlatformError {
+            file: file.to_string(),
+            line: crate::yaml::utf8_error_line(blob.content()),
+            key: "(file)".into(),
+            message: crate::yaml::NOT_UTF8.into(),
+        }]
+    })?;
     parse(file, text).map(Some)
 }
 

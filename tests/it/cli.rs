@@ -251,6 +251,59 @@ fn validate_checks_a_platform_checkout_offline() {
     assert!(stderr.contains("2 problem(s)"), "{stderr}");
 }
 
+/// A key given twice is refused with both lines, in manifests,
+/// platform.yaml (block and flow mappings) and ferry.yaml; a file that is
+/// not UTF-8 is refused naming the line of its first bad byte.
+#[test]
+fn duplicate_keys_and_bad_bytes_are_refused_with_their_lines() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(tmp.path().join("manifests")).unwrap();
+    std::fs::write(
+        tmp.path().join("manifests/cm.yaml"),
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: a\ndata:\n  mode: calm\n  mode: busy\n",
+    )
+    .unwrap();
+    std::fs::write(
+        tmp.path().join("manifests/latin1.yaml"),
+        b"apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: caf\xe9\n".as_slice(),
+    )
+    .unwrap();
+    std::fs::write(
+        tmp.path().join("platform.yaml"),
+        "apiVersion: ferry.dev/v1alpha1\nkind: Platform\nsagemaker:\n  endpoints: []\nsagemaker:\n  endpoints: []\n",
+    )
+    .unwrap();
+    let out = ferry(&["validate", tmp.path().to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("manifests/cm.yaml:7 (document 0): key `mode` given twice in one mapping (first at line 6)"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("platform.yaml:5: sagemaker: given twice in one mapping (first at line 3)"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("manifests/latin1.yaml:4: not valid UTF-8"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("3 problem(s)"), "{stderr}");
+
+    // Flow mappings, in ferry.yaml: the parser's own refusal, with its line.
+    let config = tmp.path().join("ferry.yaml");
+    std::fs::write(
+        &config,
+        "sources:\n  - name: dags\n    url: https://github.com/acme/dags.git\n    auth: {username: a, username: b}\n",
+    )
+    .unwrap();
+    let out = ferry(&["check-config", "--skip-files", config.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("duplicate entry with key"), "{stderr}");
+    assert!(stderr.contains(":4"), "the line is named: {stderr}");
+}
+
 #[test]
 fn every_subcommand_help_teaches_with_an_example() {
     for sub in [
