@@ -41,8 +41,16 @@ pub async fn plan(
         .source(&source_name)
         .cloned()
         .with_context(|| format!("targets.{target}.source names no source"))?;
-    let mut found = targets::for_source(config, &source_config, None)?;
-    found.retain(|t| t.name() == target);
+    // Only the target planned: opening a DAGs target would clean staging
+    // directories on a volume a running agent may be writing.
+    let mut only = config.clone();
+    only.targets.dags = None;
+    if target == "kubernetes" {
+        only.targets.aws = None;
+    } else {
+        only.targets.kubernetes = None;
+    }
+    let mut found = targets::for_source(&only, &source_config, None)?;
     let Some(mut planner) = found.pop() else {
         anyhow::bail!("this ferry was built without the `{target}` target");
     };

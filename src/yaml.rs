@@ -16,9 +16,14 @@ pub struct YamlError {
 /// Deserializes `text`, naming the offending key (the unknown one itself,
 /// not only its parent) and its line.
 pub fn parse<T: DeserializeOwned>(text: &str) -> Result<T, YamlError> {
-    if let Some(duplicate) = check_duplicates(text).into_iter().next() {
-        return Err(duplicate);
+    match check_duplicates(text).into_iter().next() {
+        Some(duplicate) => Err(duplicate),
+        None => parse_checked(text),
     }
+}
+
+/// [`parse`] of a text already checked for duplicate keys.
+fn parse_checked<T: DeserializeOwned>(text: &str) -> Result<T, YamlError> {
     let de = serde_yaml_ng::Deserializer::from_str(text);
     serde_path_to_error::deserialize(de).map_err(|err| {
         let key = err.path().to_string();
@@ -53,7 +58,7 @@ pub fn parse_all_unknown<T: DeserializeOwned>(
         return Err(duplicates);
     }
     let mut unknown = Vec::new();
-    let first = match parse::<T>(text) {
+    let first = match parse_checked::<T>(text) {
         Ok(value) => return Ok((value, unknown)),
         Err(e) => e,
     };
@@ -224,7 +229,7 @@ impl DuplicateKey {
 
 /// Every key repeated in a block mapping of `text`, with both lines.
 /// A line scanner, so it names lines the parser does not keep; flow
-/// mappings (`{a: 1, a: 2}`) are left to [`check_duplicates`]' parse.
+/// mappings (`{a: 1, a: 2}`) are left to [`flow_duplicate`].
 pub fn duplicate_keys(text: &str) -> Vec<DuplicateKey> {
     struct Mapping {
         indent: usize,
@@ -325,7 +330,7 @@ fn mapping_key(rest: &str) -> Option<(String, &str)> {
 /// Duplicate keys of `text` as errors, also those in flow mappings, which
 /// the line scanner skips: the YAML parser itself refuses those.
 pub fn check_duplicates(text: &str) -> Vec<YamlError> {
-    let mut errors: Vec<YamlError> = duplicate_keys(text)
+    let errors: Vec<YamlError> = duplicate_keys(text)
         .into_iter()
         .map(|d| YamlError {
             key: d.key.clone(),
@@ -334,27 +339,40 @@ pub fn check_duplicates(text: &str) -> Vec<YamlError> {
         })
         .collect();
     if errors.is_empty() {
-        for document in serde_yaml_ng::Deserializer::from_str(text) {
-            use serde::Deserialize;
-            if let Err(e) = serde_yaml_ng::Value::deserialize(document) {
-                let message = strip_location(&e.to_string());
-                if message.contains("duplicate entry") {
-                    // `labels: duplicate entry with key "a"`: the path first.
-                    let (key, what) = match message.split_once(": ") {
-                        Some((path, rest)) if !path.contains(' ') => (path.to_string(), rest),
-                        _ => ("(mapping)".to_string(), message.as_str()),
-                    };
-                    errors.push(YamlError {
-                        key,
-                        line: e.location().map(|l| l.line()),
-                        message: format!("{what}: YAML allows a key once per mapping; keep one"),
-                    });
-                }
-                break;
-            }
-        }
+        return flow_duplicate(text).into_iter().collect();
     }
     errors
+}
+
+/// The first key repeated in a flow mapping (`{a: 1, a: 2}`), found by
+/// the YAML parser; a text without `{` has no flow mapping and is not
+/// parsed a second time.
+pub fn flow_duplicate(text: &str) -> Option<YamlError> {
+    if !text.contains('{') {
+        return None;
+    }
+    for document in serde_yaml_ng::Deserializer::from_str(text) {
+        use serde::Deserialize;
+        let Err(e) = serde_yaml_ng::Value::deserialize(document) else {
+            continue;
+        };
+        let message = strip_location(&e.to_string());
+        if !message.contains("duplicate entry") {
+            // Another error: the caller's own parse reports it.
+            return None;
+        }
+        // `labels: duplicate entry with key "a"`: the path first.
+        let (key, what) = match message.split_once(": ") {
+            Some((path, rest)) if !path.contains(' ') => (path.to_string(), rest),
+            _ => ("(mapping)".to_string(), message.as_str()),
+        };
+        return Some(YamlError {
+            key,
+            line: e.location().map(|l| l.line()),
+            message: format!("{what}: YAML allows a key once per mapping; keep one"),
+        });
+    }
+    None
 }
 
 /// What to say about a file that is not UTF-8, at [`utf8_error_line`].

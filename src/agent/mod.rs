@@ -339,7 +339,7 @@ impl Worker {
                 return (result, None);
             }
         };
-        let commit = head.commit;
+        let commit = head.revision.commit;
         self.status
             .update(&name, |s| s.revision = Some(commit.to_string()));
         // Before anything else looks at the commit: an untrusted head
@@ -441,7 +441,6 @@ impl Worker {
         self.status
             .update(name, |s| s.signed_by = signed_by.clone());
         Ok(Head {
-            commit,
             untrusted,
             revision: Revision {
                 source: name.clone(),
@@ -514,18 +513,27 @@ impl Worker {
     /// plan would make is drift; `self_heal` applies that plan.
     async fn check_drift(&mut self, head: &Revision, cancel: &AtomicBool) -> Vec<DriftCheck> {
         let mut checks = Vec::new();
+        // Targets fed by one source usually hold the same last good commit:
+        // it is read once for all of them.
+        let mut read: Option<(Oid, Result<desired::Desired, desired::Rejection>)> = None;
         for i in 0..self.targets.len() {
             let target = &self.targets[i];
             let (true, Some(applied)) = (target.drift_due(), target.applied()) else {
                 continue;
             };
-            let revision = Revision {
-                commit: applied,
-                ..head.clone()
+            if read.as_ref().is_none_or(|(c, _)| *c != applied) {
+                let revision = Revision {
+                    commit: applied,
+                    ..head.clone()
+                };
+                let desired = tokio::task::block_in_place(|| {
+                    desired::read(&revision, &self.feeds, &mut self.checker)
+                });
+                read = Some((applied, desired));
+            }
+            let Some((_, desired)) = &read else {
+                continue;
             };
-            let desired = tokio::task::block_in_place(|| {
-                desired::read(&revision, &self.feeds, &mut self.checker)
-            });
             let target = &mut self.targets[i];
             target.drift_checked();
             let desired = match desired {
@@ -535,7 +543,7 @@ impl Worker {
                     continue;
                 }
             };
-            let plan = match target.plan(&desired, Purpose::Review, cancel).await {
+            let plan = match target.plan(desired, Purpose::Review, cancel).await {
                 Ok(plan) => plan,
                 Err(failure) => {
                     tracing::warn!(source = %head.source, target = target.name(), error = %failure, "drift check failed");
@@ -646,7 +654,6 @@ impl Worker {
 
 /// A fetched branch head, trusted or not.
 struct Head {
-    commit: Oid,
     /// Why its signature is refused, when it is.
     untrusted: Option<Failure>,
     revision: Revision,

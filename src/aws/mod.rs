@@ -17,22 +17,13 @@ use aws_config::{BehaviorVersion, Region, retry::RetryConfig};
 use serde::Serialize;
 
 use crate::config::AwsTargetConfig;
-use crate::desired::platform::{Platform, PlatformError};
+use crate::desired::platform::Platform;
 use crate::report::comment::{Section, TargetPreview};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AwsError {
-    #[error("{}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))]
-    Invalid(Vec<PlatformError>),
     #[error("{0}")]
     Api(String),
-}
-
-impl AwsError {
-    /// A revision that cannot apply as written; retried when git changes.
-    pub fn is_revision_error(&self) -> bool {
-        matches!(self, AwsError::Invalid(_))
-    }
 }
 
 /// A field that would change: `before` -> `after`, as text.

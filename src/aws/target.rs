@@ -63,16 +63,11 @@ impl AwsTarget {
         let clients = super::clients(platform, &self.config).await;
         super::plan(&clients, platform, &provenance, self.config.prune)
             .await
-            .map_err(|e| match e {
-                AwsError::Invalid(errors) => Failure::problems(
-                    Reason::Invalid,
-                    "not applied",
-                    errors.into_iter().map(Problem::from).collect(),
-                ),
-                AwsError::Api(message) => Failure::new(
+            .map_err(|AwsError::Api(message)| {
+                Failure::new(
                     Reason::AwsUnavailable,
                     format!("cannot plan against AWS: {message}"),
-                ),
+                )
             })
     }
 

@@ -94,21 +94,6 @@ impl fmt::Display for ManifestError {
     }
 }
 
-/// [`read`] from the bare repository at `mirror`.
-pub fn read_mirror(
-    mirror: &std::path::Path,
-    commit: Oid,
-    dir: &str,
-) -> Result<Vec<Manifest>, Vec<ManifestError>> {
-    let repo = Repository::open_bare(mirror).map_err(|e| {
-        vec![ManifestError::general(
-            dir,
-            format!("cannot open the mirror: {}", e.message()),
-        )]
-    })?;
-    read(&repo, commit, dir)
-}
-
 /// Reads `dir` of `commit`. A missing directory is an empty set (a repo may
 /// hold only `platform.yaml`); unreadable git objects are errors.
 pub fn read(
@@ -210,7 +195,7 @@ pub fn parse_file(path: &str, text: &str) -> Result<Vec<Manifest>, Vec<ManifestE
             })
             .collect());
     }
-    if let Some(flow) = crate::yaml::check_duplicates(text).into_iter().next() {
+    if let Some(flow) = crate::yaml::flow_duplicate(text) {
         return Err(vec![ManifestError {
             origin: Origin {
                 file: path.to_string(),
