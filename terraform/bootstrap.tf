@@ -42,5 +42,5 @@ resource "terraform_data" "ferry" {
     EOT
   }
 
-  depends_on = [module.efs]
+  depends_on = [kubernetes_manifest.cluster_prerequisites]
 }

@@ -53,7 +53,7 @@ output "dags_file_system_id" {
   value       = module.efs.file_system_id
 }
 
-output "dags_persistent_volume" {
-  description = "Static PV ferry's and Airflow's DAGs claims bind to (deploy/: volumeName)."
-  value       = module.efs.persistent_volume
+output "dags_persistent_volumes" {
+  description = "The static PVs of the DAGs volume, one per claim (the claims' volumeName), all on one EFS access point."
+  value       = sort([for key, doc in local.cluster_prerequisite_objects : doc.metadata.name if doc.kind == "PersistentVolume"])
 }

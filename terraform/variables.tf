@@ -65,9 +65,9 @@ variable "nodegroups" {
   default = {
     system = {
       instance_types = ["m6i.large"]
-      min_size       = 2
-      max_size       = 4
-      desired_size   = 2
+      min_size       = 3
+      max_size       = 6
+      desired_size   = 3
       labels         = { role = "system" }
       taints         = []
     }

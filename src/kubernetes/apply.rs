@@ -17,6 +17,7 @@ use serde::Serialize;
 
 use super::client::{api_for, describe};
 use super::discovery::Catalog;
+use super::evidence;
 use super::health::{self, Health};
 use super::inventory::{self, Entry};
 use super::last_applied::{AppliedObject, CONCURRENCY, LastApplied, digest};
@@ -69,7 +70,7 @@ impl ApplyOutcome {
     pub fn succeeded(&self) -> bool {
         self.objects
             .iter()
-            .all(|o| o.status != Status::Failed && matches!(o.health, None | Some(Health::Current)))
+            .all(|o| o.status != Status::Failed && o.health.as_ref().is_none_or(Health::is_healthy))
     }
 
     pub fn count(&self, status: Status) -> usize {
@@ -343,19 +344,32 @@ impl Applier<'_> {
             return;
         }
         tracing::debug!(target = self.target, "phase: health");
+        // Events carry whole seconds: a second of slack keeps those of
+        // this apply's own first second.
+        let since =
+            k8s_openapi::jiff::Timestamp::now() - k8s_openapi::jiff::SignedDuration::from_secs(1);
         let api_version: HashMap<&ObjectRef, &str> = resolved
             .iter()
             .map(|m| (&m.id, m.api_version.as_str()))
             .collect();
         for o in outcomes.iter_mut().filter(|o| o.status == Status::Applied) {
-            o.health = Some(if has_health_rule(&o.id) {
+            o.health = Some(if health::is_watched(&o.id.group, &o.id.kind) {
                 Health::InProgress("not assessed yet".into())
             } else {
                 Health::Current
             });
         }
         let deadline = Instant::now() + self.config.health_timeout;
+        // Why an object is not healthy yet costs two more lists (events,
+        // pods): read every few seconds, and on the last round, not on
+        // every 250 ms poll.
+        let mut next_evidence = Instant::now() + EVIDENCE_EVERY;
         loop {
+            let now = Instant::now();
+            let with_evidence = now >= next_evidence || now + POLL >= deadline;
+            if with_evidence {
+                next_evidence = now + EVIDENCE_EVERY;
+            }
             if self.cancelled() {
                 for o in outcomes.iter_mut() {
                     if let Some(Health::InProgress(reason)) = &o.health {
@@ -387,7 +401,16 @@ impl Applier<'_> {
                         let api = api_for(self.client, &resource, id.namespace.as_deref());
                         let live = api.get_opt(&id.name).await.ok().flatten()?;
                         let value = serde_json::to_value(&live).ok()?;
-                        Some(health::assess(&id.group, &id.kind, &value))
+                        let has_status = catalog.has_status(&id.group, &id.kind);
+                        let assessed = health::assess(&id.group, &id.kind, &value, has_status);
+                        if assessed.is_final() || !with_evidence {
+                            return Some(assessed);
+                        }
+                        let ns = id.namespace.as_deref();
+                        let found =
+                            evidence::gather(self.client, &id.group, &id.kind, ns, &value, since)
+                                .await;
+                        Some(health::refine(assessed, &found))
                     }
                     .map(move |h| (i, h))
                 })
@@ -410,7 +433,7 @@ impl Applier<'_> {
                 }
                 return;
             }
-            tokio::time::sleep(Duration::from_millis(250)).await;
+            tokio::time::sleep(POLL).await;
         }
     }
 
@@ -450,14 +473,10 @@ impl Applier<'_> {
     }
 }
 
-fn has_health_rule(id: &ObjectRef) -> bool {
-    matches!(
-        (id.group.as_str(), id.kind.as_str()),
-        ("apps", "Deployment" | "StatefulSet" | "DaemonSet")
-            | ("batch", "Job")
-            | ("apiextensions.k8s.io", "CustomResourceDefinition")
-    )
-}
+/// How often health is polled, and how often the evidence of an object
+/// still in progress is read.
+const POLL: Duration = Duration::from_millis(250);
+const EVIDENCE_EVERY: Duration = Duration::from_secs(2);
 
 fn catalog_needs_refresh(catalog: &Catalog, batch: &[&Manifest]) -> bool {
     batch

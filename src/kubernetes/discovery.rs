@@ -13,6 +13,8 @@ use crate::desired::resolve::{self, Scope};
 struct Served {
     plural: String,
     scope: Scope,
+    /// Has a `status` subresource: a controller is expected to report.
+    status: bool,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -37,11 +39,16 @@ impl Catalog {
                     KubeScope::Cluster => Scope::Cluster,
                     KubeScope::Namespaced => Scope::Namespaced,
                 };
+                let status = caps
+                    .subresources
+                    .iter()
+                    .any(|(sub, _)| sub.plural == "status");
                 served.insert(
                     (resource.group.clone(), resource.kind.clone()),
                     Served {
                         plural: resource.plural.clone(),
                         scope,
+                        status,
                     },
                 );
             }
@@ -59,7 +66,7 @@ impl Catalog {
             if self.served.contains_key(&(group.clone(), kind.clone())) {
                 continue;
             }
-            let plural = manifests
+            let spec = manifests
                 .iter()
                 .filter(|m| m.id.kind == "CustomResourceDefinition")
                 .filter_map(|m| m.object.get("spec"))
@@ -69,10 +76,25 @@ impl Catalog {
                             .and_then(|n| n.get("kind"))
                             .and_then(|k| k.as_str())
                             == Some(kind.as_str())
-                })
+                });
+            let plural = spec
                 .and_then(|s| s.get("names")?.get("plural")?.as_str().map(str::to_string))
                 .unwrap_or_else(|| kind.to_lowercase() + "s");
-            self.pending.insert((group, kind), Served { plural, scope });
+            let status = spec
+                .and_then(|s| s.get("versions")?.as_array())
+                .is_some_and(|versions| {
+                    versions
+                        .iter()
+                        .any(|v| v.pointer("/subresources/status").is_some())
+                });
+            self.pending.insert(
+                (group, kind),
+                Served {
+                    plural,
+                    scope,
+                    status,
+                },
+            );
         }
         self
     }
@@ -83,6 +105,15 @@ impl Catalog {
             .get(&key)
             .or_else(|| self.pending.get(&key))
             .map(|s| s.scope)
+    }
+
+    /// True when the kind has a `status` subresource.
+    pub fn has_status(&self, group: &str, kind: &str) -> bool {
+        let key = (group.to_string(), kind.to_string());
+        self.served
+            .get(&key)
+            .or_else(|| self.pending.get(&key))
+            .is_some_and(|s| s.status)
     }
 
     /// True when the kind exists only through a CRD of this revision.

@@ -7,6 +7,7 @@ pub mod apply;
 pub mod client;
 pub mod diff;
 pub mod discovery;
+pub mod evidence;
 pub mod health;
 pub mod inventory;
 pub mod last_applied;

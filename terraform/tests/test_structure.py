@@ -112,6 +112,30 @@ class Nodegroups(unittest.TestCase):
             self.assertTrue(0 <= ng["min_size"] <= ng["desired_size"] <= ng["max_size"], name)
         self.assertTrue(groups["cpu-training"]["taints"], "the training nodegroup is tainted")
 
+    def test_default_nodegroups_are_those_the_platform_template_declares(self):
+        # Terraform creates the nodegroups; ferry then manages them from
+        # platform.yaml, and the stand-up test sizes its simulated nodes
+        # from it: the two must describe the same machines.
+        import yaml
+        with open(os.path.join(ROOT, "..", "platform-repo-template", "platform.yaml")) as f:
+            declared = {g["name"]: g for g in yaml.safe_load(f)["eks"]["nodegroups"]}
+        variable = [b["nodegroups"] for p, b in blocks("variable") if p == "variables.tf" and "nodegroups" in b][0]
+        groups = variable["default"][0] if isinstance(variable["default"], list) else variable["default"]
+        self.assertEqual(sorted(groups), sorted(declared))
+        effects = {"NO_SCHEDULE", "NO_EXECUTE", "PREFER_NO_SCHEDULE"}
+        for name, ng in groups.items():
+            g = declared[name]
+            self.assertEqual(ng["instance_types"], g["instance_types"], name)
+            self.assertEqual(
+                (ng["min_size"], ng["max_size"], ng["desired_size"]),
+                (g["scaling"]["min"], g["scaling"]["max"], g["scaling"]["desired"]),
+                name,
+            )
+            self.assertEqual(ng["labels"], g.get("labels", {}), name)
+            taints = [{k: t.get(k, "") for k in ("key", "value", "effect")} for t in g.get("taints", [])]
+            self.assertEqual(ng["taints"], taints, name)
+            self.assertTrue(all(t["effect"] in effects for t in taints), name)
+
     def test_terraform_leaves_scaling_to_ferry(self):
         (_, _, body), = [r for r in resources("aws_eks_node_group")]
         ignored = body["lifecycle"][0]["ignore_changes"][0]

@@ -960,47 +960,6 @@ fn a_full_disk_keeps_the_live_revision_and_recovers_without_restart() {
     stop_ferry(ferry);
 }
 
-/// A control plane of the test's own, so restarting its apiserver
-/// disturbs no other test.
-struct PrivateControlPlane {
-    dir: tempfile::TempDir,
-}
-
-impl PrivateControlPlane {
-    fn start() -> PrivateControlPlane {
-        let dir = tempfile::tempdir().unwrap();
-        start_control_plane(dir.path());
-        PrivateControlPlane { dir }
-    }
-
-    fn admin(&self) -> PathBuf {
-        self.dir.path().join("admin.kubeconfig")
-    }
-
-    fn audit_log(&self) -> PathBuf {
-        self.dir.path().join("audit.log")
-    }
-
-    /// kill -9 of the apiserver, then the same server again; returns when ready.
-    fn restart_apiserver(&self) {
-        let script =
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/control-plane/restart-apiserver.sh");
-        let out = Command::new(script).arg(self.dir.path()).output().unwrap();
-        assert!(
-            out.status.success(),
-            "apiserver did not come back: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-}
-
-impl Drop for PrivateControlPlane {
-    fn drop(&mut self) {
-        let stop = Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/control-plane/stop.sh");
-        let _ = Command::new(stop).arg(self.dir.path()).status();
-    }
-}
-
 /// Writes by ferry (not dry runs) to configmaps in `ns`: (verb, name).
 fn configmap_writes(audit_log: &Path, ns: &str) -> Vec<(String, String)> {
     let prefix = format!("/api/v1/namespaces/{ns}/configmaps/");
@@ -1031,7 +990,7 @@ fn configmaps(prefix: &str, range: std::ops::Range<usize>, size: usize) -> Strin
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_apiserver_restart_mid_apply_is_retried_and_prunes_nothing_by_mistake() {
     use k8s_openapi::api::core::v1::ConfigMap;
-    let cp = PrivateControlPlane::start();
+    let cp = PrivateControlPlane::start(false);
     let tmp = tempfile::tempdir().unwrap();
     let repo = Repo::new(tmp.path(), "platform");
     let ns = "restart-test";

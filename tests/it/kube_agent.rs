@@ -290,8 +290,9 @@ fn an_unreachable_cluster_is_retried_and_recovered_from() {
     stop_ferry(ferry);
 }
 
-/// SIGTERM while ferry waits for a workload that never gets healthy (no
-/// kubelet here): it stops promptly instead of sitting out `health_timeout`.
+/// SIGTERM while ferry waits for a workload that never gets healthy (its
+/// pods never pass readiness): it stops promptly instead of sitting out
+/// `health_timeout`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_does_not_wait_out_the_health_timeout() {
     let cp = control_plane();
@@ -305,7 +306,8 @@ async fn shutdown_does_not_wait_out_the_health_timeout() {
                 "manifests/web.yaml",
                 Some(
                     "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\nspec:\n  selector:\n    matchLabels: {app: web}\n  \
-                     template:\n    metadata:\n      labels: {app: web}\n    spec:\n      containers:\n        - name: web\n          image: nginx:1.27\n",
+                     template:\n    metadata:\n      labels: {app: web}\n      annotations: {stage.ferry.dev/pod: never-ready}\n    spec:\n      \
+                     containers:\n        - name: web\n          image: nginx:1.27\n",
                 ),
             ),
         ],

@@ -14,11 +14,11 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Api;
 use kube::api::{Patch, PatchParams, PostParams};
 
-async fn admin() -> kube::Client {
+pub(crate) async fn admin() -> kube::Client {
     client::connect(Some(&control_plane().admin)).await.unwrap()
 }
 
-async fn apply(
+pub(crate) async fn apply(
     repo: &Repository,
     at: Oid,
     config: &KubernetesTargetConfig,
@@ -58,7 +58,7 @@ async fn apply_with(
     applier.apply(plan, last).await
 }
 
-fn ns_yaml(ns: &str) -> String {
+pub(crate) fn ns_yaml(ns: &str) -> String {
     format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {ns}\n")
 }
 
@@ -381,76 +381,6 @@ async fn invalid_revisions_apply_nothing_and_a_no_op_makes_zero_writes() {
     let after = audited_writes(&cp.audit_log, &ns).len()
         + audited_writes(&cp.audit_log, "kube-system").len();
     assert_eq!(after, writes, "an invalid revision must apply nothing");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn health_waits_for_workloads_and_reports_timeouts_and_failures() {
-    let tmp = tempfile::tempdir().unwrap();
-    let repo = Repository::init_bare(tmp.path().join("platform.git")).unwrap();
-    let ns = unique_namespace("health");
-    let mut config = kube_target(&ns, false);
-    config.health_timeout = std::time::Duration::from_secs(20);
-    let r0 = commit_files(&repo, &[("manifests/ns.yaml", ns_yaml(&ns))]);
-    apply(&repo, r0, &config, &mut None).await.unwrap();
-
-    // No kubelet here: the test plays the controller through the status subresource.
-    let client = admin().await;
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
-    let controller = tokio::spawn(async move {
-        loop {
-            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-            let Ok(Some(d)) = deployments.get_opt("web").await else {
-                continue;
-            };
-            let generation = d.metadata.generation.unwrap_or(1);
-            let status = serde_json::json!({"status": {"observedGeneration": generation, "replicas": 1, "updatedReplicas": 1, "readyReplicas": 1, "availableReplicas": 1}});
-            if deployments
-                .patch_status("web", &PatchParams::default(), &Patch::Merge(&status))
-                .await
-                .is_ok()
-            {
-                return;
-            }
-        }
-    });
-    let r1 = commit_files(
-        &repo,
-        &[
-            ("manifests/ns.yaml", ns_yaml(&ns)),
-            ("manifests/web.yaml", deployment("nginx:1.27")),
-        ],
-    );
-    let out = apply(&repo, r1, &config, &mut None).await.unwrap();
-    controller.await.unwrap();
-    let web = out.objects.iter().find(|o| o.id.name == "web").unwrap();
-    assert_eq!(
-        web.health,
-        Some(ferry::kubernetes::health::Health::Current),
-        "{out:?}"
-    );
-    assert!(out.succeeded());
-
-    // A new generation that no controller ever observes: a timeout, reported as failure.
-    config.health_timeout = std::time::Duration::from_secs(2);
-    let r2 = commit_files(
-        &repo,
-        &[
-            ("manifests/ns.yaml", ns_yaml(&ns)),
-            ("manifests/web.yaml", deployment("nginx:1.28")),
-        ],
-    );
-    let out = apply(&repo, r2, &config, &mut None).await.unwrap();
-    let web = out.objects.iter().find(|o| o.id.name == "web").unwrap();
-    match &web.health {
-        Some(ferry::kubernetes::health::Health::Failed(reason)) => {
-            assert!(
-                reason.contains("not healthy after 2s") && reason.contains("generation"),
-                "{reason}"
-            )
-        }
-        other => panic!("expected a health failure, got {other:?}"),
-    }
-    assert!(!out.succeeded());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,7 +1,8 @@
 # The RWX volume ferry publishes the DAGs into and Airflow reads: EFS,
-# encrypted, reachable only from the cluster's nodes, with its CSI driver,
-# a StorageClass, and a static PV that ferry's and Airflow's claims bind to
-# (a dynamically provisioned claim would get its own directory).
+# encrypted, reachable only from the cluster's nodes, with its CSI driver
+# and the access point every DAGs claim mounts. The StorageClass and the
+# static PVs (one per claim, all on this access point) are in
+# ../../templates/cluster-prerequisites.yaml.tftpl.
 resource "aws_efs_file_system" "this" {
   creation_token   = "${var.name}-dags"
   encrypted        = true
@@ -85,39 +86,4 @@ resource "aws_eks_addon" "efs_csi" {
   cluster_name             = var.cluster_name
   addon_name               = "aws-efs-csi-driver"
   service_account_role_arn = module.csi_role.arn
-}
-
-resource "kubernetes_storage_class_v1" "efs" {
-  metadata {
-    name = "efs-sc"
-  }
-  storage_provisioner = "efs.csi.aws.com"
-  reclaim_policy      = "Retain"
-  parameters = {
-    provisioningMode = "efs-ap"
-    fileSystemId     = aws_efs_file_system.this.id
-    directoryPerms   = "775"
-  }
-  depends_on = [aws_eks_addon.efs_csi]
-}
-
-resource "kubernetes_persistent_volume_v1" "dags" {
-  metadata {
-    name = "${var.name}-dags"
-  }
-  spec {
-    capacity = {
-      storage = "5Gi"
-    }
-    access_modes                     = ["ReadWriteMany"]
-    persistent_volume_reclaim_policy = "Retain"
-    storage_class_name               = ""
-    persistent_volume_source {
-      csi {
-        driver        = "efs.csi.aws.com"
-        volume_handle = "${aws_efs_file_system.this.id}::${aws_efs_access_point.dags.id}"
-      }
-    }
-  }
-  depends_on = [aws_eks_addon.efs_csi]
 }

@@ -3,7 +3,7 @@ output "file_system_id" {
   value       = aws_efs_file_system.this.id
 }
 
-output "persistent_volume" {
-  description = "Name of the static PV ferry's and Airflow's claims bind to."
-  value       = kubernetes_persistent_volume_v1.dags.metadata[0].name
+output "access_point_id" {
+  description = "The access point every DAGs claim mounts (uid 65532, gid 0, /dags)."
+  value       = aws_efs_access_point.dags.id
 }

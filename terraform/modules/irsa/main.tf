@@ -30,3 +30,9 @@ resource "aws_iam_role_policy" "this" {
   role   = aws_iam_role.this.id
   policy = var.policy_json
 }
+
+resource "aws_iam_role_policy_attachment" "managed" {
+  for_each   = toset(var.managed_policy_arns)
+  role       = aws_iam_role.this.name
+  policy_arn = each.value
+}

@@ -27,3 +27,9 @@ variable "policy_json" {
   description = "The role's permissions (an IAM policy document)."
   type        = string
 }
+
+variable "managed_policy_arns" {
+  description = "AWS managed policies attached besides policy_json."
+  type        = list(string)
+  default     = []
+}

@@ -5,6 +5,7 @@
 //! them: `.ci/setup` (run by `.ci/run`).
 #![allow(dead_code)]
 
+pub mod cluster;
 pub mod github;
 pub mod moto;
 pub mod outage;
@@ -586,9 +587,11 @@ pub fn stop_ferry(mut child: Owned) {
     );
 }
 
-/// A running kube-apiserver + etcd (tools/control-plane). `.ci/run` starts
-/// one and exports FERRY_TEST_KUBECONFIG*; otherwise the first test that
-/// asks starts one for this test binary, torn down when the binary exits.
+/// A running control plane (tools/control-plane, started with
+/// `--workloads`: kube-apiserver, etcd, controller-manager, scheduler and
+/// kwok). `.ci/run` starts one and exports FERRY_TEST_KUBECONFIG*; otherwise
+/// the first test that asks starts one for this test binary, torn down when
+/// the binary exits. It has no nodes until a test makes them (`nodes`).
 pub struct ControlPlane {
     pub admin: PathBuf,
     pub restricted: PathBuf,
@@ -611,7 +614,7 @@ pub fn control_plane() -> &'static ControlPlane {
         }
         // Kept for the life of the test binary; the watchdog stops the daemons.
         let dir = tempfile::tempdir().unwrap().keep();
-        start_control_plane(&dir);
+        start_control_plane(&dir, true);
         ControlPlane {
             admin: dir.join("admin.kubeconfig"),
             restricted: dir.join("ferry.kubeconfig"),
@@ -620,12 +623,14 @@ pub fn control_plane() -> &'static ControlPlane {
     })
 }
 
-/// Starts tools/control-plane in `dir`, stopped by its watchdog when this
-/// test binary exits.
-pub fn start_control_plane(dir: &Path) {
+/// Starts tools/control-plane in `dir` (with controllers, scheduler and
+/// kwok when `workloads`), stopped by its watchdog when this test binary
+/// exits.
+pub fn start_control_plane(dir: &Path, workloads: bool) {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/control-plane/start.sh");
     let out = Command::new(&script)
         .arg(dir)
+        .args(workloads.then_some("--workloads"))
         .arg("--owner-pid")
         .arg(std::process::id().to_string())
         .output()
@@ -635,6 +640,47 @@ pub fn start_control_plane(dir: &Path) {
         "control plane did not start (needs Go; builds once):\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// A control plane of one test's own (so restarting its apiserver, or
+/// sizing its nodes, touches no other test), stopped when dropped.
+pub struct PrivateControlPlane {
+    pub dir: tempfile::TempDir,
+}
+
+impl PrivateControlPlane {
+    pub fn start(workloads: bool) -> PrivateControlPlane {
+        let dir = tempfile::tempdir().unwrap();
+        start_control_plane(dir.path(), workloads);
+        PrivateControlPlane { dir }
+    }
+
+    pub fn admin(&self) -> PathBuf {
+        self.dir.path().join("admin.kubeconfig")
+    }
+
+    pub fn audit_log(&self) -> PathBuf {
+        self.dir.path().join("audit.log")
+    }
+
+    /// kill -9 of the apiserver, then the same server again; returns when ready.
+    pub fn restart_apiserver(&self) {
+        let script =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/control-plane/restart-apiserver.sh");
+        let out = Command::new(script).arg(self.dir.path()).output().unwrap();
+        assert!(
+            out.status.success(),
+            "apiserver did not come back: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for PrivateControlPlane {
+    fn drop(&mut self) {
+        let stop = Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/control-plane/stop.sh");
+        let _ = Command::new(stop).arg(self.dir.path()).status();
+    }
 }
 
 /// A namespace name no other test (or earlier run) uses.
@@ -657,13 +703,25 @@ pub fn audited_writes(audit_log: &Path, needle: &str) -> Vec<String> {
         .collect()
 }
 
-/// Every completed write in the audit log that was not a dry run:
-/// (verb, request URI).
+/// True for the users the cluster's own components write as: the
+/// controllers (each with its kube-system service account), the scheduler,
+/// kwok playing the kubelets, and the apiserver itself.
+fn is_control_plane_user(user: &str) -> bool {
+    user.starts_with("system:kube-")
+        || user.starts_with("system:serviceaccount:kube-system:")
+        || user.starts_with("system:node:")
+        || user == "system:apiserver"
+        || user == "kwok"
+}
+
+/// Every completed write in the audit log that was not a dry run and not
+/// made by the control plane itself: (verb, request URI).
 pub fn audit_writes(audit_log: &Path) -> Vec<(String, String)> {
     let text = std::fs::read_to_string(audit_log).unwrap_or_default();
     text.lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
         .filter(|e| e["stage"] == "ResponseComplete")
+        .filter(|e| !is_control_plane_user(e["user"]["username"].as_str().unwrap_or("")))
         .filter_map(|e| {
             let uri = e["requestURI"].as_str()?.to_string();
             let verb = e["verb"].as_str().unwrap_or("?").to_string();
@@ -686,7 +744,8 @@ pub fn kube_target(ns: &str, force: bool) -> ferry::config::KubernetesTargetConf
         self_heal: false,
         inventory_namespace: None,
         wait_timeout: Duration::from_secs(60),
-        // Nothing runs pods on a bare apiserver: tests that check health set this.
+        // Most tests check what is applied, not how it runs: those that
+        // check health set this.
         health_timeout: Duration::ZERO,
         kubeconfig: None,
         owner: String::new(),

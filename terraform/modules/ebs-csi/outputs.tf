@@ -1,0 +1,4 @@
+output "role_arn" {
+  description = "IRSA role of the driver's controller."
+  value       = module.role.arn
+}
