@@ -152,14 +152,14 @@ async fn a_rollout_goes_available_and_one_whose_pods_never_get_ready_fails_with_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pods_that_cannot_be_scheduled_time_out_with_the_schedulers_reason() {
-    let case = Case::new("unschedulable", Duration::from_secs(3)).await;
+    let case = Case::new("unschedulable", Duration::from_secs(8)).await;
     let pinned = deployment("web", 1, "nginx:1.27", "", "").replace(
         "ferry.dev/test-pool: general",
         "ferry.dev/test-pool: nowhere",
     );
     let out = case.apply("", &[("manifests/web.yaml", pinned)]).await;
     let reason = failed_reason(health_of(&out, "Deployment", "web"));
-    assert!(reason.contains("not healthy after 3s"), "{reason}");
+    assert!(reason.contains("not healthy after 8s"), "{reason}");
     assert!(
         reason.contains("is not scheduled")
             && reason.contains("didn't match Pod's node affinity/selector"),
@@ -264,7 +264,7 @@ async fn statefulset_rolling_update_honours_its_partition() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn daemonsets_jobs_and_claims() {
-    let case = Case::new("kinds", Duration::from_secs(8)).await;
+    let case = Case::new("kinds", Duration::from_secs(15)).await;
     let ds = "apiVersion: apps/v1\nkind: DaemonSet\nmetadata:\n  name: agent\nspec:\n  selector:\n    matchLabels: {app: agent}\n  \
               template:\n    metadata:\n      labels: {app: agent}\n    spec:\n      nodeSelector: {ferry.dev/test-pool: general}\n      \
               containers:\n        - name: agent\n          image: fluent-bit:4\n";
@@ -308,7 +308,7 @@ async fn daemonsets_jobs_and_claims() {
     // fails with the PV controller's own event.
     let reason = failed_reason(health_of(&out, "PersistentVolumeClaim", "data"));
     assert!(
-        reason.contains("not healthy after 8s: Pending")
+        reason.contains("not healthy after 15s: Pending")
             && reason
                 .contains("ProvisioningFailed: storageclass.storage.k8s.io \"missing\" not found"),
         "{reason}"
