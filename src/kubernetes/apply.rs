@@ -120,6 +120,11 @@ impl Applier<'_> {
         plan: Plan,
         last: &mut Option<LastApplied>,
     ) -> Result<ApplyOutcome, ApplyError> {
+        // Events carry whole seconds: a second of slack keeps those of the
+        // apply's own first second. A pod refused while later waves were
+        // still being applied is reported all the same.
+        let started =
+            k8s_openapi::jiff::Timestamp::now() - k8s_openapi::jiff::SignedDuration::from_secs(1);
         let revision = plan.revision.as_str();
         let basis = match plan.basis {
             Some(basis) if plan.errors.is_empty() => basis,
@@ -236,7 +241,8 @@ impl Applier<'_> {
             .await
             .map_err(cluster)?;
         }
-        self.wait_healthy(&catalog, &resolved, &mut outcomes).await;
+        self.wait_healthy(&catalog, &resolved, &mut outcomes, started)
+            .await;
 
         let outcome = ApplyOutcome {
             revision: revision.to_string(),
@@ -334,20 +340,18 @@ impl Applier<'_> {
 
     /// Polls applied objects that have a health rule until each is Current
     /// or Failed, or `health_timeout` passes (then InProgress becomes Failed).
+    /// Evidence is read from events since `since`, when the apply began.
     async fn wait_healthy(
         &self,
         catalog: &Catalog,
         resolved: &[Manifest],
         outcomes: &mut [ObjectOutcome],
+        since: k8s_openapi::jiff::Timestamp,
     ) {
         if self.config.health_timeout.is_zero() {
             return;
         }
         tracing::debug!(target = self.target, "phase: health");
-        // Events carry whole seconds: a second of slack keeps those of
-        // this apply's own first second.
-        let since =
-            k8s_openapi::jiff::Timestamp::now() - k8s_openapi::jiff::SignedDuration::from_secs(1);
         let api_version: HashMap<&ObjectRef, &str> = resolved
             .iter()
             .map(|m| (&m.id, m.api_version.as_str()))

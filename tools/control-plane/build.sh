@@ -44,7 +44,7 @@ if [ -n "$built" ] && [ "$(cat "$out/stamp" 2>/dev/null)" = "$stamp" ]; then
   exit 0
 fi
 mkdir -p "$bin"
-echo "control-plane: building ${binaries[*]} (once per machine; about 15 minutes on 2 cores)" >&2
+echo "control-plane: building ${binaries[*]} (once per machine; about 17 minutes on 2 cores)" >&2
 export CGO_ENABLED=0
 kver=$(awk '$1=="k8s.io/kubernetes"{print $2}' go.mod)
 minor=${kver#v1.}; minor=${minor%%.*}
