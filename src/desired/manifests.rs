@@ -116,7 +116,15 @@ pub fn read(
                 "`{dir}` is a file; expected a directory of manifests"
             )));
         }
-        Err(_) => return Ok(Vec::new()),
+        // Read as "nothing declared", a moved or deleted directory would
+        // prune everything ferry applied, Namespaces included.
+        Err(_) => {
+            return Err(fail(format!(
+                "`{dir}/` does not exist at this commit; the Kubernetes target reads its \
+                 manifests from there (targets.kubernetes.path). Restore it, or point `path` \
+                 where the manifests moved"
+            )));
+        }
     };
     let mut files = Vec::new();
     collect_yaml(repo, &tree, dir, &mut files).map_err(|e| fail(e.message().to_string()))?;

@@ -314,6 +314,72 @@ async fn a_refused_object_fails_alone_and_conflicts_name_the_other_manager() {
     );
 }
 
+/// A commit that moves or deletes `manifests/` is refused whole: read as
+/// "nothing declared", it would prune everything ferry applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_without_the_manifests_directory_is_refused_and_prunes_nothing() {
+    let cp = control_plane();
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = Repository::init_bare(tmp.path().join("platform.git")).unwrap();
+    let ns = unique_namespace("gone");
+    let config = kube_target(&ns, false);
+    let mut last = None;
+    let r1 = commit_files(
+        &repo,
+        &[
+            ("manifests/ns.yaml", ns_yaml(&ns)),
+            ("manifests/a.yaml", cm("a", "one", "")),
+        ],
+    );
+    assert!(
+        apply(&repo, r1, &config, &mut last)
+            .await
+            .unwrap()
+            .succeeded()
+    );
+    let writes = audited_writes(&cp.audit_log, &ns).len();
+
+    // The directory renamed: the same objects under another path.
+    let r2 = commit_files(
+        &repo,
+        &[
+            ("k8s/ns.yaml", ns_yaml(&ns)),
+            ("k8s/a.yaml", cm("a", "one", "")),
+        ],
+    );
+    match apply(&repo, r2, &config, &mut last).await {
+        Err(ApplyError::Invalid(errors)) => {
+            let text = errors[0].to_string();
+            assert!(
+                text.contains("`manifests/` does not exist at this commit")
+                    && text.contains("targets.kubernetes.path"),
+                "{text}"
+            );
+        }
+        other => panic!("a missing manifests/ must be refused, got {other:?}"),
+    }
+    assert_eq!(
+        audited_writes(&cp.audit_log, &ns).len(),
+        writes,
+        "nothing written, nothing pruned"
+    );
+    let cms: Api<ConfigMap> = Api::namespaced(admin().await, &ns);
+    assert!(cms.get_opt("a").await.unwrap().is_some());
+
+    // Emptying the directory on purpose still prunes, as before.
+    let r3 = commit_files(
+        &repo,
+        &[("manifests/README.md", "kept on purpose\n".into())],
+    );
+    let out = apply(&repo, r3, &config, &mut last).await.unwrap();
+    assert!(
+        out.objects
+            .iter()
+            .any(|o| o.id.name == "a" && o.status == Status::Pruned),
+        "{out:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_revisions_apply_nothing_and_a_no_op_makes_zero_writes() {
     let cp = control_plane();
