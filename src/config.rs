@@ -87,6 +87,10 @@ pub struct LeaderElectionConfig {
     pub kubeconfig: Option<PathBuf>,
 }
 
+fn default_prune_limit() -> u8 {
+    100
+}
+
 fn default_lease_name() -> String {
     "ferry".into()
 }
@@ -385,6 +389,11 @@ pub struct KubernetesTargetConfig {
     /// labelled as ferry's; opt out per object with `ferry.dev/prune: disabled`).
     #[serde(default = "yes")]
     pub prune: bool,
+    /// The prune guard: a revision whose apply would prune at least this
+    /// share of the inventory (percent), or any Namespace, is refused
+    /// unless its commit message allows it (`Ferry-Allow-Prune: <why>`).
+    #[serde(default = "default_prune_limit")]
+    pub prune_limit_percent: u8,
     /// Namespace of the inventory ConfigMap; defaults to `default_namespace`.
     pub inventory_namespace: Option<String>,
     /// How often to compare the cluster with the applied revision (dry run).
@@ -849,6 +858,15 @@ impl Config {
                     "targets.kubernetes.allowed_kinds".into(),
                     format!(
                         "`{k}`: write `Kind` for the core group or `Kind.group` (e.g. `Deployment.apps`)"
+                    ),
+                ));
+            }
+            if !(1..=100).contains(&kube.prune_limit_percent) {
+                return Err(invalid(
+                    "targets.kubernetes.prune_limit_percent".into(),
+                    format!(
+                        "{} is not a share: give 1 to 100 (100, the default, refuses pruning all of the inventory)",
+                        kube.prune_limit_percent
                     ),
                 ));
             }

@@ -207,7 +207,8 @@ impl Target {
                     Purpose::Apply => Depth::Apply,
                     Purpose::Review => Depth::Review,
                 };
-                let plan = t.plan(commit, manifests, depth).await?;
+                let mut plan = t.plan(commit, manifests, depth).await?;
+                plan.guard_prune(&t.config, desired.allow_prune.as_deref());
                 if purpose == Purpose::Apply && !plan.errors.is_empty() {
                     return Err(Failure::problems(
                         Reason::Refused,

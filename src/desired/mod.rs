@@ -40,6 +40,9 @@ pub struct Desired {
     /// `Some(None)`: the source feeds AWS and the file is absent, which
     /// declares nothing (and changes nothing).
     pub platform: Option<Option<Platform>>,
+    /// Why the commit may prune what the prune guard would refuse: the
+    /// value of its `Ferry-Allow-Prune:` line, when it has one.
+    pub allow_prune: Option<String>,
 }
 
 pub struct DagsDesired {
@@ -104,11 +107,27 @@ pub fn read(
     if !problems.is_empty() {
         return Err(Rejection { problems });
     }
+    let allow_prune = repo
+        .find_commit(revision.commit)
+        .ok()
+        .and_then(|c| allow_prune(&String::from_utf8_lossy(c.message_bytes())));
     Ok(Desired {
         revision: revision.clone(),
         dags,
         manifests,
         platform,
+        allow_prune,
+    })
+}
+
+/// The reason a commit message gives on a `Ferry-Allow-Prune: <why>` line
+/// (a git trailer; the key is case-insensitive, the reason required).
+pub fn allow_prune(message: &str) -> Option<String> {
+    message.lines().find_map(|line| {
+        let (key, value) = line.split_once(':')?;
+        let value = value.trim();
+        (key.trim().eq_ignore_ascii_case("ferry-allow-prune") && !value.is_empty())
+            .then(|| value.to_string())
     })
 }
 
@@ -126,5 +145,24 @@ impl From<ManifestError> for Problem {
 impl From<PlatformError> for Problem {
     fn from(e: PlatformError) -> Problem {
         Problem::new(&e.file, e.line, format!("{}: {}", e.key, e.message))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_prune_allowance_is_a_trailer_with_a_reason() {
+        let allow = super::allow_prune;
+        assert_eq!(
+            allow("Retire JupyterHub\n\nFerry-Allow-Prune: the team moved to SageMaker Studio\n")
+                .as_deref(),
+            Some("the team moved to SageMaker Studio")
+        );
+        assert_eq!(
+            allow("x\n\nferry-allow-prune:  yes \n").as_deref(),
+            Some("yes")
+        );
+        assert_eq!(allow("x\n\nFerry-Allow-Prune:\n"), None);
+        assert_eq!(allow("Prune the old configmaps"), None);
     }
 }

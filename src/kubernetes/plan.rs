@@ -190,6 +190,58 @@ pub async fn plan(
 }
 
 impl Plan {
+    /// The prune guard: refuses a plan whose apply would prune at least
+    /// `prune_limit_percent` of the inventory, or any Namespace (and all in
+    /// it), unless the commit allows it (`allowance`). Such a prune is more
+    /// often a moved directory or a bad merge than a reviewed change.
+    pub fn guard_prune(&mut self, config: &KubernetesTargetConfig, allowance: Option<&str>) {
+        let Some(basis) = self.basis.as_ref().filter(|_| config.prune) else {
+            return;
+        };
+        let declared: HashSet<&ObjectRef> = basis.resolved.iter().map(|m| &m.id).collect();
+        let pruned: Vec<&Entry> = basis
+            .previous
+            .iter()
+            .filter(|e| !declared.contains(&e.id))
+            .collect();
+        if pruned.is_empty() {
+            return;
+        }
+        let namespaces: Vec<&str> = pruned
+            .iter()
+            .filter(|e| e.id.group.is_empty() && e.id.kind == "Namespace")
+            .map(|e| e.id.name.as_str())
+            .collect();
+        let share = pruned.len() * 100 / basis.previous.len();
+        let limit = usize::from(config.prune_limit_percent);
+        let why = if !namespaces.is_empty() {
+            format!(
+                "it would delete the Namespace(s) {} and everything in them",
+                namespaces.join(", ")
+            )
+        } else if share >= limit {
+            format!(
+                "it would delete {} of the {} objects ferry applied ({share}%; the limit, \
+                 prune_limit_percent, is {limit}%)",
+                pruned.len(),
+                basis.previous.len()
+            )
+        } else {
+            return;
+        };
+        if let Some(reason) = allowance {
+            tracing::warn!(target = self.target, revision = %self.revision, %reason, "prune guard lifted by the commit: {why}");
+            return;
+        }
+        self.errors.push(ManifestError::general(
+            &config.path,
+            format!(
+                "refused to prune: {why}. If that is meant, say so in the commit message \
+                 with a line `Ferry-Allow-Prune: <why>`"
+            ),
+        ));
+    }
+
     pub fn count(&self, action: Action) -> usize {
         self.objects
             .iter()

@@ -16,6 +16,7 @@ fn write_config(
     git_port: u16,
     ns: &str,
     self_heal: bool,
+    extra: &str,
 ) -> std::path::PathBuf {
     let path = dir.join(format!("ferry-{self_heal}.yaml"));
     std::fs::write(
@@ -24,7 +25,7 @@ fn write_config(
             "cache_dir: {cache}\nserver:\n  listen: 127.0.0.1:{port}\n\
              sources:\n  - name: platform\n    url: git://127.0.0.1:{git_port}/platform.git\n    interval: 1s\n    max_backoff: 2s\n\
              targets:\n  kubernetes:\n    source: platform\n    default_namespace: {ns}\n    allowed_namespaces: [{ns}]\n    \
-             drift_interval: 1s\n    self_heal: {self_heal}\n    health_timeout: 0s\n    kubeconfig: {kc}\n",
+             drift_interval: 1s\n    self_heal: {self_heal}\n    health_timeout: 0s\n    kubeconfig: {kc}\n{extra}",
             cache = dir.join("cache").display(),
             kc = control_plane().admin.display(),
         ),
@@ -65,7 +66,7 @@ fn applied(dir: &Path, name: &str) -> Applied {
     let daemon = git_daemon(dir, free_port());
     let port = free_port();
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let config = write_config(dir, port, daemon.port, &ns, false);
+    let config = write_config(dir, port, daemon.port, &ns, false, "");
     let ferry = spawn_ferry(&config, &dir.join("ferry.log"), port, &[]);
     wait_for(addr, "first apply", &|v| {
         v["kubernetes"]["applied_revision"] == first.as_str()
@@ -187,7 +188,7 @@ async fn ferry_run_applies_reports_drift_and_self_heals() {
     stop_ferry(ferry);
 
     // With self_heal, ferry takes the field back.
-    let config = write_config(tmp.path(), port, daemon.port, &ns, true);
+    let config = write_config(tmp.path(), port, daemon.port, &ns, true, "");
     let ferry = spawn_ferry(&config, &tmp.path().join("ferry-heal.log"), port, &[]);
     eventually(Duration::from_secs(30), "self-heal", || {
         let client_cms = cms.clone();
@@ -483,7 +484,7 @@ async fn two_instances_on_one_cluster_never_prune_each_other() {
     // The owner of an inventory includes the source URL, so each repo keeps
     // one server (one URL) for the whole test.
     let start = |tmp: &Path, daemon: &Server, port: u16| {
-        let config = write_config(tmp, port, daemon.port, &ns, false);
+        let config = write_config(tmp, port, daemon.port, &ns, false, "");
         spawn_ferry(&config, &tmp.join("ferry.log"), port, &[])
     };
     let applied = |port: u16, sha: &str| {
@@ -528,7 +529,10 @@ async fn two_instances_on_one_cluster_never_prune_each_other() {
     )
     .await
     .unwrap();
+    // It lists a1 too: pruning all of an inventory needs the commit's
+    // allowance (the prune guard), which is not what this test is about.
     let legacy_entries = serde_json::json!([
+        {"api_version": "v1", "group": "", "kind": "ConfigMap", "namespace": ns, "name": "a1"},
         {"api_version": "v1", "group": "", "kind": "ConfigMap", "namespace": ns, "name": "legacy-leftover"}
     ]);
     cms.patch(
@@ -720,6 +724,111 @@ async fn a_rejected_platform_commit_waits_for_git_and_drift_is_still_checked() {
     assert!(
         cms.get_opt("settings").await.unwrap().is_some(),
         "the deleted object is back"
+    );
+    stop_ferry(ferry);
+}
+
+/// The prune guard, through `ferry run`: a revision that would prune at
+/// least `prune_limit_percent` of the inventory, or a Namespace, is
+/// refused with nothing deleted, until a commit says `Ferry-Allow-Prune:`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_prunes_and_namespace_deletions_wait_for_an_allowance_in_the_commit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = Repo::new(tmp.path(), "platform");
+    let ns = unique_namespace("guard");
+    let ns_yaml = format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {ns}\n");
+    let cm = |name: &str| format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\n");
+    let first = repo.commit(
+        &[
+            ("manifests/ns.yaml", Some(&ns_yaml)),
+            ("manifests/a.yaml", Some(&cm("a"))),
+            ("manifests/b.yaml", Some(&cm("b"))),
+            ("manifests/c.yaml", Some(&cm("c"))),
+        ],
+        "first",
+    );
+    let daemon = git_daemon(tmp.path(), free_port());
+    let port = free_port();
+    let config = write_config(
+        tmp.path(),
+        port,
+        daemon.port,
+        &ns,
+        false,
+        "    prune_limit_percent: 50\n",
+    );
+    let ferry = spawn_ferry(&config, &tmp.path().join("ferry.log"), port, &[]);
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    wait_for(addr, "first apply", &|v| {
+        v["kubernetes"]["applied_revision"] == first.as_str()
+    });
+    let cms: Api<ConfigMap> = Api::namespaced(crate::kube_apply::admin().await, &ns);
+
+    // Two of the four objects (50%, the limit here): refused, nothing deleted.
+    let big = repo.commit(
+        &[("manifests/a.yaml", None), ("manifests/b.yaml", None)],
+        "tidy up",
+    );
+    let v = wait_for(addr, "the big prune refused", &|v| {
+        v["last_error"]["commit"] == big.as_str()
+    });
+    assert_eq!(v["last_error"]["kind"], "invalid_revision", "{v}");
+    let message = v["last_error"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+        + &v["last_error"]["problems"].to_string();
+    assert!(
+        message.contains("it would delete 2 of the 4 objects ferry applied (50%")
+            && message.contains("Ferry-Allow-Prune: <why>"),
+        "{v}"
+    );
+    assert!(cms.get_opt("a").await.unwrap().is_some() && cms.get_opt("b").await.unwrap().is_some());
+    assert_eq!(v["kubernetes"]["applied_revision"], first.as_str());
+
+    // The same change, allowed by the commit that makes it.
+    let allowed = repo.commit(
+        &[("manifests/a.yaml", None)],
+        "tidy up\n\nFerry-Allow-Prune: a and b are replaced by c\n",
+    );
+    wait_for(addr, "the allowed prune", &|v| {
+        v["kubernetes"]["applied_revision"] == allowed.as_str()
+    });
+    assert!(cms.get_opt("a").await.unwrap().is_none() && cms.get_opt("b").await.unwrap().is_none());
+
+    // A Namespace, whatever the share: refused, then allowed.
+    let gone = repo.commit(&[("manifests/ns.yaml", None)], "no namespace");
+    let v = wait_for(addr, "the namespace prune refused", &|v| {
+        v["last_error"]["commit"] == gone.as_str()
+    });
+    assert!(
+        v.to_string().contains(&format!(
+            "it would delete the Namespace(s) {ns} and everything in them"
+        )),
+        "{v}"
+    );
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> =
+        Api::all(crate::kube_apply::admin().await);
+    let live = namespaces.get(&ns).await.unwrap();
+    assert!(
+        live.metadata.deletion_timestamp.is_none(),
+        "the Namespace must stay"
+    );
+    // The directory stays (a missing one is refused outright); what it held goes.
+    let retire = repo.commit(
+        &[
+            ("manifests/c.yaml", None),
+            ("manifests/README.md", Some("retired\n")),
+        ],
+        "retire\n\nFerry-Allow-Prune: the team moved on\n",
+    );
+    wait_for(addr, "the allowed namespace prune", &|v| {
+        v["kubernetes"]["applied_revision"] == retire.as_str()
+    });
+    let live = namespaces.get_opt(&ns).await.unwrap();
+    assert!(
+        live.is_none_or(|n| n.metadata.deletion_timestamp.is_some()),
+        "the Namespace is being deleted"
     );
     stop_ferry(ferry);
 }

@@ -740,6 +740,7 @@ pub fn kube_target(ns: &str, force: bool) -> ferry::config::KubernetesTargetConf
         allowed_kinds: vec![],
         force,
         prune: true,
+        prune_limit_percent: 100,
         drift_interval: Duration::from_secs(300),
         self_heal: false,
         inventory_namespace: None,
