@@ -197,7 +197,7 @@ impl Applier<'_> {
             }
         }
 
-        let desired: HashSet<&ObjectRef> = resolved.iter().map(|m| &m.id).collect();
+        let stale = inventory::stale(&previous, &resolved);
         let mut inventory: Vec<Entry> = resolved
             .iter()
             .map(|m| Entry {
@@ -206,10 +206,7 @@ impl Applier<'_> {
             })
             .collect();
         if self.config.prune {
-            let mut stale: Vec<&Entry> = previous
-                .iter()
-                .filter(|e| !desired.contains(&e.id))
-                .collect();
+            let mut stale = stale;
             stale.sort_by_key(|e| std::cmp::Reverse(wave(&e.id)));
             for entry in stale {
                 let outcome = self.prune_one(&catalog, entry).await;
@@ -220,12 +217,7 @@ impl Applier<'_> {
                 outcomes.push(outcome);
             }
         } else {
-            inventory.extend(
-                previous
-                    .iter()
-                    .filter(|e| !desired.contains(&e.id))
-                    .cloned(),
-            );
+            inventory.extend(stale.into_iter().cloned());
         }
         let listed =
             |entries: &[Entry]| entries.iter().map(|e| e.id.clone()).collect::<HashSet<_>>();

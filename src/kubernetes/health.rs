@@ -85,13 +85,10 @@ pub fn is_custom(group: &str) -> bool {
 /// kind is current as soon as it is applied.
 pub fn is_watched(group: &str, kind: &str) -> bool {
     is_custom(group)
+        || runs_pods(group, kind)
         || matches!(
             (group, kind),
-            (
-                "apps",
-                "Deployment" | "StatefulSet" | "DaemonSet" | "ReplicaSet"
-            ) | ("batch", "Job")
-                | ("", "PersistentVolumeClaim" | "Pod")
+            ("", "PersistentVolumeClaim" | "Pod")
                 | ("apiextensions.k8s.io", "CustomResourceDefinition")
         )
 }

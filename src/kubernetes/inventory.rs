@@ -6,13 +6,15 @@
 //! annotation, so two ferry instances on one cluster never prune from each
 //! other's inventory.
 
+use std::collections::HashSet;
+
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Client;
 use kube::api::{Api, Patch, PatchParams};
 use serde::{Deserialize, Serialize};
 
 use super::ownership::{FIELD_MANAGER, MANAGED_BY_LABEL, MANAGED_BY_VALUE};
-use crate::desired::manifests::ObjectRef;
+use crate::desired::manifests::{Manifest, ObjectRef};
 
 const KEY: &str = "objects.json";
 const OWNER_ANNOTATION: &str = "ferry.dev/owner";
@@ -25,6 +27,16 @@ pub struct Entry {
 }
 
 /// The inventory's ConfigMap name for `target` written by `owner`.
+/// The entries of `previous` that `declared` no longer holds: what a prune
+/// deletes, what the plan lists as prunes and what the prune guard weighs.
+pub fn stale<'a>(previous: &'a [Entry], declared: &[Manifest]) -> Vec<&'a Entry> {
+    let declared: HashSet<&ObjectRef> = declared.iter().map(|m| &m.id).collect();
+    previous
+        .iter()
+        .filter(|e| !declared.contains(&e.id))
+        .collect()
+}
+
 pub fn name(target: &str, owner: &str) -> String {
     if owner.is_empty() {
         return legacy_name(target);

@@ -198,12 +198,7 @@ impl Plan {
         let Some(basis) = self.basis.as_ref().filter(|_| config.prune) else {
             return;
         };
-        let declared: HashSet<&ObjectRef> = basis.resolved.iter().map(|m| &m.id).collect();
-        let pruned: Vec<&Entry> = basis
-            .previous
-            .iter()
-            .filter(|e| !declared.contains(&e.id))
-            .collect();
+        let pruned = inventory::stale(&basis.previous, &basis.resolved);
         if pruned.is_empty() {
             return;
         }
@@ -452,10 +447,7 @@ async fn plan_objects(
             );
         }
     }
-    for entry in previous {
-        if manifests.iter().any(|m| m.id == entry.id) {
-            continue;
-        }
+    for entry in inventory::stale(previous, manifests) {
         if let Some(prune) = plan_prune(client, catalog, entry).await {
             objects.push(prune);
         }

@@ -74,7 +74,7 @@ fn apply(kubeconfig: &Path, manager: &str, from: &[&str], stdin: Option<&str>) {
 
 /// The objects terraform/cluster.tf applies, rendered by Terraform's own
 /// `templatefile` from the one template, with made-up AWS ids.
-pub fn render_prerequisites(efs: &str, access_point: &str) -> String {
+fn render_prerequisites(efs: &str, access_point: &str) -> String {
     let template = root().join("terraform/templates/cluster-prerequisites.yaml.tftpl");
     let expr = format!(
         "templatefile(\"{}\", {{name = \"ml-platform\", kms_key_arn = \"arn:aws:kms:eu-west-1:123456789012:key/test\", \
