@@ -8,7 +8,9 @@
 //! only when ferry reports the commit healthy and the cluster agrees: every
 //! workload available, every claim bound (the DAGs claims to one EFS
 //! access point), nothing Pending, nothing refused, every Secret and
-//! ConfigMap a pod names present; and when a training task pod and a
+//! ConfigMap a pod names present; when the hub, recreated after another
+//! pod took its room on the one node its EBS volume allows, preempts that
+//! pod and comes back; and when a training task pod and a
 //! notebook, built as Airflow's executor and KubeSpawner build them, land
 //! on the nodegroup they belong to.
 //!
@@ -499,6 +501,92 @@ fn node_of(pod: &Pod) -> Option<String> {
     pod.spec.as_ref().and_then(|s| s.node_name.clone())
 }
 
+/// Millicores of a CPU quantity ("250m", "2").
+fn millicores(q: &str) -> i64 {
+    match q.strip_suffix('m') {
+        Some(m) => m.parse().unwrap(),
+        None => (q.parse::<f64>().unwrap() * 1000.0) as i64,
+    }
+}
+
+/// The CPU (millicores) no pod on `node` has asked for.
+async fn free_cpu(client: &kube::Client, node: &str) -> i64 {
+    let allocatable = Api::<k8s_openapi::api::core::v1::Node>::all(client.clone())
+        .get(node)
+        .await
+        .unwrap()
+        .status
+        .and_then(|s| s.allocatable)
+        .and_then(|a| a.get("cpu").map(|q| millicores(&q.0)))
+        .unwrap();
+    let requested: i64 = Api::<Pod>::all(client.clone())
+        .list(&ListParams::default().fields(&format!("spec.nodeName={node}")))
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .filter(|p| {
+            !matches!(
+                p.status.as_ref().and_then(|s| s.phase.as_deref()),
+                Some("Succeeded" | "Failed")
+            )
+        })
+        .flat_map(|p| p.spec.iter().flat_map(|s| &s.containers))
+        .filter_map(|c| c.resources.as_ref()?.requests.as_ref()?.get("cpu"))
+        .map(|q| millicores(&q.0))
+        .sum();
+    allocatable - requested
+}
+
+/// The hub's pods, polled until `done` holds of them (or 60 s pass).
+async fn hub_pods(client: &kube::Client, done: impl Fn(&[Pod]) -> bool) -> Vec<Pod> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let pods = Api::<Pod>::namespaced(client.clone(), "jupyterhub")
+            .list(&ListParams::default().labels("app.kubernetes.io/component=hub"))
+            .await
+            .unwrap()
+            .items;
+        if done(&pods) || Instant::now() > deadline {
+            return pods;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+fn one_ready(pods: &[Pod]) -> bool {
+    matches!(pods, [pod] if is_running_and_ready(pod))
+}
+
+/// Scales the hub's Deployment as an admin would (ferry is stopped).
+async fn scale_hub(client: &kube::Client, replicas: i32) {
+    Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(client.clone(), "jupyterhub")
+        .patch(
+            "hub",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"spec": {"replicas": replicas}})),
+        )
+        .await
+        .unwrap();
+}
+
+/// A pod of the default priority pinned to `node` that asks for `cpu`
+/// millicores: whatever took the room a recreated pod left there (a
+/// rollout's surged pods do).
+fn squatter(node: &str, cpu: i64) -> Pod {
+    serde_json::from_value(json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "squatter", "namespace": "default"},
+        "spec": {
+            "nodeSelector": {"kubernetes.io/hostname": node},
+            "containers": [{"name": "squatter", "image": "squatter",
+                "resources": {"requests": {"cpu": format!("{cpu}m")}}}],
+        },
+    }))
+    .unwrap()
+}
+
 fn is_running_and_ready(pod: &Pod) -> bool {
     let status = pod.status.as_ref();
     status.and_then(|s| s.phase.as_deref()) == Some("Running")
@@ -748,6 +836,38 @@ async fn the_platform_template_and_ferry_stand_up_on_the_nodes_the_platform_decl
         .expect("ferry's pod");
     assert!(is_running_and_ready(ferry_pod));
     stop_ferry(ferry);
+
+    // The hub's claim is an EBS volume, so the hub fits on one node only.
+    // When it is recreated (Recreate strategy: the old pod goes first) and
+    // something else takes the room it left there, it must win that room
+    // back by priority, or it stays Pending for good: what the day-two
+    // rollout hit on a loaded machine, made certain here.
+    let running = hub_pods(&admin, one_ready).await;
+    let hub_node = node_of(&running[0]).expect("the hub runs");
+    scale_hub(&admin, 0).await;
+    assert!(hub_pods(&admin, <[Pod]>::is_empty).await.is_empty());
+    let room = free_cpu(&admin, &hub_node).await;
+    Api::<Pod>::namespaced(admin.clone(), "default")
+        .create(&PostParams::default(), &squatter(&hub_node, room))
+        .await
+        .unwrap();
+    scale_hub(&admin, 1).await;
+    let back = hub_pods(&admin, one_ready).await;
+    let squatter_left = Api::<Pod>::namespaced(admin.clone(), "default")
+        .get_opt("squatter")
+        .await
+        .unwrap();
+    assert!(
+        one_ready(&back) && node_of(&back[0]).as_deref() == Some(hub_node.as_str()),
+        "the hub did not come back on {hub_node} ({room}m taken by another pod): {:?}",
+        back.iter()
+            .map(|p| ferry::kubernetes::health::pod_problem(&serde_json::to_value(p).unwrap()))
+            .collect::<Vec<_>>()
+    );
+    assert!(
+        squatter_left.is_none_or(|p| p.metadata.deletion_timestamp.is_some()),
+        "the hub is back but the pod that took its room was not preempted"
+    );
 
     // Headroom: a training task and a notebook schedule on the nodegroup
     // they belong to, never on the system nodes the platform runs on.
