@@ -412,6 +412,16 @@ pub struct KubernetesTargetConfig {
     pub wait_timeout: Duration,
     /// Kubeconfig file; default: in-cluster service account, then `KUBECONFIG`/`~/.kube/config`.
     pub kubeconfig: Option<PathBuf>,
+    /// Directory of the repo holding Helm release files (`<name>.yaml`,
+    /// format `ferry.dev/v1` `HelmRelease`); absent at a commit: none.
+    #[serde(default = "default_releases_path")]
+    pub releases_path: String,
+    /// How Helm releases are rendered.
+    #[serde(default)]
+    pub helm: HelmConfig,
+    /// Where fetched chart archives are kept: the config's `cache_dir`.
+    #[serde(skip)]
+    pub cache_dir: PathBuf,
     /// Who writes this target's inventory: the source's URL, branch and the
     /// manifests path. Set when the config is parsed; it names the
     /// inventory so that two ferry instances on one cluster never share
@@ -438,6 +448,39 @@ fn default_wait_timeout() -> Duration {
 
 fn default_manifests_path() -> String {
     "manifests".into()
+}
+
+fn default_releases_path() -> String {
+    "releases".into()
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HelmConfig {
+    /// The helm binary (v3.22.0, as ferry's image ships it).
+    #[serde(default = "default_helm_binary")]
+    pub binary: PathBuf,
+    /// The Kubernetes version charts are rendered for (`--kube-version`):
+    /// the cluster's, e.g. `"1.33"`. Required once the repo has a release.
+    pub kube_version: Option<String>,
+    /// Extra `--api-versions` (`monitoring.coreos.com/v1`, ...), for charts
+    /// that render a CRD's objects only when the cluster serves it.
+    #[serde(default)]
+    pub api_versions: Vec<String>,
+}
+
+impl Default for HelmConfig {
+    fn default() -> HelmConfig {
+        HelmConfig {
+            binary: default_helm_binary(),
+            kube_version: None,
+            api_versions: Vec::new(),
+        }
+    }
+}
+
+fn default_helm_binary() -> PathBuf {
+    PathBuf::from("helm")
 }
 
 fn default_namespace() -> String {
@@ -627,6 +670,9 @@ impl Config {
             && let Some(source) = config.sources.iter().find(|s| s.name == kube.source)
         {
             kube.owner = format!("{}#{}:{}", source.url, source.branch, kube.path);
+        }
+        if let Some(kube) = config.targets.kubernetes.as_mut() {
+            kube.cache_dir = config.cache_dir.clone();
         }
         Ok(config)
     }

@@ -10,7 +10,8 @@ use git2::Oid;
 
 use crate::config::{Config, SourceConfig};
 use crate::dags::{DagsError, DagsOutcome, DagsPlan, DagsTarget, PublishError};
-use crate::desired::{DagsFeed, Desired, Feeds};
+use crate::desired::helm::HelmSettings;
+use crate::desired::{DagsFeed, Desired, Feeds, ReleasesFeed};
 use crate::kubernetes::apply::{ApplyOutcome, Status};
 use crate::kubernetes::health::Health;
 use crate::kubernetes::plan::{self as kube_plan, Depth};
@@ -115,7 +116,18 @@ pub fn feeds(targets: &[Target]) -> Feeds {
                     policy: t.config().validation.policy,
                 })
             }
-            Target::Kubernetes(t) => feeds.manifests = Some(t.config.path.clone()),
+            Target::Kubernetes(t) => {
+                feeds.manifests = Some(t.config.path.clone());
+                feeds.releases = Some(ReleasesFeed {
+                    dir: t.config.releases_path.clone(),
+                    helm: HelmSettings {
+                        binary: t.config.helm.binary.clone(),
+                        cache_dir: t.config.cache_dir.clone(),
+                        kube_version: t.config.helm.kube_version.clone(),
+                        api_versions: t.config.helm.api_versions.clone(),
+                    },
+                });
+            }
             #[cfg(feature = "aws")]
             Target::Aws(t) => feeds.platform = Some(t.config.file.clone()),
         }

@@ -66,6 +66,9 @@ pub struct Manifest {
     pub id: ObjectRef,
     /// The document as JSON, exactly as written.
     pub object: serde_json::Value,
+    /// The namespace it goes to when it names none and is namespaced:
+    /// a Helm release's; `None` for the target's `default_namespace`.
+    pub default_namespace: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -250,6 +253,7 @@ pub fn parse_file(path: &str, text: &str) -> Result<Vec<Manifest>, Vec<ManifestE
                 api_version,
                 id,
                 object,
+                default_namespace: None,
             }),
             Err(message) => errors.push(ManifestError {
                 origin: origin(doc_line),

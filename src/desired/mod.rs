@@ -4,9 +4,12 @@
 //! whole commit before any target sees it. Reads git objects and parses;
 //! talks to no live system.
 
+pub mod chart;
 pub mod checkout;
+pub mod helm;
 pub mod manifests;
 pub mod platform;
+pub mod release;
 pub mod resolve;
 
 use crate::config::ValidationPolicy;
@@ -22,8 +25,16 @@ pub struct Feeds {
     pub dags: Option<DagsFeed>,
     /// The Kubernetes target's manifests directory.
     pub manifests: Option<String>,
+    /// Its Helm release files, rendered into more manifests.
+    pub releases: Option<ReleasesFeed>,
     /// The AWS target's declaration file (`platform.yaml`).
     pub platform: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ReleasesFeed {
+    pub dir: String,
+    pub helm: helm::HelmSettings,
 }
 
 #[derive(Debug, Clone)]
@@ -95,8 +106,22 @@ pub fn read(
         }
     });
     let manifests = feeds.manifests.as_ref().and_then(|dir| {
-        manifests::read(&repo, revision.commit, dir)
-            .map_err(|errors| problems.extend(errors.into_iter().map(Problem::from)))
+        let mut read = manifests::read(&repo, revision.commit, dir);
+        if let Some(releases) = &feeds.releases {
+            let rendered = helm::render_all(&repo, revision.commit, &releases.dir, &releases.helm);
+            read = match (read, rendered) {
+                (Ok(mut files), Ok(mut rendered)) => {
+                    files.append(&mut rendered);
+                    Ok(files)
+                }
+                (Ok(_), Err(e)) | (Err(e), Ok(_)) => Err(e),
+                (Err(mut a), Err(mut b)) => {
+                    a.append(&mut b);
+                    Err(a)
+                }
+            };
+        }
+        read.map_err(|errors| problems.extend(errors.into_iter().map(Problem::from)))
             .ok()
     });
     let platform = feeds.platform.as_ref().and_then(|file| {

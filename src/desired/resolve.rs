@@ -93,6 +93,7 @@ pub fn resolve(
                     .id
                     .namespace
                     .clone()
+                    .or_else(|| manifest.default_namespace.clone())
                     .unwrap_or_else(|| policy.default_namespace.clone());
                 if let Some(meta) = manifest
                     .object

@@ -8,6 +8,7 @@ pub const FIELD_MANAGER: &str = "ferry";
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
 pub const MANAGED_BY_VALUE: &str = "ferry";
 pub const PRUNE_ANNOTATION: &str = "ferry.dev/prune";
+pub const HELM_RESOURCE_POLICY: &str = "helm.sh/resource-policy";
 
 /// Marks an object as ferry's. Plan and apply both send the labelled
 /// object, so a plan never shows the label as a change.
@@ -34,6 +35,14 @@ pub(crate) fn kept_because(live: &ObjectMeta) -> Option<String> {
         .and_then(|a| a.get(PRUNE_ANNOTATION));
     if annotation.map(String::as_str) == Some("disabled") {
         return Some(format!("{PRUNE_ANNOTATION}: disabled"));
+    }
+    // Helm's own word for the same: a chart's objects that outlive it.
+    let helm_keep = live
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(HELM_RESOURCE_POLICY));
+    if helm_keep.map(String::as_str) == Some("keep") {
+        return Some(format!("{HELM_RESOURCE_POLICY}: keep"));
     }
     let label = live.labels.as_ref().and_then(|l| l.get(MANAGED_BY_LABEL));
     if label.map(String::as_str) != Some(MANAGED_BY_VALUE) {

@@ -12,6 +12,7 @@ mod deploy;
 mod faults;
 mod git_sources;
 mod github;
+mod helm;
 mod kube_agent;
 mod kube_apply;
 mod kube_health;

@@ -750,6 +750,55 @@ pub fn kube_target(ns: &str, force: bool) -> ferry::config::KubernetesTargetConf
         health_timeout: Duration::ZERO,
         kubeconfig: None,
         owner: String::new(),
+        releases_path: "releases".into(),
+        helm: ferry::config::HelmConfig {
+            binary: helm_binary(),
+            kube_version: Some("1.37".into()),
+            api_versions: Vec::new(),
+        },
+        cache_dir: std::env::temp_dir().join("ferry-test-charts"),
+    }
+}
+
+/// The helm binary `.ci/setup` builds (tools/helm/build.sh).
+pub fn helm_binary() -> PathBuf {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/helm/bin/helm");
+    require_binary(path.to_str().unwrap())
+}
+
+/// A static HTTP server (lighttpd) of `root`: a Helm chart repository when
+/// `root` holds an `index.yaml` and the archives it names.
+pub fn static_http(root: &Path) -> Server {
+    let lighttpd = require_binary("/usr/sbin/lighttpd");
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap().keep();
+    let conf = format!(
+        "server.document-root = \"{root}\"\nserver.bind = \"127.0.0.1\"\nserver.port = {port}\nserver.errorlog = \"{dir}/error.log\"\nmimetype.assign = (\".yaml\" => \"text/yaml\", \".tgz\" => \"application/gzip\")\n",
+        root = root.display(),
+        dir = dir.display(),
+    );
+    let conf_path = dir.join("lighttpd.conf");
+    std::fs::write(&conf_path, conf).unwrap();
+    let mut child = spawn_owned(
+        Command::new(lighttpd)
+            .arg("-D")
+            .arg("-f")
+            .arg(&conf_path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("stderr.log")).unwrap()),
+    )
+    .expect("cannot start lighttpd");
+    wait_listening(
+        &mut child,
+        port,
+        &dir.join("stderr.log"),
+        Duration::from_secs(10),
+    );
+    Server {
+        _child: child,
+        port,
+        log: dir.join("error.log"),
     }
 }
 

@@ -1,0 +1,304 @@
+//! Chart archives from HTTP(S) chart repositories, fetched once and kept by
+//! digest. A chart version is looked up in the repository's `index.yaml`,
+//! the archive is checked against the digest the index gives (a mismatch
+//! is refused, never cached), and the (repository, chart, version) -> digest
+//! pin is remembered, so a warm render never touches the network and a
+//! repository that is down does not stop a chart that was fetched before.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ChartError {
+    #[error("cannot fetch {url}: {message}")]
+    Unreachable { url: String, message: String },
+    #[error("{0}")]
+    NotFound(String),
+    #[error(
+        "the archive of {chart} {version} from {url} has sha256 {got}, but the repository's index.yaml says {want}: refusing it (tampered with, or re-published under the same version)"
+    )]
+    Digest {
+        chart: String,
+        version: String,
+        url: String,
+        want: String,
+        got: String,
+    },
+    #[error("{url}/index.yaml: {message}")]
+    Index { url: String, message: String },
+    #[error("chart cache {}: {source}", path.display())]
+    Cache {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Chart archives under one directory: `sha256/<digest>.tgz`, and
+/// `pins/<repository>/<chart>-<version>` holding the digest.
+pub struct ChartCache {
+    dir: PathBuf,
+}
+
+const FETCH_TIMEOUT: Duration = Duration::from_secs(60);
+
+impl ChartCache {
+    pub fn new(dir: &Path) -> ChartCache {
+        ChartCache {
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    /// The archive of `name` at `version` from the repository at `url`,
+    /// verified; fetched only when not cached.
+    pub fn archive(&self, url: &str, name: &str, version: &str) -> Result<PathBuf, ChartError> {
+        let url = url.trim_end_matches('/');
+        let pin = self
+            .dir
+            .join("pins")
+            .join(&hex(&Sha256::digest(url.as_bytes()))[..16])
+            .join(format!("{name}-{version}"));
+        if let Ok(digest) = std::fs::read_to_string(&pin) {
+            let path = self.by_digest(digest.trim());
+            if std::fs::read(&path).is_ok_and(|bytes| hex(&Sha256::digest(&bytes)) == digest.trim())
+            {
+                return Ok(path);
+            }
+        }
+        let index_url = format!("{url}/index.yaml");
+        let index = get(&index_url)?;
+        let (want, archive_url) = lookup(url, &index, name, version)?;
+        let bytes = get(&archive_url)?;
+        let got = hex(&Sha256::digest(&bytes));
+        if got != want {
+            return Err(ChartError::Digest {
+                chart: name.to_string(),
+                version: version.to_string(),
+                url: archive_url,
+                want,
+                got,
+            });
+        }
+        let path = self.by_digest(&got);
+        write_atomic(&path, &bytes)?;
+        write_atomic(&pin, got.as_bytes())?;
+        Ok(path)
+    }
+
+    fn by_digest(&self, digest: &str) -> PathBuf {
+        self.dir.join("sha256").join(format!("{digest}.tgz"))
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct Index {
+    #[serde(default)]
+    entries: std::collections::BTreeMap<String, Vec<IndexEntry>>,
+}
+
+#[derive(serde::Deserialize)]
+struct IndexEntry {
+    version: String,
+    #[serde(default)]
+    digest: Option<String>,
+    #[serde(default)]
+    urls: Vec<String>,
+}
+
+/// The digest and archive URL the index gives for `name` at `version`.
+fn lookup(
+    url: &str,
+    index: &[u8],
+    name: &str,
+    version: &str,
+) -> Result<(String, String), ChartError> {
+    let index_err = |message: String| ChartError::Index {
+        url: url.to_string(),
+        message,
+    };
+    let index: Index = serde_yaml_ng::from_slice(index)
+        .map_err(|e| index_err(format!("not a chart repository index: {e}")))?;
+    let Some(versions) = index.entries.get(name) else {
+        return Err(ChartError::NotFound(format!(
+            "chart `{name}` is not in {url}/index.yaml; check `chart.name` and `chart.repository`"
+        )));
+    };
+    let wanted = version.strip_prefix('v').unwrap_or(version);
+    let Some(entry) = versions
+        .iter()
+        .find(|e| e.version.strip_prefix('v').unwrap_or(&e.version) == wanted)
+    else {
+        let known: Vec<&str> = versions
+            .iter()
+            .take(5)
+            .map(|e| e.version.as_str())
+            .collect();
+        return Err(ChartError::NotFound(format!(
+            "{url} has no version {version} of chart `{name}` (its newest: {}); check `chart.version`",
+            known.join(", ")
+        )));
+    };
+    let digest = entry
+        .digest
+        .clone()
+        .filter(|d| d.len() == 64 && d.bytes().all(|b| b.is_ascii_hexdigit()))
+        .ok_or_else(|| {
+            index_err(format!(
+                "{name} {version} has no sha256 `digest`, so its archive cannot be verified"
+            ))
+        })?
+        .to_ascii_lowercase();
+    let first = entry
+        .urls
+        .first()
+        .ok_or_else(|| index_err(format!("{name} {version} lists no `urls`")))?;
+    // Relative URLs are relative to the index.
+    let base = url::Url::parse(&format!("{url}/"))
+        .map_err(|e| index_err(format!("bad repository URL: {e}")))?;
+    let archive = base
+        .join(first)
+        .map_err(|e| index_err(format!("bad archive URL `{first}`: {e}")))?;
+    Ok((digest, archive.to_string()))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ChartError> {
+    let cache = |source| ChartError::Cache {
+        path: path.to_path_buf(),
+        source,
+    };
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(cache)?;
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(cache)?;
+    std::io::Write::write_all(&mut tmp, bytes).map_err(cache)?;
+    tmp.persist(path).map_err(|e| cache(e.error))?;
+    Ok(())
+}
+
+/// GET `url`, following redirects. Callers are synchronous (the gate runs
+/// in a blocking section), so the request runs on a thread of its own with
+/// a runtime of its own, whatever runtime the caller is in.
+fn get(url: &str) -> Result<Vec<u8>, ChartError> {
+    let fail = |message: String| ChartError::Unreachable {
+        url: url.to_string(),
+        message,
+    };
+    let owned = url.to_string();
+    std::thread::scope(|s| {
+        s.spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?;
+            runtime.block_on(async {
+                tokio::time::timeout(FETCH_TIMEOUT, get_async(&owned))
+                    .await
+                    .map_err(|_| format!("no answer in {}s", FETCH_TIMEOUT.as_secs()))?
+            })
+        })
+        .join()
+        .map_err(|_| "the fetch thread panicked".to_string())?
+    })
+    .map_err(fail)
+}
+
+async fn get_async(url: &str) -> Result<Vec<u8>, String> {
+    use http_body_util::BodyExt;
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_native_roots()
+        .map_err(|e| format!("no TLS root certificates: {e}"))?
+        .https_or_http()
+        .enable_http1()
+        .build();
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build::<_, http_body_util::Empty<bytes::Bytes>>(https);
+    let mut current = url::Url::parse(url).map_err(|e| format!("bad URL: {e}"))?;
+    for _ in 0..5 {
+        let uri: http::Uri = current
+            .as_str()
+            .parse()
+            .map_err(|e| format!("bad URL: {e}"))?;
+        let response = client.get(uri).await.map_err(|e| {
+            let mut message = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(s) = source {
+                message = format!("{message}: {s}");
+                source = s.source();
+            }
+            message
+        })?;
+        let status = response.status();
+        if status.is_redirection() {
+            let location = response
+                .headers()
+                .get(http::header::LOCATION)
+                .and_then(|l| l.to_str().ok())
+                .ok_or(format!("{status} without a Location"))?;
+            current = current
+                .join(location)
+                .map_err(|e| format!("bad redirect `{location}`: {e}"))?;
+            continue;
+        }
+        if !status.is_success() {
+            return Err(format!("HTTP {status}"));
+        }
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| format!("reading the body: {e}"))?;
+        return Ok(body.to_bytes().to_vec());
+    }
+    Err("more than 5 redirects".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const INDEX: &str = "\
+apiVersion: v1
+entries:
+  mlflow:
+    - version: 1.11.5
+      digest: ABCDEF0123456789abcdef0123456789abcdef0123456789abcdef0123456789
+      urls: [mlflow-1.11.5.tgz]
+    - version: 1.10.0
+      digest: 0000000000000000000000000000000000000000000000000000000000000000
+      urls: [https://elsewhere.example/mlflow-1.10.0.tgz]
+";
+
+    #[test]
+    fn the_index_gives_the_digest_and_where_the_archive_is() {
+        let (digest, url) = lookup(
+            "http://127.0.0.1:1/charts",
+            INDEX.as_bytes(),
+            "mlflow",
+            "v1.11.5",
+        )
+        .unwrap();
+        assert_eq!(
+            digest,
+            "abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789"
+        );
+        assert_eq!(url, "http://127.0.0.1:1/charts/mlflow-1.11.5.tgz");
+        let (_, url) = lookup("http://127.0.0.1:1", INDEX.as_bytes(), "mlflow", "1.10.0").unwrap();
+        assert_eq!(url, "https://elsewhere.example/mlflow-1.10.0.tgz");
+        let e = lookup("http://h", INDEX.as_bytes(), "mlflow", "9.9.9").unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("no version 9.9.9 of chart `mlflow` (its newest: 1.11.5, 1.10.0)"),
+            "{e}"
+        );
+        let e = lookup("http://h", INDEX.as_bytes(), "mlfow", "1.11.5").unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("chart `mlfow` is not in http://h/index.yaml"),
+            "{e}"
+        );
+    }
+}

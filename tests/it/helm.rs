@@ -1,0 +1,403 @@
+//! Helm releases in the platform repo: real charts (`../shared/charts`)
+//! served by a real HTTP server on 127.0.0.1, rendered by the pinned helm,
+//! planned and applied to the real kube-apiserver through the same gate,
+//! plan and apply as plain manifests.
+
+use std::path::{Path, PathBuf};
+
+use crate::kube_apply::{admin, ns_yaml};
+use crate::support::*;
+use ferry::config::KubernetesTargetConfig;
+use ferry::desired::{self, Feeds, ReleasesFeed, helm::HelmSettings};
+use ferry::kubernetes::apply::Applier;
+use ferry::kubernetes::last_applied::LastApplied;
+use ferry::kubernetes::plan::{self, Action, Depth, Plan};
+use ferry::revision::{Origin, Revision};
+use git2::{Oid, Repository};
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::Api;
+
+fn shared_charts() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/charts")
+}
+
+/// A copy of the shared chart repository, so a test may tamper with it.
+fn chart_repo_copy(dir: &Path) -> PathBuf {
+    let out = dir.join("charts");
+    std::fs::create_dir_all(&out).unwrap();
+    for entry in std::fs::read_dir(shared_charts()).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), out.join(entry.file_name())).unwrap();
+    }
+    out
+}
+
+fn feeds(config: &KubernetesTargetConfig) -> Feeds {
+    Feeds {
+        manifests: Some(config.path.clone()),
+        releases: Some(ReleasesFeed {
+            dir: config.releases_path.clone(),
+            helm: HelmSettings {
+                binary: config.helm.binary.clone(),
+                cache_dir: config.cache_dir.clone(),
+                kube_version: config.helm.kube_version.clone(),
+                api_versions: config.helm.api_versions.clone(),
+            },
+        }),
+        ..Feeds::default()
+    }
+}
+
+/// The gate's reading of `at`: manifests and rendered releases, or every
+/// problem, as one string per problem.
+fn gate(
+    mirror: &Path,
+    at: Oid,
+    config: &KubernetesTargetConfig,
+) -> Result<Vec<ferry::desired::manifests::Manifest>, Vec<String>> {
+    let revision = Revision {
+        source: "platform".into(),
+        commit: at,
+        mirror: mirror.to_path_buf(),
+        origin: Origin::Branch,
+        signed_by: None,
+    };
+    desired::read(&revision, &feeds(config), &mut Default::default())
+        .map(|d| d.manifests.unwrap())
+        .map_err(|r| r.problems.iter().map(ToString::to_string).collect())
+}
+
+async fn plan_of(
+    client: &kube::Client,
+    at: Oid,
+    config: &KubernetesTargetConfig,
+    manifests: &[ferry::desired::manifests::Manifest],
+    last: Option<&LastApplied>,
+    depth: Depth,
+) -> Plan {
+    plan::plan(
+        client,
+        "platform",
+        &at.to_string(),
+        config,
+        manifests,
+        last,
+        depth,
+    )
+    .await
+    .unwrap()
+}
+
+async fn apply(
+    client: &kube::Client,
+    mirror: &Path,
+    at: Oid,
+    config: &KubernetesTargetConfig,
+    last: &mut Option<LastApplied>,
+) {
+    let manifests = gate(mirror, at, config).unwrap();
+    let plan = plan_of(client, at, config, &manifests, last.as_ref(), Depth::Apply).await;
+    let applier = Applier {
+        client,
+        target: "platform",
+        config,
+        cancel: None,
+    };
+    let out = applier.apply(plan, last).await.unwrap();
+    assert!(out.succeeded(), "{out:?}");
+}
+
+fn release(ns: &str, repo: &str, version: &str, values: &str) -> String {
+    format!(
+        "apiVersion: ferry.dev/v1\nkind: HelmRelease\nname: cw\nnamespace: {ns}\nchart:\n  repository: {repo}\n  \
+         name: prometheus-yet-another-cloudwatch-exporter\n  version: {version}\nvalues_files: [values/cloudwatch.yaml]\nvalues:\n{values}"
+    )
+}
+
+const CW_VALUES: &str = "fullnameOverride: cloudwatch\naws:\n  role: null\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_from_a_chart_repository_is_rendered_planned_applied_and_pruned() {
+    let tmp = tempfile::tempdir().unwrap();
+    let charts = chart_repo_copy(tmp.path());
+    let server = static_http(&charts);
+    let url = format!("http://127.0.0.1:{}", server.port);
+    let mirror = tmp.path().join("platform.git");
+    let repo = Repository::init_bare(&mirror).unwrap();
+    let ns = unique_namespace("helm");
+    let mut config = kube_target(&ns, false);
+    config.cache_dir = tmp.path().join("cache");
+    let client = admin().await;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    let mut last = None;
+
+    // 1: a namespace and a release of the CloudWatch exporter.
+    let files = |version: &str, values: &str| {
+        vec![
+            ("manifests/ns.yaml", ns_yaml(&ns)),
+            (
+                "releases/cloudwatch.yaml",
+                release(&ns, &url, version, values),
+            ),
+            ("values/cloudwatch.yaml", CW_VALUES.to_string()),
+        ]
+    };
+    let r1 = commit_files(&repo, &files("0.47.0", "  replicaCount: 1\n"));
+    let rendered = gate(&mirror, r1, &config).unwrap();
+    let kinds: Vec<String> = rendered.iter().map(|m| m.id.kind.clone()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "Namespace",
+            "ServiceAccount",
+            "ConfigMap",
+            "Service",
+            "Deployment"
+        ],
+        "the chart's test Pod is skipped"
+    );
+    assert!(
+        rendered[4].origin.file.starts_with(
+            "releases/cloudwatch.yaml (prometheus-yet-another-cloudwatch-exporter/templates/deployment.yaml)"
+        ),
+        "{}",
+        rendered[4].origin
+    );
+    apply(&client, &mirror, r1, &config, &mut last).await;
+    let live = deployments.get("cloudwatch").await.unwrap();
+    assert_eq!(live.spec.replicas, Some(1));
+    assert_eq!(
+        live.metadata.labels.as_ref().unwrap()["app.kubernetes.io/managed-by"],
+        "ferry",
+        "ferry's label, not the chart's `Helm`"
+    );
+
+    // 2: a values change plans only what it changes.
+    let r2 = commit_files(&repo, &files("0.47.0", "  replicaCount: 2\n"));
+    let manifests = gate(&mirror, r2, &config).unwrap();
+    let plan = plan_of(
+        &client,
+        r2,
+        &config,
+        &manifests,
+        last.as_ref(),
+        Depth::Review,
+    )
+    .await;
+    let changed: Vec<String> = plan
+        .objects
+        .iter()
+        .filter(|o| o.action != Action::Unchanged)
+        .map(|o| format!("{:?} {}", o.action, o.id))
+        .collect();
+    assert_eq!(
+        changed,
+        [format!("Update Deployment.apps {ns}/cloudwatch")],
+        "{:?}",
+        plan.objects
+    );
+    apply(&client, &mirror, r2, &config, &mut last).await;
+    assert_eq!(
+        deployments.get("cloudwatch").await.unwrap().spec.replicas,
+        Some(2)
+    );
+
+    // 3: a version the repository does not have: the commit is refused,
+    // naming the release file and what to fix.
+    let r3 = commit_files(&repo, &files("9.9.9", "  replicaCount: 3\n"));
+    let problems = gate(&mirror, r3, &config).unwrap_err();
+    assert!(
+        problems.iter().any(|p| p.starts_with("releases/cloudwatch.yaml")
+            && p.contains("has no version 9.9.9 of chart `prometheus-yet-another-cloudwatch-exporter` (its newest: 0.47.0)")
+            && p.contains("check `chart.version`")),
+        "{problems:?}"
+    );
+
+    // 4: the repository goes down. A chart fetched before still renders
+    // (from the cache, by digest); one never fetched is an error naming
+    // the repository, and the cluster keeps the last good state.
+    drop(server);
+    let r4 = commit_files(
+        &repo,
+        &files("0.47.0", "  replicaCount: 2\n  podLabels: {team: ml}\n"),
+    );
+    assert!(
+        gate(&mirror, r4, &config).is_ok(),
+        "the cached chart renders offline"
+    );
+    let mlflow = format!(
+        "apiVersion: ferry.dev/v1\nkind: HelmRelease\nname: mlflow\nnamespace: {ns}\nchart:\n  repository: {url}\n  name: mlflow\n  version: 1.11.5\n"
+    );
+    let mut with_mlflow = files("0.47.0", "  replicaCount: 2\n");
+    with_mlflow.push(("releases/mlflow.yaml", mlflow));
+    let r5 = commit_files(&repo, &with_mlflow);
+    let problems = gate(&mirror, r5, &config).unwrap_err();
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.starts_with("releases/mlflow.yaml")
+                && p.contains(&format!("cannot fetch {url}/index.yaml"))),
+        "{problems:?}"
+    );
+    assert_eq!(
+        deployments.get("cloudwatch").await.unwrap().spec.replicas,
+        Some(2)
+    );
+
+    // 5: the release removed from git: its objects are pruned, the
+    // Namespace stays.
+    let r6 = commit_files(&repo, &[("manifests/ns.yaml", ns_yaml(&ns))]);
+    apply(&client, &mirror, r6, &config, &mut last).await;
+    assert!(deployments.get_opt("cloudwatch").await.unwrap().is_none());
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    assert!(namespaces.get_opt(&ns).await.unwrap().is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tampered_archive_is_refused_and_never_cached() {
+    let tmp = tempfile::tempdir().unwrap();
+    let charts = chart_repo_copy(tmp.path());
+    let archive = charts.join("prometheus-yet-another-cloudwatch-exporter-0.47.0.tgz");
+    let mut bytes = std::fs::read(&archive).unwrap();
+    bytes.extend_from_slice(b"\0\0\0\0");
+    std::fs::write(&archive, &bytes).unwrap();
+    let server = static_http(&charts);
+    let url = format!("http://127.0.0.1:{}", server.port);
+    let mirror = tmp.path().join("platform.git");
+    let repo = Repository::init_bare(&mirror).unwrap();
+    let mut config = kube_target("helm-tamper", false);
+    config.cache_dir = tmp.path().join("cache");
+    let at = commit_files(
+        &repo,
+        &[
+            (
+                "releases/cloudwatch.yaml",
+                release("helm-tamper", &url, "0.47.0", "  replicaCount: 1\n"),
+            ),
+            ("values/cloudwatch.yaml", CW_VALUES.to_string()),
+        ],
+    );
+    let problems = gate(&mirror, at, &config).unwrap_err();
+    assert!(
+        problems.iter().any(|p| p
+            .contains("prometheus-yet-another-cloudwatch-exporter-0.47.0.tgz has sha256")
+            && p.contains("but the repository's index.yaml says")
+            && p.contains("refusing it")),
+        "{problems:?}"
+    );
+    let cached = config.cache_dir.join("charts/sha256");
+    assert!(
+        std::fs::read_dir(&cached).map(|d| d.count()).unwrap_or(0) == 0,
+        "nothing was cached"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renders_that_differ_hooks_ferry_cannot_run_and_bad_values_are_refused_with_their_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let charts = chart_repo_copy(tmp.path());
+    let server = static_http(&charts);
+    let url = format!("http://127.0.0.1:{}", server.port);
+    let mirror = tmp.path().join("platform.git");
+    let repo = Repository::init_bare(&mirror).unwrap();
+    let ns = unique_namespace("helm-rules");
+    let mut config = kube_target(&ns, false);
+    config.cache_dir = tmp.path().join("cache");
+    let client = admin().await;
+
+    // The MLflow chart makes up a Flask secret key on every render.
+    let mlflow = |values: &str| {
+        format!(
+            "apiVersion: ferry.dev/v1\nkind: HelmRelease\nname: mlflow\nnamespace: {ns}\nchart:\n  repository: {url}\n  name: mlflow\n  version: 1.11.5\nvalues:\n{values}"
+        )
+    };
+    let at = commit_files(
+        &repo,
+        &[("releases/mlflow.yaml", mlflow("  replicaCount: 1\n"))],
+    );
+    let problems = gate(&mirror, at, &config).unwrap_err();
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.starts_with("releases/mlflow.yaml")
+                && p.contains(
+                    "does not render the same twice (`mlflow/templates/flask_secret.yaml` differs)"
+                )),
+        "{problems:?}"
+    );
+    // Pinned by values, it renders, its pre-install Secret hook with it,
+    // and the API server accepts every object.
+    let at = commit_files(
+        &repo,
+        &[
+            ("manifests/ns.yaml", ns_yaml(&ns)),
+            (
+                "releases/mlflow.yaml",
+                mlflow("  flaskServerSecretKey: from-a-sealed-value\n"),
+            ),
+        ],
+    );
+    let manifests = gate(&mirror, at, &config).unwrap();
+    assert!(
+        manifests
+            .iter()
+            .any(|m| m.id.name == "mlflow-flask-server-secret-key" && m.id.kind == "Secret"),
+        "{:?}",
+        manifests
+            .iter()
+            .map(|m| m.id.to_string())
+            .collect::<Vec<_>>()
+    );
+    let plan = plan_of(&client, at, &config, &manifests, None, Depth::Review).await;
+    assert!(plan.errors.is_empty(), "{:?}", plan.errors);
+    let refused: Vec<_> = plan.objects.iter().filter(|o| o.error.is_some()).collect();
+    assert!(refused.is_empty(), "{refused:?}");
+
+    // A chart in the repo (`path`) with a hook Job ferry cannot run yet,
+    // and a values file with a key twice: each named where it is.
+    let chart_yaml = "apiVersion: v2\nname: local\nversion: 0.1.0\n";
+    let job = "apiVersion: batch/v1\nkind: Job\nmetadata:\n  name: migrate\n  annotations:\n    helm.sh/hook: pre-upgrade\nspec:\n  template:\n    spec:\n      restartPolicy: Never\n      containers: [{name: m, image: busybox}]\n";
+    let cm = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: local\ndata:\n  size: {{ .Values.size | quote }}\n";
+    let local = format!(
+        "apiVersion: ferry.dev/v1\nkind: HelmRelease\nname: local\nnamespace: {ns}\nchart: {{path: charts/local}}\nvalues_files: [values/local.yaml]\n"
+    );
+    let at = commit_files(
+        &repo,
+        &[
+            ("charts/local/Chart.yaml", chart_yaml.to_string()),
+            ("charts/local/templates/cm.yaml", cm.to_string()),
+            ("charts/local/templates/job.yaml", job.to_string()),
+            ("releases/local.yaml", local.clone()),
+            ("values/local.yaml", "size: 1\n".to_string()),
+        ],
+    );
+    let problems = gate(&mirror, at, &config).unwrap_err();
+    assert!(
+        problems.iter().any(
+            |p| p.starts_with("releases/local.yaml (local/templates/job.yaml)")
+                && p.contains(
+                    "is a Helm hook (`helm.sh/hook: pre-upgrade`) that ferry cannot run yet"
+                )
+        ),
+        "{problems:?}"
+    );
+    let at = commit_files(
+        &repo,
+        &[
+            ("charts/local/Chart.yaml", chart_yaml.to_string()),
+            ("charts/local/templates/cm.yaml", cm.to_string()),
+            ("releases/local.yaml", local),
+            (
+                "values/local.yaml",
+                "size: 1\nother: x\nsize: 2\n".to_string(),
+            ),
+        ],
+    );
+    let problems = gate(&mirror, at, &config).unwrap_err();
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.starts_with("values/local.yaml:3") && p.contains("`size`")),
+        "{problems:?}"
+    );
+}
