@@ -23,17 +23,7 @@ use ferry::revision::{Origin, Revision};
 use git2::Repository;
 use support::*;
 
-const VALUES: &str = "\
-prometheusOperator:
-  admissionWebhooks:
-    enabled: false
-    patch:
-      enabled: false
-  tls:
-    enabled: false
-grafana:
-  adminPassword: from-a-sealed-value
-";
+const VALUES: &str = KUBE_PROMETHEUS_VALUES;
 
 fn main() {
     let cluster = PrivateControlPlane::start(false);
@@ -69,36 +59,27 @@ fn main() {
     );
     let kubeconfig = cluster.admin();
     let helm = helm_binary();
-    // The anchor needs the CRDs served before its dry run; so does ferry's
-    // plan of the same objects, for a fair comparison.
-    let crds = Command::new(&helm)
-        .args(["show", "crds"])
-        .arg(charts.join("kube-prometheus-stack-88.5.3.tgz"))
-        .output()
-        .unwrap();
-    let mut crd_text = String::from_utf8(crds.stdout).unwrap();
-    if crd_text.trim().is_empty() {
-        let all = Command::new(&helm)
+    // What a team runs by hand (the archive already local).
+    let template = || {
+        let out = Command::new(&helm)
             .args(["template", "kps"])
             .arg(charts.join("kube-prometheus-stack-88.5.3.tgz"))
-            .args([
-                "--kube-version",
-                "1.37",
-                "--include-crds",
-                "-n",
-                "monitoring",
-                "-f",
-            ])
+            .args(["--kube-version", "1.37", "--include-crds", "--skip-tests"])
+            .args(["-n", "monitoring", "-f"])
             .arg(&values)
             .output()
             .unwrap();
-        crd_text = String::from_utf8(all.stdout)
-            .unwrap()
-            .split("\n---\n")
-            .filter(|d| d.contains("kind: CustomResourceDefinition"))
-            .collect::<Vec<_>>()
-            .join("\n---\n");
-    }
+        assert!(out.status.success());
+        String::from_utf8(out.stdout).unwrap()
+    };
+    // The anchor needs the CRDs served before its dry run; so does ferry's
+    // plan of the same objects, for a fair comparison. (The chart ships
+    // them in a subchart, so `helm show crds` has none.)
+    let crd_text = template()
+        .split("\n---\n")
+        .filter(|d| d.contains("kind: CustomResourceDefinition"))
+        .collect::<Vec<_>>()
+        .join("\n---\n");
     kubectl(
         &kubeconfig,
         &["apply", "--server-side", "-f", "-"],
@@ -170,23 +151,7 @@ fn main() {
 
     let anchor = || {
         let started = Instant::now();
-        let rendered = Command::new(&helm)
-            .args(["template", "kps"])
-            .arg(charts.join("kube-prometheus-stack-88.5.3.tgz"))
-            .args([
-                "--kube-version",
-                "1.37",
-                "--include-crds",
-                "--skip-tests",
-                "-n",
-                "monitoring",
-                "-f",
-            ])
-            .arg(&values)
-            .output()
-            .unwrap();
-        assert!(rendered.status.success());
-        let text = String::from_utf8(rendered.stdout).unwrap();
+        let text = template();
         kubectl(
             &kubeconfig,
             &["apply", "--server-side", "--dry-run=server", "-f", "-"],

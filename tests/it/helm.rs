@@ -107,6 +107,46 @@ async fn apply(
     assert!(out.succeeded(), "{out:?}");
 }
 
+/// One test's chart repository (a copy of the shared one, changed by
+/// `edit`, then served), platform repo and target config.
+struct World {
+    tmp: tempfile::TempDir,
+    server: Server,
+    url: String,
+    mirror: PathBuf,
+    repo: Repository,
+    config: KubernetesTargetConfig,
+}
+
+fn world(ns: &str, edit: impl FnOnce(&Path)) -> World {
+    let tmp = tempfile::tempdir().unwrap();
+    let charts = chart_repo_copy(tmp.path());
+    edit(&charts);
+    let server = static_http(&charts);
+    let url = format!("http://127.0.0.1:{}", server.port);
+    let mirror = tmp.path().join("platform.git");
+    let repo = Repository::init_bare(&mirror).unwrap();
+    let mut config = kube_target(ns, false);
+    config.cache_dir = tmp.path().join("cache");
+    World {
+        tmp,
+        server,
+        url,
+        mirror,
+        repo,
+        config,
+    }
+}
+
+/// What a plan would change, as `Action Kind ns/name`.
+fn changed(plan: &Plan) -> Vec<String> {
+    plan.objects
+        .iter()
+        .filter(|o| o.action != Action::Unchanged)
+        .map(|o| format!("{:?} {}", o.action, o.id))
+        .collect()
+}
+
 fn release(ns: &str, repo: &str, version: &str, values: &str) -> String {
     format!(
         "apiVersion: ferry.dev/v1\nkind: HelmRelease\nname: cw\nnamespace: {ns}\nchart:\n  repository: {repo}\n  \
@@ -118,15 +158,15 @@ const CW_VALUES: &str = "fullnameOverride: cloudwatch\naws:\n  role: null\n";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_release_from_a_chart_repository_is_rendered_planned_applied_and_pruned() {
-    let tmp = tempfile::tempdir().unwrap();
-    let charts = chart_repo_copy(tmp.path());
-    let server = static_http(&charts);
-    let url = format!("http://127.0.0.1:{}", server.port);
-    let mirror = tmp.path().join("platform.git");
-    let repo = Repository::init_bare(&mirror).unwrap();
     let ns = unique_namespace("helm");
-    let mut config = kube_target(&ns, false);
-    config.cache_dir = tmp.path().join("cache");
+    let World {
+        tmp: _tmp,
+        server,
+        url,
+        mirror,
+        repo,
+        config,
+    } = world(&ns, |_| {});
     let client = admin().await;
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
     let mut last = None;
@@ -184,12 +224,7 @@ async fn a_release_from_a_chart_repository_is_rendered_planned_applied_and_prune
         Depth::Review,
     )
     .await;
-    let changed: Vec<String> = plan
-        .objects
-        .iter()
-        .filter(|o| o.action != Action::Unchanged)
-        .map(|o| format!("{:?} {}", o.action, o.id))
-        .collect();
+    let changed = changed(&plan);
     assert_eq!(
         changed,
         [format!("Update Deployment.apps {ns}/cloudwatch")],
@@ -255,18 +290,19 @@ async fn a_release_from_a_chart_repository_is_rendered_planned_applied_and_prune
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tampered_archive_is_refused_and_never_cached() {
-    let tmp = tempfile::tempdir().unwrap();
-    let charts = chart_repo_copy(tmp.path());
-    let archive = charts.join("prometheus-yet-another-cloudwatch-exporter-0.47.0.tgz");
-    let mut bytes = std::fs::read(&archive).unwrap();
-    bytes.extend_from_slice(b"\0\0\0\0");
-    std::fs::write(&archive, &bytes).unwrap();
-    let server = static_http(&charts);
-    let url = format!("http://127.0.0.1:{}", server.port);
-    let mirror = tmp.path().join("platform.git");
-    let repo = Repository::init_bare(&mirror).unwrap();
-    let mut config = kube_target("helm-tamper", false);
-    config.cache_dir = tmp.path().join("cache");
+    let World {
+        tmp: _tmp,
+        server: _server,
+        url,
+        mirror,
+        repo,
+        config,
+    } = world("helm-tamper", |charts| {
+        let archive = charts.join("prometheus-yet-another-cloudwatch-exporter-0.47.0.tgz");
+        let mut bytes = std::fs::read(&archive).unwrap();
+        bytes.extend_from_slice(b"\0\0\0\0");
+        std::fs::write(&archive, &bytes).unwrap();
+    });
     let at = commit_files(
         &repo,
         &[
@@ -294,15 +330,15 @@ async fn a_tampered_archive_is_refused_and_never_cached() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn renders_that_differ_hooks_ferry_cannot_run_and_bad_values_are_refused_with_their_file() {
-    let tmp = tempfile::tempdir().unwrap();
-    let charts = chart_repo_copy(tmp.path());
-    let server = static_http(&charts);
-    let url = format!("http://127.0.0.1:{}", server.port);
-    let mirror = tmp.path().join("platform.git");
-    let repo = Repository::init_bare(&mirror).unwrap();
     let ns = unique_namespace("helm-rules");
-    let mut config = kube_target(&ns, false);
-    config.cache_dir = tmp.path().join("cache");
+    let World {
+        tmp: _tmp,
+        server: _server,
+        url,
+        mirror,
+        repo,
+        config,
+    } = world(&ns, |_| {});
     let client = admin().await;
 
     // The MLflow chart makes up a Flask secret key on every render.
@@ -402,21 +438,6 @@ async fn renders_that_differ_hooks_ferry_cannot_run_and_bad_values_are_refused_w
     );
 }
 
-/// kube-prometheus-stack's values without what ferry cannot run yet (the
-/// admission webhook's certificate Jobs are hooks), and with Grafana's
-/// password pinned (the chart makes one up otherwise).
-pub const KUBE_PROMETHEUS_VALUES: &str = "\
-prometheusOperator:
-  admissionWebhooks:
-    enabled: false
-    patch:
-      enabled: false
-  tls:
-    enabled: false
-grafana:
-  adminPassword: from-a-sealed-value
-";
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kube_prometheus_stack_applies_its_crds_then_its_prometheus_and_monitors() {
     // Its own cluster: the chart's CRDs and ClusterRoles are cluster-wide.
@@ -485,11 +506,6 @@ async fn kube_prometheus_stack_applies_its_crds_then_its_prometheus_and_monitors
         Depth::Review,
     )
     .await;
-    let changed: Vec<String> = plan
-        .objects
-        .iter()
-        .filter(|o| o.action != Action::Unchanged)
-        .map(|o| format!("{:?} {}", o.action, o.id))
-        .collect();
+    let changed = changed(&plan);
     assert!(changed.is_empty(), "{changed:?}");
 }

@@ -244,7 +244,7 @@ pub fn smart_http(root: &Path, user: &str, password: &str) -> Server {
 }
 
 pub fn smart_http_on(root: &Path, port: u16, user: &str, password: &str) -> Server {
-    let lighttpd = require_binary("/usr/sbin/lighttpd");
+    let binary = require_binary("/usr/sbin/lighttpd");
     let dir = root.join(format!("lighttpd-{port}"));
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("users"), format!("{user}:{password}\n")).unwrap();
@@ -268,11 +268,15 @@ $HTTP["url"] =~ "^/git/" {{
         root = root.display(),
         dir = dir.display(),
     );
+    lighttpd(&binary, &dir, port, &conf)
+}
+
+/// lighttpd with `conf`, its files in `dir`, once it listens on `port`.
+fn lighttpd(binary: &Path, dir: &Path, port: u16, conf: &str) -> Server {
     let conf_path = dir.join("lighttpd.conf");
     std::fs::write(&conf_path, conf).unwrap();
-    let log = dir.join("error.log");
     let mut child = spawn_owned(
-        Command::new(lighttpd)
+        Command::new(binary)
             .arg("-D")
             .arg("-f")
             .arg(&conf_path)
@@ -290,7 +294,7 @@ $HTTP["url"] =~ "^/git/" {{
     Server {
         _child: child,
         port,
-        log,
+        log: dir.join("error.log"),
     }
 }
 
@@ -760,6 +764,21 @@ pub fn kube_target(ns: &str, force: bool) -> ferry::config::KubernetesTargetConf
     }
 }
 
+/// kube-prometheus-stack's values without what ferry cannot run yet (the
+/// admission webhook's certificate Jobs are hooks), and with Grafana's
+/// password pinned (the chart makes one up otherwise).
+pub const KUBE_PROMETHEUS_VALUES: &str = "\
+prometheusOperator:
+  admissionWebhooks:
+    enabled: false
+    patch:
+      enabled: false
+  tls:
+    enabled: false
+grafana:
+  adminPassword: from-a-sealed-value
+";
+
 /// The helm binary `.ci/setup` builds (tools/helm/build.sh).
 pub fn helm_binary() -> PathBuf {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/helm/bin/helm");
@@ -769,7 +788,7 @@ pub fn helm_binary() -> PathBuf {
 /// A static HTTP server (lighttpd) of `root`: a Helm chart repository when
 /// `root` holds an `index.yaml` and the archives it names.
 pub fn static_http(root: &Path) -> Server {
-    let lighttpd = require_binary("/usr/sbin/lighttpd");
+    let binary = require_binary("/usr/sbin/lighttpd");
     let port = free_port();
     let dir = tempfile::tempdir().unwrap().keep();
     let conf = format!(
@@ -777,29 +796,7 @@ pub fn static_http(root: &Path) -> Server {
         root = root.display(),
         dir = dir.display(),
     );
-    let conf_path = dir.join("lighttpd.conf");
-    std::fs::write(&conf_path, conf).unwrap();
-    let mut child = spawn_owned(
-        Command::new(lighttpd)
-            .arg("-D")
-            .arg("-f")
-            .arg(&conf_path)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join("stderr.log")).unwrap()),
-    )
-    .expect("cannot start lighttpd");
-    wait_listening(
-        &mut child,
-        port,
-        &dir.join("stderr.log"),
-        Duration::from_secs(10),
-    );
-    Server {
-        _child: child,
-        port,
-        log: dir.join("error.log"),
-    }
+    lighttpd(&binary, &dir, port, &conf)
 }
 
 /// Commits exactly `files` (path, content) on top of `main`.
