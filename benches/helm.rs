@@ -27,7 +27,7 @@ const VALUES: &str = KUBE_PROMETHEUS_VALUES;
 
 fn main() {
     let cluster = PrivateControlPlane::start(false);
-    let charts = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/charts");
+    let charts = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/charts");
     let server = static_http(&charts);
     let url = format!("http://127.0.0.1:{}", server.port);
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -1,4 +1,4 @@
-//! Helm releases in the platform repo: real charts (`../shared/charts`)
+//! Helm releases in the platform repo: real charts (`tests/fixtures/charts`)
 //! served by a real HTTP server on 127.0.0.1, rendered by the pinned helm,
 //! planned and applied to the real kube-apiserver through the same gate,
 //! plan and apply as plain manifests.
@@ -18,7 +18,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use kube::Api;
 
 fn shared_charts() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/charts")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/charts")
 }
 
 /// A copy of the shared chart repository, so a test may tamper with it.
