@@ -419,6 +419,9 @@ pub struct KubernetesTargetConfig {
     /// How Helm releases are rendered.
     #[serde(default)]
     pub helm: HelmConfig,
+    /// How kustomization directories under `path` are built.
+    #[serde(default)]
+    pub kustomize: KustomizeConfig,
     /// Where fetched chart archives are kept: the config's `cache_dir`.
     #[serde(skip)]
     pub cache_dir: PathBuf,
@@ -481,6 +484,26 @@ impl Default for HelmConfig {
 
 fn default_helm_binary() -> PathBuf {
     PathBuf::from("helm")
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KustomizeConfig {
+    /// The kustomize binary (v5.8.2, as ferry's image ships it).
+    #[serde(default = "default_kustomize_binary")]
+    pub binary: PathBuf,
+}
+
+impl Default for KustomizeConfig {
+    fn default() -> KustomizeConfig {
+        KustomizeConfig {
+            binary: default_kustomize_binary(),
+        }
+    }
+}
+
+fn default_kustomize_binary() -> PathBuf {
+    PathBuf::from("kustomize")
 }
 
 fn default_namespace() -> String {

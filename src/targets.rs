@@ -118,6 +118,7 @@ pub fn feeds(targets: &[Target]) -> Feeds {
             }
             Target::Kubernetes(t) => {
                 feeds.manifests = Some(t.config.path.clone());
+                feeds.kustomize = Some(t.config.kustomize.binary.clone());
                 feeds.releases = Some(ReleasesFeed {
                     dir: t.config.releases_path.clone(),
                     helm: HelmSettings {

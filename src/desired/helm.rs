@@ -154,7 +154,7 @@ fn render(
             let tree = repo
                 .find_tree(entry.id())
                 .map_err(|e| fail(e.message().to_string()))?;
-            write_tree(repo, &tree, &out)
+            super::materialize::write_tree(repo, &tree, &out)
                 .map_err(|e| fail(format!("chart.path: cannot write `{path}`: {e}")))?;
             out
         }
@@ -357,26 +357,6 @@ fn differing_source(a: &str, b: &str) -> Option<String> {
         .find(|(x, y)| x != y)
         .and_then(|(x, _)| x.lines().find_map(|l| l.strip_prefix("# Source: ")))
         .map(|s| format!("`{s}`"))
-}
-
-fn write_tree(repo: &Repository, tree: &Tree<'_>, out: &Path) -> std::io::Result<()> {
-    std::fs::create_dir_all(out)?;
-    for entry in tree.iter() {
-        let Ok(name) = entry.name() else { continue };
-        let path = out.join(name);
-        match entry.kind() {
-            Some(ObjectType::Tree) => {
-                let sub = repo.find_tree(entry.id()).map_err(std::io::Error::other)?;
-                write_tree(repo, &sub, &path)?;
-            }
-            Some(ObjectType::Blob) => {
-                let blob = repo.find_blob(entry.id()).map_err(std::io::Error::other)?;
-                std::fs::write(&path, blob.content())?;
-            }
-            _ => {}
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -97,12 +97,24 @@ impl fmt::Display for ManifestError {
     }
 }
 
-/// Reads `dir` of `commit`. A missing directory is an empty set (a repo may
-/// hold only `platform.yaml`); unreadable git objects are errors.
+/// Reads `dir` of `commit`, which must exist; unreadable git objects are
+/// errors. A directory holding a kustomization is an error here: read it
+/// with [`read_with`] and a kustomize binary.
 pub fn read(
     repo: &Repository,
     commit: Oid,
     dir: &str,
+) -> Result<Vec<Manifest>, Vec<ManifestError>> {
+    read_with(repo, commit, dir, None)
+}
+
+/// [`read`], with every directory that holds a kustomization (at any depth,
+/// `dir` itself included) built by `kustomize` instead of read file by file.
+pub fn read_with(
+    repo: &Repository,
+    commit: Oid,
+    dir: &str,
+    kustomize: Option<&std::path::Path>,
 ) -> Result<Vec<Manifest>, Vec<ManifestError>> {
     let fail = |message: String| vec![ManifestError::general(dir, message)];
     let root = repo
@@ -130,10 +142,24 @@ pub fn read(
         }
     };
     let mut files = Vec::new();
-    collect_yaml(repo, &tree, dir, &mut files).map_err(|e| fail(e.message().to_string()))?;
+    let mut kustomizations = Vec::new();
+    collect_yaml(repo, &tree, dir, &mut files, &mut kustomizations)
+        .map_err(|e| fail(e.message().to_string()))?;
     files.sort();
     let mut manifests = Vec::new();
     let mut errors = Vec::new();
+    match kustomize {
+        Some(binary) => match super::kustomize::build_all(repo, commit, &kustomizations, binary) {
+            Ok(mut built) => manifests.append(&mut built),
+            Err(mut e) => errors.append(&mut e),
+        },
+        None => errors.extend(kustomizations.iter().map(|k| {
+            ManifestError::general(
+                k,
+                "holds a kustomization, and this reader builds none".into(),
+            )
+        })),
+    }
     for (path, blob) in files {
         let content = match repo.find_blob(blob) {
             Ok(b) => b.content().to_vec(),
@@ -164,12 +190,23 @@ pub fn read(
     }
 }
 
+/// The YAML files below `tree`, except those of a directory holding a
+/// kustomization: that directory goes to `kustomizations`, and what it
+/// builds stands for every file below it.
 fn collect_yaml(
     repo: &Repository,
     tree: &Tree<'_>,
     prefix: &str,
     out: &mut Vec<(String, Oid)>,
+    kustomizations: &mut Vec<String>,
 ) -> Result<(), git2::Error> {
+    if super::kustomize::KUSTOMIZATION_FILES
+        .iter()
+        .any(|name| tree.get_name(name).is_some())
+    {
+        kustomizations.push(prefix.to_string());
+        return Ok(());
+    }
     for entry in tree.iter() {
         let name = String::from_utf8_lossy(entry.name_bytes()).into_owned();
         let path = if prefix.is_empty() {
@@ -178,7 +215,13 @@ fn collect_yaml(
             format!("{prefix}/{name}")
         };
         match entry.kind() {
-            Some(ObjectType::Tree) => collect_yaml(repo, &repo.find_tree(entry.id())?, &path, out)?,
+            Some(ObjectType::Tree) => collect_yaml(
+                repo,
+                &repo.find_tree(entry.id())?,
+                &path,
+                out,
+                kustomizations,
+            )?,
             Some(ObjectType::Blob) if name.ends_with(".yaml") || name.ends_with(".yml") => {
                 out.push((path, entry.id()))
             }

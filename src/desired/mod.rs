@@ -7,7 +7,9 @@
 pub mod chart;
 pub mod checkout;
 pub mod helm;
+pub mod kustomize;
 pub mod manifests;
+mod materialize;
 pub mod platform;
 pub mod release;
 pub mod resolve;
@@ -27,6 +29,9 @@ pub struct Feeds {
     pub manifests: Option<String>,
     /// Its Helm release files, rendered into more manifests.
     pub releases: Option<ReleasesFeed>,
+    /// The kustomize binary that builds kustomization directories of the
+    /// manifests tree.
+    pub kustomize: Option<std::path::PathBuf>,
     /// The AWS target's declaration file (`platform.yaml`).
     pub platform: Option<String>,
 }
@@ -106,7 +111,8 @@ pub fn read(
         }
     });
     let manifests = feeds.manifests.as_ref().and_then(|dir| {
-        let mut read = manifests::read(&repo, revision.commit, dir);
+        let mut read =
+            manifests::read_with(&repo, revision.commit, dir, feeds.kustomize.as_deref());
         if let Some(releases) = &feeds.releases {
             let rendered = helm::render_all(&repo, revision.commit, &releases.dir, &releases.helm);
             read = match (read, rendered) {
@@ -161,7 +167,8 @@ impl From<ManifestError> for Problem {
         let line = (e.origin.line > 0).then_some(e.origin.line);
         Problem {
             // As ManifestError says it: `file:line (document N): message`.
-            document: Some(e.origin.document),
+            // A whole-file error (no line) is about no one document.
+            document: line.map(|_| e.origin.document),
             ..Problem::new(&e.origin.file, line, e.message)
         }
     }

@@ -17,6 +17,7 @@ mod kube_agent;
 mod kube_apply;
 mod kube_health;
 mod kube_plan;
+mod kustomize;
 mod publish;
 mod standup;
 mod templates;

@@ -760,6 +760,9 @@ pub fn kube_target(ns: &str, force: bool) -> ferry::config::KubernetesTargetConf
             kube_version: Some("1.37".into()),
             api_versions: Vec::new(),
         },
+        kustomize: ferry::config::KustomizeConfig {
+            binary: kustomize_binary(),
+        },
         cache_dir: std::env::temp_dir().join("ferry-test-charts"),
     }
 }
@@ -779,9 +782,20 @@ grafana:
   adminPassword: from-a-sealed-value
 ";
 
-/// The helm binary `.ci/setup` builds (tools/helm/build.sh).
+/// The helm binary `.ci/setup` builds (tools/render/build.sh).
 pub fn helm_binary() -> PathBuf {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/helm/bin/helm");
+    render_binary("helm")
+}
+
+/// The kustomize binary `.ci/setup` builds (tools/render/build.sh).
+pub fn kustomize_binary() -> PathBuf {
+    render_binary("kustomize")
+}
+
+fn render_binary(name: &str) -> PathBuf {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join(".cache/render/bin")
+        .join(name);
     require_binary(path.to_str().unwrap())
 }
 
