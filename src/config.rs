@@ -382,6 +382,12 @@ pub struct KubernetesTargetConfig {
     /// `Kind` (core group) or `Kind.group`; empty allows all.
     #[serde(default)]
     pub allowed_kinds: Vec<String>,
+    /// The cluster-scoped objects this target may apply (default: any
+    /// Namespace). Anything cluster-wide a chart ships (CRDs, ClusterRoles,
+    /// webhooks) is refused unless listed here, in ferry's config, which a
+    /// platform-repo PR cannot change.
+    #[serde(default = "default_cluster_scoped")]
+    pub cluster_scoped: Vec<ClusterScoped>,
     /// Take over fields another field manager owns instead of reporting the conflict.
     #[serde(default)]
     pub force: bool,
@@ -451,6 +457,24 @@ fn default_wait_timeout() -> Duration {
 
 fn default_manifests_path() -> String {
     "manifests".into()
+}
+
+/// Cluster-scoped objects of one kind a target may apply.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterScoped {
+    /// `Kind` (core group) or `Kind.group`, as in allowed_kinds.
+    pub kind: String,
+    /// The names allowed; empty: any of that kind.
+    #[serde(default)]
+    pub names: Vec<String>,
+}
+
+pub fn default_cluster_scoped() -> Vec<ClusterScoped> {
+    vec![ClusterScoped {
+        kind: "Namespace".into(),
+        names: Vec::new(),
+    }]
 }
 
 fn default_releases_path() -> String {
@@ -927,6 +951,20 @@ impl Config {
                     "targets.kubernetes.allowed_kinds".into(),
                     format!(
                         "`{k}`: write `Kind` for the core group or `Kind.group` (e.g. `Deployment.apps`)"
+                    ),
+                ));
+            }
+            if let Some((i, c)) = kube
+                .cluster_scoped
+                .iter()
+                .enumerate()
+                .find(|(_, c)| c.kind.is_empty() || c.kind.contains('/'))
+            {
+                return Err(invalid(
+                    format!("targets.kubernetes.cluster_scoped[{i}].kind"),
+                    format!(
+                        "`{}`: write `Kind` for the core group or `Kind.group` (e.g. `ClusterRole.rbac.authorization.k8s.io`)",
+                        c.kind
                     ),
                 ));
             }

@@ -21,6 +21,8 @@ pub struct Policy {
     pub allowed_namespaces: Vec<String>,
     /// `Kind` for the core group, `Kind.group` otherwise (`Deployment.apps`).
     pub allowed_kinds: Vec<String>,
+    /// Cluster-scoped objects allowed: (`Kind.group`, names; empty: any).
+    pub cluster_scoped: Vec<(String, Vec<String>)>,
 }
 
 /// Scopes of the custom resources that CRDs in `manifests` define, so a CRD
@@ -84,6 +86,28 @@ pub fn resolve(
                 if let Some(ns) = &manifest.id.namespace {
                     errors.push(err(format!(
                         "{kind} is cluster-scoped but sets metadata.namespace `{ns}`; remove it"
+                    )));
+                    continue;
+                }
+                let name = &manifest.id.name;
+                let allowed = policy
+                    .cluster_scoped
+                    .iter()
+                    .any(|(k, names)| k == &kind && (names.is_empty() || names.contains(name)));
+                if !allowed {
+                    let listed: Vec<String> = policy
+                        .cluster_scoped
+                        .iter()
+                        .map(|(k, names)| match names.as_slice() {
+                            [] => k.clone(),
+                            names => format!("{k} {}", names.join(", ")),
+                        })
+                        .collect();
+                    errors.push(err(format!(
+                        "{kind} `{name}` is cluster-scoped, and this target applies only the cluster-scoped objects ferry's config allows ({}). \
+                         If it belongs to the platform, add `{{kind: {kind}, names: [{name}]}}` to targets.kubernetes.cluster_scoped in ferry's config \
+                         and grant ferry's ClusterRole that kind (deploy/cluster-scoped); a platform-repo PR cannot do either, by design",
+                        listed.join("; ")
                     )));
                     continue;
                 }
@@ -158,6 +182,13 @@ mod tests {
             default_namespace: "platform".into(),
             allowed_namespaces: vec!["platform".into(), "airflow".into()],
             allowed_kinds: vec![],
+            cluster_scoped: vec![
+                ("Namespace".into(), vec![]),
+                (
+                    "CustomResourceDefinition.apiextensions.k8s.io".into(),
+                    vec![],
+                ),
+            ],
         }
     }
 
@@ -226,6 +257,58 @@ mod tests {
         let e = resolve(parse_file("w.yaml", unknown).unwrap(), builtin, &policy()).unwrap_err();
         assert!(
             e[0].message.contains("unknown kind `Widget.example.com`"),
+            "{}",
+            e[0]
+        );
+    }
+
+    #[test]
+    fn cluster_scoped_objects_need_their_kind_and_name_allowed() {
+        let role = |name: &str| {
+            format!(
+                "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata:\n  name: {name}\n"
+            )
+        };
+        let e = resolve(
+            parse_file("r.yaml", &role("operator")).unwrap(),
+            builtin,
+            &policy(),
+        )
+        .unwrap_err();
+        assert!(
+            e[0].message.contains(
+                "ClusterRole.rbac.authorization.k8s.io `operator` is cluster-scoped, and this target applies only \
+                 the cluster-scoped objects ferry's config allows (Namespace; CustomResourceDefinition.apiextensions.k8s.io). \
+                 If it belongs to the platform, add `{kind: ClusterRole.rbac.authorization.k8s.io, names: [operator]}` \
+                 to targets.kubernetes.cluster_scoped"
+            ),
+            "{}",
+            e[0]
+        );
+        let named = Policy {
+            cluster_scoped: vec![(
+                "ClusterRole.rbac.authorization.k8s.io".into(),
+                vec!["operator".into()],
+            )],
+            ..policy()
+        };
+        assert!(
+            resolve(
+                parse_file("r.yaml", &role("operator")).unwrap(),
+                builtin,
+                &named
+            )
+            .is_ok()
+        );
+        let e = resolve(
+            parse_file("r.yaml", &role("admin-ish")).unwrap(),
+            builtin,
+            &named,
+        )
+        .unwrap_err();
+        assert!(
+            e[0].message
+                .contains("(ClusterRole.rbac.authorization.k8s.io operator)"),
             "{}",
             e[0]
         );

@@ -141,6 +141,11 @@ pub async fn plan(
         default_namespace: config.default_namespace.clone(),
         allowed_namespaces: config.allowed_namespaces.clone(),
         allowed_kinds: config.allowed_kinds.clone(),
+        cluster_scoped: config
+            .cluster_scoped
+            .iter()
+            .map(|c| (c.kind.clone(), c.names.clone()))
+            .collect(),
     };
     let mut resolved =
         match resolve::resolve(manifests.to_vec(), |g, k| catalog.scope(g, k), &policy) {

@@ -469,6 +469,31 @@ async fn kube_prometheus_stack_applies_its_crds_then_its_prometheus_and_monitors
     let count = |kind: &str| manifests.iter().filter(|m| m.id.kind == kind).count();
     assert_eq!(count("CustomResourceDefinition"), 10);
     assert!(count("ServiceMonitor") >= 10 && count("PrometheusRule") >= 30);
+    // Its ClusterRoles and bindings are refused until ferry's config names
+    // them, each refusal saying what to add.
+    let plan = plan_of(&client, at, &config, &manifests, None, Depth::Review).await;
+    let cluster_wide: Vec<(String, String)> = manifests
+        .iter()
+        .filter(|m| m.id.kind.starts_with("ClusterRole"))
+        .map(|m| (format!("{}.{}", m.id.kind, m.id.group), m.id.name.clone()))
+        .collect();
+    assert!(cluster_wide.len() >= 4, "{cluster_wide:?}");
+    for (kind, name) in &cluster_wide {
+        assert!(
+            plan.errors.iter().any(|e| e.message.contains(&format!(
+                "add `{{kind: {kind}, names: [{name}]}}` to targets.kubernetes.cluster_scoped"
+            ))),
+            "{kind} {name}: {:?}",
+            plan.errors
+        );
+    }
+    assert_eq!(plan.errors.len(), cluster_wide.len(), "{:?}", plan.errors);
+    for (kind, name) in cluster_wide {
+        config.cluster_scoped.push(ferry::config::ClusterScoped {
+            kind,
+            names: vec![name],
+        });
+    }
     let mut last = None;
     let plan = plan_of(&client, at, &config, &manifests, None, Depth::Apply).await;
     assert!(plan.errors.is_empty(), "{:?}", plan.errors);

@@ -473,7 +473,19 @@ async fn the_restricted_user_applies_what_ferrys_role_allows_and_is_refused_the_
         ],
     );
     let restricted = client::connect(Some(&cp.restricted)).await.unwrap();
-    let config = kube_target(&ns, false);
+    let mut config = kube_target(&ns, false);
+    // By default ferry's config refuses it before the API server sees it...
+    let refused = apply_with(&restricted, &repo, r, &config, &mut None).await;
+    assert!(
+        matches!(&refused, Err(ApplyError::Invalid(e)) if e.iter().any(|e| e.message.contains("is cluster-scoped, and this target applies only"))),
+        "{refused:?}"
+    );
+    // ...and allowed there, the API server still refuses what ferry's role
+    // does not grant.
+    config.cluster_scoped.push(ferry::config::ClusterScoped {
+        kind: "ClusterRoleBinding.rbac.authorization.k8s.io".into(),
+        names: vec![format!("{ns}-admin")],
+    });
     let out = apply_with(&restricted, &repo, r, &config, &mut None)
         .await
         .unwrap();

@@ -71,25 +71,28 @@ fn checkov_passes_on_terraform() {
 
 #[test]
 fn checkov_passes_on_the_rendered_deploy() {
-    let out = Command::new("kubectl")
-        .args(["kustomize", "deploy/base"])
-        .current_dir(root())
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let tmp = tempfile::tempdir().unwrap();
-    std::fs::write(tmp.path().join("deploy.yaml"), &out.stdout).unwrap();
-    let config = root().join("deploy/.checkov.yaml");
-    let text = checkov(
-        &[
-            "-f",
-            "deploy.yaml",
-            "--config-file",
-            config.to_str().unwrap(),
-        ],
-        tmp.path(),
-    );
-    assert!(text.contains("Failed checks: 0"), "{text}");
+    // The base, and the variant that may write cluster-wide kinds.
+    for variant in ["deploy/base", "deploy/cluster-scoped"] {
+        let out = Command::new("kubectl")
+            .args(["kustomize", variant])
+            .current_dir(root())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{variant}");
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(tmp.path().join("deploy.yaml"), &out.stdout).unwrap();
+        let config = root().join("deploy/.checkov.yaml");
+        let text = checkov(
+            &[
+                "-f",
+                "deploy.yaml",
+                "--config-file",
+                config.to_str().unwrap(),
+            ],
+            tmp.path(),
+        );
+        assert!(text.contains("Failed checks: 0"), "{variant}: {text}");
+    }
 }
 
 #[test]

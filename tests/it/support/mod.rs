@@ -742,6 +742,17 @@ pub fn kube_target(ns: &str, force: bool) -> ferry::config::KubernetesTargetConf
         default_namespace: ns.into(),
         allowed_namespaces: vec![],
         allowed_kinds: vec![],
+        // Tests of CRDs apply them; nothing else cluster-wide.
+        cluster_scoped: vec![
+            ferry::config::ClusterScoped {
+                kind: "Namespace".into(),
+                names: vec![],
+            },
+            ferry::config::ClusterScoped {
+                kind: "CustomResourceDefinition.apiextensions.k8s.io".into(),
+                names: vec![],
+            },
+        ],
         force,
         prune: true,
         prune_limit_percent: 100,
@@ -885,6 +896,15 @@ pub async fn assert_dry_run_accepted(
 ) -> ferry::kubernetes::plan::Plan {
     let mut config = kube_target(default_namespace, false);
     config.prune = false;
+    // What the API server accepts is the question here (deploy/ is applied
+    // by Terraform, not ferry): every kind present may be cluster-wide.
+    config.cluster_scoped = manifests
+        .iter()
+        .map(|m| ferry::config::ClusterScoped {
+            kind: ferry::desired::resolve::kind_name(&m.id),
+            names: vec![],
+        })
+        .collect();
     let plan = plan_manifests(client, "check", "rev", &config, Ok(manifests), None).await;
     assert!(plan.errors.is_empty(), "{:#?}", plan.errors);
     let refused: Vec<String> = plan
