@@ -487,11 +487,11 @@ pub struct HelmConfig {
     /// The helm binary (v3.22.0, as ferry's image ships it).
     #[serde(default = "default_helm_binary")]
     pub binary: PathBuf,
-    /// The Kubernetes version charts are rendered for (`--kube-version`):
-    /// the cluster's, e.g. `"1.33"`. Required once the repo has a release.
+    /// The Kubernetes version charts are rendered for (`--kube-version`);
+    /// default: the live cluster's, asked for each revision with releases.
     pub kube_version: Option<String>,
-    /// Extra `--api-versions` (`monitoring.coreos.com/v1`, ...), for charts
-    /// that render a CRD's objects only when the cluster serves it.
+    /// `--api-versions` beyond those the cluster serves (it is asked too),
+    /// e.g. the group of a CRD the same revision installs.
     #[serde(default)]
     pub api_versions: Vec<String>,
 }

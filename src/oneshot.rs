@@ -54,12 +54,11 @@ pub async fn plan(
     let Some(mut planner) = found.pop() else {
         anyhow::bail!("this ferry was built without the `{target}` target");
     };
-    let feeds = targets::feeds(std::slice::from_ref(&planner));
-    let (revision, untrusted, desired) =
-        fetch_revision(config, source_config, revision, move |revision| {
-            desired::read(revision, &feeds, &mut Default::default())
-        })
-        .await?;
+    let mut feeds = targets::feeds(std::slice::from_ref(&planner));
+    let (revision, untrusted, ()) = fetch_revision(config, source_config, revision, |_| ()).await?;
+    targets::render_context(std::slice::from_mut(&mut planner), &mut feeds, &revision).await;
+    let desired =
+        tokio::task::block_in_place(|| desired::read(&revision, &feeds, &mut Default::default()));
     let plan = match desired {
         Ok(desired) => {
             let cancel = AtomicBool::new(false);

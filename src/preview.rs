@@ -115,7 +115,8 @@ async fn preview(
         origin: Origin::PullRequest(pr),
         signed_by: None,
     };
-    let feeds = targets::feeds(&targets);
+    let mut feeds = targets::feeds(&targets);
+    targets::render_context(&mut targets, &mut feeds, &revision).await;
     let desired = tokio::task::block_in_place(|| {
         desired::read(&revision, &feeds, &mut PythonChecker::default())
     });

@@ -140,6 +140,37 @@ pub fn feeds(targets: &[Target]) -> Feeds {
     feeds
 }
 
+/// Fills in what `feeds` needs from the cluster to render `revision`'s Helm
+/// releases, when the config leaves it to the cluster: its version and
+/// served API versions, asked of the Kubernetes target (so a chart's
+/// `.Capabilities` are the live cluster's, as with `helm install`). Only
+/// for a revision that declares releases: others need no call.
+pub async fn render_context(
+    targets: &mut [Target],
+    feeds: &mut Feeds,
+    revision: &crate::revision::Revision,
+) {
+    let Some(releases) = feeds.releases.as_mut() else {
+        return;
+    };
+    if !crate::desired::declares(revision, &releases.dir) {
+        return;
+    }
+    for target in targets {
+        if let Target::Kubernetes(t) = target {
+            let configured = t.config.helm.kube_version.is_some();
+            if let Some(c) = t.capabilities().await {
+                if !configured {
+                    releases.helm.kube_version = Some(c.kube_version);
+                }
+                let mut api_versions = t.config.helm.api_versions.clone();
+                api_versions.extend(c.api_versions);
+                releases.helm.api_versions = api_versions;
+            }
+        }
+    }
+}
+
 impl Target {
     /// `dags`, `kubernetes` or `aws`: the key of its part of the status API.
     pub fn name(&self) -> &'static str {

@@ -460,6 +460,7 @@ impl Worker {
         cancel: &AtomicBool,
     ) -> (Result<(), Failure>, Vec<Outcome>) {
         tracing::debug!(source = %revision.source, commit = %revision.commit, "phase: validate");
+        targets::render_context(&mut self.targets, &mut self.feeds, revision).await;
         let desired =
             tokio::task::block_in_place(|| desired::read(revision, &self.feeds, &mut self.checker));
         let desired = match desired {
@@ -526,6 +527,7 @@ impl Worker {
                     commit: applied,
                     ..head.clone()
                 };
+                targets::render_context(&mut self.targets, &mut self.feeds, &revision).await;
                 let desired = tokio::task::block_in_place(|| {
                     desired::read(&revision, &self.feeds, &mut self.checker)
                 });

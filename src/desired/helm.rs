@@ -129,7 +129,7 @@ fn render(
     let fail = |message: String| vec![ManifestError::general(file, message)];
     let kube_version = settings.kube_version.as_deref().ok_or_else(|| {
         fail(
-            "the Kubernetes version to render for is not known: set targets.kubernetes.helm.kube_version in ferry's config (the cluster's version, e.g. \"1.33\")".into(),
+            "the Kubernetes version to render for is not known: the cluster could not be asked (is it reachable?) and targets.kubernetes.helm.kube_version is not set in ferry's config (the cluster's version, e.g. \"1.33\")".into(),
         )
     })?;
     let work =

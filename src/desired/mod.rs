@@ -151,6 +151,19 @@ pub fn read(
     })
 }
 
+/// Whether `path` exists at `revision` (cheap: one tree lookup).
+pub fn declares(revision: &Revision, path: &str) -> bool {
+    revision
+        .open()
+        .ok()
+        .and_then(|repo| {
+            let tree = repo.find_commit(revision.commit).ok()?.tree().ok()?;
+            tree.get_path(std::path::Path::new(path.trim_matches('/')))
+                .ok()
+        })
+        .is_some()
+}
+
 /// The reason a commit message gives on a `Ferry-Allow-Prune: <why>` line
 /// (a git trailer; the key is case-insensitive, the reason required).
 pub fn allow_prune(message: &str) -> Option<String> {

@@ -24,6 +24,17 @@ pub struct KubeTarget {
     /// Last revision applied with every object applied and healthy.
     applied: Option<Oid>,
     last_drift_check: Option<Instant>,
+    /// What the cluster last said it is, for rendering charts.
+    capabilities: Option<Capabilities>,
+}
+
+/// The cluster as a chart's `.Capabilities` see it.
+#[derive(Debug, Clone)]
+pub struct Capabilities {
+    /// `v1.37.2`.
+    pub kube_version: String,
+    /// Every served `group/version` (`v1` for the core group).
+    pub api_versions: Vec<String>,
 }
 
 impl KubeTarget {
@@ -35,6 +46,7 @@ impl KubeTarget {
             last: None,
             applied: None,
             last_drift_check: None,
+            capabilities: None,
         }
     }
 
@@ -60,6 +72,33 @@ impl KubeTarget {
             .map_err(|e| Failure::new(Reason::ClusterUnavailable, e.to_string()))?;
         self.client = Some(c.clone());
         Ok(c)
+    }
+
+    /// The cluster's version and served API versions, asked now; what it
+    /// said last time when it cannot be reached (None if it never could).
+    pub async fn capabilities(&mut self) -> Option<Capabilities> {
+        if let Ok(client) = self.client().await {
+            let asked = async {
+                let version = client.apiserver_version().await?;
+                let groups = client.list_api_groups().await?;
+                let core = client.list_core_api_versions().await?;
+                let mut api_versions: Vec<String> = core.versions;
+                for group in groups.groups {
+                    api_versions.extend(group.versions.into_iter().map(|v| v.group_version));
+                }
+                Ok::<_, kube::Error>(Capabilities {
+                    kube_version: version.git_version,
+                    api_versions,
+                })
+            };
+            match asked.await {
+                Ok(c) => self.capabilities = Some(c),
+                Err(e) => {
+                    tracing::warn!(error = %describe(&e), "cannot ask the cluster its version for rendering charts; using what it said last")
+                }
+            }
+        }
+        self.capabilities.clone()
     }
 
     /// Plans `manifests` of `commit`. Reads only; objects untouched since

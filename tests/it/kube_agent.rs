@@ -832,3 +832,75 @@ async fn large_prunes_and_namespace_deletions_wait_for_an_allowance_in_the_commi
     );
     stop_ferry(ferry);
 }
+
+/// A chart in the platform repo whose ConfigMap says what the chart saw of
+/// the cluster: `ferry run` renders it for the live cluster (its version
+/// and served API groups, asked of the API server, as `helm install`
+/// would) with no version in ferry's config, and applies it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ferry_run_renders_releases_for_the_live_clusters_version_and_api_groups() {
+    let tmp = tempfile::tempdir().unwrap();
+    let admin = crate::kube_apply::admin().await;
+    // A group only this test's CRD serves.
+    let group = format!("{}.example.com", unique_namespace("caps"));
+    let crd: serde_json::Value = serde_yaml_ng::from_str(&format!(
+        "apiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\nmetadata:\n  name: gadgets.{group}\nspec:\n  group: {group}\n  \
+         scope: Namespaced\n  names: {{plural: gadgets, singular: gadget, kind: Gadget}}\n  versions:\n    - name: v1\n      served: true\n      storage: true\n      \
+         schema: {{openAPIV3Schema: {{type: object, x-kubernetes-preserve-unknown-fields: true}}}}\n"
+    ))
+    .unwrap();
+    Api::<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>::all(admin.clone())
+        .patch(&format!("gadgets.{group}"), &PatchParams::apply("test-setup"), &Patch::Apply(&crd))
+        .await
+        .unwrap();
+    let version = admin.apiserver_version().await.unwrap().git_version;
+    let repo = Repo::new(tmp.path(), "platform");
+    let ns = unique_namespace("caps");
+    let template = format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: seen\ndata:\n  kube: {{{{ .Capabilities.KubeVersion.Version | quote }}}}\n  \
+         gadgets: {{{{ .Capabilities.APIVersions.Has \"{group}/v1\" | quote }}}}\n"
+    );
+    let release = format!(
+        "apiVersion: ferry.dev/v1\nkind: HelmRelease\nname: caps\nnamespace: {ns}\nchart: {{path: charts/caps}}\n"
+    );
+    let ns_yaml = format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {ns}\n");
+    let first = repo.commit(
+        &[
+            ("manifests/ns.yaml", Some(&ns_yaml)),
+            (
+                "charts/caps/Chart.yaml",
+                Some("apiVersion: v2\nname: caps\nversion: 0.1.0\n"),
+            ),
+            ("charts/caps/templates/seen.yaml", Some(&template)),
+            ("releases/caps.yaml", Some(&release)),
+        ],
+        "first",
+    );
+    let daemon = git_daemon(tmp.path(), free_port());
+    let port = free_port();
+    let config = write_config(
+        tmp.path(),
+        port,
+        daemon.port,
+        &ns,
+        false,
+        &format!("    helm:\n      binary: {}\n", helm_binary().display()),
+    );
+    let ferry = spawn_ferry(&config, &tmp.path().join("ferry.log"), port, &[]);
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    wait_for(addr, "the release applied", &|v| {
+        v["kubernetes"]["applied_revision"] == first.as_str()
+    });
+    let seen = Api::<ConfigMap>::namespaced(admin.clone(), &ns)
+        .get("seen")
+        .await
+        .unwrap()
+        .data
+        .unwrap();
+    assert_eq!(
+        seen["kube"], version,
+        "the live cluster's version, not helm's default v1.20"
+    );
+    assert_eq!(seen["gadgets"], "true", "the live cluster's API groups");
+    stop_ferry(ferry);
+}
