@@ -13,7 +13,7 @@ use std::process::Command;
 use git2::{ObjectType, Oid, Repository, Tree};
 
 use super::chart::ChartCache;
-use super::manifests::{self, Manifest, ManifestError};
+use super::manifests::{self, Hook, HookPhase, Manifest, ManifestError};
 use super::release::{self, ChartSource, Release};
 
 /// How to render: the binary, the chart cache, and what the cluster is.
@@ -282,12 +282,13 @@ fn parse_output(
         match manifests::parse_file(&name, document) {
             Ok(parsed) => {
                 for mut m in parsed {
-                    if let Some(why) = unsupported_hook(&m) {
-                        errors.push(ManifestError {
-                            message: why,
-                            origin: m.origin,
-                        });
-                        continue;
+                    m.release = Some(file.to_string());
+                    match hook(&m) {
+                        HookKind::None => {}
+                        // Runs only on `helm uninstall` or `rollback`, which
+                        // ferry never does (a removed release is pruned).
+                        HookKind::Skipped => continue,
+                        HookKind::Runs(h) => m.hook = Some(h),
                     }
                     m.default_namespace = Some(namespace.to_string());
                     manifests.push(m);
@@ -303,30 +304,57 @@ fn parse_output(
     }
 }
 
-/// Why ferry cannot apply this Helm hook, if it cannot. A `pre-install` /
-/// `pre-upgrade` hook that is plain configuration (a Secret, a ConfigMap,
-/// a ServiceAccount...) and stays after it ran is applied as any other
-/// object: ferry's apply order puts those before the workloads that read
-/// them, which is what the hook is for. Hooks that run something (Jobs,
-/// Pods), run after the release, or are deleted once run need ferry's hook
-/// phases, which it does not have yet: refused, with what to do.
-fn unsupported_hook(m: &Manifest) -> Option<String> {
-    let annotations = m.object.pointer("/metadata/annotations")?;
-    let hook = annotations.get("helm.sh/hook")?.as_str()?;
-    let phases: Vec<&str> = hook.split(',').map(str::trim).collect();
-    let runs = matches!(m.id.kind.as_str(), "Job" | "Pod");
-    let after = phases
+enum HookKind {
+    /// Not a hook, or a hook that is configuration: applied as any object.
+    None,
+    Skipped,
+    Runs(Hook),
+}
+
+/// What ferry does with a Helm hook. Hooks that run something (Jobs, Pods)
+/// run in their phase; a hook that is configuration (a Secret, a
+/// ConfigMap...) is applied as any other object and kept, since ferry's
+/// apply order already puts configuration before the workloads that read
+/// it (which is what such hooks are for).
+fn hook(m: &Manifest) -> HookKind {
+    let Some(annotations) = m.object.pointer("/metadata/annotations") else {
+        return HookKind::None;
+    };
+    let Some(phases) = annotations.get("helm.sh/hook").and_then(|h| h.as_str()) else {
+        return HookKind::None;
+    };
+    let phases: Vec<&str> = phases.split(',').map(str::trim).collect();
+    let phase = if phases
         .iter()
-        .any(|p| !matches!(*p, "pre-install" | "pre-upgrade"));
-    let deleted = annotations
+        .any(|p| matches!(*p, "pre-install" | "pre-upgrade"))
+    {
+        HookPhase::Pre
+    } else if phases
+        .iter()
+        .any(|p| matches!(*p, "post-install" | "post-upgrade"))
+    {
+        HookPhase::Post
+    } else {
+        return HookKind::Skipped;
+    };
+    if !matches!(m.id.kind.as_str(), "Job" | "Pod") {
+        return HookKind::None;
+    }
+    let weight = annotations
+        .get("helm.sh/hook-weight")
+        .and_then(|w| w.as_str())
+        .and_then(|w| w.trim().parse().ok())
+        .unwrap_or(0);
+    let policy = annotations
         .get("helm.sh/hook-delete-policy")
-        .and_then(|p| p.as_str())
-        .is_some_and(|p| p.contains("hook-succeeded") || p.contains("hook-failed"));
-    (runs || after || deleted).then(|| {
-        format!(
-            "{} is a Helm hook (`helm.sh/hook: {hook}`) that ferry cannot run yet (it applies only pre-install/pre-upgrade hooks that are configuration and are kept); turn it off in the release's values",
-            m.id
-        )
+        .and_then(|p| p.as_str());
+    let has = |name: &str| policy.is_some_and(|p| p.split(',').any(|x| x.trim() == name));
+    HookKind::Runs(Hook {
+        phase,
+        weight,
+        delete_before: policy.is_none() || has("before-hook-creation"),
+        delete_on_success: has("hook-succeeded"),
+        delete_on_failure: has("hook-failed"),
     })
 }
 

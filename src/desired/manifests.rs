@@ -69,6 +69,32 @@ pub struct Manifest {
     /// The namespace it goes to when it names none and is namespaced:
     /// a Helm release's; `None` for the target's `default_namespace`.
     pub default_namespace: Option<String>,
+    /// The Helm release file it was rendered from, if any.
+    pub release: Option<String>,
+    /// Set for a Helm hook that runs something (a Job or Pod): run in its
+    /// phase when its release changes, never planned, diffed or pruned.
+    pub hook: Option<Hook>,
+}
+
+/// When and how a Helm hook runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hook {
+    pub phase: HookPhase,
+    /// `helm.sh/hook-weight`: lower runs first.
+    pub weight: i32,
+    /// `helm.sh/hook-delete-policy` (Helm's default: before-hook-creation).
+    pub delete_before: bool,
+    pub delete_on_success: bool,
+    pub delete_on_failure: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum HookPhase {
+    /// pre-install / pre-upgrade: before the release's other objects; a
+    /// failure applies nothing after it.
+    Pre,
+    /// post-install / post-upgrade: after they are applied and healthy.
+    Post,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -297,6 +323,8 @@ pub fn parse_file(path: &str, text: &str) -> Result<Vec<Manifest>, Vec<ManifestE
                 id,
                 object,
                 default_namespace: None,
+                release: None,
+                hook: None,
             }),
             Err(message) => errors.push(ManifestError {
                 origin: origin(doc_line),

@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 use futures::{FutureExt, StreamExt};
 use kube::Client;
 use kube::api::{DeleteParams, Patch, PatchParams, PropagationPolicy};
+
+use crate::desired::manifests::HookPhase;
 use serde::Serialize;
 
 use super::client::{api_for, describe};
@@ -148,7 +150,16 @@ impl Applier<'_> {
         }
 
         let previous = basis.previous;
+        let hooks = basis.hooks;
         let mut outcomes = Vec::new();
+        // A release's hooks run when any of its objects changes (a new
+        // release: all of them), as `helm upgrade` runs them.
+        let changed: HashSet<&str> = resolved
+            .iter()
+            .filter(|m| !untouched.contains(&m.id))
+            .filter_map(|m| m.release.as_deref())
+            .collect();
+
         let mut applied: HashMap<ObjectRef, AppliedObject> = HashMap::new();
         for m in resolved.iter().filter(|m| untouched.contains(&m.id)) {
             if let Some(kept) = last.as_ref().and_then(|l| l.objects.get(&m.id)) {
@@ -162,6 +173,23 @@ impl Applier<'_> {
             });
         }
         for w in 0..=LAST_WAVE {
+            // Pre hooks once Namespaces and CRDs are in (Helm, too, needs
+            // those first), before anything else of the revision.
+            if w == 1 {
+                for hook in super::hooks::due(&hooks, HookPhase::Pre, &changed) {
+                    let outcome = self.run_hook(&catalog, hook).await;
+                    let failed = outcome.status == Status::Failed;
+                    outcomes.push(outcome);
+                    if failed {
+                        *last = None;
+                        return Ok(ApplyOutcome {
+                            revision: revision.to_string(),
+                            objects: outcomes,
+                            unchanged: false,
+                        });
+                    }
+                }
+            }
             let batch: Vec<&Manifest> = resolved
                 .iter()
                 .filter(|m| wave(&m.id) == w && !untouched.contains(&m.id))
@@ -235,6 +263,19 @@ impl Applier<'_> {
         }
         self.wait_healthy(&catalog, &resolved, &mut outcomes, started)
             .await;
+        let healthy = |o: &ObjectOutcome| {
+            o.status != Status::Failed && o.health.as_ref().is_none_or(Health::is_healthy)
+        };
+        if outcomes.iter().all(healthy) {
+            for hook in super::hooks::due(&hooks, HookPhase::Post, &changed) {
+                let outcome = self.run_hook(&catalog, hook).await;
+                let failed = outcome.status == Status::Failed;
+                outcomes.push(outcome);
+                if failed {
+                    break;
+                }
+            }
+        }
 
         let outcome = ApplyOutcome {
             revision: revision.to_string(),

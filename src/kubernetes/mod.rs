@@ -9,6 +9,7 @@ pub mod diff;
 pub mod discovery;
 pub mod evidence;
 pub mod health;
+mod hooks;
 pub mod inventory;
 pub mod last_applied;
 pub mod ownership;

@@ -88,6 +88,9 @@ pub struct Plan {
 pub(crate) struct Basis {
     pub catalog: Catalog,
     pub resolved: Vec<Manifest>,
+    /// Helm hooks that run something, resolved like the rest but kept out
+    /// of the dry run, the inventory and drift: they run, then may go.
+    pub hooks: Vec<Manifest>,
     pub previous: Vec<Entry>,
     pub untouched: HashSet<ObjectRef>,
 }
@@ -159,6 +162,8 @@ pub async fn plan(
     for m in &mut resolved {
         label_as_ours(&mut m.object);
     }
+    let (hooks, resolved): (Vec<Manifest>, Vec<Manifest>) =
+        resolved.into_iter().partition(|m| m.hook.is_some());
     let previous = match last {
         Some(l) => l.inventory.clone(),
         None => {
@@ -188,6 +193,7 @@ pub async fn plan(
     plan.basis = Some(Basis {
         catalog,
         resolved,
+        hooks,
         previous,
         untouched,
     });

@@ -329,7 +329,7 @@ async fn a_tampered_archive_is_refused_and_never_cached() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn renders_that_differ_hooks_ferry_cannot_run_and_bad_values_are_refused_with_their_file() {
+async fn renders_that_differ_and_bad_values_are_refused_with_their_file() {
     let ns = unique_namespace("helm-rules");
     let World {
         tmp: _tmp,
@@ -389,33 +389,12 @@ async fn renders_that_differ_hooks_ferry_cannot_run_and_bad_values_are_refused_w
     let refused: Vec<_> = plan.objects.iter().filter(|o| o.error.is_some()).collect();
     assert!(refused.is_empty(), "{refused:?}");
 
-    // A chart in the repo (`path`) with a hook Job ferry cannot run yet,
-    // and a values file with a key twice: each named where it is.
+    // A chart in the repo (`path`) with a values file that gives a key
+    // twice: named where it is.
     let chart_yaml = "apiVersion: v2\nname: local\nversion: 0.1.0\n";
-    let job = "apiVersion: batch/v1\nkind: Job\nmetadata:\n  name: migrate\n  annotations:\n    helm.sh/hook: pre-upgrade\nspec:\n  template:\n    spec:\n      restartPolicy: Never\n      containers: [{name: m, image: busybox}]\n";
     let cm = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: local\ndata:\n  size: {{ .Values.size | quote }}\n";
     let local = format!(
         "apiVersion: ferry.dev/v1\nkind: HelmRelease\nname: local\nnamespace: {ns}\nchart: {{path: charts/local}}\nvalues_files: [values/local.yaml]\n"
-    );
-    let at = commit_files(
-        &repo,
-        &[
-            ("charts/local/Chart.yaml", chart_yaml.to_string()),
-            ("charts/local/templates/cm.yaml", cm.to_string()),
-            ("charts/local/templates/job.yaml", job.to_string()),
-            ("releases/local.yaml", local.clone()),
-            ("values/local.yaml", "size: 1\n".to_string()),
-        ],
-    );
-    let problems = gate(&mirror, at, &config).unwrap_err();
-    assert!(
-        problems.iter().any(
-            |p| p.starts_with("releases/local.yaml (local/templates/job.yaml)")
-                && p.contains(
-                    "is a Helm hook (`helm.sh/hook: pre-upgrade`) that ferry cannot run yet"
-                )
-        ),
-        "{problems:?}"
     );
     let at = commit_files(
         &repo,
@@ -533,4 +512,148 @@ async fn kube_prometheus_stack_applies_its_crds_then_its_prometheus_and_monitors
     .await;
     let changed = changed(&plan);
     assert!(changed.is_empty(), "{changed:?}");
+}
+
+/// A chart with a pre-upgrade Job (deleted once it succeeds), a ConfigMap,
+/// and a post-upgrade Job (kept, so recreated on the next upgrade): Jobs
+/// run to completion on the test cluster's kwok nodes.
+fn hooked_chart(ns: &str, fail_migration: bool) -> Vec<(&'static str, String)> {
+    let job = |name: &str, phase: &str, policy: &str, annotations: &str| {
+        format!(
+            "apiVersion: batch/v1\nkind: Job\nmetadata:\n  name: {name}\n  annotations:\n    helm.sh/hook: {phase}\n{policy}\
+             spec:\n  backoffLimit: 0\n  template:\n    metadata:\n      annotations: {{{annotations}}}\n    spec:\n      restartPolicy: Never\n      \
+             nodeSelector: {{ferry.dev/test-pool: general}}\n      containers: [{{name: run, image: busybox}}]\n"
+        )
+    };
+    let fail = if fail_migration {
+        "stage.ferry.dev/pod: fail"
+    } else {
+        ""
+    };
+    vec![
+        ("charts/hooked/Chart.yaml", "apiVersion: v2\nname: hooked\nversion: 0.1.0\n".to_string()),
+        (
+            "charts/hooked/templates/settings.yaml",
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: settings\ndata:\n  v: {{ .Values.v | quote }}\n".to_string(),
+        ),
+        (
+            "charts/hooked/templates/migrate.yaml",
+            job("migrate", "pre-install,pre-upgrade", "    helm.sh/hook-delete-policy: before-hook-creation,hook-succeeded\n", fail),
+        ),
+        ("charts/hooked/templates/notify.yaml", job("notify", "post-install,post-upgrade", "", "")),
+        (
+            "releases/hooked.yaml",
+            format!("apiVersion: ferry.dev/v1\nkind: HelmRelease\nname: hooked\nnamespace: {ns}\nchart: {{path: charts/hooked}}\nvalues_files: [values/hooked.yaml]\n"),
+        ),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hook_jobs_run_in_their_phase_and_a_failed_one_applies_nothing_after_it() {
+    if std::env::var_os("FERRY_TEST_WORKLOADS").is_none() {
+        panic!("needs the test cluster's controllers and kwok nodes: run it with scripts/test");
+    }
+    let ns = unique_namespace("hooks");
+    let World {
+        tmp: _tmp,
+        server: _server,
+        mirror,
+        repo,
+        config,
+        ..
+    } = world(&ns, |_| {});
+    let client = admin().await;
+    crate::support::cluster::general_nodes(&client).await;
+    let jobs: Api<k8s_openapi::api::batch::v1::Job> = Api::namespaced(client.clone(), &ns);
+    let settings = |client: kube::Client, ns: String| async move {
+        Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(client, &ns)
+            .get_opt("settings")
+            .await
+            .unwrap()
+            .and_then(|c| c.data)
+            .map(|d| d["v"].clone())
+    };
+    let commit = |v: &str, fail: bool| {
+        let mut files = hooked_chart(&ns, fail);
+        files.push(("manifests/ns.yaml", ns_yaml(&ns)));
+        files.push(("values/hooked.yaml", format!("v: {v}\n")));
+        commit_files(&repo, &files)
+    };
+    let mut last = None;
+
+    // 1: install. The migration ran and, having succeeded, is gone; the
+    // post hook ran after the ConfigMap and is kept, complete.
+    let r1 = commit("one", false);
+    apply(&client, &mirror, r1, &config, &mut last).await;
+    assert_eq!(
+        settings(client.clone(), ns.clone()).await.as_deref(),
+        Some("one")
+    );
+    assert!(
+        jobs.get_opt("migrate").await.unwrap().is_none(),
+        "hook-succeeded deletes it"
+    );
+    let notify = jobs.get("notify").await.unwrap();
+    let complete = |j: &k8s_openapi::api::batch::v1::Job| {
+        j.status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|c| {
+                c.iter()
+                    .any(|c| c.type_ == "Complete" && c.status == "True")
+            })
+    };
+    assert!(complete(&notify), "{notify:?}");
+    let notify_uid = notify.metadata.uid.clone();
+
+    // 2: no change, no hook runs (a no-op makes no writes).
+    apply(&client, &mirror, r1, &config, &mut last).await;
+    assert_eq!(jobs.get("notify").await.unwrap().metadata.uid, notify_uid);
+
+    // 3: an upgrade: the post hook, a Job (immutable), is run anew.
+    let r3 = commit("two", false);
+    apply(&client, &mirror, r3, &config, &mut last).await;
+    assert_eq!(
+        settings(client.clone(), ns.clone()).await.as_deref(),
+        Some("two")
+    );
+    let notify = jobs.get("notify").await.unwrap();
+    assert_ne!(
+        notify.metadata.uid, notify_uid,
+        "recreated, as before-hook-creation says"
+    );
+    assert!(complete(&notify));
+
+    // 4: a migration that fails: the release's objects are not touched.
+    let r4 = commit("three", true);
+    let manifests = gate(&mirror, r4, &config).unwrap();
+    let plan = plan_of(
+        &client,
+        r4,
+        &config,
+        &manifests,
+        last.as_ref(),
+        Depth::Apply,
+    )
+    .await;
+    let applier = Applier {
+        client: &client,
+        target: "platform",
+        config: &config,
+        cancel: None,
+    };
+    let out = applier.apply(plan, &mut last).await.unwrap();
+    assert!(!out.succeeded());
+    let failed: Vec<_> = out.objects.iter().filter(|o| o.error.is_some()).collect();
+    assert_eq!(failed.len(), 1, "{:?}", out.objects);
+    let error = failed[0].error.as_deref().unwrap();
+    assert!(
+        error.starts_with(&format!("Helm hook Job.batch {ns}/migrate (pre-install/pre-upgrade of releases/hooked.yaml) failed"))
+            && error.ends_with("nothing after it was applied"),
+        "{error}"
+    );
+    assert_eq!(
+        settings(client.clone(), ns.clone()).await.as_deref(),
+        Some("two")
+    );
 }
