@@ -853,3 +853,73 @@ fn secret_search_finds_a_secret_inside_a_basic_auth_header() {
     assert!(found("s3cret-pass-phrase"));
     assert!(!found("another-pass-phrase"));
 }
+
+/// A PR that changes a Helm release's values gets the rendered objects'
+/// plan in its comment, computed by the API server, nothing written.
+#[test]
+fn a_chart_values_pull_request_shows_the_rendered_change() {
+    let cp = control_plane();
+    let s = setup("platform", fake_with_token());
+    let charts = static_http(&crate::helm::shared_charts());
+    let ns = unique_namespace("chart-preview");
+    let ns_yaml = format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {ns}\n");
+    let release = |replicas: u32| {
+        format!(
+            "apiVersion: ferry.dev/v1\nkind: HelmRelease\nname: cw\nnamespace: {ns}\nchart:\n  repository: http://127.0.0.1:{}\n  \
+             name: prometheus-yet-another-cloudwatch-exporter\n  version: 0.47.0\nvalues:\n  fullnameOverride: cloudwatch\n  replicaCount: {replicas}\n",
+            charts.port
+        )
+    };
+    let main = s.repo.commit(
+        &[
+            ("manifests/ns.yaml", Some(&ns_yaml)),
+            ("releases/cloudwatch.yaml", Some(&release(1))),
+        ],
+        "main",
+    );
+    let config = s.tmp.path().join("ferry.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "cache_dir: {cache}\nserver:\n  listen: 127.0.0.1:{port}\n\
+             github:\n  api_url: {api}\n  external_url: {EXTERNAL}\n  webhook_secret_file: {secret}\n  token_file: {token}\n\
+             sources:\n  - name: platform\n    url: git://127.0.0.1:{dp}/platform.git\n    github_repo: acme/platform\n    interval: 1h\n\
+             targets:\n  kubernetes:\n    source: platform\n    default_namespace: {ns}\n    allowed_namespaces: [{ns}]\n    health_timeout: 0s\n    kubeconfig: {kc}\n    \
+             helm: {{binary: {helm}}}\n",
+            cache = s.tmp.path().join("cache").display(),
+            port = s.port,
+            api = s.fake.url(),
+            secret = s.tmp.path().join("secret").display(),
+            token = s.tmp.path().join("token").display(),
+            dp = s.daemon.port,
+            kc = cp.admin.display(),
+            helm = helm_binary().display(),
+        ),
+    )
+    .unwrap();
+    let log = s.tmp.path().join("ferry.log");
+    let ferry = spawn_ferry(&config, &log, s.port, &[]);
+    wait_states(&s.fake, &main, "ferry/platform", &["pending", "success"]);
+    let writes_before = audited_writes(&cp.audit_log, &ns).len();
+
+    let head = pull_request(&s.repo, 14, &[("releases/cloudwatch.yaml", &release(2))]);
+    let (code, text) = s.pr_webhook("opened", 14, &head, "pr-14");
+    assert_eq!(code, 200, "{text}");
+    wait_states(&s.fake, &head, "ferry/plan", &["success"]);
+    let body = eventually(Duration::from_secs(30), "plan comment", || {
+        s.fake.with(|f| f.comments.first().cloned())
+    })
+    .body;
+    assert!(body.contains("| kubernetes | 0 | 1 | 0 |"), "{body}");
+    assert!(body.contains("Deployment.apps"), "{body}");
+    assert!(body.contains("spec.replicas: 2"), "{body}");
+    let (_, description) = s.fake.statuses(&head, "ferry/plan")[0].clone();
+    assert_eq!(description, "plan: 0 to create, 1 to update, 0 to delete");
+    assert_eq!(
+        audited_writes(&cp.audit_log, &ns).len(),
+        writes_before,
+        "a preview wrote to the cluster"
+    );
+    stop_ferry(ferry);
+    s.fake.assert_nothing_rejected();
+}

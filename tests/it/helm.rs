@@ -17,7 +17,7 @@ use git2::{Oid, Repository};
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::Api;
 
-fn shared_charts() -> PathBuf {
+pub(crate) fn shared_charts() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/charts")
 }
 
