@@ -80,6 +80,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     if reporter.is_some() {
         tracing::info!("reporting to GitHub: commit statuses, deployments, PR previews");
     }
+    if let Some(kube) = &config.targets.kubernetes {
+        for (ok, line) in crate::desired::tools::check(&kube.helm.binary, &kube.kustomize.binary) {
+            if ok {
+                tracing::info!("rendering with {line}");
+            } else {
+                tracing::warn!("{line}");
+            }
+        }
+    }
     let agent = Agent::new(&config, status.clone(), metrics.clone(), reporter.clone())?;
     let webhook = webhook_receiver(&config, &agent)?;
     let sources = config.sources.len();

@@ -298,6 +298,19 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 Config::load(file)?
             };
             println!("{}: ok ({})", file.display(), config.summary());
+            // The tools are the machine's, not the file's: said, never fatal
+            // (a platform repo without releases needs neither).
+            if let Some(kube) = &config.targets.kubernetes {
+                for (ok, line) in
+                    ferry::desired::tools::check(&kube.helm.binary, &kube.kustomize.binary)
+                {
+                    if ok {
+                        println!("  {line}");
+                    } else {
+                        eprintln!("warning: {line}");
+                    }
+                }
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Quickstart {

@@ -13,6 +13,7 @@ mod materialize;
 pub mod platform;
 pub mod release;
 pub mod resolve;
+pub mod tools;
 
 use crate::config::ValidationPolicy;
 use crate::dags::{PythonChecker, Snapshot, snapshot};

@@ -870,3 +870,33 @@ fn the_quickstart_hint_points_into_its_own_directory() {
     assert!(!hint.contains("/tmp/dags-work"), "{hint}");
     child.kill_group();
 }
+
+/// `check-config` says which helm and kustomize the Kubernetes target
+/// renders with, and names a missing one with the key to set, without
+/// failing: a platform repo without releases needs neither.
+#[test]
+fn check_config_names_the_render_tools_and_a_missing_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("ferry.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "sources:\n  - name: platform\n    url: https://example.com/platform.git\n\
+             targets:\n  kubernetes:\n    source: platform\n    helm: {{binary: {}}}\n    kustomize: {{binary: /nonexistent/kustomize}}\n",
+            helm_binary().display()
+        ),
+    )
+    .unwrap();
+    let out = ferry(&["check-config", path.to_str().unwrap()]);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.contains("  helm v3.22"), "{stdout}");
+    assert!(
+        stderr.contains("warning: kustomize not found at /nonexistent/kustomize")
+            && stderr.contains("kustomization directories will be refused until targets.kubernetes.kustomize.binary names kustomize v5.8.2"),
+        "{stderr}"
+    );
+}
