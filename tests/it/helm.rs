@@ -8,11 +8,9 @@ use std::path::{Path, PathBuf};
 use crate::kube_apply::{admin, ns_yaml};
 use crate::support::*;
 use ferry::config::KubernetesTargetConfig;
-use ferry::desired::{self, Feeds, ReleasesFeed, helm::HelmSettings};
 use ferry::kubernetes::apply::Applier;
 use ferry::kubernetes::last_applied::LastApplied;
 use ferry::kubernetes::plan::{self, Action, Depth, Plan};
-use ferry::revision::{Origin, Revision};
 use git2::{Oid, Repository};
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::Api;
@@ -30,41 +28,6 @@ fn chart_repo_copy(dir: &Path) -> PathBuf {
         std::fs::copy(entry.path(), out.join(entry.file_name())).unwrap();
     }
     out
-}
-
-fn feeds(config: &KubernetesTargetConfig) -> Feeds {
-    Feeds {
-        manifests: Some(config.path.clone()),
-        releases: Some(ReleasesFeed {
-            dir: config.releases_path.clone(),
-            helm: HelmSettings {
-                binary: config.helm.binary.clone(),
-                cache_dir: config.cache_dir.clone(),
-                kube_version: config.helm.kube_version.clone(),
-                api_versions: config.helm.api_versions.clone(),
-            },
-        }),
-        ..Feeds::default()
-    }
-}
-
-/// The gate's reading of `at`: manifests and rendered releases, or every
-/// problem, as one string per problem.
-fn gate(
-    mirror: &Path,
-    at: Oid,
-    config: &KubernetesTargetConfig,
-) -> Result<Vec<ferry::desired::manifests::Manifest>, Vec<String>> {
-    let revision = Revision {
-        source: "platform".into(),
-        commit: at,
-        mirror: mirror.to_path_buf(),
-        origin: Origin::Branch,
-        signed_by: None,
-    };
-    desired::read(&revision, &feeds(config), &mut Default::default())
-        .map(|d| d.manifests.unwrap())
-        .map_err(|r| r.problems.iter().map(ToString::to_string).collect())
 }
 
 async fn plan_of(
@@ -95,15 +58,7 @@ async fn apply(
     config: &KubernetesTargetConfig,
     last: &mut Option<LastApplied>,
 ) {
-    let manifests = gate(mirror, at, config).unwrap();
-    let plan = plan_of(client, at, config, &manifests, last.as_ref(), Depth::Apply).await;
-    let applier = Applier {
-        client,
-        target: "platform",
-        config,
-        cancel: None,
-    };
-    let out = applier.apply(plan, last).await.unwrap();
+    let out = gate_and_apply(client, mirror, at, config, last).await;
     assert!(out.succeeded(), "{out:?}");
 }
 
@@ -626,23 +581,7 @@ async fn hook_jobs_run_in_their_phase_and_a_failed_one_applies_nothing_after_it(
 
     // 4: a migration that fails: the release's objects are not touched.
     let r4 = commit("three", true);
-    let manifests = gate(&mirror, r4, &config).unwrap();
-    let plan = plan_of(
-        &client,
-        r4,
-        &config,
-        &manifests,
-        last.as_ref(),
-        Depth::Apply,
-    )
-    .await;
-    let applier = Applier {
-        client: &client,
-        target: "platform",
-        config: &config,
-        cancel: None,
-    };
-    let out = applier.apply(plan, &mut last).await.unwrap();
+    let out = gate_and_apply(&client, &mirror, r4, &config, &mut last).await;
     assert!(!out.succeeded());
     let failed: Vec<_> = out.objects.iter().filter(|o| o.error.is_some()).collect();
     assert_eq!(failed.len(), 1, "{:?}", out.objects);

@@ -7,38 +7,12 @@ use std::path::Path;
 use crate::kube_apply::{admin, ns_yaml};
 use crate::support::*;
 use ferry::config::KubernetesTargetConfig;
-use ferry::desired::{self, Feeds};
-use ferry::kubernetes::apply::Applier;
 use ferry::kubernetes::last_applied::LastApplied;
-use ferry::kubernetes::plan::{self, Depth};
-use ferry::revision::{Origin, Revision};
 use git2::{Oid, Repository};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Api;
 use kube::api::ListParams;
-
-fn gate(
-    mirror: &Path,
-    at: Oid,
-    config: &KubernetesTargetConfig,
-) -> Result<Vec<ferry::desired::manifests::Manifest>, Vec<String>> {
-    let revision = Revision {
-        source: "platform".into(),
-        commit: at,
-        mirror: mirror.to_path_buf(),
-        origin: Origin::Branch,
-        signed_by: None,
-    };
-    let feeds = Feeds {
-        manifests: Some(config.path.clone()),
-        kustomize: Some(config.kustomize.binary.clone()),
-        ..Feeds::default()
-    };
-    desired::read(&revision, &feeds, &mut Default::default())
-        .map(|d| d.manifests.unwrap())
-        .map_err(|r| r.problems.iter().map(ToString::to_string).collect())
-}
 
 async fn apply(
     client: &kube::Client,
@@ -47,25 +21,7 @@ async fn apply(
     config: &KubernetesTargetConfig,
     last: &mut Option<LastApplied>,
 ) {
-    let manifests = gate(mirror, at, config).unwrap();
-    let plan = plan::plan(
-        client,
-        "platform",
-        &at.to_string(),
-        config,
-        &manifests,
-        last.as_ref(),
-        Depth::Apply,
-    )
-    .await
-    .unwrap();
-    let applier = Applier {
-        client,
-        target: "platform",
-        config,
-        cancel: None,
-    };
-    let out = applier.apply(plan, last).await.unwrap();
+    let out = gate_and_apply(client, mirror, at, config, last).await;
     assert!(out.succeeded(), "{out:?}");
 }
 

@@ -1133,3 +1133,60 @@ pub async fn plan_manifests(
         Err(errors) => Plan::refused(target, revision, errors),
     }
 }
+
+/// The gate's reading of `at` in the bare repo `mirror`, with the feeds a
+/// Kubernetes target of `config` gives it (ferry's own `targets::feeds`:
+/// manifests, Kustomize, Helm releases): every object, or every problem as
+/// `file:line: message`.
+pub fn gate(
+    mirror: &Path,
+    at: git2::Oid,
+    config: &ferry::config::KubernetesTargetConfig,
+) -> Result<Vec<ferry::desired::manifests::Manifest>, Vec<String>> {
+    let target = ferry::targets::Target::Kubernetes(ferry::kubernetes::target::KubeTarget::new(
+        "platform",
+        config.clone(),
+    ));
+    let feeds = ferry::targets::feeds(std::slice::from_ref(&target));
+    let revision = ferry::revision::Revision {
+        source: "platform".into(),
+        commit: at,
+        mirror: mirror.to_path_buf(),
+        origin: ferry::revision::Origin::Branch,
+        signed_by: None,
+    };
+    ferry::desired::read(&revision, &feeds, &mut Default::default())
+        .map(|d| d.manifests.unwrap_or_default())
+        .map_err(|r| r.problems.iter().map(ToString::to_string).collect())
+}
+
+/// What the gate reads of `at`, planned for applying and applied, as the
+/// agent does; the outcome, whatever it is.
+pub async fn gate_and_apply(
+    client: &kube::Client,
+    mirror: &Path,
+    at: git2::Oid,
+    config: &ferry::config::KubernetesTargetConfig,
+    last: &mut Option<ferry::kubernetes::last_applied::LastApplied>,
+) -> ferry::kubernetes::apply::ApplyOutcome {
+    use ferry::kubernetes::plan::{self, Depth};
+    let manifests = gate(mirror, at, config).unwrap();
+    let plan = plan::plan(
+        client,
+        "platform",
+        &at.to_string(),
+        config,
+        &manifests,
+        last.as_ref(),
+        Depth::Apply,
+    )
+    .await
+    .unwrap();
+    let applier = ferry::kubernetes::apply::Applier {
+        client,
+        target: "platform",
+        config,
+        cancel: None,
+    };
+    applier.apply(plan, last).await.unwrap()
+}
