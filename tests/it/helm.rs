@@ -51,17 +51,6 @@ async fn plan_of(
     .unwrap()
 }
 
-async fn apply(
-    client: &kube::Client,
-    mirror: &Path,
-    at: Oid,
-    config: &KubernetesTargetConfig,
-    last: &mut Option<LastApplied>,
-) {
-    let out = gate_and_apply(client, mirror, at, config, last).await;
-    assert!(out.succeeded(), "{out:?}");
-}
-
 /// One test's chart repository (a copy of the shared one, changed by
 /// `edit`, then served), platform repo and target config.
 struct World {
@@ -158,7 +147,7 @@ async fn a_release_from_a_chart_repository_is_rendered_planned_applied_and_prune
         "{}",
         rendered[4].origin
     );
-    apply(&client, &mirror, r1, &config, &mut last).await;
+    gate_and_apply_ok(&client, &mirror, r1, &config, &mut last).await;
     let live = deployments.get("cloudwatch").await.unwrap();
     assert_eq!(live.spec.replicas, Some(1));
     assert_eq!(
@@ -186,7 +175,7 @@ async fn a_release_from_a_chart_repository_is_rendered_planned_applied_and_prune
         "{:?}",
         plan.objects
     );
-    apply(&client, &mirror, r2, &config, &mut last).await;
+    gate_and_apply_ok(&client, &mirror, r2, &config, &mut last).await;
     assert_eq!(
         deployments.get("cloudwatch").await.unwrap().spec.replicas,
         Some(2)
@@ -237,7 +226,7 @@ async fn a_release_from_a_chart_repository_is_rendered_planned_applied_and_prune
     // 5: the release removed from git: its objects are pruned, the
     // Namespace stays.
     let r6 = commit_files(&repo, &[("manifests/ns.yaml", ns_yaml(&ns))]);
-    apply(&client, &mirror, r6, &config, &mut last).await;
+    gate_and_apply_ok(&client, &mirror, r6, &config, &mut last).await;
     assert!(deployments.get_opt("cloudwatch").await.unwrap().is_none());
     let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
     assert!(namespaces.get_opt(&ns).await.unwrap().is_some());
@@ -539,7 +528,7 @@ async fn hook_jobs_run_in_their_phase_and_a_failed_one_applies_nothing_after_it(
     // 1: install. The migration ran and, having succeeded, is gone; the
     // post hook ran after the ConfigMap and is kept, complete.
     let r1 = commit("one", false);
-    apply(&client, &mirror, r1, &config, &mut last).await;
+    gate_and_apply_ok(&client, &mirror, r1, &config, &mut last).await;
     assert_eq!(
         settings(client.clone(), ns.clone()).await.as_deref(),
         Some("one")
@@ -562,12 +551,12 @@ async fn hook_jobs_run_in_their_phase_and_a_failed_one_applies_nothing_after_it(
     let notify_uid = notify.metadata.uid.clone();
 
     // 2: no change, no hook runs (a no-op makes no writes).
-    apply(&client, &mirror, r1, &config, &mut last).await;
+    gate_and_apply_ok(&client, &mirror, r1, &config, &mut last).await;
     assert_eq!(jobs.get("notify").await.unwrap().metadata.uid, notify_uid);
 
     // 3: an upgrade: the post hook, a Job (immutable), is run anew.
     let r3 = commit("two", false);
-    apply(&client, &mirror, r3, &config, &mut last).await;
+    gate_and_apply_ok(&client, &mirror, r3, &config, &mut last).await;
     assert_eq!(
         settings(client.clone(), ns.clone()).await.as_deref(),
         Some("two")

@@ -2,28 +2,13 @@
 //! kustomize through the same gate, then planned and applied to the real
 //! kube-apiserver like plain files.
 
-use std::path::Path;
-
 use crate::kube_apply::{admin, ns_yaml};
 use crate::support::*;
-use ferry::config::KubernetesTargetConfig;
-use ferry::kubernetes::last_applied::LastApplied;
-use git2::{Oid, Repository};
+use git2::Repository;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Api;
 use kube::api::ListParams;
-
-async fn apply(
-    client: &kube::Client,
-    mirror: &Path,
-    at: Oid,
-    config: &KubernetesTargetConfig,
-    last: &mut Option<LastApplied>,
-) {
-    let out = gate_and_apply(client, mirror, at, config, last).await;
-    assert!(out.succeeded(), "{out:?}");
-}
 
 const BASE: &str = "resources: [deployment.yaml]\n";
 const DEPLOYMENT: &str = "\
@@ -90,7 +75,7 @@ async fn an_overlay_is_built_with_its_patch_and_its_generated_config_rolls_and_p
         .expect("the overlay's Deployment");
     assert_eq!(web.origin.file, "manifests/web (kustomize build)");
     assert_eq!(web.object["spec"]["replicas"], 3, "the patch is applied");
-    apply(&client, &mirror, r1, &config, &mut last).await;
+    gate_and_apply_ok(&client, &mirror, r1, &config, &mut last).await;
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
     let live = deployments.get("web").await.unwrap();
     assert_eq!(live.spec.replicas, Some(3));
@@ -113,7 +98,7 @@ async fn an_overlay_is_built_with_its_patch_and_its_generated_config_rolls_and_p
     // 2: a new greeting: a new generated ConfigMap (its name is a hash of
     // its content), the Deployment rolls to it, the old one is pruned.
     let r2 = commit_files(&repo, &files("bonjour", "replicas.yaml"));
-    apply(&client, &mirror, r2, &config, &mut last).await;
+    gate_and_apply_ok(&client, &mirror, r2, &config, &mut last).await;
     let after = configs(client.clone(), ns.clone()).await;
     assert_eq!(after.len(), 2, "{after:?}");
     assert_ne!(before, after);

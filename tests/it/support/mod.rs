@@ -1190,3 +1190,15 @@ pub async fn gate_and_apply(
     };
     applier.apply(plan, last).await.unwrap()
 }
+
+/// [`gate_and_apply`], which must succeed.
+pub async fn gate_and_apply_ok(
+    client: &kube::Client,
+    mirror: &Path,
+    at: git2::Oid,
+    config: &ferry::config::KubernetesTargetConfig,
+    last: &mut Option<ferry::kubernetes::last_applied::LastApplied>,
+) {
+    let out = gate_and_apply(client, mirror, at, config, last).await;
+    assert!(out.succeeded(), "{out:?}");
+}
