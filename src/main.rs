@@ -96,6 +96,21 @@ enum Command {
         /// The AWS declaration, relative to DIR (skipped when absent).
         #[arg(long, default_value = "platform.yaml")]
         platform: String,
+        /// Directory of the Helm release files, relative to DIR (skipped when absent).
+        #[arg(long, default_value = "releases")]
+        releases: String,
+        /// The Kubernetes version releases render for (the cluster's, e.g. 1.33); needed when DIR has releases.
+        #[arg(long)]
+        kube_version: Option<String>,
+        /// The helm binary releases render with.
+        #[arg(long, default_value = "helm")]
+        helm: PathBuf,
+        /// The kustomize binary kustomization directories build with.
+        #[arg(long, default_value = "kustomize")]
+        kustomize: PathBuf,
+        /// Where fetched chart archives are kept (by digest).
+        #[arg(long, env = "FERRY_CHART_CACHE")]
+        chart_cache: Option<PathBuf>,
     },
     /// Show what a platform revision would change in the cluster; writes nothing.
     #[command(after_help = "Example:\n  ferry plan --config ferry.yaml\n  \
@@ -287,7 +302,24 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             ref dir,
             ref manifests,
             ref platform,
-        } => validate_checkout(dir, manifests, platform),
+            ref releases,
+            ref kube_version,
+            ref helm,
+            ref kustomize,
+            ref chart_cache,
+        } => {
+            let tools = ferry::desired::checkout::RenderTools {
+                helm: helm.clone(),
+                kustomize: kustomize.clone(),
+                kube_version: kube_version.clone(),
+                cache_dir: chart_cache.clone().unwrap_or_else(|| {
+                    std::env::var_os("HOME")
+                        .map(|h| PathBuf::from(h).join(".cache/ferry"))
+                        .unwrap_or_else(|| std::env::temp_dir().join("ferry"))
+                }),
+            };
+            validate_checkout(dir, manifests, platform, releases, &tools)
+        }
         Command::CheckConfig {
             ref file,
             skip_files,
@@ -430,12 +462,18 @@ async fn quickstart_cmd(
 }
 
 /// `ferry validate`: every manifest document and platform.yaml, offline.
-fn validate_checkout(dir: &Path, manifests: &str, platform: &str) -> anyhow::Result<ExitCode> {
-    let report = ferry::desired::checkout::validate(dir, manifests, platform)?;
+fn validate_checkout(
+    dir: &Path,
+    manifests: &str,
+    platform: &str,
+    releases: &str,
+    tools: &ferry::desired::checkout::RenderTools,
+) -> anyhow::Result<ExitCode> {
+    let report = ferry::desired::checkout::validate(dir, manifests, platform, releases, tools)?;
     if report.problems.is_empty() {
         println!(
-            "ok: {} object(s) in {} file(s) under {manifests}/; {platform}: {}",
-            report.objects, report.files, report.platform
+            "ok: {} object(s) from {} file(s) and {} kustomization(s) under {manifests}/ and {} release(s) under {releases}/; {platform}: {}",
+            report.objects, report.files, report.kustomizations, report.releases, report.platform
         );
         return Ok(ExitCode::SUCCESS);
     }

@@ -58,6 +58,20 @@ pub fn build_all(
     }
 }
 
+/// Builds `dir` of a checkout on disk (`ferry validate`): its objects, or
+/// what is wrong, named as the gate names them.
+pub fn build_checkout(
+    binary: &Path,
+    checkout: &Path,
+    dir: &str,
+) -> Result<Vec<Manifest>, Vec<ManifestError>> {
+    let fail = |message: String| vec![ManifestError::general(dir, message)];
+    let work =
+        tempfile::tempdir().map_err(|e| fail(format!("cannot make a work directory: {e}")))?;
+    let text = build(binary, checkout, dir, work.path()).map_err(fail)?;
+    manifests::parse_file(&format!("{dir} (kustomize build)"), &text)
+}
+
 fn build(binary: &Path, checkout: &Path, dir: &str, work: &Path) -> Result<String, String> {
     let output = Command::new(binary)
         .arg("build")

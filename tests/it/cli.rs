@@ -900,3 +900,97 @@ fn check_config_names_the_render_tools_and_a_missing_one() {
         "{stderr}"
     );
 }
+
+/// `ferry validate` builds kustomizations and renders releases of a
+/// working tree as the gate does (a chart in the repo here, so nothing is
+/// fetched), names their problems, and asks for the Kubernetes version
+/// rather than guessing one.
+#[test]
+fn validate_builds_kustomizations_and_renders_releases() {
+    let tmp = tempfile::tempdir().unwrap();
+    let write = |path: &str, text: &str| {
+        let full = tmp.path().join(path);
+        std::fs::create_dir_all(full.parent().unwrap()).unwrap();
+        std::fs::write(full, text).unwrap();
+    };
+    write(
+        "manifests/plain.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: plain\n",
+    );
+    write(
+        "manifests/web/kustomization.yaml",
+        "resources: [cm.yaml]\nnamePrefix: web-\n",
+    );
+    write(
+        "manifests/web/cm.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: settings\n",
+    );
+    write(
+        "charts/local/Chart.yaml",
+        "apiVersion: v2\nname: local\nversion: 0.1.0\nkubeVersion: \">= 1.30.0-0\"\n",
+    );
+    write(
+        "charts/local/templates/cm.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: local\ndata:\n  size: {{ .Values.size | quote }}\n",
+    );
+    write(
+        "releases/local.yaml",
+        "apiVersion: ferry.dev/v1\nkind: HelmRelease\nname: local\nnamespace: apps\nchart: {path: charts/local}\nvalues: {size: 3}\n",
+    );
+    let dir = tmp.path().to_str().unwrap().to_string();
+    let (helm, kustomize) = (helm_binary(), kustomize_binary());
+    let tools = [
+        "--helm",
+        helm.to_str().unwrap(),
+        "--kustomize",
+        kustomize.to_str().unwrap(),
+    ];
+    let validate = |extra: &[&str]| {
+        let mut args = vec!["validate", dir.as_str()];
+        args.extend_from_slice(&tools);
+        args.extend_from_slice(extra);
+        ferry(&args)
+    };
+
+    let out = validate(&["--kube-version", "1.33"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("ok: 3 object(s) from 1 file(s) and 1 kustomization(s) under manifests/ and 1 release(s) under releases/"),
+        "{stdout}"
+    );
+
+    // The chart refuses an old cluster; the version is asked for, not guessed.
+    let out = validate(&["--kube-version", "1.20"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("releases/local.yaml: helm template failed")
+            && stderr.contains("kubeVersion"),
+        "{stderr}"
+    );
+    let out = validate(&[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("give the cluster's with --kube-version"),
+        "{stderr}"
+    );
+
+    // A broken overlay is named with kustomize's own words.
+    write(
+        "manifests/web/kustomization.yaml",
+        "resources: [missing.yaml]\n",
+    );
+    let out = validate(&["--kube-version", "1.33"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("manifests/web: kustomize build failed") && stderr.contains("missing.yaml"),
+        "{stderr}"
+    );
+}
