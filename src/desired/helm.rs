@@ -279,7 +279,8 @@ fn parse_output(
             .find_map(|l| l.strip_prefix("# Source: "))
             .unwrap_or("(no source)");
         let name = format!("{file} ({source})");
-        match manifests::parse_file(&name, document) {
+        let expanded = expand_list(document);
+        match manifests::parse_file(&name, expanded.as_deref().unwrap_or(document)) {
             Ok(parsed) => {
                 for mut m in parsed {
                     m.release = Some(file.to_string());
@@ -358,6 +359,24 @@ fn hook(m: &Manifest) -> HookKind {
     })
 }
 
+/// A `List` a template renders (the AWS load balancer controller's
+/// IngressClass does) as one document per item, as kubectl applies it;
+/// None when the document is no List.
+fn expand_list(document: &str) -> Option<String> {
+    let value: serde_json::Value = serde_yaml_ng::from_str(document).ok()?;
+    let kind = value.get("kind")?.as_str()?;
+    let items = value.get("items")?.as_array()?;
+    if !(kind == "List" || kind.ends_with("List")) {
+        return None;
+    }
+    let mut out = String::new();
+    for item in items {
+        out.push_str("---\n");
+        out.push_str(&serde_yaml_ng::to_string(item).ok()?);
+    }
+    Some(out)
+}
+
 /// Documents of a multi-document YAML stream, split at `---` lines.
 fn split_documents(text: &str) -> Vec<&str> {
     let mut docs = Vec::new();
@@ -390,6 +409,24 @@ fn differing_source(a: &str, b: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_rendered_list_is_its_items() {
+        let list = "apiVersion: v1\nkind: List\nitems:\n  - {apiVersion: v1, kind: ConfigMap, metadata: {name: a}}\n  - {apiVersion: v1, kind: ConfigMap, metadata: {name: b}}\n";
+        let parsed = parse_output(
+            "releases/r.yaml",
+            &format!("---\n# Source: c/templates/l.yaml\n{list}"),
+            "ns",
+        )
+        .unwrap();
+        let names: Vec<&str> = parsed.iter().map(|m| m.id.name.as_str()).collect();
+        assert_eq!(names, ["a", "b"]);
+        assert_eq!(parsed[0].default_namespace.as_deref(), Some("ns"));
+        assert_eq!(
+            expand_list("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a}\n"),
+            None
+        );
+    }
 
     #[test]
     fn rendered_documents_are_split_at_document_markers_only() {

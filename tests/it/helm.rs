@@ -585,3 +585,104 @@ async fn hook_jobs_run_in_their_phase_and_a_failed_one_applies_nothing_after_it(
         Some("two")
     );
 }
+
+/// The AWS load balancer controller (CRDs, webhooks, a rendered `List`, a
+/// webhook certificate the chart makes up unless values give one) and
+/// zero-to-jupyterhub (hub secrets it makes up unless given): with those
+/// values pinned, each renders the same twice and every object passes the
+/// API server's dry run, once ferry's config lists their cluster-wide
+/// objects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_load_balancer_controller_and_jupyterhub_render_and_pass_the_dry_run() {
+    let cluster = PrivateControlPlane::start(false);
+    let client = ferry::kubernetes::client::connect(Some(&cluster.admin()))
+        .await
+        .unwrap();
+    let World {
+        tmp: _tmp,
+        server: _server,
+        url,
+        mirror,
+        repo,
+        mut config,
+    } = world("jupyterhub", |_| {});
+    let pem =
+        |what: &str| format!("\"-----BEGIN {what}-----\\nMIIBpinned\\n-----END {what}-----\\n\"");
+    let release = |name: &str, ns: &str, chart: &str, version: &str, values: &str| {
+        format!(
+            "apiVersion: ferry.dev/v1\nkind: HelmRelease\nname: {name}\nnamespace: {ns}\nchart:\n  repository: {url}\n  name: {chart}\n  version: {version}\nvalues:\n{values}"
+        )
+    };
+    let lbc = release(
+        "lbc",
+        "kube-system",
+        "aws-load-balancer-controller",
+        "3.5.0",
+        &format!(
+            "  clusterName: ml-platform\n  webhookTLS:\n    caCert: {}\n    cert: {}\n    key: {}\n",
+            pem("CERTIFICATE"),
+            pem("CERTIFICATE"),
+            pem("RSA PRIVATE KEY")
+        ),
+    );
+    let hub = release(
+        "jh",
+        "jupyterhub",
+        "jupyterhub",
+        "4.4.0",
+        "  hub:\n    config:\n      ConfigurableHTTPProxy: {auth_token: pinned-proxy-token}\n      JupyterHub: {cookie_secret: 0123456789abcdef0123456789abcdef}\n      \
+         CryptKeeper: {keys: [0123456789abcdef0123456789abcdef]}\n  prePuller:\n    hook: {enabled: false}\n",
+    );
+    let at = commit_files(
+        &repo,
+        &[
+            ("manifests/ns.yaml", ns_yaml("jupyterhub")),
+            ("releases/lbc.yaml", lbc),
+            ("releases/jupyterhub.yaml", hub),
+        ],
+    );
+    let manifests = gate(&mirror, at, &config).unwrap();
+    let kinds = |release: &str| -> Vec<String> {
+        let mut k: Vec<String> = manifests
+            .iter()
+            .filter(|m| m.release.as_deref() == Some(release))
+            .map(|m| m.id.kind.clone())
+            .collect();
+        k.sort();
+        k.dedup();
+        k
+    };
+    assert!(
+        kinds("releases/lbc.yaml")
+            .iter()
+            .any(|k| k == "IngressClass")
+            && kinds("releases/lbc.yaml")
+                .iter()
+                .any(|k| k == "MutatingWebhookConfiguration"),
+        "the List's items and the webhooks: {:?}",
+        kinds("releases/lbc.yaml")
+    );
+    assert!(
+        kinds("releases/jupyterhub.yaml")
+            .iter()
+            .any(|k| k == "StatefulSet")
+    );
+    // What ferry's config must list for these two charts.
+    for m in &manifests {
+        if m.id.kind != "Namespace" {
+            config.cluster_scoped.push(ferry::config::ClusterScoped {
+                kind: ferry::desired::resolve::kind_name(&m.id),
+                names: vec![m.id.name.clone()],
+            });
+        }
+    }
+    let plan = plan_of(&client, at, &config, &manifests, None, Depth::Review).await;
+    assert!(plan.errors.is_empty(), "{:#?}", plan.errors);
+    let refused: Vec<String> = plan
+        .objects
+        .iter()
+        .filter_map(|o| Some(format!("{}: {}", o.id, o.error.as_ref()?)))
+        .collect();
+    assert!(refused.is_empty(), "{refused:#?}");
+    assert!(plan.objects.len() >= 30, "{}", plan.objects.len());
+}
