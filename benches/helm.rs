@@ -112,6 +112,7 @@ fn main() {
                     cache_dir: cache.to_path_buf(),
                     kube_version: Some("1.37".into()),
                     api_versions: Vec::new(),
+                    plain_http_registries: Vec::new(),
                 },
             }),
             ..Feeds::default()

@@ -494,6 +494,10 @@ pub struct HelmConfig {
     /// e.g. the group of a CRD the same revision installs.
     #[serde(default)]
     pub api_versions: Vec<String>,
+    /// OCI registries (`host:port`) spoken to over plain HTTP, not HTTPS: a
+    /// registry inside the cluster's network, or a test's.
+    #[serde(default)]
+    pub plain_http_registries: Vec<String>,
 }
 
 impl Default for HelmConfig {
@@ -502,6 +506,7 @@ impl Default for HelmConfig {
             binary: default_helm_binary(),
             kube_version: None,
             api_versions: Vec::new(),
+            plain_http_registries: Vec::new(),
         }
     }
 }

@@ -130,6 +130,7 @@ pub fn feeds(targets: &[Target]) -> Feeds {
                         cache_dir: t.config.cache_dir.clone(),
                         kube_version: t.config.helm.kube_version.clone(),
                         api_versions: t.config.helm.api_versions.clone(),
+                        plain_http_registries: t.config.helm.plain_http_registries.clone(),
                     },
                 });
             }

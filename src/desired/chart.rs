@@ -54,17 +54,9 @@ impl ChartCache {
     /// verified; fetched only when not cached.
     pub fn archive(&self, url: &str, name: &str, version: &str) -> Result<PathBuf, ChartError> {
         let url = url.trim_end_matches('/');
-        let pin = self
-            .dir
-            .join("pins")
-            .join(&hex(&Sha256::digest(url.as_bytes()))[..16])
-            .join(format!("{name}-{version}"));
-        if let Ok(digest) = std::fs::read_to_string(&pin) {
-            let path = self.by_digest(digest.trim());
-            if std::fs::read(&path).is_ok_and(|bytes| hex(&Sha256::digest(&bytes)) == digest.trim())
-            {
-                return Ok(path);
-            }
+        let pin = self.pin(url, name, version);
+        if let Some(path) = self.pinned(&pin) {
+            return Ok(path);
         }
         let index_url = format!("{url}/index.yaml");
         let index = get(&index_url)?;
@@ -84,6 +76,82 @@ impl ChartCache {
         write_atomic(&path, &bytes)?;
         write_atomic(&pin, got.as_bytes())?;
         Ok(path)
+    }
+
+    /// The archive of `name` at `version` from the OCI registry path `url`
+    /// (`oci://registry/path`), pulled by `helm` (which checks each layer
+    /// against its digest) only when not cached; then kept by its own
+    /// sha256 and pinned, so a version re-pushed later never changes what
+    /// renders.
+    pub fn oci_archive(
+        &self,
+        helm: &Path,
+        url: &str,
+        name: &str,
+        version: &str,
+        plain_http: bool,
+    ) -> Result<PathBuf, ChartError> {
+        let url = url.trim_end_matches('/');
+        let pin = self.pin(url, name, version);
+        if let Some(path) = self.pinned(&pin) {
+            return Ok(path);
+        }
+        let reference = format!("{url}/{name}");
+        let fail = |message: String| ChartError::Unreachable {
+            url: reference.clone(),
+            message,
+        };
+        let work = tempfile::tempdir().map_err(|e| fail(format!("no work directory: {e}")))?;
+        std::fs::create_dir(work.path().join("out"))
+            .map_err(|e| fail(format!("no work directory: {e}")))?;
+        let mut cmd = std::process::Command::new(helm);
+        cmd.args(["pull", &reference, "--version", version, "--destination"])
+            .arg(work.path().join("out"));
+        if plain_http {
+            cmd.arg("--plain-http");
+        }
+        for var in ["HELM_CACHE_HOME", "HELM_CONFIG_HOME", "HELM_DATA_HOME"] {
+            cmd.env(var, work.path().join("home"));
+        }
+        let out = cmd
+            .output()
+            .map_err(|e| fail(format!("cannot run `{}`: {e}", helm.display())))?;
+        if !out.status.success() {
+            return Err(fail(
+                String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            ));
+        }
+        let archive = std::fs::read_dir(work.path().join("out"))
+            .ok()
+            .and_then(|mut d| d.next())
+            .and_then(Result::ok)
+            .map(|e| e.path())
+            .ok_or_else(|| fail("helm pull wrote no archive".into()))?;
+        let bytes = std::fs::read(&archive).map_err(|source| ChartError::Cache {
+            path: archive.clone(),
+            source,
+        })?;
+        let digest = hex(&Sha256::digest(&bytes));
+        let path = self.by_digest(&digest);
+        write_atomic(&path, &bytes)?;
+        write_atomic(&pin, digest.as_bytes())?;
+        Ok(path)
+    }
+
+    fn pin(&self, url: &str, name: &str, version: &str) -> PathBuf {
+        self.dir
+            .join("pins")
+            .join(&hex(&Sha256::digest(url.as_bytes()))[..16])
+            .join(format!("{name}-{version}"))
+    }
+
+    /// The cached archive a pin names, if it is there and intact.
+    fn pinned(&self, pin: &Path) -> Option<PathBuf> {
+        let digest = std::fs::read_to_string(pin).ok()?;
+        let path = self.by_digest(digest.trim());
+        std::fs::read(&path)
+            .is_ok_and(|bytes| hex(&Sha256::digest(&bytes)) == digest.trim())
+            .then_some(path)
     }
 
     fn by_digest(&self, digest: &str) -> PathBuf {

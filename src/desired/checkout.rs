@@ -128,6 +128,7 @@ pub fn validate(
                 cache_dir: tools.cache_dir.clone(),
                 kube_version: tools.kube_version.clone(),
                 api_versions: Vec::new(),
+                plain_http_registries: Vec::new(),
             };
             count(
                 &mut report,

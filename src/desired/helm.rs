@@ -26,6 +26,8 @@ pub struct HelmSettings {
     /// `--api-versions`, for charts that render objects of a CRD only when
     /// the cluster serves it (ServiceMonitors, for one).
     pub api_versions: Vec<String>,
+    /// OCI registries (`host:port`) spoken to over plain HTTP.
+    pub plain_http_registries: Vec<String>,
 }
 
 /// Every release file in `dir` of `commit`, rendered; every problem of
@@ -136,9 +138,16 @@ fn render(
         tempfile::tempdir().map_err(|e| fail(format!("cannot make a work directory: {e}")))?;
     let chart = match release.source() {
         ChartSource::Repository { url, name, version } => {
-            ChartCache::new(&settings.cache_dir.join("charts"))
-                .archive(&url, &name, &version)
-                .map_err(|e| fail(format!("chart: {e}")))?
+            let cache = ChartCache::new(&settings.cache_dir.join("charts"));
+            let fetched = match url.strip_prefix("oci://") {
+                Some(rest) => {
+                    let registry = rest.split('/').next().unwrap_or("");
+                    let plain = settings.plain_http_registries.iter().any(|r| r == registry);
+                    cache.oci_archive(&settings.binary, &url, &name, &version, plain)
+                }
+                None => cache.archive(&url, &name, &version),
+            };
+            fetched.map_err(|e| fail(format!("chart: {e}")))?
         }
         ChartSource::Path(path) => {
             let entry = root

@@ -29,8 +29,9 @@ pub struct Release {
     pub values: Option<serde_yaml_ng::Mapping>,
 }
 
-/// Either a chart repository (`repository` + `name` + `version`) or a
-/// chart directory in the platform repo (`path`).
+/// Either a chart repository or OCI registry (`repository`, `https://...`
+/// or `oci://registry/path`, + `name` + `version`) or a chart directory in
+/// the platform repo (`path`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ChartRef {
@@ -153,15 +154,16 @@ fn validate(r: &Release, problem: &mut dyn FnMut(&str, String)) {
                 .into(),
         ),
         (None, Some(url)) => {
-            if url.starts_with("oci://") {
+            let oci_host = url.strip_prefix("oci://").map(|rest| rest.split('/').next().unwrap_or(""));
+            if oci_host == Some("") {
                 problem(
                     "chart.repository",
-                    "OCI registries are not supported yet; use the chart's HTTP(S) repository".into(),
+                    format!("`{url}` names no registry: write oci://<registry>/<path>"),
                 );
-            } else if !(url.starts_with("https://") || url.starts_with("http://")) {
+            } else if oci_host.is_none() && !(url.starts_with("https://") || url.starts_with("http://")) {
                 problem(
                     "chart.repository",
-                    format!("`{url}` must be an http(s):// chart repository URL"),
+                    format!("`{url}` must be an http(s):// chart repository or an oci:// registry URL"),
                 );
             }
             if c.name.as_deref().is_none_or(str::is_empty) {

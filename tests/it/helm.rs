@@ -686,3 +686,80 @@ async fn the_load_balancer_controller_and_jupyterhub_render_and_pass_the_dry_run
     assert!(refused.is_empty(), "{refused:#?}");
     assert!(plan.objects.len() >= 30, "{}", plan.objects.len());
 }
+
+/// A chart from an OCI registry (distribution's, on 127.0.0.1): pulled by
+/// helm once, kept by its digest, rendered and applied like one from a
+/// chart repository; the registry down, the cached chart still renders and
+/// a version never pulled is an error naming the reference.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chart_from_an_oci_registry_is_pulled_once_and_applied() {
+    let tmp = tempfile::tempdir().unwrap();
+    let registry = oci_registry(tmp.path());
+    let host = format!("127.0.0.1:{}", registry.port);
+    let push = std::process::Command::new(helm_binary())
+        .arg("push")
+        .arg(shared_charts().join("prometheus-yet-another-cloudwatch-exporter-0.47.0.tgz"))
+        .arg(format!("oci://{host}/charts"))
+        .arg("--plain-http")
+        .env("HELM_CONFIG_HOME", tmp.path().join("helm"))
+        .env("HELM_CACHE_HOME", tmp.path().join("helm"))
+        .env("HELM_DATA_HOME", tmp.path().join("helm"))
+        .output()
+        .unwrap();
+    assert!(
+        push.status.success(),
+        "{}",
+        String::from_utf8_lossy(&push.stderr)
+    );
+    let mirror = tmp.path().join("platform.git");
+    let repo = Repository::init_bare(&mirror).unwrap();
+    let ns = unique_namespace("oci");
+    let mut config = kube_target(&ns, false);
+    config.cache_dir = tmp.path().join("cache");
+    config.helm.plain_http_registries = vec![host.clone()];
+    let release = |version: &str| {
+        format!(
+            "apiVersion: ferry.dev/v1\nkind: HelmRelease\nname: cw\nnamespace: {ns}\nchart:\n  repository: oci://{host}/charts\n  \
+             name: prometheus-yet-another-cloudwatch-exporter\n  version: {version}\nvalues: {{fullnameOverride: cloudwatch}}\n"
+        )
+    };
+    let files = |version: &str| {
+        vec![
+            ("manifests/ns.yaml", ns_yaml(&ns)),
+            ("releases/cloudwatch.yaml", release(version)),
+        ]
+    };
+    let client = admin().await;
+    let mut last = None;
+    let at = commit_files(&repo, &files("0.47.0"));
+    gate_and_apply_ok(&client, &mirror, at, &config, &mut last).await;
+    let live = Api::<Deployment>::namespaced(client.clone(), &ns)
+        .get("cloudwatch")
+        .await
+        .unwrap();
+    assert_eq!(
+        live.metadata.labels.unwrap()["helm.sh/chart"],
+        "prometheus-yet-another-cloudwatch-exporter-0.47.0"
+    );
+    let cached: Vec<_> = std::fs::read_dir(config.cache_dir.join("charts/sha256"))
+        .unwrap()
+        .collect();
+    assert_eq!(cached.len(), 1, "kept by its digest");
+
+    drop(registry);
+    assert!(
+        gate(&mirror, at, &config).is_ok(),
+        "the cached chart renders with the registry down"
+    );
+    let missing = commit_files(&repo, &files("0.48.0"));
+    let problems = gate(&mirror, missing, &config).unwrap_err();
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.starts_with("releases/cloudwatch.yaml")
+                && p.contains(&format!(
+                    "cannot fetch oci://{host}/charts/prometheus-yet-another-cloudwatch-exporter"
+                ))),
+        "{problems:?}"
+    );
+}

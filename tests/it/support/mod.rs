@@ -770,6 +770,7 @@ pub fn kube_target(ns: &str, force: bool) -> ferry::config::KubernetesTargetConf
             binary: helm_binary(),
             kube_version: Some("1.37".into()),
             api_versions: Vec::new(),
+            plain_http_registries: Vec::new(),
         },
         kustomize: ferry::config::KustomizeConfig {
             binary: kustomize_binary(),
@@ -1201,4 +1202,40 @@ pub async fn gate_and_apply_ok(
 ) {
     let out = gate_and_apply(client, mirror, at, config, last).await;
     assert!(out.succeeded(), "{out:?}");
+}
+
+/// An OCI registry (distribution, the reference implementation, built by
+/// tools/render/build.sh) on 127.0.0.1, plain HTTP, storage in `dir`.
+pub fn oci_registry(dir: &Path) -> Server {
+    let binary = render_binary("registry");
+    let port = free_port();
+    let conf = dir.join("registry.yml");
+    std::fs::write(
+        &conf,
+        format!(
+            "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\nlog:\n  level: error\n",
+            dir.join("data").display()
+        ),
+    )
+    .unwrap();
+    let mut child = spawn_owned(
+        Command::new(binary)
+            .arg("serve")
+            .arg(&conf)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("registry.log")).unwrap()),
+    )
+    .expect("cannot start the registry");
+    wait_listening(
+        &mut child,
+        port,
+        &dir.join("registry.log"),
+        Duration::from_secs(10),
+    );
+    Server {
+        _child: child,
+        port,
+        log: dir.join("registry.log"),
+    }
 }
