@@ -113,6 +113,7 @@ fn main() {
                     kube_version: Some("1.37".into()),
                     api_versions: Vec::new(),
                     plain_http_registries: Vec::new(),
+                    logins: Vec::new(),
                 },
             }),
             ..Feeds::default()

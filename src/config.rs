@@ -498,6 +498,20 @@ pub struct HelmConfig {
     /// registry inside the cluster's network, or a test's.
     #[serde(default)]
     pub plain_http_registries: Vec<String>,
+    /// Chart repositories that need HTTP basic credentials.
+    #[serde(default)]
+    pub repositories: Vec<ChartRepositoryLogin>,
+}
+
+/// One chart repository's credentials; the password from a file, never
+/// inline.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChartRepositoryLogin {
+    /// The repository URL exactly as releases name it.
+    pub url: String,
+    pub username: String,
+    pub password_file: PathBuf,
 }
 
 impl Default for HelmConfig {
@@ -507,6 +521,7 @@ impl Default for HelmConfig {
             kube_version: None,
             api_versions: Vec::new(),
             plain_http_registries: Vec::new(),
+            repositories: Vec::new(),
         }
     }
 }
@@ -690,6 +705,16 @@ impl Config {
                     crate::secret::from_file(file)
                         .map_err(|e| invalid(key.into(), e.to_string()))?;
                 }
+            }
+        }
+        if let Some(kube) = &self.targets.kubernetes {
+            for (i, repo) in kube.helm.repositories.iter().enumerate() {
+                crate::secret::from_file(&repo.password_file).map_err(|e| {
+                    invalid(
+                        format!("targets.kubernetes.helm.repositories[{i}].password_file"),
+                        e.to_string(),
+                    )
+                })?;
             }
         }
         Ok(())

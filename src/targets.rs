@@ -131,6 +131,19 @@ pub fn feeds(targets: &[Target]) -> Feeds {
                         kube_version: t.config.helm.kube_version.clone(),
                         api_versions: t.config.helm.api_versions.clone(),
                         plain_http_registries: t.config.helm.plain_http_registries.clone(),
+                        logins: t
+                            .config
+                            .helm
+                            .repositories
+                            .iter()
+                            .map(|r| {
+                                let login = crate::desired::chart::Login {
+                                    username: r.username.clone(),
+                                    password_file: r.password_file.clone(),
+                                };
+                                (r.url.clone(), login)
+                            })
+                            .collect(),
                     },
                 });
             }

@@ -52,16 +52,30 @@ impl ChartCache {
 
     /// The archive of `name` at `version` from the repository at `url`,
     /// verified; fetched only when not cached.
-    pub fn archive(&self, url: &str, name: &str, version: &str) -> Result<PathBuf, ChartError> {
+    pub fn archive(
+        &self,
+        url: &str,
+        name: &str,
+        version: &str,
+        login: Option<&Login>,
+    ) -> Result<PathBuf, ChartError> {
         let url = url.trim_end_matches('/');
         let pin = self.pin(url, name, version);
         if let Some(path) = self.pinned(&pin) {
             return Ok(path);
         }
         let index_url = format!("{url}/index.yaml");
-        let index = get(&index_url)?;
+        let basic = login.map(Login::basic).transpose()?;
+        let index = get(&index_url, basic.as_deref())?;
         let (want, archive_url) = lookup(url, &index, name, version)?;
-        let bytes = get(&archive_url)?;
+        // Credentials go only to the repository's own host.
+        let same_host = url::Url::parse(&archive_url)
+            .ok()
+            .map(|u| u.host_str().map(str::to_string))
+            == url::Url::parse(url)
+                .ok()
+                .map(|u| u.host_str().map(str::to_string));
+        let bytes = get(&archive_url, basic.as_deref().filter(|_| same_host))?;
         let got = hex(&Sha256::digest(&bytes));
         if got != want {
             return Err(ChartError::Digest {
@@ -250,12 +264,38 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ChartError> {
 /// GET `url`, following redirects. Callers are synchronous (the gate runs
 /// in a blocking section), so the request runs on a thread of its own with
 /// a runtime of its own, whatever runtime the caller is in.
-fn get(url: &str) -> Result<Vec<u8>, ChartError> {
+/// A chart repository's HTTP basic credentials: the username, and the
+/// file its password is read from at each fetch (so a rotated one is used).
+#[derive(Debug, Clone)]
+pub struct Login {
+    pub username: String,
+    pub password_file: PathBuf,
+}
+
+impl Login {
+    /// The `Authorization` header value.
+    fn basic(&self) -> Result<String, ChartError> {
+        use base64::Engine;
+        let password =
+            crate::secret::from_file(&self.password_file).map_err(|e| ChartError::Unreachable {
+                url: String::new(),
+                message: e.to_string(),
+            })?;
+        let pair = format!("{}:{}", self.username, password.expose());
+        Ok(format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(pair)
+        ))
+    }
+}
+
+fn get(url: &str, authorization: Option<&str>) -> Result<Vec<u8>, ChartError> {
     let fail = |message: String| ChartError::Unreachable {
         url: url.to_string(),
         message,
     };
     let owned = url.to_string();
+    let authorization = authorization.map(str::to_string);
     std::thread::scope(|s| {
         s.spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
@@ -263,7 +303,7 @@ fn get(url: &str) -> Result<Vec<u8>, ChartError> {
                 .build()
                 .map_err(|e| e.to_string())?;
             runtime.block_on(async {
-                tokio::time::timeout(FETCH_TIMEOUT, get_async(&owned))
+                tokio::time::timeout(FETCH_TIMEOUT, get_async(&owned, authorization.as_deref()))
                     .await
                     .map_err(|_| format!("no answer in {}s", FETCH_TIMEOUT.as_secs()))?
             })
@@ -274,7 +314,7 @@ fn get(url: &str) -> Result<Vec<u8>, ChartError> {
     .map_err(fail)
 }
 
-async fn get_async(url: &str) -> Result<Vec<u8>, String> {
+async fn get_async(url: &str, authorization: Option<&str>) -> Result<Vec<u8>, String> {
     use http_body_util::BodyExt;
     let https = hyper_rustls::HttpsConnectorBuilder::new()
         .with_native_roots()
@@ -285,12 +325,21 @@ async fn get_async(url: &str) -> Result<Vec<u8>, String> {
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build::<_, http_body_util::Empty<bytes::Bytes>>(https);
     let mut current = url::Url::parse(url).map_err(|e| format!("bad URL: {e}"))?;
+    let first_host = current.host_str().map(str::to_string);
     for _ in 0..5 {
         let uri: http::Uri = current
             .as_str()
             .parse()
             .map_err(|e| format!("bad URL: {e}"))?;
-        let response = client.get(uri).await.map_err(|e| {
+        let mut request = http::Request::get(uri);
+        // Never sent on to another host a redirect names.
+        if let Some(auth) = authorization.filter(|_| current.host_str() == first_host.as_deref()) {
+            request = request.header(http::header::AUTHORIZATION, auth);
+        }
+        let request = request
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .map_err(|e| format!("bad request: {e}"))?;
+        let response = client.request(request).await.map_err(|e| {
             let mut message = e.to_string();
             let mut source = std::error::Error::source(&e);
             while let Some(s) = source {

@@ -129,6 +129,7 @@ pub fn validate(
                 kube_version: tools.kube_version.clone(),
                 api_versions: Vec::new(),
                 plain_http_registries: Vec::new(),
+                logins: Vec::new(),
             };
             count(
                 &mut report,

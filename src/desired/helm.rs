@@ -28,6 +28,8 @@ pub struct HelmSettings {
     pub api_versions: Vec<String>,
     /// OCI registries (`host:port`) spoken to over plain HTTP.
     pub plain_http_registries: Vec<String>,
+    /// Credentials by chart repository URL.
+    pub logins: Vec<(String, super::chart::Login)>,
 }
 
 /// Every release file in `dir` of `commit`, rendered; every problem of
@@ -145,7 +147,16 @@ fn render(
                     let plain = settings.plain_http_registries.iter().any(|r| r == registry);
                     cache.oci_archive(&settings.binary, &url, &name, &version, plain)
                 }
-                None => cache.archive(&url, &name, &version),
+                None => {
+                    let login = settings
+                        .logins
+                        .iter()
+                        .find(|(prefix, _)| {
+                            url.trim_end_matches('/') == prefix.trim_end_matches('/')
+                        })
+                        .map(|(_, login)| login);
+                    cache.archive(&url, &name, &version, login)
+                }
             };
             fetched.map_err(|e| fail(format!("chart: {e}")))?
         }

@@ -763,3 +763,61 @@ async fn a_chart_from_an_oci_registry_is_pulled_once_and_applied() {
         "{problems:?}"
     );
 }
+
+/// A private chart repository (HTTP basic auth): refused without the
+/// credentials ferry's config gives, fetched with them, and the password,
+/// read from its file, appears in no problem.
+#[test]
+fn a_private_chart_repository_is_fetched_with_the_credentials_of_ferrys_config() {
+    let tmp = tempfile::tempdir().unwrap();
+    let password = "chart-hunter2";
+    let server = static_http_with(&shared_charts(), Some(("ci", password)));
+    let url = format!("http://127.0.0.1:{}", server.port);
+    let mirror = tmp.path().join("platform.git");
+    let repo = Repository::init_bare(&mirror).unwrap();
+    let mut config = kube_target("private", false);
+    config.cache_dir = tmp.path().join("cache");
+    let at = commit_files(
+        &repo,
+        &[
+            ("manifests/ns.yaml", ns_yaml("private")),
+            (
+                "releases/cloudwatch.yaml",
+                format!(
+                    "apiVersion: ferry.dev/v1\nkind: HelmRelease\nname: cw\nnamespace: private\nchart:\n  repository: {url}\n  \
+                     name: prometheus-yet-another-cloudwatch-exporter\n  version: 0.47.0\n"
+                ),
+            ),
+        ],
+    );
+    let problems = gate(&mirror, at, &config).unwrap_err();
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains(&format!("cannot fetch {url}/index.yaml: HTTP 401"))),
+        "{problems:?}"
+    );
+    let password_file = tmp.path().join("chart-password");
+    std::fs::write(&password_file, format!("{password}\n")).unwrap();
+    config.helm.repositories = vec![ferry::config::ChartRepositoryLogin {
+        url: url.clone(),
+        username: "ci".into(),
+        password_file: password_file.clone(),
+    }];
+    let manifests = gate(&mirror, at, &config).unwrap();
+    assert!(manifests.iter().any(|m| m.id.kind == "Deployment"));
+
+    // A wrong password: refused, and never shown.
+    std::fs::write(&password_file, "not-it\n").unwrap();
+    std::fs::remove_dir_all(&config.cache_dir).unwrap();
+    let problems = gate(&mirror, at, &config).unwrap_err();
+    assert!(
+        problems.iter().any(|p| p.contains("HTTP 401")),
+        "{problems:?}"
+    );
+    assert!(
+        !problems
+            .iter()
+            .any(|p| p.contains("not-it") || p.contains(password))
+    );
+}

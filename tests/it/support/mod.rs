@@ -771,6 +771,7 @@ pub fn kube_target(ns: &str, force: bool) -> ferry::config::KubernetesTargetConf
             kube_version: Some("1.37".into()),
             api_versions: Vec::new(),
             plain_http_registries: Vec::new(),
+            repositories: Vec::new(),
         },
         kustomize: ferry::config::KustomizeConfig {
             binary: kustomize_binary(),
@@ -814,14 +815,27 @@ fn render_binary(name: &str) -> PathBuf {
 /// A static HTTP server (lighttpd) of `root`: a Helm chart repository when
 /// `root` holds an `index.yaml` and the archives it names.
 pub fn static_http(root: &Path) -> Server {
+    static_http_with(root, None)
+}
+
+/// [`static_http`], asking every request for HTTP basic `user:password`.
+pub fn static_http_with(root: &Path, login: Option<(&str, &str)>) -> Server {
     let binary = require_binary("/usr/sbin/lighttpd");
     let port = free_port();
     let dir = tempfile::tempdir().unwrap().keep();
-    let conf = format!(
+    let mut conf = format!(
         "server.document-root = \"{root}\"\nserver.bind = \"127.0.0.1\"\nserver.port = {port}\nserver.errorlog = \"{dir}/error.log\"\nmimetype.assign = (\".yaml\" => \"text/yaml\", \".tgz\" => \"application/gzip\")\n",
         root = root.display(),
         dir = dir.display(),
     );
+    if let Some((user, password)) = login {
+        std::fs::write(dir.join("users"), format!("{user}:{password}\n")).unwrap();
+        conf.push_str(&format!(
+            "server.modules = (\"mod_auth\", \"mod_authn_file\")\nauth.backend = \"plain\"\nauth.backend.plain.userfile = \"{}/users\"\n\
+             auth.require = ( \"\" => ( \"method\" => \"basic\", \"realm\" => \"charts\", \"require\" => \"valid-user\" ) )\n",
+            dir.display()
+        ));
+    }
     lighttpd(&binary, &dir, port, &conf)
 }
 
