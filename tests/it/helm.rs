@@ -51,6 +51,23 @@ async fn plan_of(
     .unwrap()
 }
 
+/// A release file: `name` in `ns` of `chart` at `version` from the
+/// repository `repo`, then `rest` (values keys, already indented).
+fn helm_release(
+    name: &str,
+    ns: &str,
+    repo: &str,
+    chart: &str,
+    version: &str,
+    rest: &str,
+) -> String {
+    format!(
+        "apiVersion: ferry.dev/v1\nkind: HelmRelease\nname: {name}\nnamespace: {ns}\nchart:\n  repository: {repo}\n  name: {chart}\n  version: {version}\n{rest}"
+    )
+}
+
+const YACE: &str = "prometheus-yet-another-cloudwatch-exporter";
+
 /// One test's chart repository (a copy of the shared one, changed by
 /// `edit`, then served), platform repo and target config.
 struct World {
@@ -63,10 +80,15 @@ struct World {
 }
 
 fn world(ns: &str, edit: impl FnOnce(&Path)) -> World {
+    world_with(ns, edit, None)
+}
+
+/// [`world`], its chart repository asking for HTTP basic `login`.
+fn world_with(ns: &str, edit: impl FnOnce(&Path), login: Option<(&str, &str)>) -> World {
     let tmp = tempfile::tempdir().unwrap();
     let charts = chart_repo_copy(tmp.path());
     edit(&charts);
-    let server = static_http(&charts);
+    let server = static_http_with(&charts, login);
     let url = format!("http://127.0.0.1:{}", server.port);
     let mirror = tmp.path().join("platform.git");
     let repo = Repository::init_bare(&mirror).unwrap();
@@ -92,9 +114,13 @@ fn changed(plan: &Plan) -> Vec<String> {
 }
 
 fn release(ns: &str, repo: &str, version: &str, values: &str) -> String {
-    format!(
-        "apiVersion: ferry.dev/v1\nkind: HelmRelease\nname: cw\nnamespace: {ns}\nchart:\n  repository: {repo}\n  \
-         name: prometheus-yet-another-cloudwatch-exporter\n  version: {version}\nvalues_files: [values/cloudwatch.yaml]\nvalues:\n{values}"
+    helm_release(
+        "cw",
+        ns,
+        repo,
+        YACE,
+        version,
+        &format!("values_files: [values/cloudwatch.yaml]\nvalues:\n{values}"),
     )
 }
 
@@ -204,9 +230,7 @@ async fn a_release_from_a_chart_repository_is_rendered_planned_applied_and_prune
         gate(&mirror, r4, &config).is_ok(),
         "the cached chart renders offline"
     );
-    let mlflow = format!(
-        "apiVersion: ferry.dev/v1\nkind: HelmRelease\nname: mlflow\nnamespace: {ns}\nchart:\n  repository: {url}\n  name: mlflow\n  version: 1.11.5\n"
-    );
+    let mlflow = helm_release("mlflow", &ns, &url, "mlflow", "1.11.5", "");
     let mut with_mlflow = files("0.47.0", "  replicaCount: 2\n");
     with_mlflow.push(("releases/mlflow.yaml", mlflow));
     let r5 = commit_files(&repo, &with_mlflow);
@@ -287,8 +311,13 @@ async fn renders_that_differ_and_bad_values_are_refused_with_their_file() {
 
     // The MLflow chart makes up a Flask secret key on every render.
     let mlflow = |values: &str| {
-        format!(
-            "apiVersion: ferry.dev/v1\nkind: HelmRelease\nname: mlflow\nnamespace: {ns}\nchart:\n  repository: {url}\n  name: mlflow\n  version: 1.11.5\nvalues:\n{values}"
+        helm_release(
+            "mlflow",
+            &ns,
+            &url,
+            "mlflow",
+            "1.11.5",
+            &format!("values:\n{values}"),
         )
     };
     let at = commit_files(
@@ -368,21 +397,27 @@ async fn kube_prometheus_stack_applies_its_crds_then_its_prometheus_and_monitors
     let client = ferry::kubernetes::client::connect(Some(&cluster.admin()))
         .await
         .unwrap();
-    let tmp = tempfile::tempdir().unwrap();
-    let server = static_http(&shared_charts());
-    let url = format!("http://127.0.0.1:{}", server.port);
-    let mirror = tmp.path().join("platform.git");
-    let repo = Repository::init_bare(&mirror).unwrap();
-    let mut config = kube_target("monitoring", false);
-    config.cache_dir = tmp.path().join("cache");
+    let World {
+        tmp: _tmp,
+        server: _server,
+        url,
+        mirror,
+        repo,
+        mut config,
+    } = world("monitoring", |_| {});
     let at = commit_files(
         &repo,
         &[
             ("manifests/ns.yaml", ns_yaml("monitoring")),
             (
                 "releases/monitoring.yaml",
-                format!(
-                    "apiVersion: ferry.dev/v1\nkind: HelmRelease\nname: kps\nnamespace: monitoring\nchart:\n  repository: {url}\n  name: kube-prometheus-stack\n  version: 88.5.3\nvalues_files: [values/monitoring.yaml]\n"
+                helm_release(
+                    "kps",
+                    "monitoring",
+                    &url,
+                    "kube-prometheus-stack",
+                    "88.5.3",
+                    "values_files: [values/monitoring.yaml]\n",
                 ),
             ),
             ("values/monitoring.yaml", KUBE_PROMETHEUS_VALUES.to_string()),
@@ -609,8 +644,13 @@ async fn the_load_balancer_controller_and_jupyterhub_render_and_pass_the_dry_run
     let pem =
         |what: &str| format!("\"-----BEGIN {what}-----\\nMIIBpinned\\n-----END {what}-----\\n\"");
     let release = |name: &str, ns: &str, chart: &str, version: &str, values: &str| {
-        format!(
-            "apiVersion: ferry.dev/v1\nkind: HelmRelease\nname: {name}\nnamespace: {ns}\nchart:\n  repository: {url}\n  name: {chart}\n  version: {version}\nvalues:\n{values}"
+        helm_release(
+            name,
+            ns,
+            &url,
+            chart,
+            version,
+            &format!("values:\n{values}"),
         )
     };
     let lbc = release(
@@ -717,10 +757,15 @@ async fn a_chart_from_an_oci_registry_is_pulled_once_and_applied() {
     let mut config = kube_target(&ns, false);
     config.cache_dir = tmp.path().join("cache");
     config.helm.plain_http_registries = vec![host.clone()];
+    let oci = format!("oci://{host}/charts");
     let release = |version: &str| {
-        format!(
-            "apiVersion: ferry.dev/v1\nkind: HelmRelease\nname: cw\nnamespace: {ns}\nchart:\n  repository: oci://{host}/charts\n  \
-             name: prometheus-yet-another-cloudwatch-exporter\n  version: {version}\nvalues: {{fullnameOverride: cloudwatch}}\n"
+        helm_release(
+            "cw",
+            &ns,
+            &oci,
+            YACE,
+            version,
+            "values: {fullnameOverride: cloudwatch}\n",
         )
     };
     let files = |version: &str| {
@@ -769,24 +814,22 @@ async fn a_chart_from_an_oci_registry_is_pulled_once_and_applied() {
 /// read from its file, appears in no problem.
 #[test]
 fn a_private_chart_repository_is_fetched_with_the_credentials_of_ferrys_config() {
-    let tmp = tempfile::tempdir().unwrap();
     let password = "chart-hunter2";
-    let server = static_http_with(&shared_charts(), Some(("ci", password)));
-    let url = format!("http://127.0.0.1:{}", server.port);
-    let mirror = tmp.path().join("platform.git");
-    let repo = Repository::init_bare(&mirror).unwrap();
-    let mut config = kube_target("private", false);
-    config.cache_dir = tmp.path().join("cache");
+    let World {
+        tmp,
+        server: _server,
+        url,
+        mirror,
+        repo,
+        mut config,
+    } = world_with("private", |_| {}, Some(("ci", password)));
     let at = commit_files(
         &repo,
         &[
             ("manifests/ns.yaml", ns_yaml("private")),
             (
                 "releases/cloudwatch.yaml",
-                format!(
-                    "apiVersion: ferry.dev/v1\nkind: HelmRelease\nname: cw\nnamespace: private\nchart:\n  repository: {url}\n  \
-                     name: prometheus-yet-another-cloudwatch-exporter\n  version: 0.47.0\n"
-                ),
+                helm_release("cw", "private", &url, YACE, "0.47.0", ""),
             ),
         ],
     );
