@@ -426,8 +426,10 @@ async fn one_leader_publishes_and_a_standby_takes_over() {
     eventually(Duration::from_secs(20), "b publishes", || {
         (published(&dest("b")).as_deref() == Some(first.as_str())).then_some(())
     });
-    let (code, body) = http_get(addr(pb), "/readyz");
-    assert_eq!(code, 200, "{body}");
+    // Ready once its first sync is recorded, just after the link swap.
+    eventually(Duration::from_secs(10), "b ready", || {
+        (http_get(addr(pb), "/readyz").0 == 200).then_some(())
+    });
 
     // kill -9 of the holder: the standby takes over once the Lease expires.
     let second = repo.commit(&[("dags/b.py", Some("b = 2\n"))], "second");
