@@ -39,6 +39,13 @@ fn main() {
     let mirror = tmp.path().join("platform.git");
     let repo = Repository::init_bare(&mirror).unwrap();
     let mut config = kube_target("monitoring", false);
+    // The chart's ClusterRoles and bindings, as a team lists them.
+    for kind in ["ClusterRole", "ClusterRoleBinding"] {
+        config.cluster_scoped.push(ferry::config::ClusterScoped {
+            kind: format!("{kind}.rbac.authorization.k8s.io"),
+            names: Vec::new(),
+        });
+    }
     let values = tmp.path().join("values.yaml");
     std::fs::write(&values, VALUES).unwrap();
     let at = commit_files(
