@@ -899,6 +899,24 @@ fn check_config_names_the_render_tools_and_a_missing_one() {
             && stderr.contains("kustomization directories will be refused until targets.kubernetes.kustomize.binary names kustomize v5.8.2"),
         "{stderr}"
     );
+
+    // A chart repository's password file is read at start, like every
+    // secret file: a missing one stops `ferry run` (and check-config).
+    std::fs::write(
+        &path,
+        "sources:\n  - name: platform\n    url: https://example.com/platform.git\n\
+         targets:\n  kubernetes:\n    source: platform\n    helm:\n      repositories:\n        \
+         - {url: https://charts.example.com, username: ci, password_file: /nonexistent/chart-password}\n",
+    )
+    .unwrap();
+    let out = ferry(&["check-config", path.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("targets.kubernetes.helm.repositories[0].password_file")
+            && stderr.contains("/nonexistent/chart-password"),
+        "{stderr}"
+    );
 }
 
 /// `ferry validate` builds kustomizations and renders releases of a
