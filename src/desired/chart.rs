@@ -16,6 +16,8 @@ pub enum ChartError {
     Unreachable { url: String, message: String },
     #[error("{0}")]
     NotFound(String),
+    #[error("the repository's credentials: {0}")]
+    Login(String),
     #[error(
         "the archive of {chart} {version} from {url} has sha256 {got}, but the repository's index.yaml says {want}: refusing it (tampered with, or re-published under the same version)"
     )]
@@ -276,11 +278,8 @@ impl Login {
     /// The `Authorization` header value.
     fn basic(&self) -> Result<String, ChartError> {
         use base64::Engine;
-        let password =
-            crate::secret::from_file(&self.password_file).map_err(|e| ChartError::Unreachable {
-                url: String::new(),
-                message: e.to_string(),
-            })?;
+        let password = crate::secret::from_file(&self.password_file)
+            .map_err(|e| ChartError::Login(e.to_string()))?;
         let pair = format!("{}:{}", self.username, password.expose());
         Ok(format!(
             "Basic {}",

@@ -58,6 +58,14 @@ pub struct ObjectOutcome {
     pub health: Option<Health>,
 }
 
+impl ObjectOutcome {
+    /// Applied (or pruned, kept, unchanged) and, where it has a health
+    /// rule, healthy.
+    pub fn ok(&self) -> bool {
+        self.status != Status::Failed && self.health.as_ref().is_none_or(Health::is_healthy)
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct ApplyOutcome {
     pub revision: String,
@@ -70,9 +78,7 @@ pub struct ApplyOutcome {
 impl ApplyOutcome {
     /// Every object applied (or pruned) and every applied object healthy.
     pub fn succeeded(&self) -> bool {
-        self.objects
-            .iter()
-            .all(|o| o.status != Status::Failed && o.health.as_ref().is_none_or(Health::is_healthy))
+        self.objects.iter().all(ObjectOutcome::ok)
     }
 
     pub fn count(&self, status: Status) -> usize {
@@ -175,20 +181,17 @@ impl Applier<'_> {
         for w in 0..=LAST_WAVE {
             // Pre hooks once Namespaces and CRDs are in (Helm, too, needs
             // those first), before anything else of the revision.
-            if w == 1 {
-                for hook in super::hooks::due(&hooks, HookPhase::Pre, &changed) {
-                    let outcome = self.run_hook(&catalog, hook).await;
-                    let failed = outcome.status == Status::Failed;
-                    outcomes.push(outcome);
-                    if failed {
-                        *last = None;
-                        return Ok(ApplyOutcome {
-                            revision: revision.to_string(),
-                            objects: outcomes,
-                            unchanged: false,
-                        });
-                    }
-                }
+            if w == 1
+                && !self
+                    .run_hooks(&catalog, &hooks, HookPhase::Pre, &changed, &mut outcomes)
+                    .await
+            {
+                *last = None;
+                return Ok(ApplyOutcome {
+                    revision: revision.to_string(),
+                    objects: outcomes,
+                    unchanged: false,
+                });
             }
             let batch: Vec<&Manifest> = resolved
                 .iter()
@@ -263,18 +266,9 @@ impl Applier<'_> {
         }
         self.wait_healthy(&catalog, &resolved, &mut outcomes, started)
             .await;
-        let healthy = |o: &ObjectOutcome| {
-            o.status != Status::Failed && o.health.as_ref().is_none_or(Health::is_healthy)
-        };
-        if outcomes.iter().all(healthy) {
-            for hook in super::hooks::due(&hooks, HookPhase::Post, &changed) {
-                let outcome = self.run_hook(&catalog, hook).await;
-                let failed = outcome.status == Status::Failed;
-                outcomes.push(outcome);
-                if failed {
-                    break;
-                }
-            }
+        if outcomes.iter().all(ObjectOutcome::ok) {
+            self.run_hooks(&catalog, &hooks, HookPhase::Post, &changed, &mut outcomes)
+                .await;
         }
 
         let outcome = ApplyOutcome {

@@ -20,11 +20,7 @@ use crate::desired::manifests::{HookPhase, Manifest};
 const POLL: Duration = Duration::from_millis(250);
 
 /// The hooks of `phase` of the releases in `changed`, in the order they run.
-pub fn due<'a>(
-    hooks: &'a [Manifest],
-    phase: HookPhase,
-    changed: &HashSet<&str>,
-) -> Vec<&'a Manifest> {
+fn due<'a>(hooks: &'a [Manifest], phase: HookPhase, changed: &HashSet<&str>) -> Vec<&'a Manifest> {
     let mut due: Vec<&Manifest> = hooks
         .iter()
         .filter(|h| h.hook.as_ref().is_some_and(|k| k.phase == phase))
@@ -45,8 +41,30 @@ pub fn due<'a>(
 }
 
 impl Applier<'_> {
+    /// Runs the hooks of `phase` of the releases in `changed`, in order,
+    /// each outcome added to `outcomes`; stops at the first that fails and
+    /// says whether all succeeded.
+    pub(crate) async fn run_hooks(
+        &self,
+        catalog: &Catalog,
+        hooks: &[Manifest],
+        phase: HookPhase,
+        changed: &HashSet<&str>,
+        outcomes: &mut Vec<ObjectOutcome>,
+    ) -> bool {
+        for hook in due(hooks, phase, changed) {
+            let outcome = self.run_hook(catalog, hook).await;
+            let failed = outcome.status == Status::Failed;
+            outcomes.push(outcome);
+            if failed {
+                return false;
+            }
+        }
+        true
+    }
+
     /// Runs one hook to its end; a Failed outcome says why.
-    pub(crate) async fn run_hook(&self, catalog: &Catalog, m: &Manifest) -> ObjectOutcome {
+    async fn run_hook(&self, catalog: &Catalog, m: &Manifest) -> ObjectOutcome {
         let hook = m.hook.as_ref().expect("only hooks are run");
         let outcome = |status: Status, error: Option<String>| ObjectOutcome {
             id: m.id.clone(),
