@@ -119,6 +119,7 @@ fn bench_reuse(dest_root: &Path, label: &str) {
         // agent, off the critical path; its cost is measured on its own below.
         retention: RetentionConfig::default(),
         validation: ValidationConfig::default(),
+        airflow: None,
     })
     .unwrap();
     dags.set_background_prune(true);
@@ -153,12 +154,16 @@ fn bench_reuse(dest_root: &Path, label: &str) {
         RetentionConfig {
             keep: 1,
             max_age: Duration::ZERO,
+            ..RetentionConfig::default()
         },
     )
     .unwrap();
     let before = pruner.revisions().len();
     let started = Instant::now();
-    let removed = pruner.prune(std::time::SystemTime::now()).unwrap();
+    let removed = pruner
+        .prune(std::time::SystemTime::now(), &Default::default())
+        .unwrap()
+        .remove;
     let prune_time = started.elapsed();
 
     // git-sync's repository is a packed clone: pack this one the same way,

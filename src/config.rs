@@ -573,6 +573,42 @@ pub struct DagsTargetConfig {
     pub retention: RetentionConfig,
     #[serde(default)]
     pub validation: ValidationConfig,
+    /// Airflow's API, asked before pruning which revisions Airflow may
+    /// still run (the `FerryDagBundle` versions of its runs and DAGs).
+    #[serde(default)]
+    pub airflow: Option<AirflowConfig>,
+}
+
+/// A read-only Airflow user ferry asks which revisions are still in use.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AirflowConfig {
+    /// The API server's base URL, e.g. `http://airflow-api-server.airflow.svc:8080`.
+    pub url: String,
+    pub username: String,
+    /// Read at each check, so a rotated password is used.
+    pub password_file: PathBuf,
+    /// The name `FerryDagBundle` is configured under in Airflow.
+    #[serde(default = "default_bundle")]
+    pub bundle: String,
+    /// Revisions of runs that ended within this window are kept too, so a
+    /// failed task can still be cleared and re-run on its own code.
+    #[serde(default = "default_window", with = "humantime_serde")]
+    pub window: Duration,
+    #[serde(default = "default_airflow_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+fn default_bundle() -> String {
+    "dags-folder".into()
+}
+
+fn default_window() -> Duration {
+    Duration::from_secs(24 * 3600)
+}
+
+fn default_airflow_timeout() -> Duration {
+    Duration::from_secs(10)
 }
 
 fn default_link() -> String {
@@ -589,6 +625,10 @@ pub struct RetentionConfig {
     pub keep: usize,
     #[serde(default = "default_max_age", with = "humantime_serde")]
     pub max_age: Duration,
+    /// How often the daemon looks again for what it may remove, besides
+    /// after each publish: ages pass and Airflow's runs end between commits.
+    #[serde(default = "default_retention_interval", with = "humantime_serde")]
+    pub interval: Duration,
 }
 
 impl Default for RetentionConfig {
@@ -596,8 +636,13 @@ impl Default for RetentionConfig {
         RetentionConfig {
             keep: default_keep(),
             max_age: default_max_age(),
+            interval: default_retention_interval(),
         }
     }
+}
+
+fn default_retention_interval() -> Duration {
+    Duration::from_secs(60)
 }
 
 fn default_subdir() -> String {
@@ -706,6 +751,10 @@ impl Config {
                         .map_err(|e| invalid(key.into(), e.to_string()))?;
                 }
             }
+        }
+        if let Some(airflow) = self.targets.dags.as_ref().and_then(|d| d.airflow.as_ref()) {
+            crate::secret::from_file(&airflow.password_file)
+                .map_err(|e| invalid("targets.dags.airflow.password_file".into(), e.to_string()))?;
         }
         if let Some(kube) = &self.targets.kubernetes {
             for (i, repo) in kube.helm.repositories.iter().enumerate() {
@@ -859,6 +908,28 @@ impl Config {
                     "targets.dags.subdir".into(),
                     "must be a relative path inside the repository".into(),
                 ));
+            }
+            if let Some(airflow) = &dags.airflow {
+                let parsed = url::Url::parse(&airflow.url);
+                if !parsed
+                    .as_ref()
+                    .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
+                {
+                    return Err(invalid(
+                        "targets.dags.airflow.url".into(),
+                        format!(
+                            "`{}` is not an http(s) URL; give the API server's base URL, e.g. http://airflow-api-server.airflow.svc:8080",
+                            airflow.url
+                        ),
+                    ));
+                }
+                if parsed.is_ok_and(|u| !u.username().is_empty() || u.password().is_some()) {
+                    return Err(invalid(
+                        "targets.dags.airflow.url".into(),
+                        "the URL carries credentials; use username and password_file instead"
+                            .into(),
+                    ));
+                }
             }
             if dags
                 .validation
@@ -1139,7 +1210,13 @@ impl Config {
     pub fn summary(&self) -> String {
         let mut targets = Vec::new();
         if let Some(d) = &self.targets.dags {
-            targets.push(format!("dags (from source `{}`)", d.source));
+            match &d.airflow {
+                Some(a) => targets.push(format!(
+                    "dags (from source `{}`, retention follows Airflow at {})",
+                    d.source, a.url
+                )),
+                None => targets.push(format!("dags (from source `{}`)", d.source)),
+            }
         }
         if let Some(k) = &self.targets.kubernetes {
             targets.push(format!("kubernetes (from source `{}`)", k.source));
@@ -1369,5 +1446,44 @@ alice@example.com ssh-ed25519
         .unwrap_err();
         assert_eq!(err.key(), Some("targets.dags.source"));
         assert!(err.to_string().contains("defined sources: dags"));
+    }
+
+    #[test]
+    fn the_airflow_block_takes_an_api_url_and_a_password_file_only() {
+        let dags = |airflow: &str| {
+            format!(
+                "{MINIMAL}targets:\n  dags:\n    source: dags\n    destination: /tmp/x\n    airflow:\n{airflow}"
+            )
+        };
+        let config = parse(&dags(
+            "      url: http://airflow-api-server.airflow.svc:8080\n      username: ferry\n      password_file: /run/p\n",
+        ))
+        .unwrap();
+        let airflow = config.targets.dags.unwrap().airflow.unwrap();
+        assert_eq!(airflow.bundle, "dags-folder");
+        assert_eq!(airflow.window, Duration::from_secs(86400));
+
+        let err = parse(&dags(
+            "      url: airflow-api-server:8080\n      username: ferry\n      password_file: /run/p\n",
+        ))
+        .unwrap_err();
+        assert_eq!(err.key(), Some("targets.dags.airflow.url"));
+        assert!(err.to_string().starts_with("ferry.yaml:9: "), "{err}");
+
+        let err = parse(&dags(
+            "      url: http://ferry:hunter2@airflow:8080\n      username: ferry\n      password_file: /run/p\n",
+        ))
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("use username and password_file"),
+            "{err}"
+        );
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+
+        let err = parse(&dags(
+            "      url: http://airflow:8080\n      username: ferry\n      password: hunter2\n",
+        ))
+        .unwrap_err();
+        assert!(err.to_string().contains("password"), "{err}");
     }
 }

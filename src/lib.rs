@@ -17,6 +17,7 @@ pub mod daemon;
 pub mod dags;
 pub mod desired;
 pub mod disk;
+pub mod http;
 pub mod kubernetes;
 pub mod leader;
 pub mod logging;

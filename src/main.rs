@@ -562,6 +562,7 @@ async fn publish_dags(args: &PublishDagsArgs) -> anyhow::Result<ExitCode> {
             },
             ..ValidationConfig::default()
         },
+        airflow: None,
     };
     // Same checks as ferry.yaml, so the flags cannot say what the file could not.
     let config = Config {

@@ -36,6 +36,13 @@ pub struct FileLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KeptLabels {
+    pub source: String,
+    /// `live`, `newest`, `recent`, `airflow_run`, `airflow_dag`, `airflow_ended_run`
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BuildLabels {
     pub version: String,
     pub commit: String,
@@ -84,6 +91,13 @@ pub struct Metrics {
     pub leader: Gauge,
     /// Damaged git mirrors replaced by a fresh fetch.
     pub mirror_repairs: Family<SourceLabels, Counter>,
+    /// DAG revisions on the volume after the last retention pass.
+    pub revisions_kept: Family<SourceLabels, Gauge>,
+    /// Of those, how many each rule holds (one revision may count under several).
+    pub revisions_kept_by: Family<KeptLabels, Gauge>,
+    pub bytes_kept: Family<SourceLabels, Gauge>,
+    /// 1 when Airflow answered the last retention pass, 0 when it could not be asked.
+    pub airflow_up: Family<SourceLabels, Gauge>,
     /// Last revision label set per source, so a new revision replaces it.
     live_revision: Mutex<Vec<RevisionLabels>>,
 }
@@ -195,7 +209,35 @@ impl Metrics {
             "Failed syncs since the last success",
             consecutive_failures.clone(),
         );
+        let revisions_kept = Family::<SourceLabels, Gauge>::default();
+        registry.register(
+            "dags_revisions_kept",
+            "DAG revisions on the volume after the last retention pass, the live one included",
+            revisions_kept.clone(),
+        );
+        let revisions_kept_by = Family::<KeptLabels, Gauge>::default();
+        registry.register(
+            "dags_revisions_kept_by",
+            "DAG revisions each retention rule holds (a revision held by several rules counts under each)",
+            revisions_kept_by.clone(),
+        );
+        let bytes_kept = Family::<SourceLabels, Gauge>::default();
+        registry.register(
+            "dags_bytes_kept",
+            "Bytes the DAG revisions on the volume take (a file hardlinked into several counts once)",
+            bytes_kept.clone(),
+        );
+        let airflow_up = Family::<SourceLabels, Gauge>::default();
+        registry.register(
+            "dags_airflow_up",
+            "1 when Airflow said which revisions it still runs at the last retention pass; 0 when it could not be asked (pruning then follows keep and max_age only)",
+            airflow_up.clone(),
+        );
         Arc::new(Metrics {
+            revisions_kept,
+            revisions_kept_by,
+            bytes_kept,
+            airflow_up,
             registry,
             sync_duration,
             fetch_duration,
@@ -219,7 +261,9 @@ impl Metrics {
 
     /// Creates a source's series at zero, so they exist from the start:
     /// dashboards show 0 instead of "no data", and alerts need no `absent()`.
-    pub fn init_source(&self, source: &str, dags: bool, kube: bool, aws: bool) {
+    /// `airflow`: the DAGs target asks Airflow before pruning; its gauge
+    /// starts at 0 (not asked yet) and the first retention pass sets it.
+    pub fn init_source(&self, source: &str, dags: bool, airflow: bool, kube: bool, aws: bool) {
         let labels = SourceLabels {
             source: source.to_string(),
         };
@@ -241,6 +285,17 @@ impl Metrics {
                     how: how.into(),
                 });
             }
+            let _ = self.revisions_kept.get_or_create(&labels);
+            let _ = self.bytes_kept.get_or_create(&labels);
+            for reason in crate::dags::Reason::LABELS {
+                let _ = self.revisions_kept_by.get_or_create(&KeptLabels {
+                    source: source.to_string(),
+                    reason: reason.into(),
+                });
+            }
+        }
+        if airflow {
+            let _ = self.airflow_up.get_or_create(&labels);
         }
         if kube {
             let _ = self.drift_objects.get_or_create(&labels);

@@ -11,7 +11,7 @@ use std::time::SystemTime;
 
 use serde::Serialize;
 
-use crate::dags::{DagsOutcome, HookReport, Problem};
+use crate::dags::{DagsOutcome, HookReport, Problem, RetentionReport};
 use crate::kubernetes::apply::ApplyOutcome;
 
 #[derive(Debug, Clone, Serialize)]
@@ -47,6 +47,9 @@ pub struct SourceStatus {
     pub consecutive_failures: u32,
     pub next_attempt: Option<String>,
     pub last_outcome: Option<DagsOutcome>,
+    /// DAG revisions kept on the volume and why (DAGs sources only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retention: Option<RetentionReport>,
     /// Kubernetes target fed by this source, if any.
     pub kubernetes: Option<KubeStatus>,
     /// AWS target (platform.yaml) fed by this source, if any.
@@ -126,6 +129,7 @@ impl StatusStore {
                 consecutive_failures: 0,
                 next_attempt: None,
                 last_outcome: None,
+                retention: None,
                 kubernetes: None,
                 aws: None,
                 first_sync_done: false,

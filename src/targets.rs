@@ -226,6 +226,14 @@ impl Target {
         }
     }
 
+    /// Work between syncs that changes nothing git declares (DAG
+    /// retention); runs in the background where it takes long.
+    pub fn housekeeping(&mut self) {
+        if let Target::Dags(t) = self {
+            t.housekeeping();
+        }
+    }
+
     /// Heals drift by applying the drift plan (Kubernetes `self_heal`).
     pub fn heals(&self) -> bool {
         matches!(self, Target::Kubernetes(t) if t.config.self_heal)

@@ -154,7 +154,16 @@ impl Agent {
                 _ => None,
             };
             let has = |name: &str| targets.iter().any(|t| t.name() == name);
-            metrics.init_source(&source.name, has("dags"), has("kubernetes"), has("aws"));
+            let asks_airflow = targets
+                .iter()
+                .any(|t| matches!(t, Target::Dags(d) if d.config().airflow.is_some()));
+            metrics.init_source(
+                &source.name,
+                has("dags"),
+                asks_airflow,
+                has("kubernetes"),
+                has("aws"),
+            );
             workers.push(Worker {
                 source: Arc::new(source),
                 source_config: source_config.clone(),
@@ -223,6 +232,7 @@ impl Agent {
         for worker in &mut self.workers {
             let (result, conclusion) = worker.sync_guarded(&cancel).await;
             worker.record(&result, conclusion.as_ref());
+            worker.record_housekeeping();
             results.push((worker.source.name.clone(), result));
         }
         results
@@ -267,6 +277,10 @@ impl Worker {
             let (result, conclusion) = self.sync_guarded(&cancel).await;
             watcher.abort();
             let retry = self.record(&result, conclusion.as_ref());
+            for target in &mut self.targets {
+                target.housekeeping();
+            }
+            self.record_housekeeping();
             if !cancel.load(Ordering::Relaxed) {
                 // A sync cut short by shutdown has no result to report; the
                 // commit stays `pending` and the next start settles it.

@@ -8,7 +8,7 @@ use git2::Oid;
 
 use super::memory::Conclusion;
 use super::{DriftCheck, SyncResult, Worker};
-use crate::metrics::{self, FileLabels, KubeObjectLabels, Metrics, ResultLabels};
+use crate::metrics::{self, FileLabels, KeptLabels, KubeObjectLabels, Metrics, ResultLabels};
 use crate::preview::Preview;
 use crate::status::{AwsStatus, ErrorReport, KubeStatus, RevisionRecord, StatusStore, timestamp};
 use crate::targets::{Outcome, Target};
@@ -143,6 +143,48 @@ impl Worker {
             self.status.update(name, |s| s.first_sync_done = true);
         }
         Retry::WaitForGit
+    }
+
+    /// The last retention pass of a DAGs target, in status and metrics.
+    /// It may have run in the background since the last sync.
+    pub(super) fn record_housekeeping(&self) {
+        let name = &self.source.name;
+        for target in &self.targets {
+            let Target::Dags(t) = target else { continue };
+            let Some(report) = t.retention() else {
+                continue;
+            };
+            let source = metrics::source(name);
+            self.metrics
+                .revisions_kept
+                .get_or_create(&source)
+                .set(report.kept.len() as i64);
+            self.metrics
+                .bytes_kept
+                .get_or_create(&source)
+                .set(i64::try_from(report.bytes_kept).unwrap_or(i64::MAX));
+            for label in crate::dags::Reason::LABELS {
+                let n = report
+                    .kept
+                    .iter()
+                    .filter(|k| k.reasons.iter().any(|r| r.label() == label))
+                    .count();
+                self.metrics
+                    .revisions_kept_by
+                    .get_or_create(&KeptLabels {
+                        source: name.clone(),
+                        reason: label.to_string(),
+                    })
+                    .set(n as i64);
+            }
+            if let Some(check) = &report.airflow {
+                self.metrics
+                    .airflow_up
+                    .get_or_create(&source)
+                    .set(i64::from(check.answered));
+            }
+            self.status.update(name, |s| s.retention = Some(report));
+        }
     }
 
     /// One target's outcome, in its part of the status and its metrics.

@@ -1,12 +1,15 @@
 //! The DAGs target: validate one commit of the DAGs repo and publish it
 //! atomically into the folder Airflow reads.
 
+pub mod airflow;
 mod linktree;
 pub mod publish;
+pub mod retention;
 pub mod snapshot;
 pub mod validate;
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 
 use git2::{Oid, Repository};
@@ -14,6 +17,7 @@ use serde::Serialize;
 
 use crate::config::{DagsTargetConfig, ValidationPolicy};
 pub use publish::{PublishError, PublishStats, Publisher};
+pub use retention::{Kept, Reason};
 pub use snapshot::{Snapshot, SnapshotError};
 pub use validate::{HookError, HookReport, Problem, PythonChecker};
 
@@ -122,6 +126,32 @@ impl DagsPlan {
     }
 }
 
+/// What the last retention pass kept and removed.
+#[derive(Debug, Clone, Serialize)]
+pub struct RetentionReport {
+    pub at: String,
+    /// Every revision on the volume, the live one first, with why it stays.
+    pub kept: Vec<Kept>,
+    /// Removed by this pass.
+    pub removed: Vec<String>,
+    pub bytes_kept: u64,
+    /// Set when `targets.dags.airflow` is configured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub airflow: Option<AirflowCheck>,
+    /// Why the pass could not look at or remove revisions (nothing was lost).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Whether Airflow said what it still runs.
+#[derive(Debug, Clone, Serialize)]
+pub struct AirflowCheck {
+    pub url: String,
+    pub answered: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
 pub struct DagsTarget {
     config: DagsTargetConfig,
     publisher: Publisher,
@@ -132,6 +162,10 @@ pub struct DagsTarget {
     /// revision (one unlink per file) never delays the next publish.
     background_prune: bool,
     pruner: Option<std::thread::JoinHandle<()>>,
+    last_prune: Option<Instant>,
+    airflow: Option<Arc<airflow::Airflow>>,
+    /// Written by the pruning thread, read by the worker that reports it.
+    retention: Arc<Mutex<Option<RetentionReport>>>,
 }
 
 impl DagsTarget {
@@ -140,12 +174,18 @@ impl DagsTarget {
         let publisher =
             Publisher::open(&config.destination, &config.link, config.retention.clone())?;
         Ok(DagsTarget {
-            config,
             publisher,
             checker: PythonChecker::default(),
             live: None,
             background_prune: false,
             pruner: None,
+            last_prune: None,
+            airflow: config
+                .airflow
+                .clone()
+                .map(|a| Arc::new(airflow::Airflow::new(a))),
+            retention: Arc::default(),
+            config,
         })
     }
 
@@ -310,36 +350,48 @@ impl DagsTarget {
         }
     }
 
-    /// Removes revisions outside the retention window. Synchronously it
+    /// Removes the revisions no retention rule holds. Synchronously it
     /// returns what it removed; in the background it returns nothing and
     /// logs instead. Pruning is housekeeping: a failure never fails a publish.
     fn prune(&mut self) -> Vec<String> {
-        fn run(publisher: &Publisher) -> Vec<String> {
-            match publisher.prune(SystemTime::now()) {
-                Ok(removed) => {
-                    let removed: Vec<String> = removed.iter().map(|o| o.to_string()).collect();
-                    if !removed.is_empty() {
-                        tracing::info!(revisions = ?removed, "pruned old DAG revisions");
-                    }
-                    removed
-                }
-                Err(err) => {
-                    tracing::warn!(error = %err, "cannot prune old DAG revisions");
-                    Vec::new()
-                }
+        self.last_prune = Some(Instant::now());
+        let publisher = self.publisher.clone();
+        let airflow = self.airflow.clone();
+        let slot = self.retention.clone();
+        let job = move || {
+            let report = retain(&publisher, airflow.as_deref());
+            let removed = report.removed.clone();
+            if let Ok(mut slot) = slot.lock() {
+                *slot = Some(report);
             }
-        }
+            removed
+        };
         if !self.background_prune {
-            return run(&self.publisher);
+            return job();
         }
         if self.pruner.as_ref().is_some_and(|h| !h.is_finished()) {
-            return Vec::new(); // one at a time; the next publish catches up
+            return Vec::new(); // one at a time; the next pass catches up
         }
-        let publisher = self.publisher.clone();
         self.pruner = Some(std::thread::spawn(move || {
-            run(&publisher);
+            job();
         }));
         Vec::new()
+    }
+
+    /// Between publishes: ages pass and Airflow's runs end, so the daemon
+    /// looks again every `retention.interval`.
+    pub fn housekeeping(&mut self) {
+        let due = self
+            .last_prune
+            .is_none_or(|at| at.elapsed() >= self.config.retention.interval);
+        if due && self.publisher.current().is_some() {
+            self.prune();
+        }
+    }
+
+    /// The last retention pass, for the status API and metrics.
+    pub fn retention(&self) -> Option<RetentionReport> {
+        self.retention.lock().ok().and_then(|r| r.clone())
     }
 
     /// After a restart the live revision's snapshot is rebuilt from git so
@@ -358,4 +410,56 @@ impl DagsTarget {
 
 fn elapsed_ms(started: Instant) -> u64 {
     u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+/// One retention pass: ask Airflow (if configured), then remove what no
+/// rule holds. When Airflow cannot be asked, only `keep` and `max_age` hold
+/// revisions, and the report says so.
+fn retain(publisher: &Publisher, airflow: Option<&airflow::Airflow>) -> RetentionReport {
+    let now = SystemTime::now();
+    let (uses, check) = match airflow {
+        None => (retention::Uses::new(), None),
+        Some(a) => match a.uses(now) {
+            Ok(uses) => (
+                uses,
+                Some(AirflowCheck {
+                    url: a.url().to_string(),
+                    answered: true,
+                    error: None,
+                }),
+            ),
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot ask Airflow which DAG revisions it still runs; pruning by retention.keep and max_age only");
+                (
+                    retention::Uses::new(),
+                    Some(AirflowCheck {
+                        url: a.url().to_string(),
+                        answered: false,
+                        error: Some(format!(
+                            "{err}; pruning by retention.keep and max_age only until Airflow answers"
+                        )),
+                    }),
+                )
+            }
+        },
+    };
+    let (decision, error) = match publisher.prune(now, &uses) {
+        Ok(decision) => (decision, None),
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot prune old DAG revisions");
+            (retention::Decision::default(), Some(err.to_string()))
+        }
+    };
+    let removed: Vec<String> = decision.remove.iter().map(|o| o.to_string()).collect();
+    if !removed.is_empty() {
+        tracing::info!(revisions = ?removed, "pruned old DAG revisions");
+    }
+    RetentionReport {
+        at: crate::status::timestamp(now),
+        kept: decision.kept,
+        removed,
+        bytes_kept: publisher.bytes_on_disk(),
+        airflow: check,
+        error,
+    }
 }

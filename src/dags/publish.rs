@@ -20,11 +20,12 @@ use std::fs;
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use git2::{Oid, Repository};
 
 use super::linktree::{self, Link};
+use super::retention::{self, Decision, Uses};
 use super::snapshot::{FileEntry, Snapshot};
 use crate::config::RetentionConfig;
 
@@ -304,9 +305,10 @@ impl Publisher {
         Ok(())
     }
 
-    /// Removes superseded revisions outside the retention window. Returns the
-    /// commits removed.
-    pub fn prune(&self, now: SystemTime) -> Result<Vec<Oid>, PublishError> {
+    /// Removes the superseded revisions no retention rule holds (see
+    /// [`super::retention`]); `uses` is what Airflow still runs. Returns
+    /// what was removed and what was kept, with why.
+    pub fn prune(&self, now: SystemTime, uses: &Uses) -> Result<Decision, PublishError> {
         let current = self.current();
         let revisions = self.revisions_dir();
         let mut superseded: Vec<(SystemTime, Oid)> = Vec::new();
@@ -327,13 +329,12 @@ impl Publisher {
                 .unwrap_or(now);
             superseded.push((since, oid));
         }
-        superseded.sort_by_key(|s| std::cmp::Reverse(s.0));
+        let mut decision = retention::decide(current, superseded, &self.retention, uses, now);
         let mut removed = Vec::new();
-        for (since, oid) in superseded.into_iter().skip(self.retention.keep) {
-            let age = now.duration_since(since).unwrap_or(Duration::ZERO);
+        for oid in std::mem::take(&mut decision.remove) {
             // Re-read the link: a publish may have made `oid` live meanwhile
             // (pruning runs beside the next publish in the agent).
-            if age < self.retention.max_age || self.current() == Some(oid) {
+            if self.current() == Some(oid) {
                 continue;
             }
             // Rename first: a half-deleted directory must never look complete.
@@ -344,7 +345,31 @@ impl Publisher {
             let _ = fs::remove_file(revisions.join(format!("{oid}{SUPERSEDED}")));
             removed.push(oid);
         }
-        Ok(removed)
+        decision.remove = removed;
+        Ok(decision)
+    }
+
+    /// Bytes the revisions on disk take, each file counted once however
+    /// many revisions share it by hardlink.
+    pub fn bytes_on_disk(&self) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        let mut seen = std::collections::HashSet::new();
+        let mut total = 0;
+        let mut stack = vec![self.revisions_dir()];
+        while let Some(dir) = stack.pop() {
+            let Ok(entries) = fs::read_dir(&dir) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let Ok(meta) = entry.metadata() else { continue };
+                if meta.is_dir() {
+                    stack.push(entry.path());
+                } else if seen.insert((meta.dev(), meta.ino())) {
+                    total += meta.len();
+                }
+            }
+        }
+        total
     }
 
     /// Revisions present on disk, for tests and the status API.

@@ -263,9 +263,6 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ChartError> {
     Ok(())
 }
 
-/// GET `url`, following redirects. Callers are synchronous (the gate runs
-/// in a blocking section), so the request runs on a thread of its own with
-/// a runtime of its own, whatever runtime the caller is in.
 /// A chart repository's HTTP basic credentials: the username, and the
 /// file its password is read from at each fetch (so a rotated one is used).
 #[derive(Debug, Clone)]
@@ -288,88 +285,20 @@ impl Login {
     }
 }
 
+/// GET `url`, following redirects (see [`crate::http`]).
 fn get(url: &str, authorization: Option<&str>) -> Result<Vec<u8>, ChartError> {
     let fail = |message: String| ChartError::Unreachable {
         url: url.to_string(),
         message,
     };
-    let owned = url.to_string();
-    let authorization = authorization.map(str::to_string);
-    std::thread::scope(|s| {
-        s.spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(|e| e.to_string())?;
-            runtime.block_on(async {
-                tokio::time::timeout(FETCH_TIMEOUT, get_async(&owned, authorization.as_deref()))
-                    .await
-                    .map_err(|_| format!("no answer in {}s", FETCH_TIMEOUT.as_secs()))?
-            })
-        })
-        .join()
-        .map_err(|_| "the fetch thread panicked".to_string())?
-    })
-    .map_err(fail)
-}
-
-async fn get_async(url: &str, authorization: Option<&str>) -> Result<Vec<u8>, String> {
-    use http_body_util::BodyExt;
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_native_roots()
-        .map_err(|e| format!("no TLS root certificates: {e}"))?
-        .https_or_http()
-        .enable_http1()
-        .build();
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build::<_, http_body_util::Empty<bytes::Bytes>>(https);
-    let mut current = url::Url::parse(url).map_err(|e| format!("bad URL: {e}"))?;
-    let first_host = current.host_str().map(str::to_string);
-    for _ in 0..5 {
-        let uri: http::Uri = current
-            .as_str()
-            .parse()
-            .map_err(|e| format!("bad URL: {e}"))?;
-        let mut request = http::Request::get(uri);
-        // Never sent on to another host a redirect names.
-        if let Some(auth) = authorization.filter(|_| current.host_str() == first_host.as_deref()) {
-            request = request.header(http::header::AUTHORIZATION, auth);
-        }
-        let request = request
-            .body(http_body_util::Empty::<bytes::Bytes>::new())
-            .map_err(|e| format!("bad request: {e}"))?;
-        let response = client.request(request).await.map_err(|e| {
-            let mut message = e.to_string();
-            let mut source = std::error::Error::source(&e);
-            while let Some(s) = source {
-                message = format!("{message}: {s}");
-                source = s.source();
-            }
-            message
-        })?;
-        let status = response.status();
-        if status.is_redirection() {
-            let location = response
-                .headers()
-                .get(http::header::LOCATION)
-                .and_then(|l| l.to_str().ok())
-                .ok_or(format!("{status} without a Location"))?;
-            current = current
-                .join(location)
-                .map_err(|e| format!("bad redirect `{location}`: {e}"))?;
-            continue;
-        }
-        if !status.is_success() {
-            return Err(format!("HTTP {status}"));
-        }
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| format!("reading the body: {e}"))?;
-        return Ok(body.to_bytes().to_vec());
+    let response = crate::http::send(
+        crate::http::Request::get(url, FETCH_TIMEOUT).authorization(authorization),
+    )
+    .map_err(fail)?;
+    if !response.status.is_success() {
+        return Err(fail(format!("HTTP {}", response.status)));
     }
-    Err("more than 5 redirects".into())
+    Ok(response.body)
 }
 
 #[cfg(test)]

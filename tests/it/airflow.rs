@@ -85,22 +85,14 @@ fn airflow_parses_published_dags_and_never_sees_a_blocked_commit() {
 
     let port = free_port();
     let dest = tmp.path().join("airflow-dags");
-    let config = tmp.path().join("ferry.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "cache_dir: {cache}\nserver:\n  listen: 127.0.0.1:{port}\n\
-             sources:\n  - name: dags\n    url: git://127.0.0.1:{dp}/dags.git\n    interval: 1s\n\
-             targets:\n  dags:\n    source: dags\n    subdir: dags\n    destination: {dest}\n    \
-             validation:\n      policy: block\n      timeout: 120s\n      command: [{py:?}, {script:?}, \"--check\", \".\"]\n",
-            cache = tmp.path().join("cache").display(),
-            dp = daemon.port,
-            dest = dest.display(),
-            py = python.display().to_string(),
-            script = dagbag_script().display().to_string(),
-        ),
-    )
-    .unwrap();
+    let targets = format!(
+        "  dags:\n    source: dags\n    subdir: dags\n    destination: {dest}\n    \
+         validation:\n      policy: block\n      timeout: 120s\n      command: [{py:?}, {script:?}, \"--check\", \".\"]\n",
+        dest = dest.display(),
+        py = python.display().to_string(),
+        script = dagbag_script().display().to_string(),
+    );
+    let config = daemon_config(tmp.path(), port, "dags", daemon.port, &targets);
     let ferry = spawn_ferry(
         &config,
         &tmp.path().join("ferry.log"),

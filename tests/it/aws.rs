@@ -674,19 +674,11 @@ async fn ferry_run_applies_platform_yaml_and_reports_drift() {
     );
     let daemon = git_daemon(tmp.path(), free_port());
     let port = free_port();
-    let config = tmp.path().join("ferry.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "cache_dir: {cache}\nserver:\n  listen: 127.0.0.1:{port}\n\
-             sources:\n  - name: platform\n    url: git://127.0.0.1:{dp}/platform.git\n    interval: 1s\n\
-             targets:\n  aws:\n    source: platform\n    region: {REGION}\n    endpoint_url: {url}\n    drift_interval: 1s\n    poll_interval: 50ms\n",
-            cache = tmp.path().join("cache").display(),
-            dp = daemon.port,
-            url = moto.url,
-        ),
-    )
-    .unwrap();
+    let targets = format!(
+        "  aws:\n    source: platform\n    region: {REGION}\n    endpoint_url: {url}\n    drift_interval: 1s\n    poll_interval: 50ms\n",
+        url = moto.url,
+    );
+    let config = daemon_config(tmp.path(), port, "platform", daemon.port, &targets);
     let ferry = spawn_ferry(&config, &tmp.path().join("ferry.log"), port, &aws_env());
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let status = || -> serde_json::Value {

@@ -375,7 +375,7 @@ fn quickstart_applies_the_platform_template_to_a_reachable_cluster() {
     let objects = platform["kubernetes"]["last_apply"]["objects"]
         .as_array()
         .unwrap();
-    assert_eq!(objects.len(), 39, "{platform}");
+    assert_eq!(objects.len(), 40, "{platform}");
     assert!(objects.iter().all(|o| o["error"].is_null()), "{platform}");
 }
 
@@ -403,7 +403,7 @@ fn quickstart_once_publishes_the_template_and_is_rerunnable() {
     // was compared with a cluster or AWS), and not a source at all without
     // a cluster, so nothing claims to have succeeded for it.
     assert!(
-        stdout.contains("The platform repo declares 42 object(s) and AWS resource(s) (a listing: no cluster given"),
+        stdout.contains("The platform repo declares 43 object(s) and AWS resource(s) (a listing: no cluster given"),
         "{stdout}"
     );
     assert!(
@@ -591,21 +591,13 @@ fn server_endpoints_readiness_metrics_and_sigterm() {
     let port = free_port();
     let dest = tmp.path().join("dest");
     let marker = tmp.path().join("hook-started");
-    let config = tmp.path().join("ferry.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "cache_dir: {cache}\nserver:\n  listen: 127.0.0.1:{port}\n\
-             sources:\n  - name: dags\n    url: git://127.0.0.1:{dp}/dags.git\n    interval: 1s\n\
-             targets:\n  dags:\n    source: dags\n    subdir: dags\n    destination: {dest}\n    \
-             validation:\n      command: [sh, -c, \"touch {marker}; sleep 2; grep -q SLOW a.py && sleep 60; exit 0\"]\n",
-            cache = tmp.path().join("cache").display(),
-            dp = daemon.port,
-            dest = dest.display(),
-            marker = marker.display(),
-        ),
-    )
-    .unwrap();
+    let targets = format!(
+        "  dags:\n    source: dags\n    subdir: dags\n    destination: {dest}\n    \
+         validation:\n      command: [sh, -c, \"touch {marker}; sleep 2; grep -q SLOW a.py && sleep 60; exit 0\"]\n",
+        dest = dest.display(),
+        marker = marker.display(),
+    );
+    let config = daemon_config(tmp.path(), port, "dags", daemon.port, &targets);
     let mut child = spawn_ferry(&config, &tmp.path().join("ferry.log"), port, &[]);
     let addr = format!("127.0.0.1:{port}").parse().unwrap();
     assert_eq!(http_get(addr, "/healthz").0, 200);
@@ -915,6 +907,23 @@ fn check_config_names_the_render_tools_and_a_missing_one() {
     assert!(
         stderr.contains("targets.kubernetes.helm.repositories[0].password_file")
             && stderr.contains("/nonexistent/chart-password"),
+        "{stderr}"
+    );
+
+    // So is the Airflow user's.
+    std::fs::write(
+        &path,
+        "sources:\n  - name: dags\n    url: https://example.com/dags.git\n\
+         targets:\n  dags:\n    source: dags\n    destination: /tmp/ferry-dags\n    airflow:\n      \
+         url: http://airflow:8080\n      username: ferry\n      password_file: /nonexistent/airflow-password\n",
+    )
+    .unwrap();
+    let out = ferry(&["check-config", path.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("targets.dags.airflow.password_file")
+            && stderr.contains("/nonexistent/airflow-password"),
         "{stderr}"
     );
 }

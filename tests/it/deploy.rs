@@ -246,8 +246,9 @@ fn the_dashboard_and_alerts_query_only_metrics_ferry_exports() {
     assert!(queried.len() >= 12, "{queried:?}");
     assert!(alerted.len() >= 5, "{alerted:?}");
 
-    // A live ferry configured as deploy/ configures it (DAGs, Kubernetes,
-    // AWS, GitHub reporting and webhooks), after its first sync round.
+    // A live ferry configured as deploy/ configures it (DAGs with retention
+    // asking Airflow, Kubernetes, AWS, GitHub reporting and webhooks), after
+    // its first sync round.
     let tmp = tempfile::tempdir().unwrap();
     let dags = Repo::new(tmp.path(), "dags");
     dags.commit(&[("dags/a.py", Some("a = 1\n"))], "a");
@@ -272,6 +273,7 @@ fn the_dashboard_and_alerts_query_only_metrics_ferry_exports() {
              sources:\n  - name: dags\n    url: {dags}\n    interval: 1h\n    github_repo: acme/dags\n\
              \x20 - name: platform\n    url: {platform}\n    interval: 1h\n    github_repo: acme/platform\n\
              targets:\n  dags:\n    source: dags\n    subdir: dags\n    destination: {dest}\n\
+             \x20   airflow: {{url: http://127.0.0.1:9, username: ferry, password_file: {token}}}\n\
              \x20 kubernetes:\n    source: platform\n    default_namespace: {ns}\n    health_timeout: 0s\n    kubeconfig: {kc}\n\
              \x20 aws:\n    source: platform\n    region: eu-west-1\n    endpoint_url: http://127.0.0.1:9\n",
             cache = tmp.path().join("cache").display(),

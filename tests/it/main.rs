@@ -6,6 +6,7 @@
 mod support;
 
 mod airflow;
+mod airflow_versions;
 mod aws;
 mod cli;
 mod deploy;

@@ -32,6 +32,7 @@ fn target(
         link: "current".into(),
         retention,
         validation,
+        airflow: None,
     })
     .expect("open destination")
 }
@@ -40,6 +41,7 @@ fn keep_all() -> RetentionConfig {
     RetentionConfig {
         keep: 1000,
         max_age: Duration::from_secs(3600),
+        ..RetentionConfig::default()
     }
 }
 
@@ -75,6 +77,7 @@ fn concurrent_reader_never_sees_two_commits_or_a_missing_file() {
     let retention = RetentionConfig {
         keep: 2,
         max_age: Duration::from_secs(2),
+        ..RetentionConfig::default()
     };
     let mut dags = target(&dest, "dags", retention, ValidationConfig::default());
 
@@ -234,6 +237,7 @@ fn retention_removes_old_revisions_only_after_the_window() {
         RetentionConfig {
             keep: 1,
             max_age: window,
+            ..RetentionConfig::default()
         },
         ValidationConfig::default(),
     );
@@ -260,14 +264,16 @@ fn retention_removes_old_revisions_only_after_the_window() {
     );
     let removed = dags
         .publisher()
-        .prune(SystemTime::now() + window / 2)
-        .unwrap();
+        .prune(SystemTime::now() + window / 2, &Default::default())
+        .unwrap()
+        .remove;
     assert!(removed.is_empty(), "still inside the window: {removed:?}");
 
     let removed = dags
         .publisher()
-        .prune(SystemTime::now() + window * 2)
-        .unwrap();
+        .prune(SystemTime::now() + window * 2, &Default::default())
+        .unwrap()
+        .remove;
     let mut expected_removed = commits[..3].to_vec();
     expected_removed.sort();
     let mut removed_sorted = removed.clone();
@@ -455,6 +461,7 @@ fn leftovers_of_an_interrupted_publish_are_removed_at_start() {
         link: "current".into(),
         retention: keep_all(),
         validation: ValidationConfig::default(),
+        airflow: None,
     })
     .err()
     .expect("occupied link path must be refused");

@@ -645,7 +645,11 @@ async fn the_platform_template_and_ferry_stand_up_on_the_nodes_the_platform_decl
     for (ns, name, keys) in &listed {
         secrets.push_str(&format!("---\n{}\n", secret_yaml(ns, name, keys)));
     }
-    let ferry_keys = vec!["token".to_string(), "webhook-secret".to_string()];
+    let ferry_keys = vec![
+        "token".to_string(),
+        "webhook-secret".to_string(),
+        "airflow-password".to_string(),
+    ];
     secrets.push_str(&format!(
         "---\n{}\n",
         secret_yaml("ferry", "ferry-github", &ferry_keys)

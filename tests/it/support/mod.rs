@@ -385,7 +385,7 @@ pub fn http_post(
 }
 
 /// One HTTP/1.1 request on a fresh connection: (status, decoded body).
-fn http_request(
+pub fn http_request(
     addr: std::net::SocketAddr,
     method: &str,
     path: &str,
@@ -554,6 +554,24 @@ pub fn staging_leftovers(dest: &Path) -> Vec<String> {
 
 /// `ferry run --config <config>` with stderr in `log`; returns once its
 /// server listens on `port`. Dropped, it is killed with whatever it started.
+/// Writes `<dir>/ferry.yaml` for a daemon on 127.0.0.1:`port` with one
+/// source, `name`, polled every second from the git daemon on `git_port`,
+/// and `targets` (YAML, indented as under `targets:`). Returns its path.
+pub fn daemon_config(dir: &Path, port: u16, name: &str, git_port: u16, targets: &str) -> PathBuf {
+    let path = dir.join("ferry.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "cache_dir: {cache}\nserver:\n  listen: 127.0.0.1:{port}\n\
+             sources:\n  - name: {name}\n    url: git://127.0.0.1:{git_port}/{name}.git\n    interval: 1s\n\
+             targets:\n{targets}",
+            cache = dir.join("cache").display(),
+        ),
+    )
+    .unwrap();
+    path
+}
+
 pub fn spawn_ferry(config: &Path, log: &Path, port: u16, envs: &[(&str, &Path)]) -> Owned {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferry"));
     cmd.args(["run", "--config"])
