@@ -241,12 +241,68 @@ pub struct SourceConfig {
     pub verify: Option<VerifyConfig>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+/// Who may sign a branch head. Every file is re-read at each check, so a
+/// rotated key takes effect without a restart.
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct VerifyConfig {
-    /// SSH public keys allowed to sign the branch head, in git's
-    /// `gpg.ssh.allowedSignersFile` format. Re-read at every check.
-    pub allowed_signers: PathBuf,
+    /// SSH public keys, in git's `gpg.ssh.allowedSignersFile` format.
+    #[serde(default)]
+    pub allowed_signers: Option<PathBuf>,
+    /// OpenPGP public keys of the people who may sign (keyring files,
+    /// armored or binary, as `gpg --export [--armor]` writes them).
+    #[serde(default)]
+    pub openpgp_keys: Vec<PathBuf>,
+    /// GitHub's web-flow keys: commits GitHub made itself (merge button,
+    /// squash merges, web edits, bots). Such a signature proves "made by
+    /// GitHub", not "approved by a listed person"; see `github_commits`.
+    #[serde(default)]
+    pub github_keys: Vec<PathBuf>,
+    #[serde(default)]
+    pub github_commits: GithubCommits,
+    #[serde(default)]
+    pub expired_keys: ExpiredKeys,
+}
+
+impl VerifyConfig {
+    /// Keys set under `verify`, by config key, for errors and checks.
+    pub fn files(&self) -> Vec<(String, &Path)> {
+        let mut files = Vec::new();
+        if let Some(path) = &self.allowed_signers {
+            files.push(("allowed_signers".to_string(), path.as_path()));
+        }
+        for (i, path) in self.openpgp_keys.iter().enumerate() {
+            files.push((format!("openpgp_keys[{i}]"), path.as_path()));
+        }
+        for (i, path) in self.github_keys.iter().enumerate() {
+            files.push((format!("github_keys[{i}]"), path.as_path()));
+        }
+        files
+    }
+}
+
+/// Which commits signed by a `github_keys` key are accepted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GithubCommits {
+    /// Every commit GitHub signed (merges, squash merges, web edits, bots).
+    #[default]
+    Any,
+    /// Only merge commits whose second parent (the PR head) is itself
+    /// signed by a listed person's key (SSH or OpenPGP).
+    MergesOfSignedHeads,
+}
+
+/// An OpenPGP key past its expiry.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExpiredKeys {
+    /// A signature made before the key expired stays good (as git and
+    /// GitHub show it); one made after is refused.
+    #[default]
+    SignedBeforeExpiry,
+    /// Once the key has expired, every signature by it is refused.
+    Refuse,
 }
 
 impl SourceConfig {
@@ -725,12 +781,8 @@ impl Config {
         };
         for (i, source) in self.sources.iter().enumerate() {
             if let Some(verify) = &source.verify {
-                crate::signature::AllowedSigners::load(&verify.allowed_signers).map_err(|e| {
-                    invalid(
-                        format!("sources[{i}].verify.allowed_signers"),
-                        e.to_string(),
-                    )
-                })?;
+                crate::signature::Policy::check(verify)
+                    .map_err(|(key, e)| invalid(format!("sources[{i}].verify.{key}"), e))?;
             }
         }
         if let Some(github) = &self.github {
@@ -859,6 +911,24 @@ impl Config {
             }
             if source.interval < Duration::from_secs(1) {
                 return Err(invalid(key("interval"), "must be at least 1s".into()));
+            }
+            if let Some(verify) = &source.verify {
+                if verify.files().is_empty() {
+                    return Err(invalid(
+                        key("verify"),
+                        "lists no keys: set allowed_signers (SSH), openpgp_keys or github_keys"
+                            .into(),
+                    ));
+                }
+                if verify.github_commits == GithubCommits::MergesOfSignedHeads
+                    && verify.allowed_signers.is_none()
+                    && verify.openpgp_keys.is_empty()
+                {
+                    return Err(invalid(
+                        key("verify.github_commits"),
+                        "merges_of_signed_heads needs the keys of the people who sign PR heads: set allowed_signers or openpgp_keys".into(),
+                    ));
+                }
             }
             if source.max_backoff < Duration::from_secs(1) {
                 return Err(invalid(key("max_backoff"), "must be at least 1s".into()));
@@ -1485,5 +1555,44 @@ alice@example.com ssh-ed25519
         ))
         .unwrap_err();
         assert!(err.to_string().contains("password"), "{err}");
+    }
+
+    #[test]
+    fn verify_needs_keys_and_the_strict_github_rule_needs_peoples_keys() {
+        let err = parse(&format!("{MINIMAL}    verify: {{}}\n")).unwrap_err();
+        assert_eq!(err.key(), Some("sources[0].verify"));
+        assert!(err.to_string().contains("lists no keys"), "{err}");
+        let err = parse(&format!(
+            "{MINIMAL}    verify:\n      github_keys: [/k/web-flow.gpg]\n      github_commits: merges_of_signed_heads\n"
+        ))
+        .unwrap_err();
+        assert_eq!(err.key(), Some("sources[0].verify.github_commits"));
+        let config = parse(&format!(
+            "{MINIMAL}    verify:\n      openpgp_keys: [/k/team.asc]\n      github_keys: [/k/web-flow.gpg]\n      expired_keys: refuse\n"
+        ))
+        .unwrap();
+        let verify = config.sources[0].verify.as_ref().unwrap();
+        assert_eq!(verify.expired_keys, ExpiredKeys::Refuse);
+        assert_eq!(verify.github_commits, GithubCommits::Any);
+        let err = parse(&format!(
+            "{MINIMAL}    verify:\n      openpgp_keys: [/k/team.asc]\n      expired_keys: sometimes\n"
+        ))
+        .unwrap_err();
+        assert!(err.to_string().contains("expired_keys"), "{err}");
+    }
+
+    #[test]
+    fn a_keyring_that_is_not_one_is_refused_at_start_naming_its_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("team.asc");
+        std::fs::write(&file, "not a key\n").unwrap();
+        let config = parse(&format!(
+            "{MINIMAL}    verify:\n      openpgp_keys: [{}]\n",
+            file.display()
+        ))
+        .unwrap();
+        let err = config.check_files(Path::new("ferry.yaml")).unwrap_err();
+        assert_eq!(err.key(), Some("sources[0].verify.openpgp_keys[0]"));
+        assert!(err.to_string().contains("team.asc"), "{err}");
     }
 }

@@ -539,7 +539,10 @@ async fn publish_dags(args: &PublishDagsArgs) -> anyhow::Result<ExitCode> {
         verify: args
             .allowed_signers
             .clone()
-            .map(|allowed_signers| ferry::config::VerifyConfig { allowed_signers }),
+            .map(|allowed_signers| ferry::config::VerifyConfig {
+                allowed_signers: Some(allowed_signers),
+                ..Default::default()
+            }),
         auth: AuthConfig {
             username: args.username.clone(),
             token_file: args.token_file.clone().filter(|_| args.username.is_none()),

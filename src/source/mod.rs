@@ -88,8 +88,8 @@ pub struct GitSource {
     mirror: PathBuf,
     auth: AuthConfig,
     timeout: Duration,
-    /// `verify.allowed_signers`: heads must carry a listed SSH signature.
-    allowed_signers: Option<PathBuf>,
+    /// `verify`: heads must carry a signature by a listed key.
+    verify: Option<crate::config::VerifyConfig>,
     /// Cleared the first time the server (or transport) refuses a shallow fetch.
     shallow: AtomicBool,
     /// Set once the mirror left by an earlier process has been checked.
@@ -116,7 +116,7 @@ impl GitSource {
             mirror: cache_dir.join(format!("{}.git", config.name)),
             auth: config.auth.clone(),
             timeout: config.timeout,
-            allowed_signers: config.verify.as_ref().map(|v| v.allowed_signers.clone()),
+            verify: config.verify.clone(),
             // libgit2's local transport (paths, file://) cannot fetch shallow.
             shallow: AtomicBool::new(
                 crate::config::url_scheme(&config.url).is_some_and(|s| s != "file"),
@@ -135,15 +135,15 @@ impl GitSource {
     /// Checks `commit` against the signature policy: `Ok(None)` when the
     /// source has none.
     pub fn verify(&self, commit: Oid) -> Result<Option<signature::Verified>, SignatureError> {
-        let Some(path) = &self.allowed_signers else {
+        let Some(verify) = &self.verify else {
             return Ok(None);
         };
-        let signers = signature::AllowedSigners::load(path)?;
+        let policy = signature::Policy::load(verify)?;
         let repo = self.open().map_err(|e| SignatureError::Git {
             commit,
             message: e.to_string(),
         })?;
-        signers.verify(&repo, commit).map(Some)
+        policy.verify(&repo, commit).map(Some)
     }
 
     pub fn mirror_path(&self) -> &Path {
@@ -350,7 +350,12 @@ impl GitSource {
         options.download_tags(git2::AutotagOption::None);
         options.update_fetchhead(false);
         if self.shallow.load(Ordering::Relaxed) {
-            options.depth(1);
+            // merges_of_signed_heads checks the signature of the head's
+            // second parent (the PR head), so that commit must be here too.
+            let strict = self.verify.as_ref().is_some_and(|v| {
+                v.github_commits == crate::config::GithubCommits::MergesOfSignedHeads
+            });
+            options.depth(if strict { 2 } else { 1 });
         }
         remote.fetch(&[refspec], Some(&mut options), None)
     }

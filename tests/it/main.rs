@@ -20,6 +20,7 @@ mod kube_health;
 mod kube_plan;
 mod kustomize;
 mod publish;
+mod signatures;
 mod standup;
 mod templates;
 mod terraform;
