@@ -118,6 +118,13 @@ pub fn run(length: Duration) -> OutageReport {
     eventually(Duration::from_secs(30), "first round", || {
         converged(&d1, &p1).then_some(())
     });
+    // ...and ferry has heard GitHub's answers: cutting the link while an
+    // answer is on its way would make ferry send that report again, as it
+    // must when it cannot know the report arrived.
+    eventually(Duration::from_secs(30), "the outbox empty", || {
+        let metrics = get("/metrics").1;
+        (super::series(&metrics, "ferry_github_outbox") == Some(0.0)).then_some(())
+    });
     let fds_before = open_fds(pid);
     let rss_before = proc_mib(pid, "VmRSS:");
 
