@@ -254,6 +254,7 @@ fn platform_preview(name: &str, pr: u64, revision: &Revision, planned: &Planned)
             first = errors.first().cloned();
             detail.insert("problems".into(), serde_json::json!(problems));
             previews.push(TargetPreview {
+                cautions: Vec::new(),
                 target: "commit".into(),
                 create: 0,
                 update: 0,
@@ -283,6 +284,7 @@ fn platform_preview(name: &str, pr: u64, revision: &Revision, planned: &Planned)
                         first.get_or_insert(message.clone());
                         detail.insert("error".into(), serde_json::json!(message));
                         previews.push(TargetPreview {
+                            cautions: Vec::new(),
                             target: target.to_string(),
                             create: 0,
                             update: 0,

@@ -136,6 +136,7 @@ impl AwsPlan {
             });
         }
         TargetPreview {
+            cautions: Vec::new(),
             target: "aws".into(),
             create: count(AwsAction::Create),
             update: count(AwsAction::Update),

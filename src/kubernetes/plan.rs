@@ -77,6 +77,10 @@ pub struct Plan {
     /// Problems with the revision against this cluster (allow-lists, kinds
     /// the cluster does not serve, duplicates): nothing of it is applied.
     pub errors: Vec<ManifestError>,
+    /// Why the prune guard refused this plan (also one of `errors`): the
+    /// PR comment shows it as a warning of its own.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prune_refused: Option<String>,
     #[serde(skip)]
     pub(crate) basis: Option<Basis>,
 }
@@ -100,6 +104,7 @@ impl Plan {
     /// is dry-run, and `errors` say why.
     pub fn refused(target: &str, revision: &str, errors: Vec<ManifestError>) -> Plan {
         Plan {
+            prune_refused: None,
             target: target.to_string(),
             revision: revision.to_string(),
             objects: Vec::new(),
@@ -133,6 +138,7 @@ pub async fn plan(
     depth: Depth,
 ) -> Result<Plan, kube::Error> {
     let mut plan = Plan {
+        prune_refused: None,
         target: target.to_string(),
         revision: revision.to_string(),
         objects: Vec::new(),
@@ -239,13 +245,13 @@ impl Plan {
             tracing::warn!(target = self.target, revision = %self.revision, %reason, "prune guard lifted by the commit: {why}");
             return;
         }
-        self.errors.push(ManifestError::general(
-            &config.path,
-            format!(
-                "refused to prune: {why}. If that is meant, say so in the commit message \
-                 with a line `Ferry-Allow-Prune: <why>`"
-            ),
-        ));
+        let message = format!(
+            "refused to prune: {why}. If that is meant, say so in the commit message \
+             with a line `Ferry-Allow-Prune: <why>`"
+        );
+        self.errors
+            .push(ManifestError::general(&config.path, message.clone()));
+        self.prune_refused = Some(message);
     }
 
     pub fn count(&self, action: Action) -> usize {
@@ -339,6 +345,7 @@ impl Plan {
             unchanged: self.count(Action::Unchanged),
             failed: self.failed(),
             errors: self.errors.iter().map(|e| e.to_string()).collect(),
+            cautions: self.prune_refused.iter().cloned().collect(),
             sections,
         }
     }

@@ -26,6 +26,9 @@ pub struct TargetPreview {
     pub failed: usize,
     /// Problems with the revision as a whole.
     pub errors: Vec<String>,
+    /// Of those, what a reviewer must not miss (a refused prune): shown
+    /// first, as GitHub's red caution block.
+    pub cautions: Vec<String>,
     pub sections: Vec<Section>,
 }
 
@@ -72,6 +75,15 @@ pub fn platform_comment(
         ));
     }
     head.push('\n');
+    for p in previews {
+        for caution in &p.cautions {
+            head.push_str(&format!(
+                "> [!CAUTION]\n> **{}: merging this deletes what ferry keeps live, so ferry will refuse it.** {}\n\n",
+                p.target,
+                inline(caution)
+            ));
+        }
+    }
     let mut blocks = Vec::new();
     for p in previews {
         for error in &p.errors {
@@ -193,6 +205,7 @@ mod tests {
 
     fn preview(sections: usize, line: &str) -> TargetPreview {
         TargetPreview {
+            cautions: Vec::new(),
             target: "kubernetes".into(),
             create: sections,
             update: 0,
@@ -241,6 +254,22 @@ mod tests {
         assert!(!body.contains("not shown"));
         assert_eq!(body.matches("<details>").count(), 2);
         assert!(body.contains("````diff\n+ data: ```</details>\n````"));
+    }
+
+    #[test]
+    fn a_refused_prune_is_a_red_caution_above_the_details() {
+        let refusal = "refused to prune: it would delete the Namespace(s) airflow and everything in them. If that is meant, say so with a line `Ferry-Allow-Prune: <why>`";
+        let mut p = preview(1, "- data: x");
+        p.failed = 1;
+        p.errors = vec![format!("manifests: {refusal}")];
+        p.cautions = vec![refusal.to_string()];
+        let body = platform_comment("platform", 8, &"c".repeat(40), &[p], "");
+        let caution = body.find("> [!CAUTION]\n> **kubernetes: merging this deletes what ferry keeps live, so ferry will refuse it.** refused to prune: it would delete the Namespace(s) airflow").expect(&body);
+        assert!(caution < body.find("<details>").unwrap(), "{body}");
+        assert!(body.contains("❌ 1 problem(s)"), "{body}");
+        // Without a refusal there is no caution block.
+        let body = platform_comment("platform", 8, &"c".repeat(40), &[preview(1, "+ a")], "");
+        assert!(!body.contains("[!CAUTION]"), "{body}");
     }
 
     #[test]
