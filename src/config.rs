@@ -65,6 +65,44 @@ pub struct Config {
     /// apply or publish at once.
     #[serde(default)]
     pub leader_election: Option<LeaderElectionConfig>,
+    /// Where people are told what happened (Slack, Teams, signed webhooks).
+    #[serde(default)]
+    pub notifications: Vec<NotificationConfig>,
+}
+
+/// One receiver of notifications.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotificationConfig {
+    /// Names the receiver in logs, metrics and the outbox.
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: NotificationKind,
+    /// The webhook URL, read from a file: for Slack and Teams the URL is
+    /// the credential.
+    pub url_file: Option<PathBuf>,
+    /// The URL inline (`type: webhook` only).
+    pub url: Option<String>,
+    /// `type: webhook`: the body is signed with HMAC-SHA256 of this secret
+    /// (`X-Ferry-Signature-256: sha256=<hex>`, as GitHub signs its webhooks).
+    pub secret_file: Option<PathBuf>,
+    /// Which events; empty: all of them.
+    #[serde(default)]
+    pub events: Vec<crate::notify::EventKind>,
+    /// Which sources' events; empty: every source's.
+    #[serde(default)]
+    pub sources: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NotificationKind {
+    /// A Slack incoming webhook.
+    Slack,
+    /// A Microsoft Teams Workflows webhook (an Adaptive Card).
+    Teams,
+    /// Any receiver of ferry's JSON event, signed.
+    Webhook,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -804,6 +842,14 @@ impl Config {
                 }
             }
         }
+        for (i, n) in self.notifications.iter().enumerate() {
+            for (key, file) in [("url_file", &n.url_file), ("secret_file", &n.secret_file)] {
+                if let Some(file) = file {
+                    crate::secret::from_file(file)
+                        .map_err(|e| invalid(format!("notifications[{i}].{key}"), e.to_string()))?;
+                }
+            }
+        }
         if let Some(airflow) = self.targets.dags.as_ref().and_then(|d| d.airflow.as_ref()) {
             crate::secret::from_file(&airflow.password_file)
                 .map_err(|e| invalid("targets.dags.airflow.password_file".into(), e.to_string()))?;
@@ -1010,6 +1056,65 @@ impl Config {
                 return Err(invalid(
                     "targets.dags.validation.command".into(),
                     "the first element must be the program to run".into(),
+                ));
+            }
+        }
+        let mut receivers = HashSet::new();
+        for (i, n) in self.notifications.iter().enumerate() {
+            let key = |k: &str| format!("notifications[{i}].{k}");
+            if !valid_name(&n.name) || !receivers.insert(n.name.as_str()) {
+                return Err(invalid(
+                    key("name"),
+                    format!(
+                        "`{}` must be a unique name of 1-63 lowercase letters, digits and `-`",
+                        n.name
+                    ),
+                ));
+            }
+            match (&n.url, &n.url_file) {
+                (Some(_), Some(_)) | (None, None) => {
+                    return Err(invalid(
+                        key("url_file"),
+                        "set one of url_file and url".into(),
+                    ));
+                }
+                (Some(_), None) if n.kind != NotificationKind::Webhook => {
+                    return Err(invalid(
+                        key("url"),
+                        "a Slack or Teams webhook URL is its credential: put it in a file and set url_file".into(),
+                    ));
+                }
+                (Some(url), None) => {
+                    let parsed = url::Url::parse(url);
+                    if !parsed
+                        .as_ref()
+                        .is_ok_and(|u| matches!(u.scheme(), "http" | "https"))
+                    {
+                        return Err(invalid(
+                            key("url"),
+                            format!("`{url}` is not an http(s) URL"),
+                        ));
+                    }
+                    if parsed.is_ok_and(|u| u.password().is_some() || u.query().is_some()) {
+                        return Err(invalid(
+                            key("url"),
+                            "the URL carries credentials or a query; put it in a file and set url_file".into(),
+                        ));
+                    }
+                }
+                (None, Some(_)) => {}
+            }
+            if n.secret_file.is_some() && n.kind != NotificationKind::Webhook {
+                return Err(invalid(
+                    key("secret_file"),
+                    "only `type: webhook` signs its body; Slack and Teams authenticate by the URL"
+                        .into(),
+                ));
+            }
+            if let Some(unknown) = n.sources.iter().find(|s| !names.contains(s.as_str())) {
+                return Err(invalid(
+                    key("sources"),
+                    format!("no source is named `{unknown}`"),
                 ));
             }
         }
@@ -1594,5 +1699,32 @@ alice@example.com ssh-ed25519
         let err = config.check_files(Path::new("ferry.yaml")).unwrap_err();
         assert_eq!(err.key(), Some("sources[0].verify.openpgp_keys[0]"));
         assert!(err.to_string().contains("team.asc"), "{err}");
+    }
+
+    #[test]
+    fn notification_receivers_keep_their_urls_secret_and_name_real_sources() {
+        let with = |n: &str| parse(&format!("{MINIMAL}notifications:\n  - {n}\n"));
+        let config =
+            with("{name: ds, type: slack, url_file: /run/slack, events: [dags_blocked]}").unwrap();
+        assert_eq!(
+            config.notifications[0].events,
+            [crate::notify::EventKind::DagsBlocked]
+        );
+        let err = with("{name: ds, type: slack, url: https://hooks.slack.com/services/T/B/x}")
+            .unwrap_err();
+        assert_eq!(err.key(), Some("notifications[0].url"));
+        assert!(err.to_string().contains("url_file"), "{err}");
+        assert!(!err.to_string().contains("hooks.slack.com"), "{err}");
+        let err = with("{name: a, type: webhook, url: https://x.example/h, sources: [nope]}")
+            .unwrap_err();
+        assert_eq!(err.key(), Some("notifications[0].sources"));
+        let err = with("{name: a, type: teams, url_file: /f, secret_file: /s}").unwrap_err();
+        assert_eq!(err.key(), Some("notifications[0].secret_file"));
+        let err = with("{name: a, type: webhook, url: https://x.example/h, events: [everything]}")
+            .unwrap_err();
+        assert!(err.to_string().contains("events"), "{err}");
+        assert!(
+            with("{name: a, type: webhook, url: https://x.example/h, secret_file: /s}").is_ok()
+        );
     }
 }

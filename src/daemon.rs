@@ -89,7 +89,40 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             }
         }
     }
-    let agent = Agent::new(&config, status.clone(), metrics.clone(), reporter.clone())?;
+    let mut agent = Agent::new(&config, status.clone(), metrics.clone(), reporter.clone())?;
+    // Where messages link to: as GitHub statuses do, else the address ferry
+    // serves on when that is one people can reach.
+    let external_url = config
+        .github
+        .as_ref()
+        .and_then(|g| g.external_url.clone())
+        .or_else(|| {
+            (!config.server.listen.ip().is_unspecified())
+                .then(|| format!("http://{}", config.server.listen))
+        });
+    if let Some(notifier) = crate::notify::Notifier::open(
+        &config.notifications,
+        &config.cache_dir,
+        external_url.as_deref(),
+        metrics.clone(),
+    )
+    .context("cannot start notifications")?
+    {
+        tracing::info!(receivers = config.notifications.len(), "notifying people");
+        if let Some(leader) = &config.leader_election {
+            notifier.notify(crate::notify::Event::new(
+                crate::notify::EventKind::LeaderAcquired,
+                None,
+                None,
+                &format!(
+                    "{} holds the leader Lease {} and syncs now",
+                    crate::leader::identity_of(leader),
+                    leader.lease_name
+                ),
+            ));
+        }
+        agent.set_notifier(notifier);
+    }
     let webhook = webhook_receiver(&config, &agent)?;
     let sources = config.sources.len();
     serve_and_run(

@@ -17,6 +17,8 @@ pub struct Request<'a> {
     pub authorization: Option<&'a str>,
     /// A JSON body (sent with `Content-Type: application/json`).
     pub json: Option<Vec<u8>>,
+    /// More headers (a webhook's signature, its event name).
+    pub headers: Vec<(String, String)>,
     pub timeout: Duration,
 }
 
@@ -27,6 +29,7 @@ impl<'a> Request<'a> {
             url,
             authorization: None,
             json: None,
+            headers: Vec::new(),
             timeout,
         }
     }
@@ -37,12 +40,18 @@ impl<'a> Request<'a> {
             url,
             authorization: None,
             json: Some(body),
+            headers: Vec::new(),
             timeout,
         }
     }
 
     pub fn authorization(mut self, value: Option<&'a str>) -> Request<'a> {
         self.authorization = value;
+        self
+    }
+
+    pub fn header(mut self, name: &str, value: String) -> Request<'a> {
+        self.headers.push((name.to_string(), value));
         self
     }
 }
@@ -100,6 +109,9 @@ async fn send_async(request: &Request<'_>) -> Result<Response, String> {
             .filter(|_| current.host_str() == first_host.as_deref())
         {
             builder = builder.header(http::header::AUTHORIZATION, auth);
+        }
+        for (name, value) in &request.headers {
+            builder = builder.header(name.as_str(), value.as_str());
         }
         let body = match &request.json {
             Some(json) => {

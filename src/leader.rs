@@ -72,7 +72,7 @@ impl Elector {
         Ok(Elector {
             lease: format!("{namespace}/{}", config.lease_name),
             api: Api::namespaced(client, &namespace),
-            identity: config.identity.clone().unwrap_or_else(default_identity),
+            identity: identity_of(config),
             duration: config.lease_duration,
             observed: None,
         })
@@ -281,4 +281,10 @@ fn default_identity() -> String {
         .map(|h| h.trim().to_string())
         .unwrap_or_else(|_| "ferry".into());
     format!("{host}-{}", std::process::id())
+}
+
+/// Who this process is in the Lease (`identity`, else `$POD_NAME`, else
+/// `<hostname>-<pid>`).
+pub fn identity_of(config: &crate::config::LeaderElectionConfig) -> String {
+    config.identity.clone().unwrap_or_else(default_identity)
 }

@@ -22,6 +22,7 @@ pub mod kubernetes;
 pub mod leader;
 pub mod logging;
 pub mod metrics;
+pub mod notify;
 pub mod oneshot;
 pub mod preview;
 pub mod problem;

@@ -580,6 +580,7 @@ async fn publish_dags(args: &PublishDagsArgs) -> anyhow::Result<ExitCode> {
         },
         github: None,
         leader_election: None,
+        notifications: Vec::new(),
     };
     if let Err(err) = config.validate(Path::new("(flags)")) {
         let flag = err

@@ -36,6 +36,18 @@ pub struct FileLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReceiverLabels {
+    pub receiver: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NotificationLabels {
+    pub receiver: String,
+    /// `ok`, `retried`, `refused`
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KeptLabels {
     pub source: String,
     /// `live`, `newest`, `recent`, `airflow_run`, `airflow_dag`, `airflow_ended_run`
@@ -98,6 +110,8 @@ pub struct Metrics {
     pub bytes_kept: Family<SourceLabels, Gauge>,
     /// 1 when Airflow answered the last retention pass, 0 when it could not be asked.
     pub airflow_up: Family<SourceLabels, Gauge>,
+    pub notifications: Family<NotificationLabels, Counter>,
+    pub notifications_queued: Family<ReceiverLabels, Gauge>,
     /// Last revision label set per source, so a new revision replaces it.
     live_revision: Mutex<Vec<RevisionLabels>>,
 }
@@ -233,7 +247,21 @@ impl Metrics {
             "1 when Airflow said which revisions it still runs at the last retention pass; 0 when it could not be asked (pruning then follows keep and max_age only)",
             airflow_up.clone(),
         );
+        let notifications = Family::<NotificationLabels, Counter>::default();
+        registry.register(
+            "notifications",
+            "Notification delivery attempts by receiver and outcome (retried: the receiver failed or did not answer; refused: dropped)",
+            notifications.clone(),
+        );
+        let notifications_queued = Family::<ReceiverLabels, Gauge>::default();
+        registry.register(
+            "notifications_queued",
+            "Notifications waiting to be delivered, by receiver",
+            notifications_queued.clone(),
+        );
         Arc::new(Metrics {
+            notifications,
+            notifications_queued,
             revisions_kept,
             revisions_kept_by,
             bytes_kept,

@@ -81,6 +81,7 @@ struct Worker {
     /// names its repository.
     report: Option<(Reporter, Subject)>,
     previews: PreviewQueue,
+    notifier: Option<crate::notify::Notifier>,
     /// Previews on: webhooks queue them, and open PRs are polled every
     /// `interval` in case a webhook was lost.
     previews_enabled: bool,
@@ -99,6 +100,7 @@ pub struct Agent {
     workers: Vec<Worker>,
     status: StatusStore,
     metrics: Arc<Metrics>,
+    notifier: Option<crate::notify::Notifier>,
 }
 
 impl Agent {
@@ -177,6 +179,7 @@ impl Agent {
                 metrics: metrics.clone(),
                 report,
                 previews: PreviewQueue::default(),
+                notifier: None,
                 previews_enabled: config.github.as_ref().is_some_and(|g| g.previews),
                 last_pull_poll: None,
             });
@@ -193,11 +196,21 @@ impl Agent {
             workers,
             status,
             metrics,
+            notifier: None,
         })
     }
 
     pub fn status(&self) -> StatusStore {
         self.status.clone()
+    }
+
+    /// Tell people (notifications) what the workers conclude; [`Agent::run`]
+    /// delivers them.
+    pub fn set_notifier(&mut self, notifier: crate::notify::Notifier) {
+        for worker in &mut self.workers {
+            worker.notifier = Some(notifier.clone());
+        }
+        self.notifier = Some(notifier);
     }
 
     pub fn metrics(&self) -> Arc<Metrics> {
@@ -243,6 +256,9 @@ impl Agent {
         let mut tasks = tokio::task::JoinSet::new();
         for worker in self.workers {
             tasks.spawn(worker.run(shutdown.clone()));
+        }
+        if let Some(notifier) = self.notifier {
+            tasks.spawn(notifier.run(shutdown.clone()));
         }
         while let Some(joined) = tasks.join_next().await {
             if let Err(err) = joined {

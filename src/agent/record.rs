@@ -145,6 +145,52 @@ impl Worker {
         Retry::WaitForGit
     }
 
+    /// Drift found (once per new set of differences) or healed.
+    fn notify_drift(&self, check: &DriftCheck, healed: bool, remaining: &[String]) {
+        use crate::notify::{Event, EventKind};
+        let Some(notifier) = &self.notifier else {
+            return;
+        };
+        let before = self
+            .status
+            .get(&self.source.name)
+            .map(|s| match check.target {
+                "kubernetes" => s.kubernetes.map(|k| k.drift).unwrap_or_default(),
+                _ => s.aws.map(|a| a.drift).unwrap_or_default(),
+            })
+            .unwrap_or_default();
+        let commit = check.applied.to_string();
+        let (kind, text) = if healed && !check.drifted.is_empty() {
+            (
+                EventKind::DriftHealed,
+                format!(
+                    "{}: {} difference(s) from git healed ({})",
+                    check.target,
+                    check.drifted.len(),
+                    check.drifted.join(", ")
+                ),
+            )
+        } else if !remaining.is_empty() && remaining != before.as_slice() {
+            (
+                EventKind::DriftFound,
+                format!(
+                    "{}: {} difference(s) from git: {}",
+                    check.target,
+                    remaining.len(),
+                    remaining.join(", ")
+                ),
+            )
+        } else {
+            return;
+        };
+        notifier.notify(Event::new(
+            kind,
+            Some(&self.source.name),
+            Some(&commit),
+            &text,
+        ));
+    }
+
     /// The last retention pass of a DAGs target, in status and metrics.
     /// It may have run in the background since the last sync.
     pub(super) fn record_housekeeping(&self) {
@@ -275,6 +321,7 @@ impl Worker {
             tracing::warn!(source = %name, target = check.target, differences = ?check.drifted, healed = check.healed.is_some(), "drift detected");
         }
         let now = timestamp(SystemTime::now());
+        self.notify_drift(check, healed, &remaining);
         match check.target {
             "kubernetes" => {
                 self.metrics
@@ -392,6 +439,23 @@ impl Worker {
         );
         if let Some((reporter, subject)) = &self.report {
             reporter.finished(subject, &commit, state, &description);
+        }
+        if let Some(notifier) = &self.notifier {
+            use crate::notify::{Event, EventKind};
+            let dags_only = self.targets.iter().all(|t| matches!(t, Target::Dags(_)));
+            let kind = match (state, dags_only) {
+                (crate::report::State::Pending, _) => return,
+                (crate::report::State::Success, true) => EventKind::DagsPublished,
+                (crate::report::State::Success, false) => EventKind::PlatformApplied,
+                (_, true) => EventKind::DagsBlocked,
+                (_, false) => EventKind::PlatformFailed,
+            };
+            notifier.notify(Event::new(
+                kind,
+                Some(&self.source.name),
+                Some(&commit),
+                &description,
+            ));
         }
     }
 }

@@ -19,6 +19,7 @@ mod kube_apply;
 mod kube_health;
 mod kube_plan;
 mod kustomize;
+mod notify;
 mod publish;
 mod signatures;
 mod standup;

@@ -105,16 +105,7 @@ fn openpgp_signed_heads_are_published_and_others_refused_with_the_reason() {
     let daemon = git_daemon(tmp.path(), free_port());
     let port = free_port();
     let dest = tmp.path().join("dest");
-    let config = daemon_config(
-        tmp.path(),
-        port,
-        "dags",
-        daemon.port,
-        &format!(
-            "  dags:\n    source: dags\n    destination: {}\n",
-            dest.display()
-        ),
-    );
+    let config = dags_daemon_config(tmp.path(), port, daemon.port, &dest);
     let text = std::fs::read_to_string(&config).unwrap().replace(
         "    interval: 1s\n",
         &format!(

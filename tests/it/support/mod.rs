@@ -572,6 +572,15 @@ pub fn daemon_config(dir: &Path, port: u16, name: &str, git_port: u16, targets: 
     path
 }
 
+/// [`daemon_config`] for source `dags` published whole into `dest`.
+pub fn dags_daemon_config(dir: &Path, port: u16, git_port: u16, dest: &Path) -> PathBuf {
+    let targets = format!(
+        "  dags:\n    source: dags\n    destination: {}\n",
+        dest.display()
+    );
+    daemon_config(dir, port, "dags", git_port, &targets)
+}
+
 pub fn spawn_ferry(config: &Path, log: &Path, port: u16, envs: &[(&str, &Path)]) -> Owned {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferry"));
     cmd.args(["run", "--config"])
