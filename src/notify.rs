@@ -155,15 +155,7 @@ impl Notifier {
         outbox
             .queues
             .retain(|name, _| receivers.iter().any(|r| &r.name == name));
-        for r in receivers {
-            let queued = outbox.queues.get(&r.name).map_or(0, VecDeque::len);
-            metrics
-                .notifications_queued
-                .get_or_create(&crate::metrics::ReceiverLabels {
-                    receiver: r.name.clone(),
-                })
-                .set(queued as i64);
-        }
+        count_queued(&metrics, receivers, &outbox);
         Ok(Some(Notifier(Arc::new(Inner {
             receivers: receivers.to_vec(),
             outbox: Mutex::new(outbox),
@@ -219,16 +211,7 @@ impl Notifier {
     fn change(&self, f: impl FnOnce(&mut Outbox)) {
         let mut outbox = self.0.outbox.lock().unwrap_or_else(|e| e.into_inner());
         f(&mut outbox);
-        for r in &self.0.receivers {
-            let queued = outbox.queues.get(&r.name).map_or(0, VecDeque::len);
-            self.0
-                .metrics
-                .notifications_queued
-                .get_or_create(&crate::metrics::ReceiverLabels {
-                    receiver: r.name.clone(),
-                })
-                .set(queued as i64);
-        }
+        count_queued(&self.0.metrics, &self.0.receivers, &outbox);
         if let Err(err) = save(&self.0.path, &outbox) {
             // Delivery goes on from memory; only a restart could lose these.
             tracing::warn!(path = %self.0.path.display(), error = %err, "cannot save the notification outbox");
@@ -309,6 +292,18 @@ impl Notifier {
                 }
             });
         }
+    }
+}
+
+fn count_queued(metrics: &Metrics, receivers: &[NotificationConfig], outbox: &Outbox) {
+    for r in receivers {
+        let queued = outbox.queues.get(&r.name).map_or(0, VecDeque::len);
+        metrics
+            .notifications_queued
+            .get_or_create(&crate::metrics::ReceiverLabels {
+                receiver: r.name.clone(),
+            })
+            .set(queued as i64);
     }
 }
 

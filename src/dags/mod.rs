@@ -359,7 +359,8 @@ impl DagsTarget {
         let airflow = self.airflow.clone();
         let slot = self.retention.clone();
         let job = move || {
-            let report = retain(&publisher, airflow.as_deref());
+            let previous = slot.lock().ok().and_then(|r| r.clone());
+            let report = retain(&publisher, airflow.as_deref(), previous.as_ref());
             let removed = report.removed.clone();
             if let Ok(mut slot) = slot.lock() {
                 *slot = Some(report);
@@ -415,7 +416,11 @@ fn elapsed_ms(started: Instant) -> u64 {
 /// One retention pass: ask Airflow (if configured), then remove what no
 /// rule holds. When Airflow cannot be asked, only `keep` and `max_age` hold
 /// revisions, and the report says so.
-fn retain(publisher: &Publisher, airflow: Option<&airflow::Airflow>) -> RetentionReport {
+fn retain(
+    publisher: &Publisher,
+    airflow: Option<&airflow::Airflow>,
+    previous: Option<&RetentionReport>,
+) -> RetentionReport {
     let now = SystemTime::now();
     let (uses, check) = match airflow {
         None => (retention::Uses::new(), None),
@@ -454,11 +459,23 @@ fn retain(publisher: &Publisher, airflow: Option<&airflow::Airflow>) -> Retentio
     if !removed.is_empty() {
         tracing::info!(revisions = ?removed, "pruned old DAG revisions");
     }
+    // Revisions never change, so the bytes they take change only with the
+    // set kept: walk the volume (one stat per file, a round trip each on
+    // EFS) only then, not at every pass.
+    let commits = |kept: &[Kept]| {
+        let mut c: Vec<&str> = kept.iter().map(|k| k.commit.as_str()).collect();
+        c.sort_unstable();
+        c.join(",")
+    };
+    let bytes_kept = match previous {
+        Some(p) if p.error.is_none() && commits(&p.kept) == commits(&decision.kept) => p.bytes_kept,
+        _ => publisher.bytes_on_disk(),
+    };
     RetentionReport {
         at: crate::status::timestamp(now),
         kept: decision.kept,
         removed,
-        bytes_kept: publisher.bytes_on_disk(),
+        bytes_kept,
         airflow: check,
         error,
     }
