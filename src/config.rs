@@ -510,6 +510,11 @@ pub struct KubernetesTargetConfig {
     /// How long to wait for a new CRD to be Established before its objects.
     #[serde(default = "default_wait_timeout", with = "humantime_serde")]
     pub wait_timeout: Duration,
+    /// Fields ferry leaves to other managers (an HPA's `spec.replicas`,
+    /// an injected `caBundle`): never drift or a planned change, and never
+    /// sent with git's value to an object that exists.
+    #[serde(default)]
+    pub ignore: Vec<IgnoreRule>,
     /// Kubeconfig file; default: in-cluster service account, then `KUBECONFIG`/`~/.kube/config`.
     pub kubeconfig: Option<PathBuf>,
     /// Directory of the repo holding Helm release files (`<name>.yaml`,
@@ -562,6 +567,21 @@ pub struct ClusterScoped {
     /// The names allowed; empty: any of that kind.
     #[serde(default)]
     pub names: Vec<String>,
+}
+
+/// Fields of some objects that another manager decides (see
+/// [`crate::kubernetes::ignore`]).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct IgnoreRule {
+    /// `Kind` (any group) or `Kind.group`.
+    pub kind: String,
+    /// The object's name; `*` matches any run of characters. Absent: any.
+    pub name: Option<String>,
+    /// Absent: any namespace (and cluster-scoped objects).
+    pub namespace: Option<String>,
+    /// RFC 6901 pointers into the object; a segment `*` is any key or index.
+    pub json_pointers: Vec<crate::kubernetes::ignore::Pointer>,
 }
 
 pub fn default_cluster_scoped() -> Vec<ClusterScoped> {
@@ -1244,6 +1264,28 @@ impl Config {
                     ),
                 ));
             }
+            if let Some((i, r)) = kube.ignore.iter().enumerate().find(|(_, r)| {
+                r.kind.is_empty() || r.kind.contains('/') || r.json_pointers.is_empty()
+            }) {
+                let (key, message) = if r.json_pointers.is_empty() {
+                    (
+                        "json_pointers",
+                        "list the fields to leave to others, e.g. [/spec/replicas]".to_string(),
+                    )
+                } else {
+                    (
+                        "kind",
+                        format!(
+                            "`{}`: write `Kind` (any group) or `Kind.group` (e.g. `Deployment.apps`)",
+                            r.kind
+                        ),
+                    )
+                };
+                return Err(invalid(
+                    format!("targets.kubernetes.ignore[{i}].{key}"),
+                    message,
+                ));
+            }
             if !(1..=100).contains(&kube.prune_limit_percent) {
                 return Err(invalid(
                     "targets.kubernetes.prune_limit_percent".into(),
@@ -1611,6 +1653,43 @@ alice@example.com ssh-ed25519
         assert_eq!(crate::yaml::line_of(text, "sources[1].url"), Some(5));
         assert_eq!(crate::yaml::line_of(text, "sources[0].name"), Some(2));
         assert_eq!(crate::yaml::line_of(text, "targets.dags"), None);
+    }
+
+    #[test]
+    fn ignore_rules_parse_pointers_and_name_the_bad_one_with_its_line() {
+        let kube = |rules: &str| {
+            format!("{MINIMAL}targets:\n  kubernetes:\n    source: dags\n    ignore:\n{rules}")
+        };
+        let config = parse(&kube(
+            "      - kind: Deployment.apps\n        name: web-*\n        json_pointers: [/spec/replicas, /webhooks/*/clientConfig/caBundle]\n",
+        ))
+        .unwrap();
+        let rules = config.targets.kubernetes.unwrap().ignore;
+        assert_eq!(
+            rules[0].json_pointers[1].to_string(),
+            "/webhooks/*/clientConfig/caBundle"
+        );
+
+        let err = parse(&kube(
+            "      - kind: Deployment\n        json_pointers:\n          - /spec/replicas\n          - spec.template\n",
+        ))
+        .unwrap_err();
+        assert_eq!(
+            err.key(),
+            Some("targets.kubernetes.ignore[0].json_pointers[1]")
+        );
+        assert!(err.to_string().starts_with("ferry.yaml:11: "), "{err}");
+        assert!(err.to_string().contains("start it with `/`"), "{err}");
+
+        let err = parse(&kube(
+            "      - kind: Deployment\n        json_pointers: []\n",
+        ))
+        .unwrap_err();
+        assert_eq!(
+            err.key(),
+            Some("targets.kubernetes.ignore[0].json_pointers")
+        );
+        assert!(err.to_string().starts_with("ferry.yaml:9: "), "{err}");
     }
 
     #[test]

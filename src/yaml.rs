@@ -42,6 +42,12 @@ fn parse_checked<T: DeserializeOwned>(text: &str) -> Result<T, YamlError> {
             _ => message,
         };
         let key = full_key(key, &message);
+        // serde_yaml_ng marks a bad list item of a block sequence at the
+        // item before it; the item's own line is found from the text.
+        let line = match key.ends_with(']') {
+            true => line_of(text, &key).or(line),
+            false => line,
+        };
         YamlError { key, line, message }
     })
 }

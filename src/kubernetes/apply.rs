@@ -21,6 +21,7 @@ use super::client::{api_for, describe};
 use super::discovery::Catalog;
 use super::evidence;
 use super::health::{self, Health};
+use super::ignore::{self, Ignored};
 use super::inventory::{self, Entry};
 use super::last_applied::{AppliedObject, CONCURRENCY, LastApplied, digest};
 use super::ownership::{FIELD_MANAGER, kept_because};
@@ -311,8 +312,19 @@ impl Applier<'_> {
         if self.config.force || self.config.self_heal {
             params = params.force();
         }
+        // Fields left to others need the live object to know what to send.
+        let pointers = Ignored::new(&self.config.ignore).pointers(&m.id);
+        let object = if pointers.is_empty() {
+            std::borrow::Cow::Borrowed(&m.object)
+        } else {
+            let live = match api.get_opt(&m.id.name).await {
+                Ok(live) => live.and_then(|l| serde_json::to_value(l).ok()),
+                Err(err) => return fail(describe(&err)),
+            };
+            std::borrow::Cow::Owned(ignore::to_send(&m.object, live.as_ref(), &pointers))
+        };
         match api
-            .patch(&m.id.name, &params, &Patch::Apply(&m.object))
+            .patch(&m.id.name, &params, &Patch::Apply(&*object))
             .await
         {
             Ok(applied) => (

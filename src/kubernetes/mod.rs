@@ -10,6 +10,7 @@ pub mod discovery;
 pub mod evidence;
 pub mod health;
 mod hooks;
+pub mod ignore;
 pub mod inventory;
 pub mod last_applied;
 pub mod ownership;

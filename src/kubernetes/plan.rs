@@ -14,6 +14,7 @@ use serde::Serialize;
 use super::client::{api_for, describe};
 use super::diff::{self, FieldChange, Op};
 use super::discovery::Catalog;
+use super::ignore::{self, Ignored};
 use super::inventory::{self, Entry};
 use super::last_applied::{CONCURRENCY, LastApplied};
 use super::ownership::{FIELD_MANAGER, kept_because, label_as_ours};
@@ -192,6 +193,7 @@ pub async fn plan(
             &resolved,
             prunable,
             config.force,
+            Ignored::new(&config.ignore),
             &untouched,
         )
         .await;
@@ -415,6 +417,7 @@ async fn plan_objects(
     manifests: &[Manifest],
     previous: &[Entry],
     force: bool,
+    ignored: Ignored<'_>,
     untouched: &HashSet<ObjectRef>,
 ) -> Vec<ObjectPlan> {
     let absent = absent_namespaces(client, manifests).await;
@@ -445,7 +448,7 @@ async fn plan_objects(
                         note: None,
                     };
                 }
-                plan_one(client, catalog, m, force, context).await
+                plan_one(client, catalog, m, force, ignored, context).await
             }
         })
         .buffered(CONCURRENCY)
@@ -550,6 +553,7 @@ async fn plan_one(
     catalog: &Catalog,
     manifest: &Manifest,
     force: bool,
+    ignored: Ignored<'_>,
     namespace: NamespaceState,
 ) -> ObjectPlan {
     let mut plan = ObjectPlan {
@@ -607,13 +611,25 @@ async fn plan_one(
         .as_ref()
         .and_then(|l| serde_json::to_value(l).ok())
         .unwrap_or_else(|| serde_json::json!({}));
+    // Dry-run what apply would send, and leave out of the comparison what
+    // other managers decide: neither is ferry's to change.
+    let pointers = ignored.pointers(&manifest.id);
+    let object = ignore::to_send(
+        &manifest.object,
+        live.is_some().then_some(&before),
+        &pointers,
+    );
     match api
-        .patch(&manifest.id.name, &params, &Patch::Apply(&manifest.object))
+        .patch(&manifest.id.name, &params, &Patch::Apply(&object))
         .await
     {
         Ok(after) => {
             let after = serde_json::to_value(&after).unwrap_or_default();
-            plan.changes = diff::diff(&before, &after, is_secret);
+            plan.changes = diff::diff(
+                &ignore::strip(&before, &pointers),
+                &ignore::strip(&after, &pointers),
+                is_secret,
+            );
             plan.action = match (&live, plan.changes.is_empty()) {
                 (None, _) => Action::Create,
                 (Some(_), true) => Action::Unchanged,

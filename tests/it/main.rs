@@ -11,6 +11,7 @@ mod aws;
 mod cli;
 mod deploy;
 mod faults;
+mod field_ownership;
 mod git_sources;
 mod github;
 mod helm;

@@ -9,7 +9,8 @@
 # --workloads also starts what turns objects into running workloads:
 # kube-controller-manager (Deployments -> ReplicaSets -> Pods, Jobs,
 # StatefulSets, DaemonSets, the PV binder, service-account tokens, garbage
-# collection, namespace deletion), kube-scheduler, and kwok, which plays
+# collection, namespace deletion, HPAs: resynced every 2 s, not 15),
+# kube-scheduler, and kwok, which plays
 # the kubelet for simulated nodes (Node objects annotated
 # kwok.x-k8s.io/node=fake; stages in kwok-stages.yaml). The cluster starts
 # with no nodes: tests make the ones they need (ferry's tests make them
@@ -190,6 +191,7 @@ if [ -n "$workloads" ]; then
     --service-account-private-key-file "$pki/sa.key" --root-ca-file "$pki/ca.crt" \
     --cluster-signing-cert-file "$pki/ca.crt" --cluster-signing-key-file "$pki/ca.key" \
     --concurrent-deployment-syncs 10 --concurrent-replicaset-syncs 10 \
+    --horizontal-pod-autoscaler-sync-period 2s \
     > "$dir/kube-controller-manager.log" 2>&1 &
   echo $! >> "$dir/workload-pids"
   "$bin/kube-scheduler" --kubeconfig "$dir/scheduler.kubeconfig" \

@@ -791,6 +791,7 @@ pub fn kube_target(ns: &str, force: bool) -> ferry::config::KubernetesTargetConf
         // check health set this.
         health_timeout: Duration::ZERO,
         kubeconfig: None,
+        ignore: Vec::new(),
         owner: String::new(),
         releases_path: "releases".into(),
         helm: ferry::config::HelmConfig {
