@@ -68,6 +68,19 @@ pub struct Config {
     /// Where people are told what happened (Slack, Teams, signed webhooks).
     #[serde(default)]
     pub notifications: Vec<NotificationConfig>,
+    /// Which sources are suspended (`ferry suspend`); default
+    /// `<cache_dir>/suspensions.json`. State, not cache: put it on a
+    /// volume that outlives the pod if a suspension must too.
+    #[serde(default)]
+    pub suspensions_file: Option<PathBuf>,
+}
+
+impl Config {
+    pub fn suspensions_file(&self) -> PathBuf {
+        self.suspensions_file
+            .clone()
+            .unwrap_or_else(|| self.cache_dir.join("suspensions.json"))
+    }
 }
 
 /// One receiver of notifications.
@@ -207,14 +220,29 @@ fn default_cache_dir() -> PathBuf {
 pub struct ServerConfig {
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
+    /// The admin endpoint `ferry status`, `sync`, `suspend` and `resume`
+    /// talk to; absent: none.
+    #[serde(default)]
+    pub admin: Option<AdminConfig>,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
             listen: default_listen(),
+            admin: None,
         }
     }
+}
+
+/// The admin endpoint: on an address of its own (never the public one
+/// webhooks arrive on), every request with `Authorization: Bearer <token>`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+    /// The token, read from this file at every request (rotation needs no restart).
+    pub token_file: PathBuf,
 }
 
 fn default_listen() -> SocketAddr {
@@ -862,6 +890,10 @@ impl Config {
                 }
             }
         }
+        if let Some(admin) = &self.server.admin {
+            crate::secret::from_file(&admin.token_file)
+                .map_err(|e| invalid("server.admin.token_file".into(), e.to_string()))?;
+        }
         for (i, n) in self.notifications.iter().enumerate() {
             for (key, file) in [("url_file", &n.url_file), ("secret_file", &n.secret_file)] {
                 if let Some(file) = file {
@@ -932,6 +964,18 @@ impl Config {
             return Err(invalid(
                 "sources".into(),
                 "at least one source is required".into(),
+            ));
+        }
+        if let Some(admin) = &self.server.admin
+            && admin.listen.port() == self.server.listen.port()
+        {
+            return Err(invalid(
+                "server.admin.listen".into(),
+                format!(
+                    "{} shares its port with server.listen, which webhooks reach: give the admin endpoint \
+                     a port of its own, e.g. 127.0.0.1:9091",
+                    admin.listen
+                ),
             ));
         }
         if let Some(leader) = &self.leader_election {

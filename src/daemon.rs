@@ -129,6 +129,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         agent,
         reporter,
         config.server.listen,
+        config.server.admin.as_ref(),
         webhook,
         shutdown,
         |addr| {
@@ -202,6 +203,7 @@ pub async fn serve_and_run(
     agent: Agent,
     reporter: Option<crate::report::Reporter>,
     listen: SocketAddr,
+    admin: Option<&crate::config::AdminConfig>,
     webhook: Option<Arc<crate::webhook::Receiver>>,
     shutdown: watch::Receiver<bool>,
     listening: impl FnOnce(SocketAddr),
@@ -213,10 +215,28 @@ pub async fn serve_and_run(
         webhook,
     };
     let (addr, server) = server::serve(listen, state, shutdown.clone()).await?;
+    let admin_server = match admin {
+        Some(admin) => {
+            let state = crate::admin::AdminState {
+                status: agent.status(),
+                metrics: agent.metrics(),
+                suspensions: agent.suspensions(),
+                triggers: agent.triggers(),
+                token_file: admin.token_file.clone(),
+            };
+            let (addr, handle) = crate::admin::serve(admin.listen, state, shutdown.clone()).await?;
+            tracing::info!(%addr, "admin endpoint (ferry status, sync, suspend, resume)");
+            Some(handle)
+        }
+        None => None,
+    };
     listening(addr);
     let reporting = reporter.map(|r| tokio::spawn(r.run(shutdown.clone())));
     agent.run(shutdown).await;
     let _ = server.await;
+    if let Some(admin_server) = admin_server {
+        let _ = admin_server.await;
+    }
     if let Some(reporting) = reporting {
         let _ = reporting.await;
     }

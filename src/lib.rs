@@ -7,6 +7,7 @@
 //! `report` (GitHub), `status` and `metrics`; driven by `agent`, served by
 //! `server`; `preview` is plan without apply. See `docs/architecture.md`.
 
+pub mod admin;
 pub mod agent;
 #[cfg(feature = "aws")]
 pub mod aws;
@@ -34,6 +35,7 @@ pub mod server;
 pub mod signature;
 pub mod source;
 pub mod status;
+pub mod suspend;
 pub mod targets;
 pub mod trigger;
 pub mod verdict;

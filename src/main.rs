@@ -142,6 +142,88 @@ enum Command {
         Airflow's dags_folder is then /opt/airflow/dags/current. Exits non-zero, publishing nothing, if a DAG does not parse."
     )]
     PublishDags(Box<PublishDagsArgs>),
+    /// Show every source (or one) of a running ferry: state, live revision, what needs attention.
+    #[command(
+        after_help = "Example:\n  ferry status                       # reads server.admin from ./ferry.yaml\n  \
+        kubectl -n ferry exec deploy/ferry -- ferry status --config /etc/ferry/ferry.yaml\n  \
+        ferry status platform --output json"
+    )]
+    Status {
+        source: Option<String>,
+        #[arg(long, short, value_enum, default_value = "text")]
+        output: OutputFormat,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Sync a source now, wait for that sync to finish, print its verdict (exit 1 unless synced).
+    #[command(after_help = "Example:\n  ferry sync dags\n  ferry sync platform --timeout 15m")]
+    Sync {
+        source: String,
+        /// How long to wait for the sync to finish.
+        #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Stop applying a source (no apply, prune or self-heal; drift still reported) until `ferry resume`.
+    #[command(
+        after_help = "Example:\n  ferry suspend platform --reason \"freeze for the quarterly audit\"\n\n\
+        The suspension is kept in suspensions_file (default <cache_dir>/suspensions.json) and survives restarts."
+    )]
+    Suspend {
+        source: String,
+        /// Why (required): shown in the status API, `ferry status` and the log.
+        #[arg(long)]
+        reason: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Resume a suspended source; what waited is applied at once.
+    Resume {
+        source: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+}
+
+/// Where the admin endpoint is: `--admin-url` and `--token-file`, or
+/// `server.admin` of the config file.
+#[derive(clap::Args)]
+struct AdminArgs {
+    /// The config of the running ferry (its server.admin block).
+    #[arg(long, short, default_value = "ferry.yaml")]
+    config: PathBuf,
+    /// The admin endpoint's URL, instead of the config's server.admin.listen.
+    #[arg(long, env = "FERRY_ADMIN_URL", requires = "token_file")]
+    admin_url: Option<String>,
+    /// The bearer token's file, instead of the config's server.admin.token_file.
+    #[arg(long, env = "FERRY_ADMIN_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+}
+
+impl AdminArgs {
+    fn connect(&self) -> anyhow::Result<ferry::admin::client::Admin> {
+        use ferry::admin::client::Admin;
+        let (url, token_file) = match (&self.admin_url, &self.token_file) {
+            (Some(url), Some(file)) => (url.clone(), file.clone()),
+            _ => {
+                let config = Config::load_unchecked(&self.config)?;
+                let admin = config.server.admin.with_context(|| {
+                    format!(
+                        "{}: no server.admin block, so ferry serves no admin endpoint; add one \
+                         (listen, token_file) or pass --admin-url and --token-file",
+                        self.config.display()
+                    )
+                })?;
+                (
+                    Admin::url_of(admin.listen),
+                    self.token_file.clone().unwrap_or(admin.token_file),
+                )
+            }
+        };
+        let token = ferry::secret::from_file(&token_file)?;
+        Ok(Admin::new(&url, &token))
+    }
 }
 
 #[derive(clap::Args)]
@@ -379,6 +461,64 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             log(LogFormat::Text, "info")?;
             publish_dags(args).await
         }
+        Command::Status {
+            ref source,
+            output,
+            ref admin,
+        } => {
+            let admin = admin.connect()?;
+            let answer = admin.status(source.as_deref())?;
+            match (output, source) {
+                (OutputFormat::Json, _) => println!("{}", serde_json::to_string_pretty(&answer)?),
+                (OutputFormat::Text, Some(_)) => {
+                    let table = serde_json::json!({ "sources": [answer] });
+                    print!("{}", ferry::admin::client::render_table(&table));
+                }
+                (OutputFormat::Text, None) => {
+                    print!("{}", ferry::admin::client::render_table(&answer))
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Sync {
+            ref source,
+            timeout,
+            ref admin,
+        } => {
+            let status = admin.connect()?.sync(source, timeout)?;
+            let (good, sentence) = ferry::admin::client::verdict(&status);
+            println!("{sentence}");
+            Ok(if good {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        Command::Suspend {
+            ref source,
+            ref reason,
+            ref admin,
+        } => {
+            let s = admin.connect()?.suspend(source, reason)?;
+            println!(
+                "{source}: suspended since {} ({}); nothing is applied until `ferry resume {source}`",
+                s["since"].as_str().unwrap_or("now"),
+                s["reason"].as_str().unwrap_or(reason)
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Resume {
+            ref source,
+            ref admin,
+        } => {
+            let answer = admin.connect()?.resume(source)?;
+            if answer["resumed"].as_bool() == Some(true) {
+                println!("{source}: resumed; syncing now");
+            } else {
+                println!("{source}: was not suspended");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
@@ -446,6 +586,7 @@ async fn quickstart_cmd(
         agent,
         None,
         config.server.listen,
+        None,
         None,
         ferry::daemon::shutdown_signal(),
         |addr| {
@@ -581,6 +722,7 @@ async fn publish_dags(args: &PublishDagsArgs) -> anyhow::Result<ExitCode> {
         github: None,
         leader_election: None,
         notifications: Vec::new(),
+        suspensions_file: None,
     };
     if let Err(err) = config.validate(Path::new("(flags)")) {
         let flag = err

@@ -92,6 +92,8 @@ pub struct Metrics {
     pub revision: Family<RevisionLabels, Gauge>,
     pub files_published: Family<FileLabels, Counter>,
     pub consecutive_failures: Family<SourceLabels, Gauge>,
+    /// 1 while the source is suspended (`ferry suspend`).
+    pub suspended: Family<SourceLabels, Gauge>,
     pub drift_objects: Family<SourceLabels, Gauge>,
     pub aws_drift: Family<SourceLabels, Gauge>,
     pub webhooks: Family<WebhookLabels, Counter>,
@@ -223,6 +225,12 @@ impl Metrics {
             "Failed syncs since the last success",
             consecutive_failures.clone(),
         );
+        let suspended = Family::<SourceLabels, Gauge>::default();
+        registry.register(
+            "source_suspended",
+            "1 while the source is suspended: fetched and checked for drift, nothing applied",
+            suspended.clone(),
+        );
         let revisions_kept = Family::<SourceLabels, Gauge>::default();
         registry.register(
             "dags_revisions_kept",
@@ -274,6 +282,7 @@ impl Metrics {
             revision,
             files_published,
             consecutive_failures,
+            suspended,
             drift_objects,
             aws_drift,
             webhooks,
@@ -298,6 +307,7 @@ impl Metrics {
         let _ = self.sync_duration.get_or_create(&labels);
         let _ = self.fetch_duration.get_or_create(&labels);
         let _ = self.consecutive_failures.get_or_create(&labels);
+        let _ = self.suspended.get_or_create(&labels);
         let _ = self.last_success.get_or_create(&labels);
         let _ = self.mirror_repairs.get_or_create(&labels);
         for result in ["success", "unchanged"] {

@@ -95,6 +95,7 @@ pub fn publish_dags(
     // Opening the target first removes what a killed earlier run left
     // in the destination, whatever this run's fetch then does.
     let mut target = DagsTarget::open(target_config)?;
+    target.keep_verdicts_in(&config.cache_dir);
     let source = GitSource::new(source_config, &config.cache_dir);
     let cancel = AtomicBool::new(false);
     tracing::debug!("phase: fetch");

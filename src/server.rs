@@ -95,6 +95,9 @@ struct StatusResponse {
     version: &'static str,
     commit: &'static str,
     ready: bool,
+    /// Why this process does not sync (it waits for the leader Lease).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    standby: Option<String>,
     sources: Vec<SourceStatus>,
 }
 
@@ -107,6 +110,7 @@ fn status_response(status: &StatusStore) -> StatusResponse {
         version: crate::build::VERSION,
         commit: crate::build::COMMIT,
         ready: status.ready(),
+        standby: status.standby(),
         sources: status.all(),
     }
 }
@@ -158,16 +162,25 @@ async fn status_revision(
 pub async fn serve(
     addr: SocketAddr,
     state: AppState,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    serve_app(addr, router(state), shutdown, "server.listen").await
+}
+
+/// Serves `app` on `addr` (the config key `key` names) until `shutdown`.
+pub async fn serve_app(
+    addr: SocketAddr,
+    app: Router,
     mut shutdown: watch::Receiver<bool>,
+    key: &'static str,
 ) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     use anyhow::Context;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
-        .with_context(|| format!("cannot listen on {addr} (server.listen)"))?;
+        .with_context(|| format!("cannot listen on {addr} ({key})"))?;
     let local = listener
         .local_addr()
         .context("listener has no local address")?;
-    let app = router(state);
     let handle = tokio::spawn(async move {
         let result = axum::serve(listener, app)
             .with_graceful_shutdown(async move {
@@ -175,7 +188,7 @@ pub async fn serve(
             })
             .await;
         if let Err(err) = result {
-            tracing::error!(error = %err, "HTTP server failed");
+            tracing::error!(error = %err, server = key, "HTTP server failed");
         }
     });
     Ok((local, handle))

@@ -13,6 +13,7 @@ use serde::Serialize;
 
 use crate::dags::{DagsOutcome, HookReport, Problem, RetentionReport};
 use crate::kubernetes::apply::ApplyOutcome;
+use crate::suspend::Suspension;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct ErrorReport {
@@ -57,6 +58,46 @@ pub struct SourceStatus {
     pub aws: Option<AwsStatus>,
     /// True once the first sync attempt has finished, whatever its result.
     pub first_sync_done: bool,
+    /// Set while the source is suspended: nothing is applied.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub suspended: Option<Suspension>,
+    /// Sync attempts begun and finished since start, whatever their
+    /// result: what `ferry sync` waits on.
+    pub syncs_started: u64,
+    pub syncs: u64,
+    /// One word for people and the CLI; see [`SourceStatus::state`].
+    pub state: &'static str,
+}
+
+impl SourceStatus {
+    /// `suspended`, `refused` (the head was refused and the last good
+    /// revision stays: a new commit is needed), `failing` (ferry cannot
+    /// finish a sync: it retries), `drifted` (the cluster or AWS differs
+    /// from the applied revision), `synced`, or `pending` (no sync yet).
+    pub fn state(&self) -> &'static str {
+        let drifted = self
+            .kubernetes
+            .as_ref()
+            .is_some_and(|k| !k.drift.is_empty())
+            || self.aws.as_ref().is_some_and(|a| !a.drift.is_empty());
+        match (&self.suspended, &self.last_error) {
+            (Some(_), _) => "suspended",
+            (None, Some(e)) if refusal(e.kind) => "refused",
+            (None, Some(_)) => "failing",
+            (None, None) if drifted => "drifted",
+            (None, None) if self.first_sync_done => "synced",
+            (None, None) => "pending",
+        }
+    }
+}
+
+/// Is `kind` (a `last_error.kind`) a head refused for what it is, which
+/// evaluating again would refuse again?
+fn refusal(kind: &str) -> bool {
+    use crate::verdict::{ALL, Retry, policy};
+    ALL.iter()
+        .map(|r| policy(*r))
+        .any(|p| p.label == kind && p.retry == Retry::WaitForGit)
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -133,6 +174,10 @@ impl StatusStore {
                 kubernetes: None,
                 aws: None,
                 first_sync_done: false,
+                suspended: None,
+                syncs_started: 0,
+                syncs: 0,
+                state: "pending",
             },
         );
     }
@@ -140,6 +185,7 @@ impl StatusStore {
     pub fn update(&self, name: &str, f: impl FnOnce(&mut SourceStatus)) {
         if let Some(status) = self.write().get_mut(name) {
             f(status);
+            status.state = status.state();
         }
     }
 

@@ -30,6 +30,7 @@ use crate::report::{Reporter, Subject};
 use crate::revision::{Origin, Revision};
 use crate::source::GitSource;
 use crate::status::{StatusStore, timestamp};
+use crate::suspend::Suspensions;
 use crate::targets::{self, Outcome, Purpose, Target};
 use crate::trigger::PreviewQueue;
 use crate::trigger::Trigger;
@@ -86,6 +87,7 @@ struct Worker {
     /// `interval` in case a webhook was lost.
     previews_enabled: bool,
     last_pull_poll: Option<Instant>,
+    suspensions: Suspensions,
 }
 
 /// What the webhook receiver needs of one source.
@@ -98,6 +100,7 @@ pub struct SourceHandle {
 
 pub struct Agent {
     workers: Vec<Worker>,
+    suspensions: Suspensions,
     status: StatusStore,
     metrics: Arc<Metrics>,
     notifier: Option<crate::notify::Notifier>,
@@ -123,6 +126,9 @@ impl Agent {
             .unwrap_or(Duration::from_secs(60));
         crate::source::set_network_timeouts(shortest.min(Duration::from_secs(30)), shortest);
         let shared = Arc::new(config.clone());
+        // Unreadable, it stops the start: forgetting a suspension would
+        // apply what someone meant to hold back.
+        let suspensions = Suspensions::open(&config.suspensions_file())?;
         let mut workers = Vec::new();
         for source_config in &config.sources {
             let source = GitSource::new(source_config, &config.cache_dir);
@@ -166,13 +172,18 @@ impl Agent {
                 has("kubernetes"),
                 has("aws"),
             );
+            // Kept on disk, so a restart parses only what changed.
+            let checker = match has("dags") {
+                true => PythonChecker::persistent(&config.cache_dir),
+                false => PythonChecker::default(),
+            };
             workers.push(Worker {
                 source: Arc::new(source),
                 source_config: source_config.clone(),
                 config: shared.clone(),
                 feeds: targets::feeds(&targets),
                 targets,
-                checker: PythonChecker::default(),
+                checker,
                 memory: Memory::default(),
                 trigger: Trigger::default(),
                 status: status.clone(),
@@ -182,6 +193,7 @@ impl Agent {
                 notifier: None,
                 previews_enabled: config.github.as_ref().is_some_and(|g| g.previews),
                 last_pull_poll: None,
+                suspensions: suspensions.clone(),
             });
         }
         if reporter.is_some() {
@@ -192,8 +204,12 @@ impl Agent {
                 .collect();
             metrics.init_github(&reporting);
         }
+        for worker in &workers {
+            worker.show_suspension();
+        }
         Ok(Agent {
             workers,
+            suspensions,
             status,
             metrics,
             notifier: None,
@@ -215,6 +231,11 @@ impl Agent {
 
     pub fn metrics(&self) -> Arc<Metrics> {
         self.metrics.clone()
+    }
+
+    /// Which sources are suspended: the admin endpoint changes them.
+    pub fn suspensions(&self) -> Suspensions {
+        self.suspensions.clone()
     }
 
     /// Triggers by source name.
@@ -269,6 +290,20 @@ impl Agent {
 }
 
 impl Worker {
+    /// Puts the source's suspension (or its absence) in status and
+    /// metrics; true while it is suspended.
+    fn show_suspension(&self) -> bool {
+        let suspension = self.suspensions.get(&self.source.name);
+        let suspended = suspension.is_some();
+        self.metrics
+            .suspended
+            .get_or_create(&metrics::source(&self.source.name))
+            .set(i64::from(suspended));
+        self.status
+            .update(&self.source.name, |s| s.suspended = suspension);
+        suspended
+    }
+
     fn takes_previews(&self) -> bool {
         self.previews_enabled && self.report.is_some() && !self.targets.is_empty()
     }
@@ -356,7 +391,8 @@ impl Worker {
     async fn sync(&mut self, cancel: &Arc<AtomicBool>) -> (SyncResult, Option<Conclusion>) {
         let name = self.source.name.clone();
         self.status.update(&name, |s| {
-            s.last_attempt = Some(timestamp(SystemTime::now()))
+            s.last_attempt = Some(timestamp(SystemTime::now()));
+            s.syncs_started += 1;
         });
         let head = match self.fetch(cancel).await {
             Ok(head) => head,
@@ -387,10 +423,19 @@ impl Worker {
             return (result, Some(conclusion));
         }
         let drift_due = self.targets.iter().any(|t| t.drift_due());
+        if self.show_suspension() {
+            // A new commit waits for `ferry resume`; drift of what is
+            // applied is still reported, never healed.
+            if drift_due {
+                let checks = self.check_drift(&head.revision, cancel, false).await;
+                return (SyncResult::Drift { commit, checks }, None);
+            }
+            return (SyncResult::Unchanged { commit }, None);
+        }
         match self.memory.next(commit, drift_due) {
             Next::Idle => (SyncResult::Unchanged { commit }, None),
             Next::CheckDrift => {
-                let checks = self.check_drift(&head.revision, cancel).await;
+                let checks = self.check_drift(&head.revision, cancel, true).await;
                 (SyncResult::Drift { commit, checks }, None)
             }
             Next::Evaluate { announce } => {
@@ -542,7 +587,12 @@ impl Worker {
 
     /// Plans each due target's last good revision again: every change the
     /// plan would make is drift; `self_heal` applies that plan.
-    async fn check_drift(&mut self, head: &Revision, cancel: &AtomicBool) -> Vec<DriftCheck> {
+    async fn check_drift(
+        &mut self,
+        head: &Revision,
+        cancel: &AtomicBool,
+        heal: bool,
+    ) -> Vec<DriftCheck> {
         let mut checks = Vec::new();
         // Targets fed by one source usually hold the same last good commit:
         // it is read once for all of them.
@@ -583,7 +633,7 @@ impl Worker {
                 }
             };
             let drifted = plan.drifted();
-            let healed = if target.heals() && !drifted.is_empty() {
+            let healed = if heal && target.heals() && !drifted.is_empty() {
                 match target.apply(plan, cancel).await {
                     Ok(outcome) => Some(outcome),
                     Err(failure) => {

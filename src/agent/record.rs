@@ -46,6 +46,7 @@ impl Worker {
     /// Puts a result in status, metrics and logs. Returns when to try again.
     pub(super) fn record(&self, result: &SyncResult, conclusion: Option<&Conclusion>) -> Retry {
         let name = &self.source.name;
+        self.status.update(name, |s| s.syncs += 1);
         let label = match result {
             SyncResult::Unchanged { .. } | SyncResult::Drift { .. } => "unchanged",
             SyncResult::Evaluated { .. } => "success",

@@ -7,6 +7,7 @@ pub mod publish;
 pub mod retention;
 pub mod snapshot;
 pub mod validate;
+mod verdicts;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -189,6 +190,11 @@ impl DagsTarget {
         })
     }
 
+    /// Keeps parse verdicts in `cache_dir` across runs (see [`PythonChecker::persistent`]).
+    pub fn keep_verdicts_in(&mut self, cache_dir: &std::path::Path) {
+        self.checker = PythonChecker::persistent(cache_dir);
+    }
+
     /// The agent prunes in the background; one-shot runs prune before exiting.
     pub fn set_background_prune(&mut self, on: bool) {
         self.background_prune = on;
@@ -220,6 +226,15 @@ impl DagsTarget {
         tracing::debug!(%commit, "phase: validate");
         let snapshot = snapshot::read(repo, commit, &self.config.subdir)?;
         let problems = self.checker.check(repo, &snapshot, &self.config.subdir);
+        let python = snapshot
+            .files
+            .iter()
+            .filter(|f| f.path.ends_with(".py"))
+            .count();
+        tracing::info!(
+            "{} of {python} Python files parsed, the rest known by blob id",
+            self.checker.parsed()
+        );
         if !problems.is_empty() && self.config.validation.policy == ValidationPolicy::Block {
             return Err(DagsError::Blocked {
                 commit,

@@ -3,7 +3,8 @@
 //!
 //! Parse results are cached by blob id, so a commit that changes one file
 //! parses one file: validation costs in proportion to the change, as
-//! publishing does.
+//! publishing does. With a cache directory they are also kept on disk
+//! ([`super::verdicts`]), so that holds across runs and restarts too.
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -16,22 +17,44 @@ use git2::{Oid, Repository};
 use serde::Serialize;
 
 use super::snapshot::Snapshot;
+use super::verdicts::VerdictFile;
 
 pub use crate::problem::Problem;
 
 /// (line, column, message) of a syntax error; `None` for a clean file.
-type ParseVerdict = Option<(usize, usize, String)>;
+pub(crate) type ParseVerdict = Option<(usize, usize, String)>;
 
 /// Remembers parse verdicts by blob id across revisions.
 #[derive(Default)]
 pub struct PythonChecker {
     verdicts: HashMap<Oid, ParseVerdict>,
+    /// Where verdicts are kept between processes, if anywhere.
+    file: Option<VerdictFile>,
+    /// Files parsed (not found in the cache) by the last check.
+    parsed: usize,
 }
 
 /// Bound on remembered verdicts; far above any DAGs repo, so clearing is rare.
 const MAX_CACHED: usize = 200_000;
 
 impl PythonChecker {
+    /// A checker that starts from, and adds to, the verdicts kept in
+    /// `cache_dir`.
+    pub fn persistent(cache_dir: &Path) -> PythonChecker {
+        let file = VerdictFile::in_dir(cache_dir);
+        PythonChecker {
+            verdicts: file.load(MAX_CACHED),
+            file: Some(file),
+            parsed: 0,
+        }
+    }
+
+    /// How many files the last [`PythonChecker::check`] parsed: the rest
+    /// were known by their blob id.
+    pub fn parsed(&self) -> usize {
+        self.parsed
+    }
+
     /// Checks every `.py` file of the snapshot. `prefix` is the subdir, used
     /// to name files by their path in the repository.
     pub fn check(&mut self, repo: &Repository, snapshot: &Snapshot, prefix: &str) -> Vec<Problem> {
@@ -39,15 +62,27 @@ impl PythonChecker {
             self.verdicts.clear();
         }
         let mut problems = Vec::new();
+        let mut new = Vec::new();
         for file in snapshot.files.iter().filter(|f| f.path.ends_with(".py")) {
             let verdict = match self.verdicts.get(&file.blob) {
                 Some(v) => v.clone(),
                 None => {
                     let v = match repo.find_blob(file.blob) {
                         Ok(blob) => parse_python(blob.content()),
-                        Err(e) => Some((1, 1, format!("cannot read blob: {}", e.message()))),
+                        // Not a verdict on the file: never kept.
+                        Err(e) => {
+                            problems.push(Problem {
+                                file: repo_path(prefix, &file.path),
+                                line: None,
+                                column: None,
+                                document: None,
+                                message: format!("cannot read blob: {}", e.message()),
+                            });
+                            continue;
+                        }
                     };
                     self.verdicts.insert(file.blob, v.clone());
+                    new.push((file.blob, v.clone()));
                     v
                 }
             };
@@ -60,6 +95,10 @@ impl PythonChecker {
                     message,
                 });
             }
+        }
+        self.parsed = new.len();
+        if let Some(file) = &self.file {
+            file.append(&new);
         }
         problems
     }

@@ -580,6 +580,75 @@ fn publish_dags_one_shot_refuses_broken_dags_and_unsigned_heads() {
     );
 }
 
+/// One-shot runs (each a new process, as init containers are) share parse
+/// verdicts through the cache directory: a run parses only the files no
+/// earlier run saw, a cached syntax error still blocks, and a deleted
+/// cache costs one full parse.
+#[test]
+fn publish_dags_one_shot_parses_only_what_no_earlier_run_saw() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = Repo::new(tmp.path(), "dags");
+    let files: Vec<(String, String)> = (0..20)
+        .map(|i| (format!("dags/team/dag_{i:02}.py"), format!("N = {i}\n")))
+        .collect();
+    let refs: Vec<(&str, Option<&str>)> = files
+        .iter()
+        .map(|(p, c)| (p.as_str(), Some(c.as_str())))
+        .collect();
+    repo.commit(&refs, "twenty DAGs");
+    let dest = tmp.path().join("dest");
+    let cache = tmp.path().join("cache");
+    let publish = || {
+        let out = ferry(&[
+            "publish-dags",
+            "--repo",
+            repo.bare.to_str().unwrap(),
+            "--subdir",
+            "dags",
+            "--dest",
+            dest.to_str().unwrap(),
+            "--cache-dir",
+            cache.to_str().unwrap(),
+        ]);
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        (out.status.code(), stderr)
+    };
+    let parsed = |stderr: &str, want: &str| {
+        assert!(
+            stderr.contains(&format!("{want} Python files parsed")),
+            "wanted {want}: {stderr}"
+        );
+    };
+    let (code, stderr) = publish();
+    assert_eq!(code, Some(0), "{stderr}");
+    parsed(&stderr, "20 of 20");
+
+    repo.commit(&[("dags/team/dag_03.py", Some("N = 33\n"))], "one change");
+    let (code, stderr) = publish();
+    assert_eq!(code, Some(0), "{stderr}");
+    parsed(&stderr, "1 of 20");
+
+    repo.commit(
+        &[("dags/team/broken.py", Some("x = 1\ny = = 2\n"))],
+        "broken",
+    );
+    for want in ["1 of 21", "0 of 21"] {
+        let (code, stderr) = publish();
+        assert_eq!(code, Some(1), "{stderr}");
+        parsed(&stderr, want);
+        assert!(stderr.contains("dags/team/broken.py:2:"), "{stderr}");
+    }
+
+    // Only a cache: deleting it costs a full parse, nothing else.
+    let kept = verdict_files(&cache);
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    std::fs::remove_file(&kept[0]).unwrap();
+    let (code, stderr) = publish();
+    assert_eq!(code, Some(1), "{stderr}");
+    parsed(&stderr, "21 of 21");
+    assert!(stderr.contains("dags/team/broken.py:2:"), "{stderr}");
+}
+
 /// Endpoints, readiness before and after the first sync, metric names, and a
 /// SIGTERM during a long validation that leaves the last revision live.
 #[test]

@@ -5,6 +5,7 @@
 
 mod support;
 
+mod admin;
 mod airflow;
 mod airflow_versions;
 mod aws;

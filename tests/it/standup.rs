@@ -207,6 +207,10 @@ fn ferry_config(tmp: &Path, platform: &Path, port: u16, kubeconfig: &Path) -> Pa
         serde_yaml_ng::from_str(deploy["data"]["ferry.yaml"].as_str().unwrap()).unwrap();
     config["cache_dir"] = json!(tmp.join("cache"));
     config["server"]["listen"] = json!(format!("127.0.0.1:{port}"));
+    // The admin endpoint as shipped, on a port and token of this test's.
+    std::fs::write(tmp.join("admin-token"), "standup-admin-token\n").unwrap();
+    config["server"]["admin"]["listen"] = json!(format!("127.0.0.1:{}", free_port()));
+    config["server"]["admin"]["token_file"] = json!(tmp.join("admin-token"));
     config["log"] = json!({"format": "text", "level": "info"});
     config.as_object_mut().unwrap().remove("github");
     config["leader_election"]["namespace"] = json!("ferry");
@@ -649,6 +653,7 @@ async fn the_platform_template_and_ferry_stand_up_on_the_nodes_the_platform_decl
         "token".to_string(),
         "webhook-secret".to_string(),
         "airflow-password".to_string(),
+        "admin-token".to_string(),
     ];
     secrets.push_str(&format!(
         "---\n{}\n",

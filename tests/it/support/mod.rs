@@ -1281,3 +1281,45 @@ pub fn oci_registry(dir: &Path) -> Server {
         log: dir.join("registry.log"),
     }
 }
+
+/// The parse-verdict files ferry keeps in `cache` (one per ferry version).
+pub fn verdict_files(cache: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(cache)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter(|e| {
+                    e.file_name()
+                        .to_string_lossy()
+                        .starts_with("python-verdicts-")
+                })
+                .map(|e| e.path())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Times `git worktree add` of `commit` from `bare` into `wt` (git-sync's
+/// way of checking out a commit), then removes the worktree.
+pub fn timed_worktree(bare: &Path, wt: &Path, commit: &str, check: impl FnOnce(&Path)) -> Duration {
+    let git = |args: &[&str]| {
+        let out = Command::new("git")
+            .arg("-C")
+            .arg(bare)
+            .args(args)
+            .output()
+            .expect("git runs");
+        assert!(
+            out.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let wt_str = wt.to_str().expect("UTF-8 path");
+    let started = Instant::now();
+    git(&["worktree", "add", "--quiet", "--detach", wt_str, commit]);
+    let took = started.elapsed();
+    check(wt);
+    git(&["worktree", "remove", "--force", wt_str]);
+    took
+}
