@@ -3,6 +3,23 @@
 
 use std::path::Path;
 
+/// Replaces `path` with `bytes` whole: a temp file beside it, synced,
+/// renamed over it, and the directory synced, so a crash leaves the old
+/// content or the new, never part of either.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    std::fs::create_dir_all(dir)?;
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    tmp.write_all(bytes)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
 /// `ENOSPC` or `EDQUOT`: the filesystem (or the user's quota) is full.
 pub fn is_full(err: &std::io::Error) -> bool {
     // By kind too: wrappers such as tempfile's keep the kind, not the errno.

@@ -308,13 +308,7 @@ fn count_queued(metrics: &Metrics, receivers: &[NotificationConfig], outbox: &Ou
 }
 
 fn save(path: &Path, outbox: &Outbox) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
-    serde_json::to_writer(&mut tmp, outbox)?;
-    tmp.as_file().sync_all()?;
-    tmp.persist(path).map_err(|e| e.error)?;
-    Ok(())
+    crate::disk::write_atomic(path, &serde_json::to_vec(outbox)?)
 }
 
 /// The receiver's body for `queued`.

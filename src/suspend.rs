@@ -75,6 +75,24 @@ impl Suspensions {
         self.lock().get(source).cloned()
     }
 
+    /// Puts `source`'s suspension (or its absence) in status and metrics;
+    /// true while it is suspended.
+    pub fn show(
+        &self,
+        source: &str,
+        status: &crate::status::StatusStore,
+        metrics: &crate::metrics::Metrics,
+    ) -> bool {
+        let suspension = self.get(source);
+        let suspended = suspension.is_some();
+        metrics
+            .suspended
+            .get_or_create(&crate::metrics::source(source))
+            .set(i64::from(suspended));
+        status.update(source, |s| s.suspended = suspension);
+        suspended
+    }
+
     /// Suspends `source` (again: the new reason replaces the old, the
     /// time stays). Written to disk before it returns.
     pub fn suspend(
@@ -111,23 +129,11 @@ impl Suspensions {
     }
 
     fn save(&self, map: &BTreeMap<String, Suspension>) -> Result<(), SuspendError> {
-        let write = |source| SuspendError::Write {
+        let body = serde_json::to_vec_pretty(map).unwrap_or_default();
+        crate::disk::write_atomic(&self.path, &body).map_err(|source| SuspendError::Write {
             path: self.path.clone(),
             source,
-        };
-        if let Some(dir) = self.path.parent() {
-            std::fs::create_dir_all(dir).map_err(write)?;
-        }
-        let tmp = self.path.with_extension("json.tmp");
-        let body = serde_json::to_vec_pretty(map).unwrap_or_default();
-        let result = (|| {
-            use std::io::Write;
-            let mut file = std::fs::File::create(&tmp)?;
-            file.write_all(&body)?;
-            file.sync_all()?;
-            std::fs::rename(&tmp, &self.path)
-        })();
-        result.map_err(write)
+        })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Suspension>> {

@@ -21,7 +21,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use tokio::sync::watch;
 
-use crate::metrics::{self, Metrics};
+use crate::metrics::Metrics;
 use crate::status::{StatusStore, timestamp};
 use crate::suspend::Suspensions;
 use crate::trigger::Trigger;
@@ -194,7 +194,10 @@ async fn suspend(
     {
         Ok(suspension) => {
             tracing::warn!(source = %source, reason = %suspension.reason, "suspended: nothing is applied until `ferry resume`");
-            show(&state, &source);
+            // Said at once, not at the worker's next sync.
+            state
+                .suspensions
+                .show(&source, &state.status, &state.metrics);
             Json(suspension).into_response()
         }
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
@@ -210,24 +213,16 @@ async fn resume(State(state): State<AdminState>, Path(source): Path<String>) -> 
             if was.is_some() {
                 tracing::info!(source = %source, "resumed");
             }
-            show(&state, &source);
+            // Said at once, not at the worker's next sync.
+            state
+                .suspensions
+                .show(&source, &state.status, &state.metrics);
             // What waited is applied now, not at the next poll.
             trigger.poke();
             Json(serde_json::json!({ "resumed": was.is_some(), "was": was })).into_response()
         }
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
-}
-
-/// Status and metric say it at once, not at the worker's next sync.
-fn show(state: &AdminState, source: &str) {
-    let suspension = state.suspensions.get(source);
-    state
-        .metrics
-        .suspended
-        .get_or_create(&metrics::source(source))
-        .set(i64::from(suspension.is_some()));
-    state.status.update(source, |s| s.suspended = suspension);
 }
 
 /// Binds `addr` and serves until `shutdown` turns true.

@@ -293,15 +293,8 @@ impl Worker {
     /// Puts the source's suspension (or its absence) in status and
     /// metrics; true while it is suspended.
     fn show_suspension(&self) -> bool {
-        let suspension = self.suspensions.get(&self.source.name);
-        let suspended = suspension.is_some();
-        self.metrics
-            .suspended
-            .get_or_create(&metrics::source(&self.source.name))
-            .set(i64::from(suspended));
-        self.status
-            .update(&self.source.name, |s| s.suspended = suspension);
-        suspended
+        self.suspensions
+            .show(&self.source.name, &self.status, &self.metrics)
     }
 
     fn takes_previews(&self) -> bool {

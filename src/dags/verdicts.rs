@@ -99,21 +99,13 @@ impl VerdictFile {
         }
     }
 
-    /// Replaces the file with `verdicts`, atomically (temp file, rename).
+    /// Replaces the file with `verdicts`, atomically.
     fn rewrite(&self, verdicts: &HashMap<Oid, ParseVerdict>) {
-        let tmp = self
-            .path
-            .with_extension(format!("tmp-{}", std::process::id()));
-        let result = (|| -> std::io::Result<()> {
-            let mut out = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
-            for (oid, verdict) in verdicts {
-                out.write_all(&format_line(oid, verdict))?;
-            }
-            out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
-            std::fs::rename(&tmp, &self.path)
-        })();
-        if let Err(e) = result {
-            let _ = std::fs::remove_file(&tmp);
+        let body: Vec<u8> = verdicts
+            .iter()
+            .flat_map(|(oid, verdict)| format_line(oid, verdict))
+            .collect();
+        if let Err(e) = crate::disk::write_atomic(&self.path, &body) {
             tracing::warn!(path = %self.path.display(), error = %e, "cannot compact the parse cache");
         }
     }

@@ -255,12 +255,7 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ChartError> {
         path: path.to_path_buf(),
         source,
     };
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(cache)?;
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(cache)?;
-    std::io::Write::write_all(&mut tmp, bytes).map_err(cache)?;
-    tmp.persist(path).map_err(|e| cache(e.error))?;
-    Ok(())
+    crate::disk::write_atomic(path, bytes).map_err(cache)
 }
 
 /// A chart repository's HTTP basic credentials: the username, and the

@@ -5,7 +5,6 @@
 //! from git and GitHub; losing it costs duplicate statuses, never wrong ones.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -189,14 +188,7 @@ impl Ledger {
         trim(&mut self.data.deployments, |r| r.seq);
         trim(&mut self.data.comments, |r| r.seq);
         let write = |path: &Path| -> std::io::Result<()> {
-            let dir = path.parent().unwrap_or(Path::new("."));
-            std::fs::create_dir_all(dir)?;
-            let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
-            serde_json::to_writer(&mut tmp, &self.data)?;
-            tmp.flush()?;
-            tmp.as_file().sync_all()?;
-            tmp.persist(path).map_err(|e| e.error)?;
-            std::fs::File::open(dir)?.sync_all()
+            crate::disk::write_atomic(path, &serde_json::to_vec(&self.data)?)
         };
         write(&self.path).map_err(|source| {
             if crate::disk::is_full(&source) {
