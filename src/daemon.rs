@@ -58,9 +58,19 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let shutdown = shutdown_signal();
     // Leadership before anything touches the DAGs volume, the cluster or
     // GitHub: even opening the DAGs target cleans up staging directories.
+    let site = Arc::new(crate::pages::Site::from_config(&config));
     let holding = match &config.leader_election {
         Some(leader) => {
-            match stand_by(leader, config.server.listen, &status, &metrics, &shutdown).await? {
+            match stand_by(
+                leader,
+                config.server.listen,
+                &status,
+                &metrics,
+                &site,
+                &shutdown,
+            )
+            .await?
+            {
                 Some(holding) => Some(holding),
                 None => return Ok(()),
             }
@@ -125,17 +135,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     let webhook = webhook_receiver(&config, &agent)?;
     let sources = config.sources.len();
-    serve_and_run(
-        agent,
-        reporter,
-        config.server.listen,
-        config.server.admin.as_ref(),
-        webhook,
-        shutdown,
-        |addr| {
-            tracing::info!(%addr, sources, "ferry running");
-        },
-    )
+    serve_and_run(agent, reporter, &config, webhook, shutdown, |addr| {
+        tracing::info!(%addr, sources, "ferry running");
+    })
     .await?;
     if let Some(holding) = holding {
         let _ = holding.release.send(());
@@ -159,6 +161,7 @@ async fn stand_by(
     listen: SocketAddr,
     status: &StatusStore,
     metrics: &Arc<Metrics>,
+    site: &Arc<crate::pages::Site>,
     shutdown: &watch::Receiver<bool>,
 ) -> anyhow::Result<Option<Holding>> {
     let mut elector = crate::leader::Elector::new(config).await?;
@@ -169,6 +172,7 @@ async fn stand_by(
         status: status.clone(),
         metrics: metrics.clone(),
         webhook: None,
+        site: site.clone(),
     };
     let (addr, server) = server::serve(listen, state, server_stop).await?;
     tracing::info!(%addr, identity = elector.identity(), lease = %lease, "standing by for the leader Lease");
@@ -202,8 +206,7 @@ async fn stand_by(
 pub async fn serve_and_run(
     agent: Agent,
     reporter: Option<crate::report::Reporter>,
-    listen: SocketAddr,
-    admin: Option<&crate::config::AdminConfig>,
+    config: &Config,
     webhook: Option<Arc<crate::webhook::Receiver>>,
     shutdown: watch::Receiver<bool>,
     listening: impl FnOnce(SocketAddr),
@@ -213,9 +216,10 @@ pub async fn serve_and_run(
         status: agent.status(),
         metrics: agent.metrics(),
         webhook,
+        site: Arc::new(crate::pages::Site::from_config(config)),
     };
-    let (addr, server) = server::serve(listen, state, shutdown.clone()).await?;
-    let admin_server = match admin {
+    let (addr, server) = server::serve(config.server.listen, state, shutdown.clone()).await?;
+    let admin_server = match &config.server.admin {
         Some(admin) => {
             let state = crate::admin::AdminState {
                 status: agent.status(),

@@ -25,6 +25,7 @@ pub mod logging;
 pub mod metrics;
 pub mod notify;
 pub mod oneshot;
+pub mod pages;
 pub mod preview;
 pub mod problem;
 pub mod quickstart;

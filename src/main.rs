@@ -585,12 +585,13 @@ async fn quickstart_cmd(
     ferry::daemon::serve_and_run(
         agent,
         None,
-        config.server.listen,
-        None,
+        &config,
         None,
         ferry::daemon::shutdown_signal(),
         |addr| {
-            println!("  status API         http://{addr}/api/v1/status   (metrics: /metrics)");
+            println!(
+                "  status pages       http://{addr}/   (JSON: /api/v1/status, metrics: /metrics)"
+            );
             println!(
                 "\nTry a change:\n  git clone {repo} {work} && cd {work}\n  \
              # edit dags/*.py, then: git commit -am 'my change' && git push\n\

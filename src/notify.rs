@@ -172,7 +172,7 @@ impl Notifier {
         if let (Some(base), Some(source), Some(commit)) =
             (&self.0.external_url, &event.source, &event.commit)
         {
-            event.url = Some(format!("{base}/api/v1/status/{source}/revisions/{commit}"));
+            event.url = Some(crate::pages::revision_url(base, source, commit));
         }
         let wanted: Vec<&NotificationConfig> = self
             .0
@@ -427,19 +427,19 @@ mod tests {
     fn each_receiver_gets_its_own_shape_with_the_link() {
         let q = queued(
             EventKind::DagsBlocked,
-            Some("https://ferry.example/api/v1/status/dags/revisions/abc"),
+            Some("https://ferry.example/sources/dags/revisions/abc"),
         );
         let slack = body(NotificationKind::Slack, &q);
         assert_eq!(
             slack["text"],
-            "🔴 ferry `dags`: not published: dags/a.py:3: syntax error\n<https://ferry.example/api/v1/status/dags/revisions/abc|What ferry concluded>"
+            "🔴 ferry `dags`: not published: dags/a.py:3: syntax error\n<https://ferry.example/sources/dags/revisions/abc|What ferry concluded>"
         );
         let teams = body(NotificationKind::Teams, &q);
         let card = &teams["attachments"][0]["content"];
         assert_eq!(card["type"], "AdaptiveCard");
         assert_eq!(
             card["actions"][0]["url"],
-            "https://ferry.example/api/v1/status/dags/revisions/abc"
+            "https://ferry.example/sources/dags/revisions/abc"
         );
         let hook = body(NotificationKind::Webhook, &q);
         assert_eq!(hook["event"], "dags_blocked");

@@ -6,7 +6,6 @@
 //! between syncs, so a preview never races a fetch on the same mirror.
 
 use std::sync::atomic::AtomicBool;
-use std::time::SystemTime;
 
 use crate::config::{Config, SourceConfig};
 use crate::dags::PythonChecker;
@@ -16,7 +15,7 @@ use crate::report::comment::{self, TargetPreview};
 use crate::report::ledger::State;
 use crate::revision::{Origin, Revision};
 use crate::source::GitSource;
-use crate::status::{RevisionRecord, timestamp};
+use crate::status::RevisionRecord;
 use crate::targets::{self, Plan, Purpose};
 use crate::verdict::{Failure, Retry};
 
@@ -30,20 +29,22 @@ pub struct Preview {
     pub description: String,
     pub comment: String,
     pub detail: serde_json::Value,
+    pub took: std::time::Duration,
 }
 
 impl Preview {
     /// Its entry in the source's revision history.
     pub fn record(&self) -> RevisionRecord {
-        RevisionRecord {
-            revision: self.sha.clone(),
-            origin: Origin::PullRequest(self.pr).as_str(),
-            pull_request: Some(self.pr),
-            state: self.state.as_str(),
-            description: self.description.clone(),
-            at: timestamp(SystemTime::now()),
-            detail: Some(self.detail.clone()),
-        }
+        let mut record = RevisionRecord::new(
+            self.sha.clone(),
+            Origin::PullRequest(self.pr).as_str(),
+            Some(self.pr),
+            self.state.as_str(),
+            self.description.clone(),
+            Some(self.detail.clone()),
+        );
+        record.duration_ms = Some(self.took.as_millis() as u64);
+        record
     }
 }
 
@@ -60,7 +61,9 @@ pub async fn run(
         .cache_dir
         .join(format!("preview-{}-{pr}", source.name));
     let _ = std::fs::remove_dir_all(&scratch);
-    let preview = preview(source, config, source_config, pr, &scratch, cancel).await;
+    let started = std::time::Instant::now();
+    let mut preview = preview(source, config, source_config, pr, &scratch, cancel).await;
+    preview.took = started.elapsed();
     let _ = std::fs::remove_dir_all(&scratch);
     preview
 }
@@ -87,6 +90,7 @@ async fn preview(
         description: message.clone(),
         comment: String::new(),
         detail: serde_json::json!({ "error": message }),
+        took: Default::default(),
     };
     let mut targets = match targets::for_source(config, source_config, Some(scratch)) {
         Ok(t) => t,
@@ -237,6 +241,7 @@ fn dags_preview(name: &str, pr: u64, revision: &Revision, planned: &Planned) -> 
             error.as_deref(),
         ),
         detail: serde_json::json!({ "problems": problems, "hook": hook, "error": error }),
+        took: Default::default(),
     }
 }
 
@@ -327,5 +332,6 @@ fn platform_preview(name: &str, pr: u64, revision: &Revision, planned: &Planned)
         description,
         comment: comment::platform_comment(name, pr, &sha, &previews, &how_to),
         detail: serde_json::Value::Object(detail),
+        took: Default::default(),
     }
 }

@@ -2,9 +2,9 @@
 //! commit it is in: what the gate rejects a commit with, and what statuses,
 //! PR comments and the status API list.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Problem {
     /// Path relative to the repository root.
     pub file: String,

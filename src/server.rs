@@ -1,4 +1,5 @@
-//! HTTP face: health, readiness, metrics and the JSON status API.
+//! HTTP face: health, readiness, metrics, the JSON status API and the
+//! pages for people ([`crate::pages`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -22,6 +23,7 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Set when `github.webhook_secret_file` is configured.
     pub webhook: Option<Arc<Receiver>>,
+    pub site: Arc<crate::pages::Site>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -39,6 +41,7 @@ pub fn router(state: AppState) -> Router {
             "/webhooks/github",
             post(github_webhook).layer(DefaultBodyLimit::max(MAX_BODY)),
         )
+        .merge(crate::pages::router())
         .with_state(state)
 }
 

@@ -122,8 +122,38 @@ pub struct RevisionRecord {
     pub state: &'static str,
     pub description: String,
     pub at: String,
+    /// From `pending` to this verdict, when ferry saw both.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
     /// The whole result: the plan, the problems, the outcome.
     pub detail: Option<serde_json::Value>,
+    #[serde(skip)]
+    pub started: Option<SystemTime>,
+}
+
+impl RevisionRecord {
+    /// A record of `revision` as of now; `origin` as [`RevisionRecord::origin`].
+    pub fn new(
+        revision: String,
+        origin: &'static str,
+        pull_request: Option<u64>,
+        state: &'static str,
+        description: String,
+        detail: Option<serde_json::Value>,
+    ) -> RevisionRecord {
+        let now = SystemTime::now();
+        RevisionRecord {
+            revision,
+            origin,
+            pull_request,
+            state,
+            description,
+            at: timestamp(now),
+            duration_ms: None,
+            detail,
+            started: Some(now),
+        }
+    }
 }
 
 /// Revision records kept per source (the newest).
@@ -201,11 +231,34 @@ impl StatusStore {
     pub fn record_revision(&self, source: &str, record: RevisionRecord) {
         let mut map = self.revisions.write().unwrap_or_else(|e| e.into_inner());
         let list = map.entry(source.to_string()).or_default();
-        list.retain(|r| !(r.revision == record.revision && r.origin == record.origin));
+        let (revision, origin) = (record.revision.clone(), record.origin);
+        let same = |r: &RevisionRecord| r.revision == revision && r.origin == origin;
+        // A verdict replaces its `pending`: the evaluation took the time
+        // between them.
+        let mut record = record;
+        // A new `pending` starts the clock again (a held commit evaluated at last).
+        let pending = list.iter().find(|r| same(r) && r.state == "pending");
+        if let Some(pending) = pending.filter(|_| record.state != "pending") {
+            let made = std::mem::replace(&mut record.started, pending.started);
+            record.duration_ms = pending
+                .started
+                .zip(made)
+                .and_then(|(from, to)| to.duration_since(from).ok())
+                .map(|d| d.as_millis() as u64);
+        }
+        list.retain(|r| !same(r));
         list.push_back(record);
         while list.len() > REVISIONS_KEPT {
             list.pop_front();
         }
+    }
+
+    /// The source's records, oldest first (at most [`REVISIONS_KEPT`]).
+    pub fn history(&self, source: &str) -> Vec<RevisionRecord> {
+        let map = self.revisions.read().unwrap_or_else(|e| e.into_inner());
+        map.get(source)
+            .map(|l| l.iter().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// The records of one revision (an apply and a preview may both exist).
@@ -244,5 +297,41 @@ impl StatusStore {
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, SourceStatus>> {
         self.inner.write().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_verdict_replaces_its_pending_and_takes_the_time_between() {
+        let store = StatusStore::default();
+        let pending =
+            || RevisionRecord::new("c".into(), "branch", None, "pending", "…".into(), None);
+        store.record_revision("s", pending());
+        // Announced again (held, then evaluated): the clock starts here.
+        std::thread::sleep(std::time::Duration::from_millis(1000));
+        store.record_revision("s", pending());
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        let done = RevisionRecord::new("c".into(), "branch", None, "success", "ok".into(), None);
+        store.record_revision("s", done);
+        let history = store.history("s");
+        assert_eq!(history.len(), 1);
+        assert_eq!(history[0].state, "success");
+        let took = history[0].duration_ms.unwrap_or_default();
+        assert!((30..1000).contains(&took), "{took}");
+        // A preview of the same commit is a record of its own.
+        let preview = RevisionRecord::new(
+            "c".into(),
+            "pull_request",
+            Some(1),
+            "success",
+            "".into(),
+            None,
+        );
+        store.record_revision("s", preview);
+        assert_eq!(store.revision("s", "c").len(), 2);
+        assert_eq!(store.history("s")[1].duration_ms, None);
     }
 }

@@ -27,6 +27,9 @@ pub struct Memory {
     /// The last failure counted, so a verdict repeated on the same commit
     /// (an untrusted head seen at every poll) counts once.
     counted: Option<(Oid, Reason)>,
+    /// The commit a suspension holds back, once it was said so: it is
+    /// announced again when it is evaluated at last.
+    held: Option<Oid>,
 }
 
 /// What to do with the branch head.
@@ -64,7 +67,7 @@ impl Memory {
                 }
             }
             _ => Next::Evaluate {
-                announce: self.announced != Some(head),
+                announce: self.announced != Some(head) || self.held == Some(head),
             },
         }
     }
@@ -72,9 +75,22 @@ impl Memory {
     /// Records that `head`'s evaluation is announced; false when it was
     /// already (a retry, or an untrusted head seen again).
     pub fn announce(&mut self, head: Oid) -> bool {
-        let first = self.announced != Some(head);
+        let first = self.announced != Some(head) || self.held == Some(head);
         self.announced = Some(head);
+        self.held = None;
         first
+    }
+
+    /// Records that a suspension holds `head` back; true the first time,
+    /// when there is something to hold (a head not yet settled), so people
+    /// are told once per commit.
+    pub fn hold(&mut self, head: Oid) -> bool {
+        if self.held == Some(head) || !matches!(self.next(head, false), Next::Evaluate { .. }) {
+            return false;
+        }
+        self.announced = Some(head);
+        self.held = Some(head);
+        true
     }
 
     /// True when the last evaluation of `head` accepted it.
@@ -154,6 +170,21 @@ mod tests {
         // The retry evaluates again, without a second `pending`.
         assert_eq!(m.next(oid(1), false), Next::Evaluate { announce: false });
         assert_eq!(m.next(oid(2), false), Next::Evaluate { announce: true });
+    }
+
+    #[test]
+    fn a_held_commit_is_said_so_once_and_announced_again_when_evaluated() {
+        let mut m = Memory::default();
+        evaluate(&mut m, oid(1), Ok(()));
+        // Suspended: the settled head holds nothing; a new one, once.
+        assert!(!m.hold(oid(1)));
+        assert!(m.hold(oid(2)));
+        assert!(!m.hold(oid(2)));
+        // Resumed: evaluated with a fresh `pending`, then one verdict.
+        assert_eq!(m.next(oid(2), false), Next::Evaluate { announce: true });
+        assert!(m.announce(oid(2)));
+        assert_eq!(m.conclude(oid(2), Ok(())).report, Some(State::Success));
+        assert_eq!(m.next(oid(2), false), Next::Idle);
     }
 
     #[test]

@@ -417,8 +417,19 @@ impl Worker {
         }
         let drift_due = self.targets.iter().any(|t| t.drift_due());
         if self.show_suspension() {
-            // A new commit waits for `ferry resume`; drift of what is
-            // applied is still reported, never healed.
+            // A new commit waits for `ferry resume`, and its status says
+            // so; drift of what is applied is still reported, never healed.
+            if !self.targets.is_empty() && self.memory.hold(commit) {
+                let reason = self
+                    .suspensions
+                    .get(&name)
+                    .map(|s| s.reason)
+                    .unwrap_or_default();
+                self.announce(
+                    commit,
+                    &format!("holding this commit: `{name}` is suspended ({reason}); `ferry resume {name}` applies it"),
+                );
+            }
             if drift_due {
                 let checks = self.check_drift(&head.revision, cancel, false).await;
                 return (SyncResult::Drift { commit, checks }, None);
@@ -677,11 +688,15 @@ impl Worker {
                 &preview.description,
             );
             if !preview.comment.is_empty() {
+                let page = reporter.revision_url(&self.source.name, &preview.sha);
                 reporter.comment(
                     &subject.repo,
                     pr,
                     &crate::report::comment::marker(&self.source.name),
-                    preview.comment,
+                    format!(
+                        "{}\n[What ferry concluded, in full]({page})\n",
+                        preview.comment
+                    ),
                 );
             }
         }

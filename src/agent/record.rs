@@ -363,15 +363,14 @@ impl Worker {
         let description = format!("ferry is {what}");
         self.status.record_revision(
             &self.source.name,
-            RevisionRecord {
-                revision: sha.clone(),
-                origin: "branch",
-                pull_request: None,
-                state: "pending",
-                description: description.clone(),
-                at: timestamp(SystemTime::now()),
-                detail: None,
-            },
+            RevisionRecord::new(
+                sha.clone(),
+                "branch",
+                None,
+                "pending",
+                description.clone(),
+                None,
+            ),
         );
         if let Some((reporter, subject)) = &self.report {
             reporter.started(subject, &sha, &description);
@@ -428,15 +427,14 @@ impl Worker {
         let commit = commit.to_string();
         self.status.record_revision(
             &self.source.name,
-            RevisionRecord {
-                revision: commit.clone(),
-                origin: "branch",
-                pull_request: None,
-                state: state.as_str(),
-                description: description.clone(),
-                at: timestamp(SystemTime::now()),
+            RevisionRecord::new(
+                commit.clone(),
+                "branch",
+                None,
+                state.as_str(),
+                description.clone(),
                 detail,
-            },
+            ),
         );
         if let Some((reporter, subject)) = &self.report {
             reporter.finished(subject, &commit, state, &description);

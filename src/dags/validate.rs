@@ -147,7 +147,7 @@ fn line_col(prefix: &[u8]) -> (usize, usize) {
 }
 
 /// What the validation hook said.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct HookReport {
     pub command: Vec<String>,
     pub success: bool,

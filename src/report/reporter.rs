@@ -92,12 +92,9 @@ impl Reporter {
         }))))
     }
 
-    /// The status API page of one revision of a source.
+    /// The page of one revision of a source.
     pub fn revision_url(&self, source: &str, sha: &str) -> String {
-        format!(
-            "{}/api/v1/status/{source}/revisions/{sha}",
-            self.0.external_url
-        )
+        crate::pages::revision_url(&self.0.external_url, source, sha)
     }
 
     fn change(&self, f: impl FnOnce(&mut Ledger)) {

@@ -140,6 +140,18 @@ async fn suspend_holds_back_a_commit_across_a_restart_and_resume_applies_it() {
     wait("the second commit fetched", &|v| {
         v["revision"] == second.as_str()
     });
+    // The held commit's page (where its GitHub status links) says why it waits.
+    let held = format!("/sources/platform/revisions/{second}");
+    eventually(Duration::from_secs(10), "the held commit's page", || {
+        let (code, page) = http_get(addr, &held);
+        (code == 200 && page.contains("`platform` is suspended (freeze for the audit)"))
+            .then_some(())
+    });
+    let (_, overview) = http_get(addr, "/");
+    assert!(
+        overview.contains(">suspended</span>") && overview.contains("freeze for the audit"),
+        "{overview}"
+    );
     // A hand edit is drift, reported and (suspended) not healed.
     let client = ferry::kubernetes::client::connect(Some(&cp.admin))
         .await
@@ -182,11 +194,21 @@ async fn suspend_holds_back_a_commit_across_a_restart_and_resume_applies_it() {
     );
 
     // Resumed: what waited is applied, the hand edit healed.
+    let resumed = std::time::Instant::now();
     let out = ferry(&["resume", "platform"], &config);
     assert!(out.status.success(), "{}", text(&out));
     wait("the second commit applied", &|v| {
         v["kubernetes"]["applied_revision"] == second.as_str()
     });
+    let (_, record) = http_get(addr, &format!("/api/v1/status/platform/revisions/{second}"));
+    let record: serde_json::Value = serde_json::from_str(&record).unwrap();
+    assert_eq!(record["records"][0]["state"], "success", "{record}");
+    // Announced again when evaluated: the time it was held (a restart
+    // ago) is not counted as the sync's.
+    let took = record["records"][0]["duration_ms"]
+        .as_u64()
+        .unwrap_or(u64::MAX);
+    assert!(took <= resumed.elapsed().as_millis() as u64, "{record}");
     assert_eq!(
         cms.get("settings").await.unwrap().data.unwrap()["mode"],
         "busy"

@@ -137,7 +137,7 @@ impl Setup {
 
 /// Commits `files` on top of main and pushes it as `refs/pull/<pr>/head`
 /// only, as GitHub does for a pull request.
-fn pull_request(repo: &Repo, pr: u64, files: &[(&str, &str)]) -> String {
+pub(crate) fn pull_request(repo: &Repo, pr: u64, files: &[(&str, &str)]) -> String {
     let work = &repo.work;
     let _ = run(git(work).args(["checkout", "-q", "-B", &format!("pr-{pr}"), "main"]));
     for (path, content) in files {
@@ -193,7 +193,7 @@ fn dag_commits_get_statuses_and_deployments_and_no_secret_is_logged() {
 
     wait_states(&s.fake, &good, "ferry/dags", &["pending", "success"]);
     let statuses = s.fake.with(|f| f.statuses.clone());
-    let url = format!("{EXTERNAL}/api/v1/status/dags/revisions/{good}");
+    let url = format!("{EXTERNAL}/sources/dags/revisions/{good}");
     assert!(
         statuses
             .iter()
@@ -204,7 +204,7 @@ fn dag_commits_get_statuses_and_deployments_and_no_secret_is_logged() {
         statuses[1].description.starts_with("published 1 file(s)"),
         "{statuses:#?}"
     );
-    // The page the status links to exists on ferry's own server.
+    // The JSON of the page the status links to, on ferry's own server.
     let (code, page) = http_get(s.addr, &format!("/api/v1/status/dags/revisions/{good}"));
     assert_eq!(code, 200, "{page}");
     assert!(page.contains("\"state\":\"success\""), "{page}");

@@ -410,6 +410,12 @@ async fn one_leader_publishes_and_a_standby_takes_over() {
     assert_eq!(code, 503, "{body}");
     assert!(body.contains("held by ferry-a"), "{body}");
     assert_eq!(http_get(addr(pb), "/healthz").0, 200);
+    let (code, page) = http_get(addr(pb), "/");
+    assert_eq!(code, 200);
+    assert!(
+        page.contains("standing by: the leader Lease") && page.contains("held by ferry-a"),
+        "the overview says who syncs: {page}"
+    );
     assert!(http_get(addr(pb), "/metrics").1.contains("ferry_leader 0"));
     assert!(http_get(addr(pa), "/metrics").1.contains("ferry_leader 1"));
     assert_eq!(published(&dest("b")), None, "the standby publishes nothing");

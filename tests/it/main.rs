@@ -22,6 +22,7 @@ mod kube_health;
 mod kube_plan;
 mod kustomize;
 mod notify;
+mod pages;
 mod publish;
 mod signatures;
 mod standup;

@@ -153,7 +153,7 @@ fn people_are_told_once_per_event_retried_signed_and_without_secrets() {
         text.contains("ferry `dags`: ")
             && text.contains("dags/b.py:1")
             && text.contains(&format!(
-                "<http://127.0.0.1:{port}/api/v1/status/dags/revisions/{bad}|"
+                "<http://127.0.0.1:{port}/sources/dags/revisions/{bad}|"
             )),
         "{text}"
     );

@@ -5,6 +5,7 @@
 //! them: `.ci/setup` (run by `.ci/run`).
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod cluster;
 pub mod github;
 pub mod moto;
