@@ -5,7 +5,7 @@
 //!     cargo bench --bench publish -- reuse   # one of: reuse, latency, rss
 //!
 //! 1. reuse: 10,000-file (~40 MB) repo, one file changed per commit:
-//!    ferry's publish (hardlink reuse) vs `git worktree add` of the same
+//!    ferry's publish (shared directories) vs `git worktree add` of the same
 //!    commit (git-sync's method), side by side; on disk and on tmpfs.
 //! 2. latency: trigger -> published over 100 commits, fetched from local
 //!    smart HTTP (lighttpd + git-http-backend).
@@ -20,6 +20,11 @@
 //!    container is) for a one-file change of the 10,000-file repo, with the
 //!    parse cache of earlier runs and with none (every file parsed), beside
 //!    `git worktree add` of the same commit.
+//! 6. mutations: directory entries a one-file change makes (mkdir, write,
+//!    link, symlink, rename, chmod: on EFS one round trip each), in repos
+//!    of 1,000, 10,000 and 100,000 files (25 files per directory, the same
+//!    number of directories per level), beside what a copy of the whole
+//!    tree makes.
 
 #[path = "../tests/it/support/mod.rs"]
 mod support;
@@ -63,6 +68,9 @@ fn main() {
     }
     if wants("oneshot") {
         bench_oneshot();
+    }
+    if wants("mutations") {
+        bench_mutations();
     }
 }
 
@@ -155,20 +163,26 @@ fn bench_reuse(dest_root: &Path, label: &str) {
     let mut ferry_times = Vec::new();
     let mut written = 0;
     let mut linked = 0;
+    let mut shared = 0;
+    let mut mutations = Vec::new();
     for oid in &commits {
         let started = Instant::now();
         let outcome = dags.sync(&repo, *oid, &cancel).unwrap();
         ferry_times.push(started.elapsed());
         // A timed run that published nothing would flatter the figure.
         assert!(outcome.published, "{oid} was not published");
+        let s = outcome.stats;
+        assert_eq!(s.files_written, 1, "{oid}: one file written: {s:?}");
         assert_eq!(
-            (outcome.stats.files_written, outcome.stats.files_linked),
-            (1, FILES - 1),
-            "{oid}: one file written, the rest hardlinked"
+            s.files_written + s.files_linked + s.files_shared,
+            FILES,
+            "{oid}: every other file reused: {s:?}"
         );
         assert_eq!(dags.live_commit(), Some(*oid));
-        written += outcome.stats.files_written;
-        linked += outcome.stats.files_linked;
+        written += s.files_written;
+        linked += s.files_linked;
+        shared += s.files_shared;
+        mutations.push(s.mutations);
     }
 
     // Cost of retiring one 10,000-file revision (runs after the swap).
@@ -221,13 +235,21 @@ fn bench_reuse(dest_root: &Path, label: &str) {
         ms(first)
     );
     println!(
-        "   ferry publish, 1 file changed ({:2} runs):  p50 {:6.1} ms   p95 {:6.1} ms   max {:6.1} ms   ({} written, {} hardlinked)",
+        "   ferry publish, 1 file changed ({:2} runs):  p50 {:6.1} ms   p95 {:6.1} ms   max {:6.1} ms   ({} written, {} hardlinked, {} in shared directories)",
         ferry_times.len(),
         ms(ferry_p50),
         ms(percentile(&ferry_times, 0.95)),
         ms(*ferry_times.last().unwrap()),
         written,
-        linked
+        linked,
+        shared
+    );
+    mutations.sort();
+    println!(
+        "   directory entries made per publish: min {} max {} (the changed file's 3 directories, rebuilt; before shared directories: ~{})",
+        mutations[0],
+        mutations[mutations.len() - 1],
+        FILES + 425
     );
     println!(
         "   prune (off the critical path): {} of {before} revisions removed in {:6.1} ms ({:.1} ms each)",
@@ -790,4 +812,80 @@ fn bench_rss_deploy() {
     );
     stop_ferry(child);
     github.assert_nothing_rejected();
+}
+
+fn bench_mutations() {
+    println!("== mutations: directory entries one publish makes, a one-file change at depth 3");
+    for total in [1_000usize, 10_000, 100_000] {
+        let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+        let repo = Repository::init_bare(tmp.path().join("repo.git")).unwrap();
+        // `dags/aNN/bNN/fNNNNN.py`: 25 files per leaf, as many directories
+        // in `dags/` as in each of them.
+        let leaves = total / 25;
+        let fanout = (leaves as f64).sqrt().ceil() as usize;
+        let mut files = Files::new();
+        for i in 0..total {
+            let leaf = i / 25;
+            files.insert(
+                format!(
+                    "dags/a{:03}/b{:03}/f{i:06}.py",
+                    leaf / fanout,
+                    leaf % fanout
+                ),
+                (format!("VALUE = {i}\n").into_bytes(), 0o100644),
+            );
+        }
+        let base = build_commit(&repo, &files, None, "refs/heads/main", "base");
+        let dest = tmp.path().join("dest");
+        let mut dags = DagsTarget::open(DagsTargetConfig {
+            source: "dags".into(),
+            subdir: "dags".into(),
+            destination: dest.clone(),
+            link: "current".into(),
+            retention: RetentionConfig::default(),
+            validation: ValidationConfig::default(),
+            airflow: None,
+        })
+        .unwrap();
+        dags.set_background_prune(true);
+        let cancel = AtomicBool::new(false);
+        dags.sync(&repo, base, &cancel).unwrap();
+        let mut parent = base;
+        let mut counts = Vec::new();
+        let mut times = Vec::new();
+        let mut publishes = Vec::new();
+        for round in 0..7 {
+            let key = files.keys().nth((round * 7919) % total).unwrap().clone();
+            files
+                .get_mut(&key)
+                .unwrap()
+                .0
+                .extend_from_slice(format!("CHANGED = {round}\n").as_bytes());
+            parent = build_commit(&repo, &files, Some(parent), "refs/heads/main", "one change");
+            let started = Instant::now();
+            let outcome = dags.sync(&repo, parent, &cancel).unwrap();
+            times.push(started.elapsed());
+            assert!(
+                outcome.published && outcome.stats.files_written == 1,
+                "{:?}",
+                outcome.stats
+            );
+            counts.push(outcome.stats.mutations);
+            // From the plan's start: stage and link swap (the tree walk and
+            // the parse-cache lookups before them are in the whole sync).
+            publishes.push(Duration::from_millis(outcome.duration_ms));
+        }
+        counts.sort();
+        times.sort();
+        publishes.sort();
+        let dirs = 1 + fanout + leaves;
+        println!(
+            "   {total:>7} files ({dirs:>5} directories, {fanout} per level):  {:>3}-{:<3} entries per publish  (a whole copy: {:>6})   publish p50 {:4.0} ms   whole sync p50 {:6.1} ms",
+            counts[0],
+            counts[counts.len() - 1],
+            total + dirs,
+            ms(percentile(&publishes, 0.5)),
+            ms(percentile(&times, 0.5))
+        );
+    }
 }

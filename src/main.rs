@@ -761,7 +761,7 @@ async fn publish_dags(args: &PublishDagsArgs) -> anyhow::Result<ExitCode> {
                 p.outcome.commit,
                 p.link.display(),
                 p.outcome.stats.files_written,
-                p.outcome.stats.files_linked
+                p.outcome.stats.files_linked + p.outcome.stats.files_shared
             );
             Ok(ExitCode::SUCCESS)
         }

@@ -217,7 +217,7 @@ impl Metrics {
         );
         registry.register(
             "dags_files_published",
-            "Files placed into DAG revisions, written fresh or hardlinked from the previous one",
+            "Files placed into DAG revisions: written fresh, hardlinked into a new directory, or in a directory shared with earlier revisions",
             files_published.clone(),
         );
         registry.register(

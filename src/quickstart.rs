@@ -226,7 +226,7 @@ pub fn results(results: &[(String, crate::agent::SyncResult)]) -> (Vec<String>, 
                         }
                         Outcome::Dags(o) => format!(
                             "published          {source} @ {short} ({} files written, {} reused) in {} ms",
-                            o.stats.files_written, o.stats.files_linked, o.duration_ms
+                            o.stats.files_written, o.stats.files_linked + o.stats.files_shared, o.duration_ms
                         ),
                         other => format!(
                             "applied            {source} @ {short} to {}: {}",

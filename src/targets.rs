@@ -496,7 +496,7 @@ impl Outcome {
             Outcome::Dags(o) if !o.published => "already live".to_string(),
             Outcome::Dags(o) if o.warnings.is_empty() => format!(
                 "published {} file(s) in {} ms",
-                o.stats.files_written + o.stats.files_linked,
+                o.stats.files_written + o.stats.files_linked + o.stats.files_shared,
                 o.duration_ms
             ),
             Outcome::Dags(o) => format!(

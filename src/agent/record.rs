@@ -241,7 +241,7 @@ impl Worker {
         match outcome {
             Outcome::Dags(o) => {
                 if o.published {
-                    tracing::info!(source = %name, commit = %o.commit, files_written = o.stats.files_written, files_linked = o.stats.files_linked, duration_ms = o.duration_ms, pruned = o.pruned.len(), "published DAGs");
+                    tracing::info!(source = %name, commit = %o.commit, files_written = o.stats.files_written, files_linked = o.stats.files_linked, files_shared = o.stats.files_shared, mutations = o.stats.mutations, duration_ms = o.duration_ms, pruned = o.pruned.len(), "published DAGs");
                 }
                 for warning in &o.warnings {
                     tracing::warn!(source = %name, commit = %o.commit, problem = %warning, "published with a DAG problem (policy: warn)");
@@ -249,6 +249,7 @@ impl Worker {
                 for (how, n) in [
                     ("written", o.stats.files_written),
                     ("linked", o.stats.files_linked),
+                    ("shared", o.stats.files_shared),
                 ] {
                     self.metrics
                         .files_published

@@ -2,10 +2,11 @@
 //! atomically into the folder Airflow reads.
 
 pub mod airflow;
-mod linktree;
+mod dirmode;
 pub mod publish;
 pub mod retention;
 pub mod snapshot;
+mod trees;
 pub mod validate;
 mod verdicts;
 

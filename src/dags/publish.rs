@@ -4,33 +4,39 @@
 //!
 //! ```text
 //! <dest>/<link>                 -> .ferry/<sha>   (relative symlink; basename is the commit)
-//! <dest>/.ferry/<sha>/          complete, never-modified revisions
+//! <dest>/.ferry/<sha>           -> .trees/<key>   a revision: its root directory in the store
+//! <dest>/.ferry/.trees/         directories shared between revisions (see `trees`)
 //! <dest>/.ferry/<sha>.superseded  empty file; its mtime is when <sha> stopped being live
 //! <dest>/.ferry/.tmp-*          staging and deletion in progress; removed at start
 //! ```
 //!
-//! A revision directory only ever appears by `rename` of a fully written and
-//! synced staging directory, and the link only ever changes by `rename` of a
-//! new symlink over it. So at every instant, crash or not, the link names a
-//! complete revision. Unchanged files are hardlinked from the live revision,
-//! which is why the hardlinked inodes must never be written to.
+//! A revision only ever appears by `rename` of a link to a complete, synced
+//! stored tree, and the link only ever changes by `rename` of a new symlink
+//! over it. So at every instant, crash or not, the link names a complete
+//! revision. Stored directories and the files hardlinked between them are
+//! shared by every revision that has them, which is why they must never be
+//! written to. (Revisions an older ferry wrote as plain directories stay
+//! readable and are pruned the same way.)
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use git2::{Oid, Repository};
 
-use super::linktree::{self, Link};
+use super::dirmode;
 use super::retention::{self, Decision, Uses};
 use super::snapshot::{FileEntry, Snapshot};
+use super::trees::{self, Keys, Previous, Store};
 use crate::config::RetentionConfig;
 
 const REVISIONS: &str = ".ferry";
-const TMP_PREFIX: &str = ".tmp-";
+const TREES: &str = ".trees";
+const TMP_PREFIX: &str = trees::TMP_PREFIX;
 const SUPERSEDED: &str = ".superseded";
 
 #[derive(Debug, thiserror::Error)]
@@ -52,7 +58,7 @@ pub enum PublishError {
     },
 }
 
-fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> PublishError + '_ {
+pub(super) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> PublishError + '_ {
     move |source| {
         if crate::disk::is_full(&source) {
             // The destination, not the staging file that happened to fail:
@@ -78,16 +84,38 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> PublishError + '_ {
 /// Counts for one publish.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct PublishStats {
+    /// Files written from git (new or changed content).
     pub files_written: usize,
+    /// Unchanged files hardlinked into a new directory beside a changed one.
     pub files_linked: usize,
+    /// Files in directories reused whole from the store: nothing written.
+    #[serde(default)]
+    pub files_shared: usize,
     pub bytes_written: u64,
+    /// Directory entries made, renamed or replaced: what a publish costs
+    /// on a network filesystem, one round trip each.
+    #[serde(default)]
+    pub mutations: usize,
 }
+
+/// A commit and the keys of its directories.
+type KeysOf = (Oid, Arc<Keys>);
 
 #[derive(Clone)]
 pub struct Publisher {
     dest: PathBuf,
     link: String,
     retention: RetentionConfig,
+    store: Arc<Store>,
+    /// Held while a revision's trees are chosen and linked, while one is
+    /// named, and while trees are collected: a collection must see every
+    /// tree a revision in the making reuses.
+    lock: Arc<Mutex<()>>,
+    /// Set once this publisher collected: later runs collect only after
+    /// a prune removed something.
+    collected: Arc<std::sync::atomic::AtomicBool>,
+    /// The keys of the last revision staged: the next one's previous.
+    last_keys: Arc<Mutex<Option<KeysOf>>>,
 }
 
 /// A fully written revision that is not yet published.
@@ -110,14 +138,18 @@ impl Publisher {
         link: &str,
         retention: RetentionConfig,
     ) -> Result<Publisher, PublishError> {
+        let revisions = dest.join(REVISIONS);
+        fs::create_dir_all(&revisions).map_err(io_err(&revisions))?;
+        dirmode::set_dir_mode_if_masked(&revisions).map_err(io_err(&revisions))?;
         let publisher = Publisher {
             dest: dest.to_path_buf(),
             link: link.to_string(),
             retention,
+            store: Arc::new(Store::open(&revisions.join(TREES))?),
+            lock: Arc::new(Mutex::new(())),
+            collected: Arc::default(),
+            last_keys: Arc::default(),
         };
-        let revisions = publisher.revisions_dir();
-        fs::create_dir_all(&revisions).map_err(io_err(&revisions))?;
-        linktree::set_dir_mode_if_masked(&revisions).map_err(io_err(&revisions))?;
         publisher.remove_leftovers()?;
         let link_path = publisher.link_path();
         if let Ok(meta) = fs::symlink_metadata(&link_path)
@@ -172,95 +204,60 @@ impl Publisher {
         self.revision_dir(oid).is_dir().then_some(oid)
     }
 
-    /// Writes `snapshot` into a staging directory, hardlinking every file
-    /// that `previous` (the live revision) already has with the same content
-    /// and mode. Everything is on disk when this returns.
+    /// Builds `snapshot` in the store, reusing every directory the store
+    /// has and hardlinking unchanged files from `previous` (the live
+    /// revision) into the directories it lacks, and stages a link to its
+    /// root. Everything is on disk when this returns.
     pub fn stage(
         &self,
         repo: &Repository,
         snapshot: &Snapshot,
         previous: Option<&Snapshot>,
     ) -> Result<Staged, PublishError> {
+        let _held = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        let keys = Arc::new(Keys::of(snapshot));
+        let last = self
+            .last_keys
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .replace((snapshot.commit, keys.clone()));
+        let previous = previous
+            .map(|p| (p, self.revision_dir(p.commit)))
+            .filter(|(_, dir)| dir.is_dir())
+            .map(|(p, dir)| {
+                let known = last.filter(|(c, _)| *c == p.commit).map(|(_, k)| k);
+                Previous {
+                    keys: trees::stored_keys(&dir, p, known),
+                    dir,
+                    snapshot: p,
+                }
+            });
+        let mut stats = PublishStats::default();
+        self.store
+            .build(repo, snapshot, &keys, previous.as_ref(), &mut stats)?;
+        stats.files_shared = snapshot
+            .files
+            .len()
+            .saturating_sub(stats.files_written + stats.files_linked);
         let dir = self.revisions_dir().join(format!(
             "{TMP_PREFIX}{}-{}-{:08x}",
             snapshot.commit,
             std::process::id(),
             fastrand::u32(..)
         ));
-        linktree::create_dir_readable(&dir).map_err(io_err(&dir))?;
-        let result = self.fill(repo, snapshot, previous, &dir);
-        match result {
-            Ok(stats) => Ok(Staged {
-                dir,
-                commit: snapshot.commit,
-                stats,
-            }),
-            Err(err) => {
-                let _ = fs::remove_dir_all(&dir);
-                Err(err)
-            }
-        }
-    }
-
-    fn fill(
-        &self,
-        repo: &Repository,
-        snapshot: &Snapshot,
-        previous: Option<&Snapshot>,
-        dir: &Path,
-    ) -> Result<PublishStats, PublishError> {
-        linktree::make_dirs(dir, &snapshot.dirs)
-            .map_err(|(path, source)| PublishError::Io { path, source })?;
-        // Split: files the live revision already has (link) and the rest (write).
-        let mut to_link = Vec::new();
-        let mut to_write = Vec::new();
-        let live_dir = previous
-            .map(|p| self.revision_dir(p.commit))
-            .filter(|d| d.is_dir());
-        let manifest: HashMap<&str, (Oid, bool)> = match (&live_dir, previous) {
-            (Some(_), Some(p)) => p.manifest(),
-            _ => HashMap::new(),
-        };
-        for (index, file) in snapshot.files.iter().enumerate() {
-            if manifest.get(file.path.as_str()) == Some(&(file.blob, file.executable)) {
-                let (dir, name) = file.path.rsplit_once('/').unwrap_or(("", &file.path));
-                to_link.push(Link { dir, name, index });
-            } else {
-                to_write.push(index);
-            }
-        }
-        let mut stats = PublishStats::default();
-        let linking = to_link.len();
-        // Links run on helper threads while this one writes the changed blobs
-        // (git2's Repository must stay on one thread).
-        let failed = std::thread::scope(|scope| {
-            let linker = live_dir
-                .as_deref()
-                .map(|from| scope.spawn(move || linktree::link_all(from, dir, to_link)));
-            for &index in &to_write {
-                write_file(repo, &snapshot.files[index], dir, &mut stats)?;
-            }
-            match linker.map(|h| h.join()) {
-                None => Ok(Vec::new()),
-                Some(Ok(Some(failed))) => Ok(failed),
-                Some(_) => Err(PublishError::Io {
-                    path: dir.to_path_buf(),
-                    source: std::io::Error::other("a hardlinking thread failed"),
-                }),
-            }
-        })?;
-        // Could not link (another filesystem, link limit): write instead.
-        for &index in &failed {
-            write_file(repo, &snapshot.files[index], dir, &mut stats)?;
-        }
-        stats.files_linked = linking - failed.len();
-        sync_tree(dir, snapshot)?;
-        Ok(stats)
+        let target = Path::new(TREES).join(keys.root());
+        std::os::unix::fs::symlink(&target, &dir).map_err(io_err(&dir))?;
+        stats.mutations += 1;
+        Ok(Staged {
+            dir,
+            commit: snapshot.commit,
+            stats,
+        })
     }
 
     /// Drops a staged revision that will not be published.
     pub fn discard(&self, staged: Staged) {
-        if let Err(err) = fs::remove_dir_all(&staged.dir) {
+        if let Err(err) = remove_any(&staged.dir) {
             tracing::warn!(path = %staged.dir.display(), error = %err, "cannot remove staged revision");
         }
     }
@@ -269,13 +266,16 @@ impl Publisher {
     pub fn publish(&self, staged: Staged) -> Result<(), PublishError> {
         let commit = staged.commit;
         let final_dir = self.revision_dir(commit);
-        if final_dir.is_dir() {
-            // Published before (a revert, or a crash between rename and swap):
-            // that directory is complete by construction, so keep it.
-            self.discard(staged);
-        } else {
-            fs::rename(&staged.dir, &final_dir).map_err(io_err(&final_dir))?;
-            sync_dir(&self.revisions_dir())?;
+        {
+            let _held = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+            if final_dir.is_dir() {
+                // Published before (a revert, or a crash between rename and
+                // swap): complete by construction, so keep it.
+                self.discard(staged);
+            } else {
+                fs::rename(&staged.dir, &final_dir).map_err(io_err(&final_dir))?;
+                sync_dir(&self.revisions_dir())?;
+            }
         }
         self.swap_link(commit)
     }
@@ -331,6 +331,7 @@ impl Publisher {
         }
         let mut decision = retention::decide(current, superseded, &self.retention, uses, now);
         let mut removed = Vec::new();
+        let _held = self.lock.lock().unwrap_or_else(|e| e.into_inner());
         for oid in std::mem::take(&mut decision.remove) {
             // Re-read the link: a publish may have made `oid` live meanwhile
             // (pruning runs beside the next publish in the agent).
@@ -345,8 +346,40 @@ impl Publisher {
             let _ = fs::remove_file(revisions.join(format!("{oid}{SUPERSEDED}")));
             removed.push(oid);
         }
+        let first = !self
+            .collected
+            .swap(true, std::sync::atomic::Ordering::Relaxed);
+        if first || !removed.is_empty() {
+            self.collect()?;
+        }
         decision.remove = removed;
         Ok(decision)
+    }
+
+    /// Removes the stored directories no revision (nor a staged one)
+    /// reaches. The caller holds the lock.
+    fn collect(&self) -> Result<usize, PublishError> {
+        let revisions = self.revisions_dir();
+        let mut roots = Vec::new();
+        for entry in fs::read_dir(&revisions).map_err(io_err(&revisions))? {
+            let entry = entry.map_err(io_err(&revisions))?;
+            if entry.file_type().is_ok_and(|t| t.is_symlink())
+                && let Ok(target) = fs::read_link(entry.path())
+                && let Some(key) = trees::key_of(&target)
+            {
+                roots.push(key);
+            }
+        }
+        let keep: HashSet<String> = self.store.reachable(roots);
+        let removed = self.store.collect(&keep)?;
+        if removed > 0 {
+            tracing::info!(
+                removed,
+                kept = keep.len(),
+                "removed stored directories no revision reaches"
+            );
+        }
+        Ok(removed)
     }
 
     /// Bytes the revisions on disk take, each file counted once however
@@ -385,13 +418,13 @@ impl Publisher {
     }
 }
 
-fn write_file(
+/// Writes `file`'s blob at `target` with its mode.
+pub(super) fn write_file(
     repo: &Repository,
     file: &FileEntry,
-    dir: &Path,
+    target: &Path,
     stats: &mut PublishStats,
 ) -> Result<(), PublishError> {
-    let target = dir.join(&file.path);
     let blob = repo.find_blob(file.blob).map_err(|e| PublishError::Blob {
         path: file.path.clone(),
         blob: file.blob,
@@ -402,12 +435,12 @@ fn write_file(
         .write(true)
         .create_new(true)
         .mode(mode)
-        .open(&target)
-        .map_err(io_err(&target))?;
-    out.write_all(blob.content()).map_err(io_err(&target))?;
+        .open(target)
+        .map_err(io_err(target))?;
+    out.write_all(blob.content()).map_err(io_err(target))?;
     // The umask may have dropped bits from `mode`; the repo's mode wins.
     out.set_permissions(fs::Permissions::from_mode(mode))
-        .map_err(io_err(&target))?;
+        .map_err(io_err(target))?;
     stats.files_written += 1;
     stats.bytes_written += blob.size() as u64;
     Ok(())
@@ -428,13 +461,12 @@ fn sync_dir(dir: &Path) -> Result<(), PublishError> {
         .map_err(io_err(dir))
 }
 
-/// Makes the staged tree durable. On Linux one `syncfs` flushes every new
-/// file and directory entry at once, far cheaper than an fsync per file;
-/// elsewhere each file and directory is synced.
-fn sync_tree(dir: &Path, snapshot: &Snapshot) -> Result<(), PublishError> {
+/// Makes everything written under `dir` durable. On Linux one `syncfs`
+/// flushes every new file and directory entry at once, far cheaper than an
+/// fsync per file; elsewhere the whole system is synced.
+pub(super) fn sync_tree(dir: &Path) -> Result<(), PublishError> {
     #[cfg(target_os = "linux")]
     {
-        let _ = snapshot;
         use std::os::fd::AsRawFd;
         let handle = fs::File::open(dir).map_err(io_err(dir))?;
         // SAFETY: syncfs only reads the descriptor, which `handle` keeps open.
@@ -449,15 +481,9 @@ fn sync_tree(dir: &Path, snapshot: &Snapshot) -> Result<(), PublishError> {
     }
     #[cfg(not(target_os = "linux"))]
     {
-        for file in &snapshot.files {
-            let path = dir.join(&file.path);
-            fs::File::open(&path)
-                .and_then(|f| f.sync_all())
-                .map_err(io_err(&path))?;
-        }
-        for sub in snapshot.dirs.iter().rev() {
-            sync_dir(&dir.join(sub))?;
-        }
-        sync_dir(dir)
+        // SAFETY: sync takes no arguments and cannot fail.
+        unsafe { libc::sync() };
+        let _ = dir;
+        Ok(())
     }
 }

@@ -162,7 +162,8 @@ fn changed(record: &RevisionRecord) -> String {
         match Part::read(value, preview) {
             Part::Dags(d) if d.published => parts.push(format!(
                 "{} file(s) written, {} reused",
-                d.stats.files_written, d.stats.files_linked
+                d.stats.files_written,
+                d.stats.files_linked + d.stats.files_shared
             )),
             Part::Dags(_) => parts.push("already live".into()),
             Part::KubeOutcome(k) => {

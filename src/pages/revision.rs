@@ -106,7 +106,7 @@ fn section(site: &Site, source: &str, sha: &str, record: &RevisionRecord) -> Str
                             esc(link_to),
                             short(sha),
                             d.stats.files_written,
-                            d.stats.files_linked
+                            d.stats.files_linked + d.stats.files_shared
                         );
                     } else {
                         let _ = writeln!(

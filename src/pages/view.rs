@@ -36,6 +36,7 @@ pub struct DagsOutcome {
 pub struct Stats {
     pub files_written: usize,
     pub files_linked: usize,
+    pub files_shared: usize,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -202,3 +202,172 @@ fn airflow_parses_published_dags_and_never_sees_a_blocked_commit() {
 
     stop_ferry(ferry);
 }
+
+/// What Airflow makes of `folder` as a bundle: each DAG's file (relative
+/// to the folder, and Airflow's own `relative_fileloc`) and the files that
+/// failed to import.
+fn airflow_bundle(python: &Path, airflow_home: &Path, folder: &Path) -> serde_json::Value {
+    let script = r#"
+import json, os, sys, warnings
+warnings.simplefilter("ignore")
+os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
+from pathlib import Path
+from airflow.dag_processing.dagbag import BundleDagBag
+folder = sys.argv[1]
+bag = BundleDagBag(dag_folder=folder, bundle_path=Path(folder))
+print(json.dumps({
+    "dags": {d.dag_id: [os.path.relpath(d.fileloc, folder), str(d.relative_fileloc)] for d in bag.dags.values()},
+    # Airflow keys import errors by the file's path in the bundle.
+    "errors": sorted(str(p) for p in bag.import_errors),
+}, sort_keys=True))
+"#;
+    let out = Command::new(python)
+        .args(["-c", script])
+        .arg(folder)
+        .env("AIRFLOW_HOME", airflow_home)
+        .env("PYTHONWARNINGS", "ignore")
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .unwrap_or_else(|| {
+            panic!(
+                "no JSON from Airflow: {stdout}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+    serde_json::from_str(line).unwrap()
+}
+
+const BROKEN: &str = "from airflow.sdk import DAG  # a dag\nimport ";
+
+/// Shared directories (a revision built from directories other revisions
+/// have) read in real Airflow exactly as a plain checkout does: identical
+/// subdirectories stay two directories (Airflow refuses a folder where one
+/// resolved directory appears twice), `.airflowignore` rules, helper
+/// packages on the bundle's path, file locations and import errors.
+#[test]
+fn airflow_reads_a_published_revision_exactly_as_the_checkout() {
+    let python = airflow_python();
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("airflow-home");
+    std::fs::create_dir_all(&home).unwrap();
+    let repo = Repo::new(tmp.path(), "dags");
+    let dag = "import os\nfrom datetime import datetime\nfrom airflow.sdk import DAG\n\
+               team = \"_\".join(os.path.dirname(__file__).split(os.sep)[-2:])\n\
+               with DAG(dag_id=f\"etl_{team}\", start_date=datetime(2026, 1, 1), schedule=None):\n    pass\n";
+    let helper_dag = "from datetime import datetime\nfrom airflow.sdk import DAG\nfrom helpers.naming import NAME\n\
+                      with DAG(dag_id=NAME, start_date=datetime(2026, 1, 1), schedule=None):\n    pass\n";
+    let files: Vec<(String, String)> = vec![
+        // Byte-identical directories, deep and shallow.
+        ("dags/teams/red/etl.py".into(), dag.into()),
+        ("dags/teams/red/sub/etl.py".into(), dag.into()),
+        ("dags/teams/blue/etl.py".into(), dag.into()),
+        ("dags/teams/blue/sub/etl.py".into(), dag.into()),
+        ("dags/helpers/__init__.py".into(), String::new()),
+        (
+            "dags/helpers/naming.py".into(),
+            "NAME = 'named_by_helper'\n".into(),
+        ),
+        ("dags/uses_helper.py".into(), helper_dag.into()),
+        // Airflow imports only files that mention both `airflow` and `dag`.
+        (
+            "dags/broken_import.py".into(),
+            format!("{BROKEN}no_such_module_anywhere\n"),
+        ),
+        (
+            "dags/.airflowignore".into(),
+            "ignored/\n*_draft.py\n".into(),
+        ),
+        (
+            "dags/ignored/bad.py".into(),
+            format!("{BROKEN}also_missing\n"),
+        ),
+        (
+            "dags/teams/red/x_draft.py".into(),
+            format!("{BROKEN}also_missing\n"),
+        ),
+    ];
+    let as_refs = |files: &[(String, String)]| -> Vec<(String, Option<String>)> {
+        files
+            .iter()
+            .map(|(p, c)| (p.clone(), Some(c.clone())))
+            .collect()
+    };
+    let publish = |dest: &Path| {
+        let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
+            .args(["publish-dags", "--repo"])
+            .arg(&repo.bare)
+            .arg("--dest")
+            .arg(dest)
+            .arg("--cache-dir")
+            .arg(tmp.path().join("cache"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let commit = |files: &[(String, String)], message: &str| {
+        let owned = as_refs(files);
+        let refs: Vec<(&str, Option<&str>)> = owned
+            .iter()
+            .map(|(p, c)| (p.as_str(), c.as_deref()))
+            .collect();
+        repo.commit(&refs, message)
+    };
+    let dest = tmp.path().join("dest");
+    commit(&files, "first");
+    publish(&dest);
+    // One file changes: the second revision shares every other directory.
+    let mut second = files.clone();
+    second[4].1 = "# helpers\n".into();
+    let head = commit(&second, "second");
+    publish(&dest);
+    let revision = dest.join(".ferry").join(&head);
+    assert_eq!(
+        std::fs::canonicalize(revision.join("teams")).unwrap(),
+        std::fs::canonicalize(
+            dest.join(".ferry")
+                .join(
+                    std::fs::read_dir(dest.join(".ferry"))
+                        .unwrap()
+                        .flatten()
+                        .map(|e| e.file_name().to_string_lossy().into_owned())
+                        .find(|n| n.len() == 40 && *n != head)
+                        .unwrap()
+                )
+                .join("teams")
+        )
+        .unwrap(),
+        "the unchanged `teams` directory is the first revision's"
+    );
+
+    let checkout = airflow_bundle(&python, &home, &repo.work.join("dags"));
+    let published = airflow_bundle(&python, &home, &dest.join("current"));
+    assert_eq!(
+        published, checkout,
+        "Airflow reads the revision as the checkout"
+    );
+    let dags = checkout["dags"].as_object().unwrap();
+    for id in [
+        "etl_teams_red",
+        "etl_teams_blue",
+        "etl_red_sub",
+        "etl_blue_sub",
+        "named_by_helper",
+    ] {
+        assert!(dags.contains_key(id), "{id} missing: {checkout}");
+    }
+    assert_eq!(
+        checkout["errors"],
+        serde_json::json!(["broken_import.py"]),
+        "the ignored files are not imported: {checkout}"
+    );
+}

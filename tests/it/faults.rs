@@ -737,14 +737,16 @@ fn published_modes_ignore_the_umask_and_logs_to_a_file_have_no_colour() {
     assert!(text.contains("phase: swap"), "{text}");
     let revision = dest.join(".ferry").join(head.to_string());
     let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&dest.join(".ferry")), 0o755);
+    // A revision's directories are shared with the revisions that have
+    // them, so read-only (for everyone, never unreadable to Airflow).
     for dir in [
-        dest.join(".ferry"),
         revision.clone(),
         revision.join("sub"),
         revision.join("sub/deep"),
         revision.join("bin"),
     ] {
-        assert_eq!(mode(&dir), 0o755, "{}", dir.display());
+        assert_eq!(mode(&dir), 0o555, "{}", dir.display());
     }
     assert_eq!(mode(&revision.join("a.py")), 0o644);
     assert_eq!(mode(&revision.join("sub/deep/b.py")), 0o644);

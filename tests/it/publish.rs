@@ -140,11 +140,24 @@ fn concurrent_reader_never_sees_two_commits_or_a_missing_file() {
         })
         .collect();
 
-    let mut linked = 0;
+    let mut reused = 0;
     for oid in &commits[1..] {
         let outcome = dags.sync(&repo, *oid, &no_cancel()).unwrap();
         assert!(outcome.published);
-        linked += outcome.stats.files_linked;
+        reused += outcome.stats.files_linked + outcome.stats.files_shared;
+        // Only the directories on changed paths are made: the 30 static
+        // files' directory is reused whole, nothing in it made again.
+        assert!(
+            outcome.stats.files_shared >= 30,
+            "{oid}: {:?}",
+            outcome.stats
+        );
+        assert!(
+            outcome.stats.mutations
+                <= outcome.stats.files_written + outcome.stats.files_linked + 12,
+            "{oid}: {:?}",
+            outcome.stats
+        );
     }
     stop.store(true, Ordering::Relaxed);
     for r in readers {
@@ -166,7 +179,7 @@ fn concurrent_reader_never_sees_two_commits_or_a_missing_file() {
         Some(commits.last().unwrap().to_string().as_str())
     );
     // The 30 static files were reused every time, never rewritten.
-    assert!(linked >= 30 * 219, "only {linked} files hardlinked");
+    assert!(reused >= 30 * 219, "only {reused} files reused");
 }
 
 #[test]
@@ -192,15 +205,26 @@ fn unchanged_files_are_hardlinked_and_modes_kept() {
     files.insert("a.py".into(), file("a = 2\n"));
     let c2 = build_commit(&repo, &files, Some(c1), "refs/heads/main", "two");
     let second = dags.sync(&repo, c2, &no_cancel()).unwrap();
+    // `lib/` and `bin/` are the same directories as before; only the root,
+    // where `a.py` changed, is new.
     assert_eq!(
-        (second.stats.files_written, second.stats.files_linked),
-        (1, 2)
+        (
+            second.stats.files_written,
+            second.stats.files_linked,
+            second.stats.files_shared
+        ),
+        (1, 0, 2)
     );
     let r1 = dest.join(".ferry").join(c1.to_string());
     let r2 = dest.join(".ferry").join(c2.to_string());
     let ino = |p: PathBuf| std::fs::metadata(p).unwrap().ino();
     assert_eq!(ino(r1.join("lib/b.py")), ino(r2.join("lib/b.py")));
+    assert_eq!(ino(r1.join("lib")), ino(r2.join("lib")));
     assert_ne!(ino(r1.join("a.py")), ino(r2.join("a.py")));
+    // Shared, so sealed: nobody adds to a directory another revision has.
+    let dir_mode = |p: PathBuf| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(dir_mode(r2.join("lib")), 0o555);
+    assert_eq!(dir_mode(r2.clone()), 0o555);
     assert_eq!(
         std::fs::read_to_string(r1.join("a.py")).unwrap(),
         "a = 1\n",
@@ -217,12 +241,34 @@ fn unchanged_files_are_hardlinked_and_modes_kept() {
     let c3 = build_commit(&repo, &files, Some(c2), "refs/heads/main", "three");
     let third = restarted.sync(&repo, c3, &no_cancel()).unwrap();
     assert_eq!(
-        (third.stats.files_written, third.stats.files_linked),
-        (1, 2)
+        (
+            third.stats.files_written,
+            third.stats.files_linked,
+            third.stats.files_shared
+        ),
+        (1, 0, 2)
     );
     // Publishing the live commit again is a no-op.
     let again = restarted.sync(&repo, c3, &no_cancel()).unwrap();
     assert!(!again.published);
+
+    // A file beside an unchanged one: that one is hardlinked into the new directory.
+    files.insert("lib/c.py".into(), file("c = 1\n"));
+    let c4 = build_commit(&repo, &files, Some(c3), "refs/heads/main", "four");
+    let fourth = restarted.sync(&repo, c4, &no_cancel()).unwrap();
+    assert_eq!(
+        (
+            fourth.stats.files_written,
+            fourth.stats.files_linked,
+            fourth.stats.files_shared
+        ),
+        (1, 2, 1),
+        "{:?}",
+        fourth.stats
+    );
+    let r4 = dest.join(".ferry").join(c4.to_string());
+    assert_eq!(ino(r1.join("lib/b.py")), ino(r4.join("lib/b.py")));
+    assert_ne!(ino(r1.join("lib")), ino(r4.join("lib")));
 }
 
 #[test]
@@ -243,9 +289,20 @@ fn retention_removes_old_revisions_only_after_the_window() {
     );
     let mut commits = Vec::new();
     let mut parent = None;
+    let mut trees = HashMap::new();
     for n in 0..5 {
         let mut files = Files::new();
         files.insert("a.py".into(), file(&format!("n = {n}\n")));
+        files.insert("jobs/job.py".into(), file(&format!("job = {n}\n")));
+        files.insert("lib/util.py".into(), file("shared = True\n"));
+        trees.insert(
+            n,
+            vec![
+                ("a.py".to_string(), format!("n = {n}\n")),
+                ("jobs/job.py".to_string(), format!("job = {n}\n")),
+                ("lib/util.py".to_string(), "shared = True\n".to_string()),
+            ],
+        );
         let oid = build_commit(&repo, &files, parent, "refs/heads/main", "c");
         parent = Some(oid);
         dags.sync(&repo, oid, &no_cancel()).unwrap();
@@ -294,6 +351,19 @@ fn retention_removes_old_revisions_only_after_the_window() {
         })
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
+    // What only the removed revisions reached is gone from the store; what
+    // a kept one reaches is whole: two roots, two `jobs/`, one shared `lib/`.
+    let stored: Vec<_> = std::fs::read_dir(dest.join(".ferry/.trees"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(stored.len(), 5, "{stored:?}");
+    for (n, commit) in [(3, commits[3]), (4, commits[4])] {
+        assert_eq!(
+            read_tree(&dest.join(".ferry").join(commit.to_string())),
+            trees[&n]
+        );
+    }
 }
 
 #[test]
@@ -322,10 +392,12 @@ fn symlinks_inside_are_materialized_and_escaping_ones_refused() {
         std::fs::read_to_string(rev.join("util.py")).unwrap(),
         "X = 1\n"
     );
-    assert!(
-        std::fs::symlink_metadata(rev.join("shared"))
-            .unwrap()
-            .is_dir()
+    // A directory of its own, not the one `common` resolves to: Airflow
+    // refuses a folder where one resolved directory appears twice.
+    assert!(rev.join("shared").is_dir());
+    assert_ne!(
+        std::fs::canonicalize(rev.join("shared")).unwrap(),
+        std::fs::canonicalize(rev.join("common")).unwrap()
     );
     assert_eq!(
         std::fs::read_to_string(rev.join("shared/util.py")).unwrap(),
@@ -407,10 +479,14 @@ fn validate_command_runs_on_the_staged_tree_and_can_block() {
     let tmp = tempfile::tempdir().unwrap();
     let repo = Repository::init_bare(tmp.path().join("repo.git")).unwrap();
     let dest = tmp.path().join("dest");
-    let script = "pwd > \"$FERRY_STAGED_DIR/../hook-pwd\"; test -f ok.py || exit 9; \
-                  if grep -rq FORBIDDEN .; then echo \"dags/x.py uses FORBIDDEN\"; exit 1; fi";
+    let seen = tmp.path().join("hook-saw");
+    let script = format!(
+        "echo \"$FERRY_STAGED_DIR\" > {seen}; test -f ok.py || exit 9; \
+         if grep -rq FORBIDDEN .; then echo \"dags/x.py uses FORBIDDEN\"; exit 1; fi",
+        seen = seen.display()
+    );
     let validation = ValidationConfig {
-        command: vec!["sh".into(), "-c".into(), script.into()],
+        command: vec!["sh".into(), "-c".into(), script],
         ..ValidationConfig::default()
     };
     let mut dags = target(&dest, "dags", keep_all(), validation);
@@ -419,10 +495,10 @@ fn validate_command_runs_on_the_staged_tree_and_can_block() {
     let good = build_commit(&repo, &files, None, "refs/heads/main", "good");
     let outcome = dags.sync(&repo, good, &no_cancel()).unwrap();
     assert!(outcome.hook.as_ref().unwrap().success);
-    let pwd = std::fs::read_to_string(dest.join(".ferry/hook-pwd")).unwrap();
+    let staged = std::fs::read_to_string(&seen).unwrap();
     assert!(
-        pwd.contains("/.ferry/.tmp-"),
-        "hook must run in the staging dir, ran in {pwd}"
+        staged.contains("/.ferry/.tmp-"),
+        "hook must run in the staged revision, ran in {staged}"
     );
 
     files.insert("dags/x.py".into(), file("# FORBIDDEN\n"));
@@ -447,8 +523,22 @@ fn leftovers_of_an_interrupted_publish_are_removed_at_start() {
     std::fs::create_dir_all(dest.join(".ferry/.tmp-deadbeef-1-0/sub")).unwrap();
     std::fs::write(dest.join(".ferry/.tmp-deadbeef-1-0/sub/x.py"), "half").unwrap();
     std::os::unix::fs::symlink(".ferry/whatever", dest.join(".current.tmp-77")).unwrap();
+    // A stored directory half made, and one a collection was removing
+    // (sealed read-only, as stored directories are).
+    std::fs::create_dir_all(dest.join(".ferry/.trees/.tmp-0a1b-1-0")).unwrap();
+    let doomed = dest.join(".ferry/.trees/.tmp-del-0a1b");
+    std::fs::create_dir_all(&doomed).unwrap();
+    std::fs::write(doomed.join("x.py"), "x").unwrap();
+    std::fs::set_permissions(&doomed, std::fs::Permissions::from_mode(0o555)).unwrap();
     let _dags = target(&dest, "", keep_all(), ValidationConfig::default());
     assert!(!dest.join(".ferry/.tmp-deadbeef-1-0").exists());
+    assert_eq!(
+        std::fs::read_dir(dest.join(".ferry/.trees"))
+            .unwrap()
+            .count(),
+        0,
+        "the store's leftovers are removed"
+    );
     assert!(std::fs::symlink_metadata(dest.join(".current.tmp-77")).is_err());
 
     // A real directory where the link belongs is refused, not clobbered.
