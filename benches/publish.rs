@@ -134,6 +134,24 @@ fn one_file_commits(
     commits
 }
 
+/// The DAGs target of `dags/` into `dest`, pruning in the background as
+/// the agent's does. Retention defaults (keep 5, 1 h): in production
+/// pruning is rare and off the critical path; its cost is measured apart.
+fn agent_dags_target(dest: &Path) -> DagsTarget {
+    let mut dags = DagsTarget::open(DagsTargetConfig {
+        source: "dags".into(),
+        subdir: "dags".into(),
+        destination: dest.to_path_buf(),
+        link: "current".into(),
+        retention: RetentionConfig::default(),
+        validation: ValidationConfig::default(),
+        airflow: None,
+    })
+    .unwrap();
+    dags.set_background_prune(true);
+    dags
+}
+
 fn bench_reuse(dest_root: &Path, label: &str) {
     const ROUNDS: usize = 15;
     let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
@@ -142,19 +160,7 @@ fn bench_reuse(dest_root: &Path, label: &str) {
     let commits = one_file_commits(&repo, &mut files, base, ROUNDS);
 
     let dest = dest_root.join("dest");
-    let mut dags = DagsTarget::open(DagsTargetConfig {
-        source: "dags".into(),
-        subdir: "dags".into(),
-        destination: dest.clone(),
-        link: "current".into(),
-        // Defaults (keep 5, 1 h): in production pruning is rare and, in the
-        // agent, off the critical path; its cost is measured on its own below.
-        retention: RetentionConfig::default(),
-        validation: ValidationConfig::default(),
-        airflow: None,
-    })
-    .unwrap();
-    dags.set_background_prune(true);
+    let mut dags = agent_dags_target(&dest);
     let cancel = AtomicBool::new(false);
     let first_started = Instant::now();
     dags.sync(&repo, base, &cancel).unwrap();
@@ -837,17 +843,7 @@ fn bench_mutations() {
         }
         let base = build_commit(&repo, &files, None, "refs/heads/main", "base");
         let dest = tmp.path().join("dest");
-        let mut dags = DagsTarget::open(DagsTargetConfig {
-            source: "dags".into(),
-            subdir: "dags".into(),
-            destination: dest.clone(),
-            link: "current".into(),
-            retention: RetentionConfig::default(),
-            validation: ValidationConfig::default(),
-            airflow: None,
-        })
-        .unwrap();
-        dags.set_background_prune(true);
+        let mut dags = agent_dags_target(&dest);
         let cancel = AtomicBool::new(false);
         dags.sync(&repo, base, &cancel).unwrap();
         let mut parent = base;

@@ -89,12 +89,10 @@ pub struct PublishStats {
     /// Unchanged files hardlinked into a new directory beside a changed one.
     pub files_linked: usize,
     /// Files in directories reused whole from the store: nothing written.
-    #[serde(default)]
     pub files_shared: usize,
     pub bytes_written: u64,
     /// Directory entries made, renamed or replaced: what a publish costs
     /// on a network filesystem, one round trip each.
-    #[serde(default)]
     pub mutations: usize,
 }
 

@@ -5,8 +5,6 @@
 //! one that escapes (or dangles, or loops) is refused, because Airflow would
 //! otherwise read files ferry never validated. Submodules are skipped.
 
-use std::collections::HashMap;
-
 use git2::{ObjectType, Oid, Repository, Tree};
 
 const MODE_EXEC: i32 = 0o100755;
@@ -31,15 +29,6 @@ pub struct Snapshot {
     pub files: Vec<FileEntry>,
     /// Paths skipped (submodules), for the report.
     pub skipped: Vec<String>,
-}
-
-impl Snapshot {
-    pub fn manifest(&self) -> HashMap<&str, (Oid, bool)> {
-        self.files
-            .iter()
-            .map(|f| (f.path.as_str(), (f.blob, f.executable)))
-            .collect()
-    }
 }
 
 #[derive(Debug, thiserror::Error)]

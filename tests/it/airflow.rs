@@ -292,12 +292,6 @@ fn airflow_reads_a_published_revision_exactly_as_the_checkout() {
             format!("{BROKEN}also_missing\n"),
         ),
     ];
-    let as_refs = |files: &[(String, String)]| -> Vec<(String, Option<String>)> {
-        files
-            .iter()
-            .map(|(p, c)| (p.clone(), Some(c.clone())))
-            .collect()
-    };
     let publish = |dest: &Path| {
         let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
             .args(["publish-dags", "--repo"])
@@ -315,37 +309,24 @@ fn airflow_reads_a_published_revision_exactly_as_the_checkout() {
         );
     };
     let commit = |files: &[(String, String)], message: &str| {
-        let owned = as_refs(files);
-        let refs: Vec<(&str, Option<&str>)> = owned
+        let refs: Vec<(&str, Option<&str>)> = files
             .iter()
-            .map(|(p, c)| (p.as_str(), c.as_deref()))
+            .map(|(p, c)| (p.as_str(), Some(c.as_str())))
             .collect();
         repo.commit(&refs, message)
     };
     let dest = tmp.path().join("dest");
-    commit(&files, "first");
+    let first = commit(&files, "first");
     publish(&dest);
     // One file changes: the second revision shares every other directory.
     let mut second = files.clone();
     second[4].1 = "# helpers\n".into();
     let head = commit(&second, "second");
     publish(&dest);
-    let revision = dest.join(".ferry").join(&head);
+    let revision = |commit: &str| dest.join(".ferry").join(commit).join("teams");
     assert_eq!(
-        std::fs::canonicalize(revision.join("teams")).unwrap(),
-        std::fs::canonicalize(
-            dest.join(".ferry")
-                .join(
-                    std::fs::read_dir(dest.join(".ferry"))
-                        .unwrap()
-                        .flatten()
-                        .map(|e| e.file_name().to_string_lossy().into_owned())
-                        .find(|n| n.len() == 40 && *n != head)
-                        .unwrap()
-                )
-                .join("teams")
-        )
-        .unwrap(),
+        std::fs::canonicalize(revision(&head)).unwrap(),
+        std::fs::canonicalize(revision(&first)).unwrap(),
         "the unchanged `teams` directory is the first revision's"
     );
 
