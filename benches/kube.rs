@@ -101,7 +101,15 @@ fn main() {
             out.objects.iter().find(|o| o.error.is_some())
         );
         let (out, noop, noop_writes) = timed(r1).await;
-        assert!(out.unchanged);
+        assert!(
+            out.unchanged,
+            "the same revision again changed: {:?}",
+            out.objects
+                .iter()
+                .filter(|o| o.status != ferry::kubernetes::apply::Status::Unchanged)
+                .take(3)
+                .collect::<Vec<_>>()
+        );
         let (out, change, change_writes) = timed(r2).await;
         assert!(out.succeeded());
         (first, noop, noop_writes, change, change_writes)

@@ -19,7 +19,9 @@
 //! 5. oneshot: `ferry publish-dags` (a new process per run, as an init
 //!    container is) for a one-file change of the 10,000-file repo, with the
 //!    parse cache of earlier runs and with none (every file parsed), beside
-//!    `git worktree add` of the same commit.
+//!    `git worktree add` of the same commit; then one such run under
+//!    `strace -f`, its calls making entries under `--dest` against the
+//!    publisher's own count.
 //! 6. mutations: directory entries a one-file change makes (mkdir, write,
 //!    link, symlink, rename, chmod: on EFS one round trip each), in repos
 //!    of 1,000, 10,000 and 100,000 files (25 files per directory, the same
@@ -295,24 +297,8 @@ fn bench_oneshot() {
     let publish = |commit: git2::Oid| -> (Duration, Duration, String) {
         let cpu = children_cpu();
         let started = Instant::now();
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
-            .args(["publish-dags", "--subdir", "dags", "--repo"])
-            .arg(&bare)
-            .arg("--dest")
-            .arg(&dest)
-            .arg("--cache-dir")
-            .arg(&cache)
-            .output()
-            .unwrap();
-        let took = started.elapsed();
-        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-        // A run that published something else would flatter the figure.
-        assert!(
-            out.status.success() && stdout.contains(&format!("published {commit}")),
-            "{stdout}{stderr}"
-        );
-        (took, children_cpu() - cpu, stderr)
+        let (_, stderr) = publish_dags(None, &bare, &dest, &cache, commit);
+        (started.elapsed(), children_cpu() - cpu, stderr)
     };
     publish(base);
 
@@ -370,6 +356,97 @@ fn bench_oneshot() {
         "   git worktree add (git-sync), packed  wall p50 {:7.1} ms  min {:7.1} ms   [target: ferry warm <= 150 ms]",
         ms(percentile(&worktree, 0.5)),
         ms(worktree[0])
+    );
+    strace_cross_check(&repo, &mut files, &bare, &cache, &tmp.path().join("traced"));
+}
+
+/// Runs `ferry publish-dags` for `commit` (under `wrapper`, a command and
+/// its arguments, when given); returns its stdout and stderr.
+fn publish_dags(
+    wrapper: Option<&[&str]>,
+    bare: &Path,
+    dest: &Path,
+    cache: &Path,
+    commit: git2::Oid,
+) -> (String, String) {
+    let ferry = env!("CARGO_BIN_EXE_ferry");
+    let mut cmd = match wrapper {
+        Some([program, args @ ..]) => {
+            let mut cmd = std::process::Command::new(program);
+            cmd.args(args).arg(ferry);
+            cmd
+        }
+        _ => std::process::Command::new(ferry),
+    };
+    let out = cmd
+        .args(["publish-dags", "--subdir", "dags", "--repo"])
+        .arg(bare)
+        .arg("--dest")
+        .arg(dest)
+        .arg("--cache-dir")
+        .arg(cache)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    // A run that published something else would flatter the figure.
+    assert!(
+        out.status.success() && stdout.contains(&format!("published {commit}")),
+        "{stdout}{stderr}"
+    );
+    (stdout, stderr)
+}
+
+/// The publisher's own count of directory entries against what the kernel
+/// was asked to do under `--dest`, by `strace -f` of one `publish-dags`
+/// publishing a one-file change beside one earlier revision (so that no
+/// retention pass removes anything in the same run).
+fn strace_cross_check(
+    repo: &Repository,
+    files: &mut Files,
+    bare: &Path,
+    cache: &Path,
+    dest: &Path,
+) {
+    const CALLS: &str = "mkdir,mkdirat,link,linkat,symlink,symlinkat,rename,renameat,renameat2,chmod,fchmodat,open,openat,creat,unlink,unlinkat,rmdir";
+    if std::process::Command::new("strace")
+        .arg("-V")
+        .output()
+        .is_err()
+    {
+        println!("   (strace is not installed: no cross-check)");
+        return;
+    }
+    let head = repo.refname_to_id("refs/heads/main").unwrap();
+    publish_dags(None, bare, dest, cache, head);
+    let commit = one_file_commits(repo, files, head, 1)[0];
+    let trace = dest.with_extension("strace");
+    let trace_arg = trace.to_str().unwrap();
+    let wrapper = ["strace", "-f", "-qq", "-z", "-e", CALLS, "-o", trace_arg];
+    let (stdout, _) = publish_dags(Some(&wrapper), bare, dest, cache, commit);
+    let counted: usize = stdout
+        .rsplit_once(" reused, ")
+        .and_then(|(_, rest)| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .expect("publish-dags prints the entries it made");
+    let dest_str = dest.to_str().unwrap();
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    for line in std::fs::read_to_string(&trace).unwrap().lines() {
+        // `PID call(args) = 0`: an open counts only when it creates.
+        let Some((call, args)) = line.split_once(' ').and_then(|(_, l)| l.split_once('(')) else {
+            continue;
+        };
+        let call = call.trim();
+        let creates = !call.starts_with("open") || args.contains("O_CREAT");
+        if args.contains(dest_str) && creates {
+            *seen.entry(call.to_string()).or_default() += 1;
+        }
+    }
+    let total: usize = seen.values().sum();
+    let each: Vec<String> = seen.iter().map(|(c, n)| format!("{c} {n}")).collect();
+    println!(
+        "   cross-check, one publish-dags of a one-file change: ferry counted {counted} directory entries; strace -f saw {total} successful calls making them under --dest ({})",
+        each.join(", ")
     );
 }
 

@@ -752,7 +752,7 @@ async fn publish_dags(args: &PublishDagsArgs) -> anyhow::Result<ExitCode> {
                 eprintln!("warning: {warning}");
             }
             println!(
-                "{} {} -> {} ({} files written, {} reused)",
+                "{} {} -> {} ({} files written, {} reused, {} directory entries made)",
                 if p.outcome.published {
                     "published"
                 } else {
@@ -761,7 +761,8 @@ async fn publish_dags(args: &PublishDagsArgs) -> anyhow::Result<ExitCode> {
                 p.outcome.commit,
                 p.link.display(),
                 p.outcome.stats.files_written,
-                p.outcome.stats.files_linked + p.outcome.stats.files_shared
+                p.outcome.stats.files_linked + p.outcome.stats.files_shared,
+                p.outcome.stats.mutations
             );
             Ok(ExitCode::SUCCESS)
         }

@@ -96,6 +96,7 @@ pub fn publish_dags(
     // in the destination, whatever this run's fetch then does.
     let mut target = DagsTarget::open(target_config)?;
     target.keep_verdicts_in(&config.cache_dir);
+    target.for_one_publish();
     let source = GitSource::new(source_config, &config.cache_dir);
     let cancel = AtomicBool::new(false);
     tracing::debug!("phase: fetch");

@@ -136,6 +136,8 @@ pub struct RetentionReport {
     pub kept: Vec<Kept>,
     /// Removed by this pass.
     pub removed: Vec<String>,
+    /// What the kept revisions take on the volume; 0 in a one-publish run,
+    /// which does not measure it.
     pub bytes_kept: u64,
     /// Set when `targets.dags.airflow` is configured.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -168,6 +170,8 @@ pub struct DagsTarget {
     airflow: Option<Arc<airflow::Airflow>>,
     /// Written by the pruning thread, read by the worker that reports it.
     retention: Arc<Mutex<Option<RetentionReport>>>,
+    /// Whether a retention pass measures the bytes kept (see [`Self::for_one_publish`]).
+    measure_bytes: bool,
 }
 
 impl DagsTarget {
@@ -187,8 +191,20 @@ impl DagsTarget {
                 .clone()
                 .map(|a| Arc::new(airflow::Airflow::new(a))),
             retention: Arc::default(),
+            measure_bytes: true,
             config,
         })
+    }
+
+    /// For a process that publishes once and exits (`ferry publish-dags`):
+    /// skips what only a long-lived agent reports or spreads over many
+    /// publishes, the bytes kept (a read of every directory once per
+    /// process) and the collection of stored directories at the first
+    /// prune, so that a run costs in proportion to the change. Collection
+    /// still follows every prune that removes a revision.
+    pub fn for_one_publish(&mut self) {
+        self.measure_bytes = false;
+        self.publisher.collect_only_after_removals();
     }
 
     /// Keeps parse verdicts in `cache_dir` across runs (see [`PythonChecker::persistent`]).
@@ -341,9 +357,9 @@ impl DagsTarget {
                 duration_ms: elapsed_ms(started),
             });
         };
-        let stats = staged.stats;
+        let mut stats = staged.stats;
         tracing::debug!(%commit, "phase: swap");
-        self.publisher.publish(staged)?;
+        stats.mutations += self.publisher.publish(staged)?;
         tracing::debug!(%commit, "phase: prune");
         self.live = Some(snapshot);
         let pruned = self.prune();
@@ -374,9 +390,10 @@ impl DagsTarget {
         let publisher = self.publisher.clone();
         let airflow = self.airflow.clone();
         let slot = self.retention.clone();
+        let measure = self.measure_bytes;
         let job = move || {
             let previous = slot.lock().ok().and_then(|r| r.clone());
-            let report = retain(&publisher, airflow.as_deref(), previous.as_ref());
+            let report = retain(&publisher, airflow.as_deref(), previous.as_ref(), measure);
             let removed = report.removed.clone();
             if let Ok(mut slot) = slot.lock() {
                 *slot = Some(report);
@@ -436,6 +453,7 @@ fn retain(
     publisher: &Publisher,
     airflow: Option<&airflow::Airflow>,
     previous: Option<&RetentionReport>,
+    measure_bytes: bool,
 ) -> RetentionReport {
     let now = SystemTime::now();
     let (uses, check) = match airflow {
@@ -476,14 +494,15 @@ fn retain(
         tracing::info!(revisions = ?removed, "pruned old DAG revisions");
     }
     // Revisions never change, so the bytes they take change only with the
-    // set kept: walk the volume (one stat per file, a round trip each on
-    // EFS) only then, not at every pass.
+    // set kept: measure only then (the store reads only directories it has
+    // not read before: one stat per new file, a round trip each on EFS).
     let commits = |kept: &[Kept]| {
         let mut c: Vec<&str> = kept.iter().map(|k| k.commit.as_str()).collect();
         c.sort_unstable();
         c.join(",")
     };
     let bytes_kept = match previous {
+        _ if !measure_bytes => 0,
         Some(p) if p.error.is_none() && commits(&p.kept) == commits(&decision.kept) => p.bytes_kept,
         _ => publisher.bytes_on_disk(),
     };

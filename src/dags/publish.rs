@@ -91,8 +91,9 @@ pub struct PublishStats {
     /// Files in directories reused whole from the store: nothing written.
     pub files_shared: usize,
     pub bytes_written: u64,
-    /// Directory entries made, renamed or replaced: what a publish costs
-    /// on a network filesystem, one round trip each.
+    /// Directory entries made, renamed or replaced, from staging to the
+    /// link swap (pruning aside): what a publish costs on a network
+    /// filesystem, one round trip each.
     pub mutations: usize,
 }
 
@@ -156,6 +157,14 @@ impl Publisher {
             return Err(PublishError::LinkOccupied { path: link_path });
         }
         Ok(publisher)
+    }
+
+    /// Collects stored directories only after a prune removed a revision,
+    /// not also at the first prune: for a process that publishes once,
+    /// where "first" is every run.
+    pub fn collect_only_after_removals(&self) {
+        self.collected
+            .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     pub fn link_path(&self) -> PathBuf {
@@ -261,9 +270,11 @@ impl Publisher {
     }
 
     /// Makes a staged revision live: rename into place, then swap the link.
-    pub fn publish(&self, staged: Staged) -> Result<(), PublishError> {
+    /// Returns the directory entries it made.
+    pub fn publish(&self, staged: Staged) -> Result<usize, PublishError> {
         let commit = staged.commit;
         let final_dir = self.revision_dir(commit);
+        let mut made = 0;
         {
             let _held = self.lock.lock().unwrap_or_else(|e| e.into_inner());
             if final_dir.is_dir() {
@@ -273,16 +284,18 @@ impl Publisher {
             } else {
                 fs::rename(&staged.dir, &final_dir).map_err(io_err(&final_dir))?;
                 sync_dir(&self.revisions_dir())?;
+                made += 1;
             }
         }
-        self.swap_link(commit)
+        Ok(made + self.swap_link(commit)?)
     }
 
-    /// Points the link at an existing revision.
-    pub fn swap_link(&self, commit: Oid) -> Result<(), PublishError> {
+    /// Points the link at an existing revision. Returns the directory
+    /// entries it made: none when the link already points there.
+    pub fn swap_link(&self, commit: Oid) -> Result<usize, PublishError> {
         let previous = self.current();
         if previous == Some(commit) {
-            return Ok(());
+            return Ok(0);
         }
         let link = self.link_path();
         let tmp = self
@@ -296,11 +309,12 @@ impl Publisher {
             return Err(PublishError::Io { path: link, source });
         }
         sync_dir(&self.dest)?;
-        if let Some(old) = previous {
-            let marker = self.revisions_dir().join(format!("{old}{SUPERSEDED}"));
-            fs::File::create(&marker).map_err(io_err(&marker))?;
-        }
-        Ok(())
+        let Some(old) = previous else {
+            return Ok(2);
+        };
+        let marker = self.revisions_dir().join(format!("{old}{SUPERSEDED}"));
+        fs::File::create(&marker).map_err(io_err(&marker))?;
+        Ok(3)
     }
 
     /// Removes the superseded revisions no retention rule holds (see
@@ -357,17 +371,7 @@ impl Publisher {
     /// Removes the stored directories no revision (nor a staged one)
     /// reaches. The caller holds the lock.
     fn collect(&self) -> Result<usize, PublishError> {
-        let revisions = self.revisions_dir();
-        let mut roots = Vec::new();
-        for entry in fs::read_dir(&revisions).map_err(io_err(&revisions))? {
-            let entry = entry.map_err(io_err(&revisions))?;
-            if entry.file_type().is_ok_and(|t| t.is_symlink())
-                && let Ok(target) = fs::read_link(entry.path())
-                && let Some(key) = trees::key_of(&target)
-            {
-                roots.push(key);
-            }
-        }
+        let (roots, _) = self.roots()?;
         let keep: HashSet<String> = self.store.reachable(roots);
         let removed = self.store.collect(&keep)?;
         if removed > 0 {
@@ -384,9 +388,13 @@ impl Publisher {
     /// many revisions share it by hardlink.
     pub fn bytes_on_disk(&self) -> u64 {
         use std::os::unix::fs::MetadataExt;
-        let mut seen = std::collections::HashSet::new();
-        let mut total = 0;
-        let mut stack = vec![self.revisions_dir()];
+        let Ok((roots, plain)) = self.roots() else {
+            return 0;
+        };
+        let mut seen = HashSet::new();
+        let mut total = self.store.bytes(&self.store.reachable(roots), &mut seen);
+        // Revisions written before the store: each walked whole.
+        let mut stack = plain;
         while let Some(dir) = stack.pop() {
             let Ok(entries) = fs::read_dir(&dir) else {
                 continue;
@@ -395,12 +403,35 @@ impl Publisher {
                 let Ok(meta) = entry.metadata() else { continue };
                 if meta.is_dir() {
                     stack.push(entry.path());
-                } else if seen.insert((meta.dev(), meta.ino())) {
+                } else if meta.is_file() && seen.insert(meta.ino()) {
                     total += meta.len();
                 }
             }
         }
         total
+    }
+
+    /// The store keys the revisions (and staged ones) link to, and the
+    /// revisions that are plain directories (written before the store).
+    fn roots(&self) -> Result<(Vec<String>, Vec<PathBuf>), PublishError> {
+        let revisions = self.revisions_dir();
+        let (mut roots, mut plain) = (Vec::new(), Vec::new());
+        for entry in fs::read_dir(&revisions).map_err(io_err(&revisions))? {
+            let entry = entry.map_err(io_err(&revisions))?;
+            let Ok(kind) = entry.file_type() else {
+                continue;
+            };
+            if kind.is_symlink() {
+                if let Ok(target) = fs::read_link(entry.path())
+                    && let Some(key) = trees::key_of(&target)
+                {
+                    roots.push(key);
+                }
+            } else if kind.is_dir() && !entry.file_name().to_string_lossy().starts_with('.') {
+                plain.push(entry.path());
+            }
+        }
+        Ok((roots, plain))
     }
 
     /// Revisions present on disk, for tests and the status API.

@@ -29,7 +29,7 @@ use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use git2::{Oid, Repository};
 use sha2::{Digest, Sha256};
@@ -136,6 +136,20 @@ pub(super) struct Previous<'a> {
 
 pub(super) struct Store {
     dir: PathBuf,
+    /// What each stored directory read so far holds. A named directory
+    /// never changes, so each is read once per process: reachability and
+    /// the bytes kept then cost a read per new directory, not per
+    /// directory of every revision (a round trip each on EFS).
+    listings: Mutex<HashMap<String, Arc<Listing>>>,
+}
+
+/// One stored directory: the keys it links to, and its files as
+/// (inode, bytes), so that a file hardlinked into many directories is
+/// counted once.
+#[derive(Default)]
+struct Listing {
+    subkeys: Vec<String>,
+    files: Vec<(u64, u64)>,
 }
 
 impl Store {
@@ -154,6 +168,7 @@ impl Store {
         }
         Ok(Store {
             dir: dir.to_path_buf(),
+            listings: Mutex::default(),
         })
     }
 
@@ -271,6 +286,8 @@ impl Store {
                 // A few entries: syncing them alone does not wait for
                 // whatever else the filesystem has to write (the fetch's
                 // objects, other tenants of the volume).
+                // One at a time: tried from 8 threads, concurrent fsyncs
+                // were 3x slower here (ext4), not batched into one commit.
                 for path in written.iter().chain(made.iter().map(|(_, tmp, _)| tmp)) {
                     fs::File::open(path)
                         .and_then(|f| f.sync_all())
@@ -297,7 +314,36 @@ impl Store {
         result
     }
 
-    /// Every key `roots` reach. Reads one directory per distinct key.
+    /// What the stored directory `key` holds; None when it is not stored.
+    fn listing(&self, key: &str) -> Option<Arc<Listing>> {
+        use std::os::unix::fs::MetadataExt;
+        let cached = self.listings.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(listing) = cached.get(key) {
+            return Some(listing.clone());
+        }
+        drop(cached);
+        let mut listing = Listing::default();
+        for entry in fs::read_dir(self.path(key)).ok()?.flatten() {
+            let Ok(meta) = entry.metadata() else { continue };
+            if meta.file_type().is_symlink() {
+                if let Ok(target) = fs::read_link(entry.path())
+                    && let Some(sub) = key_of(&target)
+                {
+                    listing.subkeys.push(sub);
+                }
+            } else if meta.is_file() {
+                listing.files.push((meta.ino(), meta.len()));
+            }
+        }
+        let listing = Arc::new(listing);
+        self.listings
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key.to_string(), listing.clone());
+        Some(listing)
+    }
+
+    /// Every key `roots` reach.
     pub fn reachable(&self, roots: impl IntoIterator<Item = String>) -> HashSet<String> {
         let mut seen = HashSet::new();
         let mut stack: Vec<String> = roots.into_iter().collect();
@@ -305,19 +351,25 @@ impl Store {
             if !seen.insert(key.clone()) {
                 continue;
             }
-            let Ok(entries) = fs::read_dir(self.path(&key)) else {
-                continue;
-            };
-            for entry in entries.flatten() {
-                if entry.file_type().is_ok_and(|t| t.is_symlink())
-                    && let Ok(target) = fs::read_link(entry.path())
-                    && let Some(sub) = target.file_name().and_then(|n| n.to_str())
-                {
-                    stack.push(sub.to_string());
-                }
+            if let Some(listing) = self.listing(&key) {
+                stack.extend(listing.subkeys.iter().cloned());
             }
         }
         seen
+    }
+
+    /// The bytes of the files of the stored directories `keys`, each inode
+    /// once; `seen` holds the inodes counted already.
+    pub fn bytes(&self, keys: &HashSet<String>, seen: &mut HashSet<u64>) -> u64 {
+        let mut total = 0;
+        for key in keys {
+            for &(inode, bytes) in self.listing(key).iter().flat_map(|l| l.files.iter()) {
+                if seen.insert(inode) {
+                    total += bytes;
+                }
+            }
+        }
+        total
     }
 
     /// Removes every stored directory not in `keep`; returns how many.
@@ -330,6 +382,10 @@ impl Store {
                 continue;
             }
             let doomed = self.dir.join(format!("{TMP_PREFIX}del-{name}"));
+            self.listings
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&name);
             fs::rename(entry.path(), &doomed).map_err(io_err(&doomed))?;
             remove(&doomed)?;
             removed += 1;

@@ -23,7 +23,7 @@ use super::evidence;
 use super::health::{self, Health};
 use super::ignore::{self, Ignored};
 use super::inventory::{self, Entry};
-use super::last_applied::{AppliedObject, CONCURRENCY, LastApplied, digest};
+use super::last_applied::{AppliedObject, CONCURRENCY, LastApplied, digest, ferry_fields};
 use super::ownership::{FIELD_MANAGER, kept_because};
 use super::plan::Plan;
 use crate::config::KubernetesTargetConfig;
@@ -205,22 +205,15 @@ impl Applier<'_> {
                 // Kinds from CRDs of this revision: served only once established.
                 catalog = Catalog::discover(self.client).await.map_err(cluster)?;
             }
-            let results: Vec<(ObjectOutcome, Option<(String, String)>)> =
+            let results: Vec<(ObjectOutcome, Option<AppliedObject>)> =
                 futures::stream::iter(0..batch.len())
                     .map(|i| self.apply_one(&catalog, batch[i]))
                     .buffered(CONCURRENCY)
                     .collect()
                     .await;
-            for ((outcome, version), m) in results.into_iter().zip(&batch) {
-                if let Some((api_version, resource_version)) = version {
-                    applied.insert(
-                        outcome.id.clone(),
-                        AppliedObject {
-                            api_version,
-                            resource_version,
-                            digest: digest(&m.object),
-                        },
-                    );
+            for (outcome, known) in results {
+                if let Some(known) = known {
+                    applied.insert(outcome.id.clone(), known);
                 }
                 outcomes.push(outcome);
             }
@@ -288,7 +281,7 @@ impl Applier<'_> {
         &self,
         catalog: &Catalog,
         m: &Manifest,
-    ) -> (ObjectOutcome, Option<(String, String)>) {
+    ) -> (ObjectOutcome, Option<AppliedObject>) {
         let fail = |error: String| {
             (
                 ObjectOutcome {
@@ -337,7 +330,13 @@ impl Applier<'_> {
                 applied
                     .metadata
                     .resource_version
-                    .map(|rv| (m.api_version.clone(), rv)),
+                    .clone()
+                    .map(|resource_version| AppliedObject {
+                        api_version: m.api_version.clone(),
+                        resource_version,
+                        digest: digest(&m.object),
+                        fields: ferry_fields(&applied.metadata),
+                    }),
             ),
             Err(err) => fail(describe(&err)),
         }

@@ -1,16 +1,23 @@
 //! What the last successful apply left behind, for the fast path: an
 //! object whose content is what ferry last sent and whose live
 //! resourceVersion is still the one that apply produced has not changed,
-//! so a plan need not dry-run it and an apply need not send it.
+//! so a plan need not dry-run it and an apply need not send it. Nor has
+//! one whose resourceVersion moved while ferry's own field set stayed as
+//! that apply left it: a controller wrote its status or annotations of
+//! its own (a Deployment's, after every rollout). Whoever changes or
+//! removes a field ferry applied takes it out of ferry's set (an update
+//! takes ownership; a forced apply too), so that still counts as touched.
 
 use std::collections::{HashMap, HashSet};
 
 use futures::StreamExt;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Client;
 
 use super::client::api_for;
 use super::discovery::Catalog;
 use super::inventory::Entry;
+use super::ownership::FIELD_MANAGER;
 use crate::desired::manifests::{Manifest, ObjectRef};
 
 /// Requests in flight at once; enough to hide latency, gentle on the server.
@@ -23,12 +30,35 @@ pub(crate) struct AppliedObject {
     pub resource_version: String,
     /// Digest of the object ferry sent.
     pub digest: u64,
+    /// Digest of ferry's entries in the object's managedFields after it.
+    pub fields: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default)]
 pub struct LastApplied {
     pub(crate) objects: HashMap<ObjectRef, AppliedObject>,
     pub(crate) inventory: Vec<Entry>,
+}
+
+/// Digest of the fields `meta` records as applied by ferry (per API
+/// version and subresource; not their times), if it records any.
+pub(crate) fn ferry_fields(meta: &ObjectMeta) -> Option<u64> {
+    let mine: Vec<serde_json::Value> = meta
+        .managed_fields
+        .iter()
+        .flatten()
+        .filter(|e| {
+            e.manager.as_deref() == Some(FIELD_MANAGER) && e.operation.as_deref() == Some("Apply")
+        })
+        .map(|e| {
+            serde_json::json!([
+                e.api_version,
+                e.subresource,
+                e.fields_v1.as_ref().map(|f| &f.0)
+            ])
+        })
+        .collect();
+    (!mine.is_empty()).then(|| digest(&serde_json::Value::Array(mine)))
 }
 
 pub(crate) fn digest(object: &serde_json::Value) -> u64 {
@@ -56,8 +86,11 @@ impl LastApplied {
                 let resource = catalog.api_resource(&known.api_version, &m.id.kind)?;
                 let api = api_for(client, &resource, m.id.namespace.as_deref());
                 let live = api.get_opt(&m.id.name).await.ok()??;
-                (live.metadata.resource_version.as_ref() == Some(&known.resource_version))
-                    .then(|| m.id.clone())
+                let same_version =
+                    live.metadata.resource_version.as_ref() == Some(&known.resource_version);
+                let same_fields =
+                    known.fields.is_some() && ferry_fields(&live.metadata) == known.fields;
+                (same_version || same_fields).then(|| m.id.clone())
             })
             .buffered(CONCURRENCY)
             .collect()

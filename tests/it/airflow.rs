@@ -352,3 +352,45 @@ fn airflow_reads_a_published_revision_exactly_as_the_checkout() {
         "the ignored files are not imported: {checkout}"
     );
 }
+
+/// The DAGs template a team forks, published and read in real Airflow: the
+/// same DAGs, file locations and (no) import errors as its checkout.
+#[test]
+fn airflow_reads_the_published_template_exactly_as_the_checkout() {
+    let python = airflow_python();
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("airflow-home");
+    std::fs::create_dir_all(&home).unwrap();
+    let repo = Repo::new(tmp.path(), "dags");
+    copy_template(&repo.work);
+    repo.commit(&[], "template");
+    let dest = tmp.path().join("dest");
+    let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["publish-dags", "--repo"])
+        .arg(&repo.bare)
+        .arg("--dest")
+        .arg(&dest)
+        .arg("--cache-dir")
+        .arg(tmp.path().join("cache"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let checkout = airflow_bundle(&python, &home, &repo.work.join("dags"));
+    let published = airflow_bundle(&python, &home, &dest.join("current"));
+    assert_eq!(
+        published, checkout,
+        "Airflow reads the revision as the checkout"
+    );
+    let ids: Vec<&String> = checkout["dags"].as_object().unwrap().keys().collect();
+    assert_eq!(
+        ids,
+        ["diagnosis_scoring", "diagnosis_training"],
+        "{checkout}"
+    );
+    assert_eq!(checkout["errors"], serde_json::json!([]), "{checkout}");
+}

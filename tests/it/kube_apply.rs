@@ -13,6 +13,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Api;
 use kube::api::{Patch, PatchParams, PostParams};
+use std::time::Duration;
 
 pub(crate) async fn admin() -> kube::Client {
     client::connect(Some(&control_plane().admin)).await.unwrap()
@@ -378,6 +379,74 @@ async fn a_commit_without_the_manifests_directory_is_refused_and_prunes_nothing(
             .any(|o| o.id.name == "a" && o.status == Status::Pruned),
         "{out:?}"
     );
+}
+
+/// The deployment controller writes a Deployment's status and revision
+/// annotation after every apply, so its resourceVersion moves while ferry's
+/// fields stay: a no-op reconcile must still send nothing, and a change to
+/// a field ferry applied must still be noticed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_controller_writing_status_keeps_the_no_op_free_and_a_new_image_is_noticed() {
+    let cp = control_plane();
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = Repository::init_bare(tmp.path().join("platform.git")).unwrap();
+    let ns = unique_namespace("status-noop");
+    let config = kube_target(&ns, false);
+    let mut last = None;
+    let r1 = commit_files(
+        &repo,
+        &[
+            ("manifests/ns.yaml", ns_yaml(&ns)),
+            ("manifests/web.yaml", deployment("nginx:1.27")),
+        ],
+    );
+    let first = apply(&repo, r1, &config, &mut last).await.unwrap();
+    assert!(first.succeeded(), "{first:?}");
+    let deployments: Api<Deployment> = Api::namespaced(admin().await, &ns);
+    let applied = deployments
+        .get("web")
+        .await
+        .unwrap()
+        .metadata
+        .resource_version;
+    let handle = tokio::runtime::Handle::current();
+    eventually(
+        Duration::from_secs(30),
+        "the controller writes the Deployment",
+        || {
+            let live =
+                tokio::task::block_in_place(|| handle.block_on(deployments.get("web"))).ok()?;
+            let rollout = live.status.and_then(|s| s.observed_generation).is_some();
+            (rollout && live.metadata.resource_version != applied).then_some(())
+        },
+    );
+
+    let writes = audited_writes(&cp.audit_log, &ns).len();
+    let again = apply(&repo, r1, &config, &mut last).await.unwrap();
+    assert!(again.unchanged, "{again:?}");
+    assert_eq!(
+        audited_writes(&cp.audit_log, &ns).len(),
+        writes,
+        "the no-op reconcile wrote"
+    );
+
+    // `kubectl set image`'s way: someone else takes a field ferry applied.
+    let patch = serde_json::json!({"spec": {"template": {"spec": {"containers": [{"name": "web", "image": "nginx:1.28"}]}}}});
+    deployments
+        .patch("web", &PatchParams::default(), &Patch::Strategic(&patch))
+        .await
+        .unwrap();
+    let mut forcing = config.clone();
+    forcing.force = true;
+    let repaired = apply(&repo, r1, &forcing, &mut last).await.unwrap();
+    assert!(
+        !repaired.unchanged,
+        "the fast path must notice the new image"
+    );
+    assert!(repaired.succeeded(), "{repaired:?}");
+    let live = deployments.get("web").await.unwrap();
+    let image = live.spec.template.spec.unwrap().containers[0].image.clone();
+    assert_eq!(image.as_deref(), Some("nginx:1.27"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

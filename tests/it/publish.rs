@@ -152,9 +152,12 @@ fn concurrent_reader_never_sees_two_commits_or_a_missing_file() {
             "{oid}: {:?}",
             outcome.stats
         );
-        assert!(
-            outcome.stats.mutations
-                <= outcome.stats.files_written + outcome.stats.files_linked + 12,
+        // The root and `changing/` made (mkdir, chmod, rename each), the
+        // root's two subdirectory links, the staged link; then the rename
+        // into place, the new link and its rename, the superseded marker.
+        assert_eq!(
+            outcome.stats.mutations,
+            outcome.stats.files_written + outcome.stats.files_linked + 2 * 3 + 2 + 1 + 4,
             "{oid}: {:?}",
             outcome.stats
         );
@@ -319,6 +322,9 @@ fn retention_removes_old_revisions_only_after_the_window() {
         5,
         "inside the window nothing is removed"
     );
+    // Each revision wrote its own `a.py` (6 bytes) and `jobs/job.py` (8);
+    // `lib/util.py` (14) is one file in one stored `lib/` all five share.
+    assert_eq!(dags.publisher().bytes_on_disk(), 5 * (6 + 8) + 14);
     let removed = dags
         .publisher()
         .prune(SystemTime::now() + window / 2, &Default::default())
@@ -343,6 +349,11 @@ fn retention_removes_old_revisions_only_after_the_window() {
     left.sort();
     assert_eq!(on_disk(&dags), left);
     assert_eq!(live(&dest), Some(commits[4].to_string()));
+    assert_eq!(
+        dags.publisher().bytes_on_disk(),
+        2 * (6 + 8) + 14,
+        "the removed revisions' files are no longer counted"
+    );
     let leftovers: Vec<_> = std::fs::read_dir(dest.join(".ferry"))
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
