@@ -243,6 +243,24 @@ print(json.dumps({
     serde_json::from_str(line).unwrap()
 }
 
+/// `ferry publish-dags` of `bare`'s head into `dest`, which must succeed.
+fn publish_dags(bare: &Path, dest: &Path, cache: &Path) {
+    let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["publish-dags", "--repo"])
+        .arg(bare)
+        .arg("--dest")
+        .arg(dest)
+        .arg("--cache-dir")
+        .arg(cache)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 const BROKEN: &str = "from airflow.sdk import DAG  # a dag\nimport ";
 
 /// Shared directories (a revision built from directories other revisions
@@ -292,22 +310,7 @@ fn airflow_reads_a_published_revision_exactly_as_the_checkout() {
             format!("{BROKEN}also_missing\n"),
         ),
     ];
-    let publish = |dest: &Path| {
-        let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
-            .args(["publish-dags", "--repo"])
-            .arg(&repo.bare)
-            .arg("--dest")
-            .arg(dest)
-            .arg("--cache-dir")
-            .arg(tmp.path().join("cache"))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
+    let publish = |dest: &Path| publish_dags(&repo.bare, dest, &tmp.path().join("cache"));
     let commit = |files: &[(String, String)], message: &str| {
         let refs: Vec<(&str, Option<&str>)> = files
             .iter()
@@ -365,20 +368,7 @@ fn airflow_reads_the_published_template_exactly_as_the_checkout() {
     copy_template(&repo.work);
     repo.commit(&[], "template");
     let dest = tmp.path().join("dest");
-    let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
-        .args(["publish-dags", "--repo"])
-        .arg(&repo.bare)
-        .arg("--dest")
-        .arg(&dest)
-        .arg("--cache-dir")
-        .arg(tmp.path().join("cache"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    publish_dags(&repo.bare, &dest, &tmp.path().join("cache"));
 
     let checkout = airflow_bundle(&python, &home, &repo.work.join("dags"));
     let published = airflow_bundle(&python, &home, &dest.join("current"));
