@@ -640,7 +640,7 @@ pub struct HelmConfig {
     /// registry inside the cluster's network, or a test's.
     #[serde(default)]
     pub plain_http_registries: Vec<String>,
-    /// Chart repositories that need HTTP basic credentials.
+    /// Chart repositories and OCI registries that need credentials.
     #[serde(default)]
     pub repositories: Vec<ChartRepositoryLogin>,
 }

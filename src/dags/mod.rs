@@ -7,6 +7,7 @@ pub mod publish;
 pub mod retention;
 pub mod snapshot;
 mod trees;
+mod turns;
 pub mod validate;
 mod verdicts;
 

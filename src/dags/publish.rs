@@ -8,6 +8,9 @@
 //! <dest>/.ferry/.trees/         directories shared between revisions (see `trees`)
 //! <dest>/.ferry/<sha>.superseded  empty file; its mtime is when <sha> stopped being live
 //! <dest>/.ferry/.tmp-*          staging and deletion in progress; removed at start
+//!                               once no live publisher owns them (see `turns`)
+//! <dest>/.ferry/.lock           taken for each change, by every publisher
+//! <dest>/.ferry/.owners/<token>  held locked by each live publisher
 //! ```
 //!
 //! A revision only ever appears by `rename` of a link to a complete, synced
@@ -32,6 +35,7 @@ use super::dirmode;
 use super::retention::{self, Decision, Uses};
 use super::snapshot::{FileEntry, Snapshot};
 use super::trees::{self, Keys, Previous, Store};
+use super::turns::Turns;
 use crate::config::RetentionConfig;
 
 const REVISIONS: &str = ".ferry";
@@ -48,6 +52,11 @@ pub enum PublishError {
     },
     #[error("{}: no space left on the filesystem ({free}); nothing was published, the live revision stays, and ferry retries once space is freed", path.display())]
     DiskFull { path: PathBuf, free: String },
+    #[error("{}: cannot lock: {source}; publishers of one destination take turns by this lock, so mount an NFS or EFS volume with locking (not `nolock`)", path.display())]
+    Lock {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{}: exists and is not a symlink; move it away so ferry can manage the link", path.display())]
     LinkOccupied { path: PathBuf },
     #[error("reading blob {blob} for {path}: {detail}")]
@@ -106,10 +115,11 @@ pub struct Publisher {
     link: String,
     retention: RetentionConfig,
     store: Arc<Store>,
-    /// Held while a revision's trees are chosen and linked, while one is
-    /// named, and while trees are collected: a collection must see every
-    /// tree a revision in the making reuses.
-    lock: Arc<Mutex<()>>,
+    /// Taken while a revision's trees are chosen and linked, while one is
+    /// named, and while trees are collected, by every publisher of the
+    /// destination in any process: a collection must see every tree a
+    /// revision in the making reuses.
+    turns: Turns,
     /// Set once this publisher collected: later runs collect only after
     /// a prune removed something.
     collected: Arc<std::sync::atomic::AtomicBool>,
@@ -140,12 +150,16 @@ impl Publisher {
         let revisions = dest.join(REVISIONS);
         fs::create_dir_all(&revisions).map_err(io_err(&revisions))?;
         dirmode::set_dir_mode_if_masked(&revisions).map_err(io_err(&revisions))?;
+        let turns = Turns::join(&revisions)?;
+        let turn = turns.take()?;
+        let store = Store::open(&revisions.join(TREES), &turns)?;
+        drop(turn);
         let publisher = Publisher {
             dest: dest.to_path_buf(),
             link: link.to_string(),
             retention,
-            store: Arc::new(Store::open(&revisions.join(TREES))?),
-            lock: Arc::new(Mutex::new(())),
+            store: Arc::new(store),
+            turns,
             collected: Arc::default(),
             last_keys: Arc::default(),
         };
@@ -179,28 +193,27 @@ impl Publisher {
         self.revisions_dir().join(commit.to_string())
     }
 
+    /// Removes what interrupted publishers left: what no live one owns.
     fn remove_leftovers(&self) -> Result<(), PublishError> {
+        let _turn = self.turns.take()?;
         let revisions = self.revisions_dir();
         for entry in fs::read_dir(&revisions).map_err(io_err(&revisions))? {
             let entry = entry.map_err(io_err(&revisions))?;
-            let name = entry.file_name();
-            if name.to_string_lossy().starts_with(TMP_PREFIX) {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with(TMP_PREFIX) && self.turns.is_leftover(&name) {
                 tracing::info!(path = %entry.path().display(), "removing leftover of an interrupted publish");
                 remove_any(&entry.path())?;
             }
         }
-        let tmp_link_prefix = format!(".{}.tmp-", self.link);
+        let tmp_link_prefix = format!(".{}{TMP_PREFIX}", self.link);
         for entry in fs::read_dir(&self.dest).map_err(io_err(&self.dest))? {
             let entry = entry.map_err(io_err(&self.dest))?;
-            if entry
-                .file_name()
-                .to_string_lossy()
-                .starts_with(&tmp_link_prefix)
-            {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with(&tmp_link_prefix) && self.turns.is_leftover(&name) {
                 remove_any(&entry.path())?;
             }
         }
-        Ok(())
+        self.turns.forget_the_gone()
     }
 
     /// The commit the link points at, if it points at a revision.
@@ -221,7 +234,7 @@ impl Publisher {
         snapshot: &Snapshot,
         previous: Option<&Snapshot>,
     ) -> Result<Staged, PublishError> {
-        let _held = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        let _turn = self.turns.take()?;
         let keys = Arc::new(Keys::of(snapshot));
         let last = self
             .last_keys
@@ -246,12 +259,11 @@ impl Publisher {
             .files
             .len()
             .saturating_sub(stats.files_written + stats.files_linked);
-        let dir = self.revisions_dir().join(format!(
-            "{TMP_PREFIX}{}-{}-{:08x}",
+        let dir = self.revisions_dir().join(self.turns.tmp_name(&format!(
+            "{}-{:08x}",
             snapshot.commit,
-            std::process::id(),
             fastrand::u32(..)
-        ));
+        )));
         let target = Path::new(TREES).join(keys.root());
         std::os::unix::fs::symlink(&target, &dir).map_err(io_err(&dir))?;
         stats.mutations += 1;
@@ -275,24 +287,23 @@ impl Publisher {
         let commit = staged.commit;
         let final_dir = self.revision_dir(commit);
         let mut made = 0;
-        {
-            let _held = self.lock.lock().unwrap_or_else(|e| e.into_inner());
-            if final_dir.is_dir() {
-                // Published before (a revert, or a crash between rename and
-                // swap): complete by construction, so keep it.
-                self.discard(staged);
-            } else {
-                fs::rename(&staged.dir, &final_dir).map_err(io_err(&final_dir))?;
-                sync_dir(&self.revisions_dir())?;
-                made += 1;
-            }
+        let _turn = self.turns.take()?;
+        if final_dir.is_dir() {
+            // Published before (a revert, or a crash between rename and
+            // swap): complete by construction, so keep it.
+            self.discard(staged);
+        } else {
+            fs::rename(&staged.dir, &final_dir).map_err(io_err(&final_dir))?;
+            sync_dir(&self.revisions_dir())?;
+            made += 1;
         }
         Ok(made + self.swap_link(commit)?)
     }
 
     /// Points the link at an existing revision. Returns the directory
-    /// entries it made: none when the link already points there.
-    pub fn swap_link(&self, commit: Oid) -> Result<usize, PublishError> {
+    /// entries it made: none when the link already points there. The
+    /// caller has the turn.
+    fn swap_link(&self, commit: Oid) -> Result<usize, PublishError> {
         let previous = self.current();
         if previous == Some(commit) {
             return Ok(0);
@@ -300,7 +311,7 @@ impl Publisher {
         let link = self.link_path();
         let tmp = self
             .dest
-            .join(format!(".{}.tmp-{}", self.link, std::process::id()));
+            .join(format!(".{}{}", self.link, self.turns.tmp_name("link")));
         let _ = fs::remove_file(&tmp);
         let target = Path::new(REVISIONS).join(commit.to_string());
         std::os::unix::fs::symlink(&target, &tmp).map_err(io_err(&tmp))?;
@@ -343,7 +354,7 @@ impl Publisher {
         }
         let mut decision = retention::decide(current, superseded, &self.retention, uses, now);
         let mut removed = Vec::new();
-        let _held = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        let _turn = self.turns.take()?;
         for oid in std::mem::take(&mut decision.remove) {
             // Re-read the link: a publish may have made `oid` live meanwhile
             // (pruning runs beside the next publish in the agent).
@@ -369,7 +380,7 @@ impl Publisher {
     }
 
     /// Removes the stored directories no revision (nor a staged one)
-    /// reaches. The caller holds the lock.
+    /// reaches. The caller has the turn.
     fn collect(&self) -> Result<usize, PublishError> {
         let (roots, _) = self.roots()?;
         let keep: HashSet<String> = self.store.reachable(roots);

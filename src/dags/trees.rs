@@ -37,6 +37,7 @@ use sha2::{Digest, Sha256};
 use super::dirmode;
 use super::publish::{PublishError, PublishStats, io_err, sync_tree, write_file};
 use super::snapshot::Snapshot;
+use super::turns::Turns;
 
 pub(super) const TMP_PREFIX: &str = ".tmp-";
 
@@ -136,6 +137,8 @@ pub(super) struct Previous<'a> {
 
 pub(super) struct Store {
     dir: PathBuf,
+    /// `.tmp-<token>-`: what this publisher names its work in progress.
+    tmp_prefix: String,
     /// What each stored directory read so far holds. A named directory
     /// never changes, so each is read once per process: reachability and
     /// the bytes kept then cost a read per new directory, not per
@@ -153,14 +156,16 @@ struct Listing {
 }
 
 impl Store {
-    /// Opens `dir`, removing what an interrupted run left half-made.
-    pub fn open(dir: &Path) -> Result<Store, PublishError> {
+    /// Opens `dir`, removing what an interrupted run left half-made. The
+    /// caller has the turn.
+    pub fn open(dir: &Path, turns: &Turns) -> Result<Store, PublishError> {
         if !dir.is_dir() {
             dirmode::create_dir_readable(dir).map_err(io_err(dir))?;
         }
         for entry in fs::read_dir(dir).map_err(io_err(dir))? {
             let entry = entry.map_err(io_err(dir))?;
-            if entry.file_name().to_string_lossy().starts_with(TMP_PREFIX) {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with(TMP_PREFIX) && turns.is_leftover(&name) {
                 let path = entry.path();
                 tracing::info!(path = %path.display(), "removing leftover of an interrupted publish");
                 remove(&path)?;
@@ -168,6 +173,7 @@ impl Store {
         }
         Ok(Store {
             dir: dir.to_path_buf(),
+            tmp_prefix: turns.tmp_name(""),
             listings: Mutex::default(),
         })
     }
@@ -240,8 +246,8 @@ impl Store {
             for &dir in &missing {
                 let key = keys.get(dir);
                 let tmp = self.dir.join(format!(
-                    "{TMP_PREFIX}{key}-{}-{:08x}",
-                    std::process::id(),
+                    "{}{key}-{:08x}",
+                    self.tmp_prefix,
                     fastrand::u32(..)
                 ));
                 dirmode::create_dir_readable(&tmp).map_err(io_err(&tmp))?;

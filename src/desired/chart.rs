@@ -98,7 +98,8 @@ impl ChartCache {
     /// (`oci://registry/path`), pulled by `helm` (which checks each layer
     /// against its digest) only when not cached; then kept by its own
     /// sha256 and pinned, so a version re-pushed later never changes what
-    /// renders.
+    /// renders. With a `login`, helm reads it from a registry config of
+    /// this pull's own (never from argv, which every process may read).
     pub fn oci_archive(
         &self,
         helm: &Path,
@@ -106,6 +107,7 @@ impl ChartCache {
         name: &str,
         version: &str,
         plain_http: bool,
+        login: Option<&Login>,
     ) -> Result<PathBuf, ChartError> {
         let url = url.trim_end_matches('/');
         let pin = self.pin(url, name, version);
@@ -125,6 +127,18 @@ impl ChartCache {
             .arg(work.path().join("out"));
         if plain_http {
             cmd.arg("--plain-http");
+        }
+        if let Some(login) = login {
+            let registry = url
+                .strip_prefix("oci://")
+                .and_then(|rest| rest.split('/').next())
+                .unwrap_or_default();
+            let config = serde_json::json!({"auths": {registry: {"auth": login.encoded()?}}});
+            // In the pull's own directory (private to this user, as
+            // tempfile makes it), removed with it.
+            let path = work.path().join("registry.json");
+            write_atomic(&path, config.to_string().as_bytes())?;
+            cmd.arg("--registry-config").arg(&path);
         }
         for var in ["HELM_CACHE_HOME", "HELM_CONFIG_HOME", "HELM_DATA_HOME"] {
             cmd.env(var, work.path().join("home"));
@@ -269,14 +283,16 @@ pub struct Login {
 impl Login {
     /// The `Authorization` header value.
     fn basic(&self) -> Result<String, ChartError> {
+        Ok(format!("Basic {}", self.encoded()?))
+    }
+
+    /// `user:password` in base64, as HTTP basic and registry configs carry it.
+    fn encoded(&self) -> Result<String, ChartError> {
         use base64::Engine;
         let password = crate::secret::from_file(&self.password_file)
             .map_err(|e| ChartError::Login(e.to_string()))?;
         let pair = format!("{}:{}", self.username, password.expose());
-        Ok(format!(
-            "Basic {}",
-            base64::engine::general_purpose::STANDARD.encode(pair)
-        ))
+        Ok(base64::engine::general_purpose::STANDARD.encode(pair))
     }
 }
 

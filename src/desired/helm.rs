@@ -141,22 +141,18 @@ fn render(
     let chart = match release.source() {
         ChartSource::Repository { url, name, version } => {
             let cache = ChartCache::new(&settings.cache_dir.join("charts"));
+            let login = settings
+                .logins
+                .iter()
+                .find(|(prefix, _)| url.trim_end_matches('/') == prefix.trim_end_matches('/'))
+                .map(|(_, login)| login);
             let fetched = match url.strip_prefix("oci://") {
                 Some(rest) => {
                     let registry = rest.split('/').next().unwrap_or("");
                     let plain = settings.plain_http_registries.iter().any(|r| r == registry);
-                    cache.oci_archive(&settings.binary, &url, &name, &version, plain)
+                    cache.oci_archive(&settings.binary, &url, &name, &version, plain, login)
                 }
-                None => {
-                    let login = settings
-                        .logins
-                        .iter()
-                        .find(|(prefix, _)| {
-                            url.trim_end_matches('/') == prefix.trim_end_matches('/')
-                        })
-                        .map(|(_, login)| login);
-                    cache.archive(&url, &name, &version, login)
-                }
+                None => cache.archive(&url, &name, &version, login),
             };
             fetched.map_err(|e| fail(format!("chart: {e}")))?
         }
@@ -310,6 +306,9 @@ fn parse_output(
                         // ferry never does (a removed release is pruned).
                         HookKind::Skipped => continue,
                         HookKind::Runs(h) => m.hook = Some(h),
+                        HookKind::Configuration(phase) => {
+                            m.before_hooks = phase == HookPhase::Pre;
+                        }
                     }
                     m.default_namespace = Some(namespace.to_string());
                     manifests.push(m);
@@ -326,17 +325,21 @@ fn parse_output(
 }
 
 enum HookKind {
-    /// Not a hook, or a hook that is configuration: applied as any object.
+    /// Not a hook.
     None,
     Skipped,
     Runs(Hook),
+    /// A hook that is configuration, of its earliest phase: applied as any
+    /// object, and before the hooks of that phase.
+    Configuration(HookPhase),
 }
 
 /// What ferry does with a Helm hook. Hooks that run something (Jobs, Pods)
 /// run in their phase; a hook that is configuration (a Secret, a
-/// ConfigMap...) is applied as any other object and kept, since ferry's
-/// apply order already puts configuration before the workloads that read
-/// it (which is what such hooks are for).
+/// ConfigMap, a hook Job's ServiceAccount and RBAC) is applied as any other
+/// object and kept, since ferry's apply order already puts configuration
+/// before the workloads that read it (which is what such hooks are for),
+/// and, when it is of the pre phase, before that phase's hooks run.
 fn hook(m: &Manifest) -> HookKind {
     let Some(annotations) = m.object.pointer("/metadata/annotations") else {
         return HookKind::None;
@@ -359,7 +362,7 @@ fn hook(m: &Manifest) -> HookKind {
         return HookKind::Skipped;
     };
     if !matches!(m.id.kind.as_str(), "Job" | "Pod") {
-        return HookKind::None;
+        return HookKind::Configuration(phase);
     }
     let weight = annotations
         .get("helm.sh/hook-weight")

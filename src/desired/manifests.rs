@@ -74,6 +74,11 @@ pub struct Manifest {
     /// Set for a Helm hook that runs something (a Job or Pod): run in its
     /// phase when its release changes, never planned, diffed or pruned.
     pub hook: Option<Hook>,
+    /// A Helm hook that is configuration (a ServiceAccount, RBAC, a Secret)
+    /// of the pre-install / pre-upgrade phase: applied before that phase's
+    /// hooks run, as Helm creates a phase's hook resources before its Jobs
+    /// (kube-prometheus-stack's certificate Job needs its ServiceAccount).
+    pub before_hooks: bool,
 }
 
 /// When and how a Helm hook runs.
@@ -95,6 +100,16 @@ pub enum HookPhase {
     Pre,
     /// post-install / post-upgrade: after they are applied and healthy.
     Post,
+}
+
+impl HookPhase {
+    /// Helm's names for the phase.
+    pub fn helm_names(self) -> &'static str {
+        match self {
+            HookPhase::Pre => "pre-install/pre-upgrade",
+            HookPhase::Post => "post-install/post-upgrade",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -325,6 +340,7 @@ pub fn parse_file(path: &str, text: &str) -> Result<Vec<Manifest>, Vec<ManifestE
                 default_namespace: None,
                 release: None,
                 hook: None,
+                before_hooks: false,
             }),
             Err(message) => errors.push(ManifestError {
                 origin: origin(doc_line),

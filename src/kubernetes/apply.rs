@@ -179,45 +179,45 @@ impl Applier<'_> {
                 health: None,
             });
         }
+        // The configuration the pre hooks of the changing releases use:
+        // applied (in wave order) just before those hooks run.
+        let early = |m: &Manifest| {
+            m.before_hooks && m.release.as_deref().is_some_and(|r| changed.contains(r))
+        };
         for w in 0..=LAST_WAVE {
             // Pre hooks once Namespaces and CRDs are in (Helm, too, needs
             // those first), before anything else of the revision.
-            if w == 1
-                && !self
-                    .run_hooks(&catalog, &hooks, HookPhase::Pre, &changed, &mut outcomes)
-                    .await
-            {
-                *last = None;
-                return Ok(ApplyOutcome {
-                    revision: revision.to_string(),
-                    objects: outcomes,
-                    unchanged: false,
-                });
+            if w == 1 {
+                let before = outcomes.len();
+                for sub in 1..=LAST_WAVE {
+                    let batch: Vec<&Manifest> = resolved
+                        .iter()
+                        .filter(|m| wave(&m.id) == sub && early(m) && !untouched.contains(&m.id))
+                        .collect();
+                    self.apply_batch(&mut catalog, &batch, &mut applied, &mut outcomes)
+                        .await?;
+                }
+                let ready = outcomes[before..].iter().all(ObjectOutcome::ok);
+                if !ready
+                    || !self
+                        .run_hooks(&catalog, &hooks, HookPhase::Pre, &changed, &mut outcomes)
+                        .await
+                {
+                    *last = None;
+                    return Ok(ApplyOutcome {
+                        revision: revision.to_string(),
+                        objects: outcomes,
+                        unchanged: false,
+                    });
+                }
             }
             let batch: Vec<&Manifest> = resolved
                 .iter()
-                .filter(|m| wave(&m.id) == w && !untouched.contains(&m.id))
+                .filter(|m| wave(&m.id) == w && !untouched.contains(&m.id) && !early(m))
                 .collect();
-            if batch.is_empty() {
-                continue;
-            }
-            if catalog_needs_refresh(&catalog, &batch) {
-                // Kinds from CRDs of this revision: served only once established.
-                catalog = Catalog::discover(self.client).await.map_err(cluster)?;
-            }
-            let results: Vec<(ObjectOutcome, Option<AppliedObject>)> =
-                futures::stream::iter(0..batch.len())
-                    .map(|i| self.apply_one(&catalog, batch[i]))
-                    .buffered(CONCURRENCY)
-                    .collect()
-                    .await;
-            for (outcome, known) in results {
-                if let Some(known) = known {
-                    applied.insert(outcome.id.clone(), known);
-                }
-                outcomes.push(outcome);
-            }
-            if w == 0 {
+            self.apply_batch(&mut catalog, &batch, &mut applied, &mut outcomes)
+                .await?;
+            if w == 0 && !batch.is_empty() {
                 self.wait_for_crds(&resolved, &outcomes).await;
             }
         }
@@ -275,6 +275,39 @@ impl Applier<'_> {
             inventory,
         });
         Ok(outcome)
+    }
+
+    /// Applies `batch` (one wave) concurrently, each outcome added to
+    /// `outcomes` and each applied object to `applied`.
+    async fn apply_batch(
+        &self,
+        catalog: &mut Catalog,
+        batch: &[&Manifest],
+        applied: &mut HashMap<ObjectRef, AppliedObject>,
+        outcomes: &mut Vec<ObjectOutcome>,
+    ) -> Result<(), ApplyError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        if catalog_needs_refresh(catalog, batch) {
+            // Kinds from CRDs of this revision: served only once established.
+            *catalog = Catalog::discover(self.client)
+                .await
+                .map_err(|e| ApplyError::Cluster(describe(&e)))?;
+        }
+        let results: Vec<(ObjectOutcome, Option<AppliedObject>)> =
+            futures::stream::iter(0..batch.len())
+                .map(|i| self.apply_one(catalog, batch[i]))
+                .buffered(CONCURRENCY)
+                .collect()
+                .await;
+        for (outcome, known) in results {
+            if let Some(known) = known {
+                applied.insert(outcome.id.clone(), known);
+            }
+            outcomes.push(outcome);
+        }
+        Ok(())
     }
 
     async fn apply_one(

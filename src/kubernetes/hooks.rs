@@ -20,7 +20,11 @@ use crate::desired::manifests::{HookPhase, Manifest};
 const POLL: Duration = Duration::from_millis(250);
 
 /// The hooks of `phase` of the releases in `changed`, in the order they run.
-fn due<'a>(hooks: &'a [Manifest], phase: HookPhase, changed: &HashSet<&str>) -> Vec<&'a Manifest> {
+pub(crate) fn due<'a>(
+    hooks: &'a [Manifest],
+    phase: HookPhase,
+    changed: &HashSet<&str>,
+) -> Vec<&'a Manifest> {
     let mut due: Vec<&Manifest> = hooks
         .iter()
         .filter(|h| h.hook.as_ref().is_some_and(|k| k.phase == phase))
@@ -75,10 +79,7 @@ impl Applier<'_> {
         let what = format!(
             "Helm hook {} ({} of {})",
             m.id,
-            match hook.phase {
-                HookPhase::Pre => "pre-install/pre-upgrade",
-                HookPhase::Post => "post-install/post-upgrade",
-            },
+            hook.phase.helm_names(),
             m.release.as_deref().unwrap_or("a release")
         );
         let Some(resource) = catalog.api_resource(&m.api_version, &m.id.kind) else {

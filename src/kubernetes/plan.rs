@@ -19,7 +19,7 @@ use super::inventory::{self, Entry};
 use super::last_applied::{CONCURRENCY, LastApplied};
 use super::ownership::{FIELD_MANAGER, kept_because, label_as_ours};
 use crate::config::KubernetesTargetConfig;
-use crate::desired::manifests::{Manifest, ManifestError, ObjectRef, Origin};
+use crate::desired::manifests::{HookPhase, Manifest, ManifestError, ObjectRef, Origin};
 use crate::desired::resolve::{self, Policy};
 use crate::problem::Problem;
 use crate::report::comment::{Section, TargetPreview};
@@ -82,8 +82,35 @@ pub struct Plan {
     /// PR comment shows it as a warning of its own.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub prune_refused: Option<String>,
+    /// The Helm hooks applying would run, in order: those of each release
+    /// with an object to create or update ([`Depth::Review`] only).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub hooks: Vec<PlannedHook>,
     #[serde(skip)]
     pub(crate) basis: Option<Basis>,
+}
+
+/// A Helm hook an apply would run.
+#[derive(Debug, Clone, Serialize)]
+pub struct PlannedHook {
+    pub id: ObjectRef,
+    pub origin: Origin,
+    pub release: String,
+    /// `pre-install/pre-upgrade` or `post-install/post-upgrade`.
+    pub phase: &'static str,
+    pub weight: i32,
+    #[serde(skip)]
+    pub(crate) when: HookPhase,
+}
+
+impl PlannedHook {
+    /// `Job.batch ns/migrate, pre-install/pre-upgrade of <release>  (file)`.
+    pub fn title(&self) -> String {
+        format!(
+            "{}, {} hook of {}  ({})",
+            self.id, self.phase, self.release, self.origin
+        )
+    }
 }
 
 /// What apply needs and the plan already found out: discovery, the
@@ -110,6 +137,7 @@ impl Plan {
             revision: revision.to_string(),
             objects: Vec::new(),
             errors,
+            hooks: Vec::new(),
             basis: None,
         }
     }
@@ -144,6 +172,7 @@ pub async fn plan(
         revision: revision.to_string(),
         objects: Vec::new(),
         errors: Vec::new(),
+        hooks: Vec::new(),
         basis: None,
     };
     let catalog = Catalog::discover(client).await?.with_crds_from(manifests);
@@ -197,6 +226,7 @@ pub async fn plan(
             &untouched,
         )
         .await;
+        plan.hooks = planned_hooks(&plan.objects, &resolved, &hooks);
     }
     plan.basis = Some(Basis {
         catalog,
@@ -339,6 +369,21 @@ impl Plan {
                 lines,
             });
         }
+        for hook in &self.hooks {
+            sections.push(Section {
+                title: format!("▶ {}", hook.title()),
+                lines: vec![match hook.when {
+                    HookPhase::Pre => format!(
+                        "runs before the release's other objects (weight {}), awaited to completion; if it fails, nothing after it is applied",
+                        hook.weight
+                    ),
+                    HookPhase::Post => format!(
+                        "runs once the release's other objects are applied and healthy (weight {}); if it fails, the apply fails",
+                        hook.weight
+                    ),
+                }],
+            });
+        }
         TargetPreview {
             target: "kubernetes".into(),
             create: self.count(Action::Create),
@@ -404,8 +449,46 @@ impl Plan {
                 }
             }
         }
+        for hook in &self.hooks {
+            out.push_str(&format!("> runs {}\n", hook.title()));
+        }
         out
     }
+}
+
+/// The hooks an apply of `objects` would run: as the applier decides, those
+/// of every release with an object that changes, each phase in Helm's
+/// order.
+fn planned_hooks(
+    objects: &[ObjectPlan],
+    resolved: &[Manifest],
+    hooks: &[Manifest],
+) -> Vec<PlannedHook> {
+    let changing: HashSet<&ObjectRef> = objects
+        .iter()
+        .filter(|o| matches!(o.action, Action::Create | Action::Update))
+        .map(|o| &o.id)
+        .collect();
+    let changed: HashSet<&str> = resolved
+        .iter()
+        .filter(|m| changing.contains(&m.id))
+        .filter_map(|m| m.release.as_deref())
+        .collect();
+    [HookPhase::Pre, HookPhase::Post]
+        .into_iter()
+        .flat_map(|phase| super::hooks::due(hooks, phase, &changed))
+        .filter_map(|m| {
+            let hook = m.hook.as_ref()?;
+            Some(PlannedHook {
+                id: m.id.clone(),
+                origin: m.origin.clone(),
+                release: m.release.clone()?,
+                phase: hook.phase.helm_names(),
+                weight: hook.weight,
+                when: hook.phase,
+            })
+        })
+        .collect()
 }
 
 /// Plans every object (dry-run apply and GET, concurrently; `untouched`

@@ -126,6 +126,24 @@ fn release(ns: &str, repo: &str, version: &str, values: &str) -> String {
 
 const CW_VALUES: &str = "fullnameOverride: cloudwatch\naws:\n  role: null\n";
 
+/// A platform repo of the Namespace `ns` and a release of the CloudWatch
+/// exporter at `version` from `url`, with inline `values`.
+fn cloudwatch_files(
+    ns: &str,
+    url: &str,
+    version: &str,
+    values: &str,
+) -> Vec<(&'static str, String)> {
+    vec![
+        ("manifests/ns.yaml", ns_yaml(ns)),
+        (
+            "releases/cloudwatch.yaml",
+            release(ns, url, version, values),
+        ),
+        ("values/cloudwatch.yaml", CW_VALUES.to_string()),
+    ]
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_release_from_a_chart_repository_is_rendered_planned_applied_and_pruned() {
     let ns = unique_namespace("helm");
@@ -142,16 +160,7 @@ async fn a_release_from_a_chart_repository_is_rendered_planned_applied_and_prune
     let mut last = None;
 
     // 1: a namespace and a release of the CloudWatch exporter.
-    let files = |version: &str, values: &str| {
-        vec![
-            ("manifests/ns.yaml", ns_yaml(&ns)),
-            (
-                "releases/cloudwatch.yaml",
-                release(&ns, &url, version, values),
-            ),
-            ("values/cloudwatch.yaml", CW_VALUES.to_string()),
-        ]
-    };
+    let files = |version: &str, values: &str| cloudwatch_files(&ns, &url, version, values);
     let r1 = commit_files(&repo, &files("0.47.0", "  replicaCount: 1\n"));
     let rendered = gate(&mirror, r1, &config).unwrap();
     let kinds: Vec<String> = rendered.iter().map(|m| m.id.kind.clone()).collect();
@@ -254,6 +263,134 @@ async fn a_release_from_a_chart_repository_is_rendered_planned_applied_and_prune
     assert!(deployments.get_opt("cloudwatch").await.unwrap().is_none());
     let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
     assert!(namespaces.get_opt(&ns).await.unwrap().is_some());
+}
+
+/// Adds `version` of the CloudWatch exporter chart to the chart repository
+/// `charts`: 0.47.0 with its pods labelled `generation: <version>` by
+/// default, packaged and indexed by the pinned helm, as a chart
+/// maintainer's release would be.
+fn publish_yace_version(charts: &Path, version: &str) {
+    let work = tempfile::tempdir().unwrap();
+    let archive = charts.join(format!("{YACE}-0.47.0.tgz"));
+    run(std::process::Command::new("tar")
+        .arg("-xzf")
+        .arg(&archive)
+        .arg("-C")
+        .arg(work.path()));
+    let chart = work.path().join(YACE);
+    let edit = |file: &str, from: &str, to: &str| {
+        let path = chart.join(file);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains(from), "{file} has no `{from}`");
+        std::fs::write(&path, text.replacen(from, to, 1)).unwrap();
+    };
+    edit(
+        "Chart.yaml",
+        "version: 0.47.0",
+        &format!("version: {version}"),
+    );
+    edit(
+        "values.yaml",
+        "podLabels: {}",
+        &format!("podLabels: {{generation: \"{version}\"}}"),
+    );
+    let helm = helm_binary();
+    run(std::process::Command::new(&helm)
+        .arg("package")
+        .arg(&chart)
+        .arg("-d")
+        .arg(charts));
+    run(std::process::Command::new(&helm)
+        .args(["repo", "index"])
+        .arg(charts)
+        .arg("--merge")
+        .arg(charts.join("index.yaml")));
+}
+
+/// A chart upgrade from the repository: the new version is fetched,
+/// verified and cached beside the old one; the plan updates exactly the
+/// objects whose rendering changed (each carries the chart's version in
+/// `helm.sh/chart`) and nothing else; and going back is served from the
+/// cache with the repository down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chart_version_bump_updates_what_the_new_version_renders_and_can_go_back() {
+    let ns = unique_namespace("helm-bump");
+    let World {
+        tmp: _tmp,
+        server,
+        url,
+        mirror,
+        repo,
+        config,
+    } = world(&ns, |charts| publish_yace_version(charts, "0.48.0"));
+    let client = admin().await;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    let mut last = None;
+    let files = |version: &str| cloudwatch_files(&ns, &url, version, "  replicaCount: 1\n");
+    let chart_label = |d: &Deployment| d.metadata.labels.as_ref().unwrap()["helm.sh/chart"].clone();
+    let pod_label = |d: &Deployment| {
+        d.spec
+            .template
+            .metadata
+            .as_ref()
+            .unwrap()
+            .labels
+            .as_ref()
+            .unwrap()
+            .get("generation")
+            .cloned()
+    };
+
+    let r1 = commit_files(&repo, &files("0.47.0"));
+    gate_and_apply_ok(&client, &mirror, r1, &config, &mut last).await;
+    let live = deployments.get("cloudwatch").await.unwrap();
+    assert_eq!(chart_label(&live), format!("{YACE}-0.47.0"));
+    assert_eq!(pod_label(&live), None);
+
+    let r2 = commit_files(&repo, &files("0.48.0"));
+    let manifests = gate(&mirror, r2, &config).unwrap();
+    let plan = plan_of(
+        &client,
+        r2,
+        &config,
+        &manifests,
+        last.as_ref(),
+        Depth::Review,
+    )
+    .await;
+    let mut updated = changed(&plan);
+    updated.sort();
+    assert_eq!(
+        updated,
+        [
+            format!("Update ConfigMap {ns}/cloudwatch"),
+            format!("Update Deployment.apps {ns}/cloudwatch"),
+            format!("Update Service {ns}/cloudwatch"),
+            format!("Update ServiceAccount {ns}/cloudwatch"),
+        ],
+        "every object of the release, not the Namespace: {:?}",
+        plan.objects
+    );
+    gate_and_apply_ok(&client, &mirror, r2, &config, &mut last).await;
+    let live = deployments.get("cloudwatch").await.unwrap();
+    assert_eq!(chart_label(&live), format!("{YACE}-0.48.0"));
+    assert_eq!(pod_label(&live).as_deref(), Some("0.48.0"));
+    let cached = std::fs::read_dir(config.cache_dir.join("charts/sha256"))
+        .unwrap()
+        .count();
+    assert_eq!(cached, 2, "both versions cached, each by its digest");
+
+    // Back to 0.47.0 with the repository down: from the cache.
+    drop(server);
+    let r3 = commit_files(&repo, &files("0.47.0"));
+    gate_and_apply_ok(&client, &mirror, r3, &config, &mut last).await;
+    let live = deployments.get("cloudwatch").await.unwrap();
+    assert_eq!(chart_label(&live), format!("{YACE}-0.47.0"));
+    assert_eq!(
+        pod_label(&live),
+        None,
+        "the label the newer version added is gone"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -392,11 +529,14 @@ async fn renders_that_differ_and_bad_values_are_refused_with_their_file() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kube_prometheus_stack_applies_its_crds_then_its_prometheus_and_monitors() {
-    // Its own cluster: the chart's CRDs and ClusterRoles are cluster-wide.
-    let cluster = PrivateControlPlane::start(false);
+    // Its own cluster: the chart's CRDs, ClusterRoles and admission
+    // webhooks are cluster-wide. With controllers and nodes: the webhook
+    // certificate's hook Jobs run.
+    let cluster = PrivateControlPlane::start(true);
     let client = ferry::kubernetes::client::connect(Some(&cluster.admin()))
         .await
         .unwrap();
+    crate::support::cluster::general_nodes_on(&client).await;
     let World {
         tmp: _tmp,
         server: _server,
@@ -420,22 +560,57 @@ async fn kube_prometheus_stack_applies_its_crds_then_its_prometheus_and_monitors
                     "values_files: [values/monitoring.yaml]\n",
                 ),
             ),
-            ("values/monitoring.yaml", KUBE_PROMETHEUS_VALUES.to_string()),
+            // The chart's defaults but Grafana's made-up password: admission
+            // webhooks on, their certificate made by hook Jobs.
+            (
+                "values/monitoring.yaml",
+                "grafana:\n  adminPassword: from-a-sealed-value\n".to_string(),
+            ),
         ],
     );
     let manifests = gate(&mirror, at, &config).unwrap();
     let count = |kind: &str| manifests.iter().filter(|m| m.id.kind == kind).count();
     assert_eq!(count("CustomResourceDefinition"), 10);
     assert!(count("ServiceMonitor") >= 10 && count("PrometheusRule") >= 30);
+    let hooks: Vec<String> = manifests
+        .iter()
+        .filter(|m| m.hook.is_some())
+        .map(|m| m.id.name.clone())
+        .collect();
+    assert_eq!(
+        hooks,
+        [
+            "kps-kube-prometheus-stack-admission-create",
+            "kps-kube-prometheus-stack-admission-patch"
+        ]
+    );
+    let before_hooks: Vec<String> = manifests
+        .iter()
+        .filter(|m| m.before_hooks)
+        .map(|m| m.id.kind.clone())
+        .collect();
+    assert_eq!(
+        before_hooks,
+        [
+            "ServiceAccount",
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "Role",
+            "RoleBinding"
+        ],
+        "the Jobs' identity, applied before they run"
+    );
     // Its ClusterRoles and bindings are refused until ferry's config names
     // them, each refusal saying what to add.
     let plan = plan_of(&client, at, &config, &manifests, None, Depth::Review).await;
     let cluster_wide: Vec<(String, String)> = manifests
         .iter()
-        .filter(|m| m.id.kind.starts_with("ClusterRole"))
+        .filter(|m| {
+            m.id.kind.starts_with("ClusterRole") || m.id.kind.ends_with("WebhookConfiguration")
+        })
         .map(|m| (format!("{}.{}", m.id.kind, m.id.group), m.id.name.clone()))
         .collect();
-    assert!(cluster_wide.len() >= 4, "{cluster_wide:?}");
+    assert!(cluster_wide.len() >= 8, "{cluster_wide:?}");
     for (kind, name) in &cluster_wide {
         assert!(
             plan.errors.iter().any(|e| e.message.contains(&format!(
@@ -452,6 +627,20 @@ async fn kube_prometheus_stack_applies_its_crds_then_its_prometheus_and_monitors
             names: vec![name],
         });
     }
+    // Applied as ferry's own identity, with the roles deploy/ ships for a
+    // platform that installs charts (deploy/cluster-scoped): the chart's
+    // CRDs, ClusterRoles and bindings, and its custom resources.
+    grant_cluster_roles(
+        &client,
+        &[
+            "deploy/base/clusterrole.yaml",
+            "deploy/cluster-scoped/clusterrole.yaml",
+        ],
+    )
+    .await;
+    let client = ferry::kubernetes::client::connect(Some(&cluster.restricted()))
+        .await
+        .unwrap();
     let mut last = None;
     let plan = plan_of(&client, at, &config, &manifests, None, Depth::Apply).await;
     assert!(plan.errors.is_empty(), "{:?}", plan.errors);
@@ -462,7 +651,35 @@ async fn kube_prometheus_stack_applies_its_crds_then_its_prometheus_and_monitors
         cancel: None,
     };
     let out = applier.apply(plan, &mut last).await.unwrap();
-    assert!(out.succeeded(), "{out:?}");
+    let failed: Vec<_> = out.objects.iter().filter(|o| !o.ok()).collect();
+    assert!(out.succeeded(), "{failed:?}");
+    // The certificate Jobs ran, in their phases: `create` before the
+    // webhook configurations, `patch` once the rest was applied (both then
+    // deleted, as their hook-succeeded policy says).
+    let position = |name: &str| out.objects.iter().position(|o| o.id.name == name).unwrap();
+    let create = position("kps-kube-prometheus-stack-admission-create");
+    let patch = position("kps-kube-prometheus-stack-admission-patch");
+    let webhook = out
+        .objects
+        .iter()
+        .position(|o| o.id.kind == "ValidatingWebhookConfiguration")
+        .unwrap();
+    let operator = out
+        .objects
+        .iter()
+        .position(|o| o.id.kind == "Deployment" && o.id.name.ends_with("-operator"))
+        .unwrap();
+    assert!(
+        create < webhook && webhook < patch && operator < patch,
+        "{create} {webhook} {operator} {patch}"
+    );
+    let jobs: Api<k8s_openapi::api::batch::v1::Job> = Api::namespaced(client.clone(), "monitoring");
+    assert!(
+        jobs.get_opt("kps-kube-prometheus-stack-admission-create")
+            .await
+            .unwrap()
+            .is_none()
+    );
     let prometheus = kube::api::ApiResource {
         group: "monitoring.coreos.com".into(),
         version: "v1".into(),
@@ -589,8 +806,45 @@ async fn hook_jobs_run_in_their_phase_and_a_failed_one_applies_nothing_after_it(
     gate_and_apply_ok(&client, &mirror, r1, &config, &mut last).await;
     assert_eq!(jobs.get("notify").await.unwrap().metadata.uid, notify_uid);
 
-    // 3: an upgrade: the post hook, a Job (immutable), is run anew.
+    // The plan of an unchanged release runs no hook; the plan of an
+    // upgrade (what `ferry plan` prints and the PR comment shows) lists
+    // the hooks its apply runs, in order.
+    let hooks_of = |plan: &Plan| -> Vec<String> {
+        plan.hooks
+            .iter()
+            .map(|h| format!("{} {}", h.phase, h.id))
+            .collect()
+    };
+    let manifests = gate(&mirror, r1, &config).unwrap();
+    let plan = plan_of(&client, r1, &config, &manifests, None, Depth::Review).await;
+    assert_eq!(hooks_of(&plan), Vec::<String>::new(), "{:?}", plan.objects);
     let r3 = commit("two", false);
+    let manifests = gate(&mirror, r3, &config).unwrap();
+    let plan = plan_of(&client, r3, &config, &manifests, None, Depth::Review).await;
+    assert_eq!(
+        hooks_of(&plan),
+        [
+            format!("pre-install/pre-upgrade Job.batch {ns}/migrate"),
+            format!("post-install/post-upgrade Job.batch {ns}/notify"),
+        ]
+    );
+    let preview = plan.preview();
+    let titles: Vec<&str> = preview.sections.iter().map(|s| s.title.as_str()).collect();
+    assert!(
+        titles.iter().any(|t| t.starts_with(&format!(
+            "▶ Job.batch {ns}/migrate, pre-install/pre-upgrade hook of releases/hooked.yaml  (releases/hooked.yaml (hooked/templates/migrate.yaml"
+        ))),
+        "{titles:?}"
+    );
+    assert!(
+        plan.render_text().contains(&format!(
+            "> runs Job.batch {ns}/notify, post-install/post-upgrade hook"
+        )),
+        "{}",
+        plan.render_text()
+    );
+
+    // 3: an upgrade: the post hook, a Job (immutable), is run anew.
     gate_and_apply_ok(&client, &mirror, r3, &config, &mut last).await;
     assert_eq!(
         settings(client.clone(), ns.clone()).await.as_deref(),
@@ -812,6 +1066,112 @@ async fn a_chart_from_an_oci_registry_is_pulled_once_and_applied() {
 /// A private chart repository (HTTP basic auth): refused without the
 /// credentials ferry's config gives, fetched with them, and the password,
 /// read from its file, appears in no problem.
+#[test]
+fn a_private_oci_registry_is_pulled_from_with_the_credentials_of_ferrys_config() {
+    let tmp = tempfile::tempdir().unwrap();
+    let password = "oci-hunter2";
+    let registry = oci_registry_with(tmp.path(), Some(("ci", password)));
+    let host = format!("127.0.0.1:{}", registry.port);
+    let helm = |args: &[&str], stdin: &str| {
+        use std::io::Write;
+        let mut child = std::process::Command::new(helm_binary())
+            .args(args)
+            .env("HELM_CONFIG_HOME", tmp.path().join("helm"))
+            .env("HELM_CACHE_HOME", tmp.path().join("helm"))
+            .env("HELM_DATA_HOME", tmp.path().join("helm"))
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "helm {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    helm(
+        &[
+            "registry",
+            "login",
+            &host,
+            "--plain-http",
+            "--username",
+            "ci",
+            "--password-stdin",
+        ],
+        password,
+    );
+    let archive = shared_charts().join(format!("{YACE}-0.47.0.tgz"));
+    helm(
+        &[
+            "push",
+            archive.to_str().unwrap(),
+            &format!("oci://{host}/charts"),
+            "--plain-http",
+        ],
+        "",
+    );
+
+    let mirror = tmp.path().join("platform.git");
+    let repo = Repository::init_bare(&mirror).unwrap();
+    let mut config = kube_target("private-oci", false);
+    config.cache_dir = tmp.path().join("cache");
+    config.helm.plain_http_registries = vec![host.clone()];
+    let oci = format!("oci://{host}/charts");
+    let at = commit_files(
+        &repo,
+        &[
+            ("manifests/ns.yaml", ns_yaml("private-oci")),
+            (
+                "releases/cloudwatch.yaml",
+                helm_release("cw", "private-oci", &oci, YACE, "0.47.0", ""),
+            ),
+        ],
+    );
+    let refused = |config: &KubernetesTargetConfig, why: &str| {
+        let problems = gate(&mirror, at, config).unwrap_err();
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.starts_with("releases/cloudwatch.yaml")
+                    && p.contains(&format!("cannot fetch oci://{host}/charts/{YACE}"))
+                    && p.contains(why)),
+            "{problems:?}"
+        );
+        assert!(
+            !problems
+                .iter()
+                .any(|p| p.contains(password) || p.contains("not-it"))
+        );
+    };
+    refused(&config, "basic credential not found");
+
+    let password_file = tmp.path().join("oci-password");
+    std::fs::write(&password_file, "not-it\n").unwrap();
+    config.helm.repositories = vec![ferry::config::ChartRepositoryLogin {
+        url: oci.clone(),
+        username: "ci".into(),
+        password_file: password_file.clone(),
+    }];
+    refused(&config, "401");
+
+    std::fs::write(&password_file, format!("{password}\n")).unwrap();
+    let manifests = gate(&mirror, at, &config).unwrap();
+    assert!(manifests.iter().any(|m| m.id.kind == "Deployment"));
+    let cached = std::fs::read_dir(config.cache_dir.join("charts/sha256"))
+        .unwrap()
+        .count();
+    assert_eq!(cached, 1);
+}
+
 #[test]
 fn a_private_chart_repository_is_fetched_with_the_credentials_of_ferrys_config() {
     let password = "chart-hunter2";

@@ -729,3 +729,182 @@ fn fastrand_f64(run: usize) -> f64 {
     let x = (run as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 11;
     (x as f64) / ((1u64 << 53) as f64)
 }
+
+/// `ferry publish-dags --subdir ""` of `branch` into `dest`, its own mirror
+/// in `cache`.
+fn publish_dags_cmd(bare: &Path, branch: &str, dest: &Path, cache: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferry"));
+    cmd.args(["publish-dags", "--subdir", "", "--repo"])
+        .arg(bare)
+        .args(["--ref", branch, "--dest"])
+        .arg(dest)
+        .arg("--cache-dir")
+        .arg(cache);
+    cmd
+}
+
+/// Every revision under `dest` holds exactly the files of its commit.
+fn assert_revisions_complete(dest: &Path, trees: &HashMap<String, Vec<(String, String)>>) {
+    for entry in std::fs::read_dir(dest.join(".ferry")).unwrap() {
+        let name = entry.unwrap().file_name().to_string_lossy().into_owned();
+        let Some(want) = trees.get(&name) else {
+            continue;
+        };
+        let got = read_tree(&dest.join(".ferry").join(&name));
+        assert!(
+            &got == want,
+            "revision {name} is not its commit's tree: {} files, {} expected",
+            got.len(),
+            want.len()
+        );
+    }
+}
+
+/// The files of a revision of the whole repository, as they should appear.
+fn whole(files: &Files) -> Vec<(String, String)> {
+    files
+        .iter()
+        .map(|(p, (c, _))| (p.clone(), String::from_utf8_lossy(c).into_owned()))
+        .collect()
+}
+
+fn read_tree(root: &Path) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if std::fs::metadata(&path).unwrap().is_dir() {
+                stack.push(path);
+            } else {
+                let rel = path
+                    .strip_prefix(root)
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned();
+                out.push((rel, std::fs::read_to_string(&path).unwrap()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// A publisher in another process (an init container beside the daemon,
+/// on one volume) publishing between this one's stage and publish removes
+/// nothing of what this one staged, and both revisions end complete.
+#[test]
+fn a_publisher_in_another_process_keeps_what_a_live_one_staged() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bare = tmp.path().join("repo.git");
+    let repo = Repository::init_bare(&bare).unwrap();
+    let dest = tmp.path().join("dest");
+    let mut trees = HashMap::new();
+    let mut tips = Vec::new();
+    for branch in ["main", "other"] {
+        let mut files = Files::new();
+        for i in 0..20 {
+            files.insert(
+                format!("d{}/f{i}.py", i % 4),
+                file(&format!("{branch} = {i}\n")),
+            );
+        }
+        files.insert("same/x.py".into(), file("x = 1\n"));
+        let oid = build_commit(&repo, &files, None, &format!("refs/heads/{branch}"), "t");
+        trees.insert(oid.to_string(), whole(&files));
+        tips.push(oid);
+    }
+    // The validation hook runs while this publisher's revision is staged:
+    // there, another process publishes `other` (and prunes and collects).
+    let hook = publish_dags_cmd(&bare, "other", &dest, &tmp.path().join("cache"));
+    let argv: Vec<String> = std::iter::once(hook.get_program())
+        .chain(hook.get_args())
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    let validation = ValidationConfig {
+        command: argv,
+        ..ValidationConfig::default()
+    };
+    let mut dags = target(&dest, "", keep_all(), validation);
+    let outcome = dags
+        .sync(&repo, tips[0], &no_cancel())
+        .expect("publish after another process published meanwhile");
+    let hook = outcome.hook.expect("hook ran");
+    assert!(hook.success, "publish-dags in the hook: {}", hook.output);
+    assert_eq!(live(&dest), Some(tips[0].to_string()));
+    let revisions: Vec<String> = std::fs::read_dir(dest.join(".ferry"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    for tip in &tips {
+        assert!(
+            revisions.contains(&tip.to_string()),
+            "{tip} in {revisions:?}"
+        );
+    }
+    assert_revisions_complete(&dest, &trees);
+    assert!(
+        staging_leftovers(&dest).is_empty(),
+        "{:?}",
+        staging_leftovers(&dest)
+    );
+}
+
+/// Processes publishing into one destination at once (every Airflow pod's
+/// init container at a rollout) take turns: each succeeds, each revision
+/// left is complete, and nothing stays half made.
+#[test]
+fn publishers_in_many_processes_take_turns() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bare = tmp.path().join("repo.git");
+    let repo = Repository::init_bare(&bare).unwrap();
+    let dest = tmp.path().join("dest");
+    let branches = ["a", "b", "c", "d"];
+    let mut trees = HashMap::new();
+    for branch in branches {
+        let mut files = Files::new();
+        for i in 0..300 {
+            files.insert(
+                format!("d{:02}/f{i}.py", i % 12),
+                file(&format!("{branch} = {i}\n")),
+            );
+        }
+        for i in 0..100 {
+            files.insert(format!("shared/s{i}.py"), file(&format!("S = {i}\n")));
+        }
+        let oid = build_commit(&repo, &files, None, &format!("refs/heads/{branch}"), "t");
+        trees.insert(oid.to_string(), whole(&files));
+    }
+    let workers: Vec<_> = (0..3)
+        .map(|w| {
+            let (bare, dest) = (bare.clone(), dest.clone());
+            let cache = tmp.path().join(format!("cache-{w}"));
+            std::thread::spawn(move || {
+                for round in 0..6 {
+                    let branch = branches[(w + round) % branches.len()];
+                    // Retention's default: old revisions pruned and
+                    // collected while others publish.
+                    run(&mut publish_dags_cmd(&bare, branch, &dest, &cache));
+                }
+            })
+        })
+        .collect();
+    for worker in workers {
+        worker.join().unwrap();
+    }
+    let live = live(&dest).expect("a revision is live");
+    assert!(trees.contains_key(&live));
+    assert_revisions_complete(&dest, &trees);
+    assert!(
+        staging_leftovers(&dest).is_empty(),
+        "{:?}",
+        staging_leftovers(&dest)
+    );
+    assert_eq!(
+        std::fs::read_dir(dest.join(".ferry/.owners"))
+            .unwrap()
+            .count(),
+        0,
+        "every publisher removed its owner file"
+    );
+}

@@ -233,18 +233,20 @@ pub async fn create_nodes(client: &Client, nodes: &[Value]) {
 /// that carry no taint, shared by every test of the binary.
 pub async fn general_nodes(client: &Client) {
     static MADE: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
-    MADE.get_or_init(|| async {
-        let group: Nodegroup = serde_json::from_value(json!({
-            "name": "general",
-            "scaling": {"min": 2, "max": 2, "desired": 2},
-            "labels": {"ferry.dev/test-pool": "general"},
-            "instance_types": ["m6i.2xlarge"],
-        }))
-        .unwrap();
-        let nodes: Vec<Value> = (0..2).map(|i| node(&group, "eu-west-1", i)).collect();
-        create_nodes(client, &nodes).await;
-    })
-    .await;
+    MADE.get_or_init(|| general_nodes_on(client)).await;
+}
+
+/// The nodes of [`general_nodes`], made on a cluster of a test's own.
+pub async fn general_nodes_on(client: &Client) {
+    let group: Nodegroup = serde_json::from_value(json!({
+        "name": "general",
+        "scaling": {"min": 2, "max": 2, "desired": 2},
+        "labels": {"ferry.dev/test-pool": "general"},
+        "instance_types": ["m6i.2xlarge"],
+    }))
+    .unwrap();
+    let nodes: Vec<Value> = (0..2).map(|i| node(&group, "eu-west-1", i)).collect();
+    create_nodes(client, &nodes).await;
 }
 
 /// Plays the EBS and EFS CSI drivers' provisioners until dropped: each

@@ -695,6 +695,11 @@ impl PrivateControlPlane {
         self.dir.path().join("audit.log")
     }
 
+    /// The kubeconfig of user `ferry`, who may do only what RBAC grants it.
+    pub fn restricted(&self) -> PathBuf {
+        self.dir.path().join("ferry.kubeconfig")
+    }
+
     /// kill -9 of the apiserver, then the same server again; returns when ready.
     pub fn restart_apiserver(&self) {
         let script =
@@ -809,8 +814,9 @@ pub fn kube_target(ns: &str, force: bool) -> ferry::config::KubernetesTargetConf
     }
 }
 
-/// kube-prometheus-stack's values without what ferry cannot run yet (the
-/// admission webhook's certificate Jobs are hooks), and with Grafana's
+/// kube-prometheus-stack's values for the render benchmark, as its README
+/// figures were measured: admission webhooks off (the tests apply them, and
+/// run their certificate hook Jobs, with the chart's defaults), Grafana's
 /// password pinned (the chart makes one up otherwise).
 pub const KUBE_PROMETHEUS_VALUES: &str = "\
 prometheusOperator:
@@ -1120,40 +1126,46 @@ pub async fn take_lease(
     panic!("the Lease {name} kept changing under every attempt to take it");
 }
 
-/// Binds deploy/base's own ClusterRole (read from the repo, so the test
-/// checks what ships) to the control plane's restricted user `ferry`, as
-/// deploy/ binds it to ferry's ServiceAccount. Idempotent.
+/// Binds deploy/base's ClusterRole to the restricted user, as deploy/ binds it
+/// to ferry's ServiceAccount.
 pub async fn grant_ferrys_cluster_role(admin: &kube::Client) {
+    grant_cluster_roles(admin, &["deploy/base/clusterrole.yaml"]).await;
+}
+
+/// Applies each ClusterRole file of this repo (`deploy/...`) and binds it to
+/// the restricted user, as deploy/ binds them to ferry's ServiceAccount.
+pub async fn grant_cluster_roles(admin: &kube::Client, files: &[&str]) {
     use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
     use kube::api::{Api, Patch, PatchParams};
-    let role_yaml = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/deploy/base/clusterrole.yaml"
-    ))
-    .unwrap();
-    let role: serde_json::Value = serde_yaml_ng::from_str(&role_yaml).unwrap();
-    Api::<ClusterRole>::all(admin.clone())
-        .patch(
-            "ferry",
-            &PatchParams::apply("test-setup").force(),
-            &Patch::Apply(&role),
-        )
-        .await
-        .unwrap();
-    let binding = serde_json::json!({
-        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
-        "metadata": {"name": "ferry-test-user"},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "ferry"},
-        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "ferry"}]
-    });
-    Api::<ClusterRoleBinding>::all(admin.clone())
-        .patch(
-            "ferry-test-user",
-            &PatchParams::apply("test-setup").force(),
-            &Patch::Apply(&binding),
-        )
-        .await
-        .unwrap();
+    for file in files {
+        let role_yaml =
+            std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(file)).unwrap();
+        let role: serde_json::Value = serde_yaml_ng::from_str(&role_yaml).unwrap();
+        let name = role["metadata"]["name"].as_str().unwrap().to_string();
+        Api::<ClusterRole>::all(admin.clone())
+            .patch(
+                &name,
+                &PatchParams::apply("test-setup").force(),
+                &Patch::Apply(&role),
+            )
+            .await
+            .unwrap();
+        let binding_name = format!("{name}-test-user");
+        let binding = serde_json::json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+            "metadata": {"name": binding_name},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
+            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "ferry"}]
+        });
+        Api::<ClusterRoleBinding>::all(admin.clone())
+            .patch(
+                &binding_name,
+                &PatchParams::apply("test-setup").force(),
+                &Patch::Apply(&binding),
+            )
+            .await
+            .unwrap();
+    }
 }
 
 /// Plans `manifests` as `ferry plan` does (a review-depth plan); manifests
@@ -1250,17 +1262,28 @@ pub async fn gate_and_apply_ok(
 /// An OCI registry (distribution, the reference implementation, built by
 /// tools/render/build.sh) on 127.0.0.1, plain HTTP, storage in `dir`.
 pub fn oci_registry(dir: &Path) -> Server {
+    oci_registry_with(dir, None)
+}
+
+/// [`oci_registry`], asking for HTTP basic `user:password` (htpasswd,
+/// bcrypt made by the system's libcrypt).
+pub fn oci_registry_with(dir: &Path, login: Option<(&str, &str)>) -> Server {
     let binary = render_binary("registry");
     let port = free_port();
     let conf = dir.join("registry.yml");
-    std::fs::write(
-        &conf,
-        format!(
-            "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\nlog:\n  level: error\n",
-            dir.join("data").display()
-        ),
-    )
-    .unwrap();
+    let mut text = format!(
+        "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\nlog:\n  level: error\n",
+        dir.join("data").display()
+    );
+    if let Some((user, password)) = login {
+        let htpasswd = dir.join("htpasswd");
+        std::fs::write(&htpasswd, format!("{user}:{}\n", bcrypt(password))).unwrap();
+        text.push_str(&format!(
+            "auth:\n  htpasswd:\n    realm: charts\n    path: {}\n",
+            htpasswd.display()
+        ));
+    }
+    std::fs::write(&conf, text).unwrap();
     let mut child = spawn_owned(
         Command::new(binary)
             .arg("serve")
@@ -1281,6 +1304,28 @@ pub fn oci_registry(dir: &Path) -> Server {
         port,
         log: dir.join("registry.log"),
     }
+}
+
+/// `password`'s bcrypt hash, as htpasswd files hold it: libxcrypt
+/// (Debian's libcrypt1) makes it, through Python's ctypes.
+fn bcrypt(password: &str) -> String {
+    let script = "import ctypes, sys\n\
+        c = ctypes.CDLL('libcrypt.so.1')\n\
+        c.crypt_gensalt.restype = c.crypt.restype = ctypes.c_char_p\n\
+        c.crypt_gensalt.argtypes = [ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p, ctypes.c_int]\n\
+        c.crypt.argtypes = [ctypes.c_char_p, ctypes.c_char_p]\n\
+        print(c.crypt(sys.argv[1].encode(), c.crypt_gensalt(b'$2b$', 5, None, 0)).decode())\n";
+    let out = Command::new("python3")
+        .args(["-c", script, password])
+        .output()
+        .unwrap();
+    let hash = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(
+        out.status.success() && hash.starts_with("$2b$"),
+        "bcrypt: {hash} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    hash
 }
 
 /// The parse-verdict files ferry keeps in `cache` (one per ferry version).
