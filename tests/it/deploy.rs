@@ -15,18 +15,25 @@ fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// deploy/base and deploy/monitoring, rendered as kubectl renders them.
 fn rendered() -> String {
-    let out = Command::new("kubectl")
-        .args(["kustomize", "deploy/base"])
-        .current_dir(root())
-        .output()
-        .expect("kubectl is needed to render deploy/ (kubectl kustomize)");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+    ["deploy/base", "deploy/monitoring"]
+        .iter()
+        .map(|dir| {
+            let out = Command::new("kubectl")
+                .args(["kustomize", dir])
+                .current_dir(root())
+                .output()
+                .expect("kubectl is needed to render deploy/ (kubectl kustomize)");
+            assert!(
+                out.status.success(),
+                "{dir}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8(out.stdout).unwrap()
+        })
+        .collect::<Vec<_>>()
+        .join("---\n")
 }
 
 fn documents(text: &str) -> Vec<serde_json::Value> {
@@ -75,7 +82,11 @@ async fn the_deploy_base_is_accepted_by_the_apiserver() {
         });
     }
     let text = rendered();
-    let manifests = ferry::desired::manifests::parse_file("deploy/base (rendered)", &text).unwrap();
+    let manifests = ferry::desired::manifests::parse_file(
+        "deploy/base and deploy/monitoring (rendered)",
+        &text,
+    )
+    .unwrap();
     let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
     let ns = manifests.iter().find(|m| m.id.kind == "Namespace").unwrap();
     namespaces
@@ -101,6 +112,74 @@ async fn the_deploy_base_is_accepted_by_the_apiserver() {
         "NetworkPolicy",
     ] {
         assert!(kinds.contains(kind), "{kind} missing: {kinds:?}");
+    }
+}
+
+/// Terraform's bootstrap (deploy/bootstrap.sh, what bootstrap.tf runs) on
+/// a bare cluster: deploy/base applies (only built-in kinds), the monitors
+/// are skipped with a message rather than failing the apply, and a second
+/// run once the Prometheus operator's CRDs are in adds them.
+#[test]
+fn the_bootstrap_applies_on_a_bare_cluster_and_adds_the_monitors_once_served() {
+    let cluster = PrivateControlPlane::start(false);
+    const IMAGE: &str = "123456789012.dkr.ecr.eu-west-1.amazonaws.com/ml-platform/ferry:1.2.3";
+    let bootstrap = || bootstrap_ferry(&cluster.admin(), IMAGE);
+    let kubectl = |args: &[&str]| {
+        let out = Command::new("kubectl")
+            .env("KUBECONFIG", cluster.admin())
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+
+    let said = bootstrap();
+    assert!(said.contains("deploy/monitoring skipped"), "{said}");
+    let (ok, image) = kubectl(&[
+        "get",
+        "deployment",
+        "ferry",
+        "-n",
+        "ferry",
+        "-o",
+        "jsonpath={.spec.template.spec.containers[0].image}",
+    ]);
+    assert!(ok);
+    assert_eq!(image, IMAGE);
+    let (_, role) = kubectl(&[
+        "get",
+        "serviceaccount",
+        "ferry",
+        "-n",
+        "ferry",
+        "-o",
+        "jsonpath={.metadata.annotations.eks\\.amazonaws\\.com/role-arn}",
+    ]);
+    assert_eq!(role, "arn:aws:iam::123456789012:role/ml-platform-ferry");
+
+    for crd in ["servicemonitors", "prometheusrules"] {
+        let file = root().join(format!(".cache/crds/monitoring.coreos.com_{crd}.yaml"));
+        assert!(file.exists(), "{} missing: run .ci/setup", file.display());
+        let (ok, _) = kubectl(&["apply", "--server-side", "-f", &file.to_string_lossy()]);
+        assert!(ok);
+        let (ok, _) = kubectl(&[
+            "wait",
+            "--for",
+            "condition=established",
+            "--timeout",
+            "30s",
+            &format!("crd/{crd}.monitoring.coreos.com"),
+        ]);
+        assert!(ok);
+    }
+    let said = bootstrap();
+    assert!(!said.contains("skipped"), "{said}");
+    for kind in ["servicemonitor", "prometheusrule"] {
+        let (ok, name) = kubectl(&["get", kind, "ferry", "-n", "ferry", "-o", "name"]);
+        assert!(ok && !name.is_empty(), "{kind} not applied");
     }
 }
 

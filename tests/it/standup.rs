@@ -661,24 +661,9 @@ async fn the_platform_template_and_ferry_stand_up_on_the_nodes_the_platform_decl
     ));
     apply(&admin_kc, "test-setup", &["-f", "-"], Some(&secrets));
 
-    // ferry's bootstrap (terraform/bootstrap.tf): deploy/base, server-side,
-    // after the monitoring CRDs its ServiceMonitor and PrometheusRule need.
-    for crd in ["servicemonitors", "prometheusrules"] {
-        let file = root().join(format!(".cache/crds/monitoring.coreos.com_{crd}.yaml"));
-        assert!(file.exists(), "{} missing: run .ci/setup", file.display());
-        apply(
-            &admin_kc,
-            "test-setup",
-            &["-f", &file.to_string_lossy()],
-            None,
-        );
-    }
-    apply(
-        &admin_kc,
-        "terraform",
-        &["-k", &root().join("deploy/base").to_string_lossy()],
-        None,
-    );
+    // ferry's bootstrap, as terraform/bootstrap.tf runs it: deploy/base on
+    // a cluster without the Prometheus operator (deploy/monitoring waits).
+    bootstrap_ferry(&admin_kc, "ghcr.io/ferry-dev/ferry:0.1.0");
 
     // ferry runs with its own ServiceAccount's token: the rights deploy/
     // gives it are the rights it has.

@@ -1306,6 +1306,21 @@ pub fn oci_registry_with(dir: &Path, login: Option<(&str, &str)>) -> Server {
     }
 }
 
+/// deploy/bootstrap.sh, as terraform/bootstrap.tf runs it, against the
+/// cluster of `kubeconfig` with ferry's `image`; must succeed. Returns what
+/// it said on stderr.
+pub fn bootstrap_ferry(kubeconfig: &Path, image: &str) -> String {
+    let out = Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/bootstrap.sh"))
+        .env("KUBECONFIG", kubeconfig)
+        .env("IMAGE", image)
+        .env("ROLE", "arn:aws:iam::123456789012:role/ml-platform-ferry")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "deploy/bootstrap.sh: {stderr}");
+    stderr
+}
+
 /// `password`'s bcrypt hash, as htpasswd files hold it: libxcrypt
 /// (Debian's libcrypt1) makes it, through Python's ctypes.
 fn bcrypt(password: &str) -> String {
