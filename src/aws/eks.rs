@@ -9,12 +9,12 @@ use std::sync::atomic::AtomicBool;
 
 use aws_sdk_eks::Client;
 use aws_sdk_eks::types::{
-    AddonStatus, NodegroupScalingConfig, Taint as EksTaint, TaintEffect, UpdateLabelsPayload,
-    UpdateStatus, UpdateTaintsPayload,
+    AddonStatus, NodegroupScalingConfig, ResolveConflicts, Taint as EksTaint, TaintEffect,
+    UpdateLabelsPayload, UpdateStatus, UpdateTaintsPayload,
 };
 
 use super::{Action, AwsError, AwsPlan, Change, FieldChange, Limits, Op, code, describe, follow};
-use crate::desired::platform::{Addon, Eks, Nodegroup, Scaling, Taint};
+use crate::desired::platform::{Addon, ConflictMode, Eks, Nodegroup, Scaling, Taint};
 
 #[derive(Debug, Clone)]
 pub enum EksOp {
@@ -104,6 +104,15 @@ pub async fn plan(client: &Client, eks: &Eks, plan: &mut AwsPlan) -> Result<(), 
                 {
                     fields.push(field("configuration", config, &want.to_string()));
                 }
+                let live_role = live
+                    .as_ref()
+                    .and_then(|a| a.service_account_role_arn())
+                    .unwrap_or("");
+                if let Some(want) = &addon.service_account_role_arn
+                    && want != live_role
+                {
+                    fields.push(field("service_account_role_arn", live_role, want));
+                }
                 plan.update(
                     resource,
                     fields,
@@ -121,6 +130,9 @@ pub async fn plan(client: &Client, eks: &Eks, plan: &mut AwsPlan) -> Result<(), 
                 )];
                 if let Some(c) = &addon.configuration {
                     fields.push(field("configuration", "", &c.to_string()));
+                }
+                if let Some(role) = &addon.service_account_role_arn {
+                    fields.push(field("service_account_role_arn", "", role));
                 }
                 plan.changes.push(Change {
                     resource,
@@ -395,6 +407,8 @@ pub async fn apply(
                 .addon_name(&addon.name)
                 .set_addon_version(addon.version.clone())
                 .set_configuration_values(addon.configuration.as_ref().map(|c| c.to_string()))
+                .set_service_account_role_arn(addon.service_account_role_arn.clone())
+                .resolve_conflicts(conflicts(addon.resolve_conflicts.on_create))
                 .send()
                 .await
                 .map_err(|e| format!("CreateAddon: {}", describe(&e)))?;
@@ -420,7 +434,28 @@ pub async fn apply(
                                     .collect()
                             })
                             .unwrap_or_default();
-                        Err(format!("addon is {}: {}", s.as_str(), issues.join("; ")))
+                        let conflict = out
+                            .addon
+                            .as_ref()
+                            .and_then(|a| a.health())
+                            .is_some_and(|h| {
+                                h.issues().iter().any(|i| {
+                                    i.code().is_some_and(|c| c.as_str() == "ConfigurationConflict")
+                                })
+                            });
+                        let hint = if conflict {
+                            format!(
+                                " (the cluster runs {} self-managed already: set `resolve_conflicts: {{on_create: overwrite}}` on the addon in platform.yaml to let EKS take its objects over, then delete the failed addon with `aws eks delete-addon --preserve`)",
+                                addon.name
+                            )
+                        } else {
+                            String::new()
+                        };
+                        Err(format!(
+                            "addon is {}: {}{hint}",
+                            s.as_str(),
+                            issues.join("; ")
+                        ))
                     }
                     _ => Ok(None),
                 }
@@ -434,6 +469,8 @@ pub async fn apply(
                 .addon_name(&addon.name)
                 .set_addon_version(addon.version.clone())
                 .set_configuration_values(addon.configuration.as_ref().map(|c| c.to_string()))
+                .set_service_account_role_arn(addon.service_account_role_arn.clone())
+                .resolve_conflicts(conflicts(addon.resolve_conflicts.on_update))
                 .send()
                 .await
                 .map_err(|e| format!("UpdateAddon: {}", describe(&e)))?
@@ -449,6 +486,14 @@ pub async fn apply(
             )
             .await
         }
+    }
+}
+
+fn conflicts(mode: ConflictMode) -> ResolveConflicts {
+    match mode {
+        ConflictMode::None => ResolveConflicts::None,
+        ConflictMode::Overwrite => ResolveConflicts::Overwrite,
+        ConflictMode::Preserve => ResolveConflicts::Preserve,
     }
 }
 

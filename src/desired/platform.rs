@@ -103,6 +103,50 @@ pub struct Addon {
     pub version: Option<String>,
     /// Sent to EKS as JSON `configurationValues`.
     pub configuration: Option<serde_json::Value>,
+    /// The IAM role (IRSA) the addon's service account assumes: the EBS CSI
+    /// driver's, or vpc-cni's instead of the node role.
+    pub service_account_role_arn: Option<String>,
+    #[serde(default)]
+    pub resolve_conflicts: ResolveConflicts,
+}
+
+/// How EKS treats fields the addon's Kubernetes objects hold already that
+/// differ from the addon's: on a fresh cluster vpc-cni, kube-proxy and
+/// CoreDNS run self-managed, so creating them as addons without
+/// `overwrite` fails with ConfigurationConflict.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ResolveConflicts {
+    #[serde(default = "overwrite")]
+    pub on_create: ConflictMode,
+    /// `preserve` keeps what someone changed in the cluster on an upgrade.
+    #[serde(default = "preserve")]
+    pub on_update: ConflictMode,
+}
+
+impl Default for ResolveConflicts {
+    fn default() -> ResolveConflicts {
+        ResolveConflicts {
+            on_create: ConflictMode::Overwrite,
+            on_update: ConflictMode::Preserve,
+        }
+    }
+}
+
+fn overwrite() -> ConflictMode {
+    ConflictMode::Overwrite
+}
+
+fn preserve() -> ConflictMode {
+    ConflictMode::Preserve
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ConflictMode {
+    None,
+    Overwrite,
+    Preserve,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -272,6 +316,14 @@ fn validate(p: &Platform, problem: &mut dyn FnMut(String, String)) {
                 problem(
                     format!("eks.addons[{i}].configuration"),
                     "must be a mapping (sent as JSON configurationValues)".into(),
+                );
+            }
+            if let Some(arn) = &addon.service_account_role_arn
+                && !valid_role_arn(arn)
+            {
+                problem(
+                    format!("eks.addons[{i}].service_account_role_arn"),
+                    format!("`{arn}` is not an IAM role ARN (arn:aws:iam::123456789012:role/NAME)"),
                 );
             }
         }

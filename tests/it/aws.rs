@@ -271,6 +271,134 @@ async fn nodegroup_and_addon_changes_are_planned_then_applied() {
     assert_eq!(live.version(), Some("1.32"));
 }
 
+/// Addons over what every new EKS cluster runs self-managed (vpc-cni,
+/// kube-proxy, CoreDNS): taken over by default (`on_create: overwrite`);
+/// with `none`, EKS's ConfigurationConflict comes back with what to change
+/// in platform.yaml. An addon's IRSA role is planned, sent and changed like
+/// any other field, and a role that is no ARN is refused with its line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn addons_take_over_self_managed_ones_with_their_roles() {
+    let _moto = moto().lock().await;
+    terraform_cluster().await;
+    let config = target_config(&moto().url, false);
+    let role = |name: &str| format!("arn:aws:iam::123456789012:role/ml-{name}");
+    let yaml = |cni_role: &str, extra: &str| {
+        format!(
+            "apiVersion: ferry.dev/v1alpha1\nkind: Platform\neks:\n  cluster: {{name: ml, region: {REGION}}}\n  addons:\n    \
+             - name: vpc-cni\n      version: v1.19.0-eksbuild.1\n      service_account_role_arn: {cni_role}\n    \
+             - name: aws-ebs-csi-driver\n      version: v1.40.0-eksbuild.1\n      service_account_role_arn: {}\n{extra}",
+            role("ebs-csi")
+        )
+    };
+    let mut target = AwsTarget::new("platform", "acme/platform", config.clone());
+    let p = parse(&yaml(&role("vpc-cni"), "")).unwrap().unwrap();
+    let clients = aws::clients(&p, &config).await;
+    let plan = aws::plan(&clients, &p, &provenance(1), false)
+        .await
+        .unwrap();
+    let fields: Vec<String> = plan.changes[0]
+        .fields
+        .iter()
+        .map(|f| format!("{}: {} -> {}", f.field, f.before, f.after))
+        .collect();
+    assert!(
+        fields.contains(&format!(
+            "service_account_role_arn:  -> {}",
+            role("vpc-cni")
+        )),
+        "{fields:?}"
+    );
+    apply_ok(&mut target, 1, parse(&yaml(&role("vpc-cni"), ""))).await;
+    let described = |name: &'static str| async move {
+        eks_client()
+            .await
+            .describe_addon()
+            .cluster_name("ml")
+            .addon_name(name)
+            .send()
+            .await
+            .unwrap()
+            .addon
+            .unwrap()
+    };
+    let cni = described("vpc-cni").await;
+    assert_eq!(
+        cni.status().map(|s| s.as_str()),
+        Some("ACTIVE"),
+        "taken over"
+    );
+    assert_eq!(
+        cni.service_account_role_arn(),
+        Some(role("vpc-cni").as_str())
+    );
+    assert_eq!(
+        described("aws-ebs-csi-driver")
+            .await
+            .service_account_role_arn(),
+        Some(role("ebs-csi").as_str())
+    );
+
+    // A new role: planned as the one change, then sent.
+    let p = parse(&yaml(&role("vpc-cni-2"), "")).unwrap().unwrap();
+    let plan = aws::plan(&clients, &p, &provenance(2), false)
+        .await
+        .unwrap();
+    let changed: Vec<String> = plan
+        .changes
+        .iter()
+        .flat_map(|c| {
+            c.fields
+                .iter()
+                .map(move |f| format!("{} {}: {} -> {}", c.resource, f.field, f.before, f.after))
+        })
+        .collect();
+    assert_eq!(
+        changed,
+        [format!(
+            "eks/ml/addon/vpc-cni service_account_role_arn: {} -> {}",
+            role("vpc-cni"),
+            role("vpc-cni-2")
+        )]
+    );
+    apply_ok(&mut target, 2, parse(&yaml(&role("vpc-cni-2"), ""))).await;
+    assert_eq!(
+        described("vpc-cni").await.service_account_role_arn(),
+        Some(role("vpc-cni-2").as_str())
+    );
+
+    // kube-proxy, told not to take over: EKS's conflict, and the fix.
+    let kube_proxy = "    - name: kube-proxy\n      resolve_conflicts: {on_create: none}\n";
+    let outcome = revise(
+        &mut target,
+        oid(3),
+        parse(&yaml(&role("vpc-cni-2"), kube_proxy)),
+        &AtomicBool::new(false),
+    )
+    .await
+    .unwrap();
+    let failed: Vec<&str> = outcome
+        .results
+        .iter()
+        .filter_map(|r| r.error.as_deref())
+        .collect();
+    assert_eq!(failed.len(), 1, "{:?}", outcome.results);
+    assert!(
+        failed[0].contains("addon is CREATE_FAILED: Conflicts found")
+            && failed[0].contains(
+                "set `resolve_conflicts: {on_create: overwrite}` on the addon in platform.yaml"
+            ),
+        "{}",
+        failed[0]
+    );
+
+    // Not a role ARN: refused with its line, before any AWS call.
+    let errors = parse(&yaml("ml-vpc-cni", "")).unwrap_err();
+    assert_eq!(
+        errors[0].to_string(),
+        "platform.yaml:8: eks.addons[0].service_account_role_arn: `ml-vpc-cni` is not an IAM role ARN (arn:aws:iam::123456789012:role/NAME)"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_scaling_is_refused_before_any_aws_call() {
     let _moto = moto().lock().await;

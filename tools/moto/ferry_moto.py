@@ -10,7 +10,12 @@ API reference shapes), exactly as for the operations moto ships:
 
 EKS      CreateAddon, DescribeAddon, UpdateAddon, ListAddons, DeleteAddon,
          UpdateNodegroupVersion, DescribeUpdate (UpdateNodegroupConfig's
-         updates are recorded so DescribeUpdate can follow them).
+         updates are recorded so DescribeUpdate can follow them). As on a
+         real new cluster, vpc-cni, kube-proxy and coredns run self-managed:
+         creating one as an addon without `resolveConflicts: OVERWRITE`
+         ends CREATE_FAILED with a ConfigurationConflict health issue.
+         `serviceAccountRoleArn` is kept and described; UpdateAddon records
+         ServiceAccountRoleArn and ResolveConflicts among its params.
 SageMaker UpdateEndpoint; endpoints report `Creating`/`Updating` on the
          first DescribeEndpoint after a change, as the real service does
          while it deploys. While an update deploys, `EndpointConfigName`
@@ -96,15 +101,27 @@ def _new_update(kind, params):
     }
 
 
+# What every EKS cluster runs before any addon is created, and the object
+# whose fields then conflict.
+SELF_MANAGED = {
+    "vpc-cni": "DaemonSet.apps aws-node",
+    "kube-proxy": "DaemonSet.apps kube-proxy",
+    "coredns": "Deployment.apps coredns",
+}
+
+
 def _addon_view(cluster_name, addon):
-    return {
+    view = {
         "addonName": addon["name"], "clusterName": cluster_name, "status": addon["status"],
-        "addonVersion": addon["version"], "health": {"issues": []},
+        "addonVersion": addon["version"], "health": {"issues": addon.get("issues") or []},
         "addonArn": f"arn:aws:eks:us-east-1:123456789012:addon/{cluster_name}/{addon['name']}/{addon['id']}",
         "createdAt": addon["created"], "modifiedAt": addon["modified"],
         "configurationValues": addon.get("configuration") or "",
         "tags": addon.get("tags") or {},
     }
+    if addon.get("role"):
+        view["serviceAccountRoleArn"] = addon["role"]
+    return view
 
 
 _original_update_config = EKSBackend.update_nodegroup_config
@@ -129,7 +146,7 @@ def update_nodegroup_version(self, cluster_name, nodegroup_name, version, releas
     return _record_update(self, cluster_name, update, nodegroup=nodegroup_name)
 
 
-def create_addon(self, cluster_name, name, version, configuration, tags):
+def create_addon(self, cluster_name, name, version, configuration, tags, role=None, resolve=None):
     addons = _addons(self, cluster_name)
     if name in addons:
         raise InvalidParameterException(
@@ -144,9 +161,19 @@ def create_addon(self, cluster_name, name, version, configuration, tags):
                 clusterName=cluster_name, nodegroupName=None, fargateProfileName=None,
                 addonName=name, message="configurationValues is not valid JSON",
             )
+    status, issues = "ACTIVE", []
+    if name in SELF_MANAGED and resolve != "OVERWRITE":
+        status = "CREATE_FAILED"
+        issues = [{
+            "code": "ConfigurationConflict",
+            "message": "Conflicts found when trying to apply. Will not continue due to resolve conflicts mode. "
+                       f"Conflicts:\n{SELF_MANAGED[name]} - .spec.template.spec.containers[0].image",
+            "resourceIds": [],
+        }]
     addons[name] = {
         "name": name, "version": version or "v1.0.0-eksbuild.1", "configuration": configuration,
-        "tags": tags, "status": "ACTIVE", "id": str(uuid.uuid4()), "created": now(), "modified": now(),
+        "tags": tags, "status": status, "issues": issues, "role": role,
+        "id": str(uuid.uuid4()), "created": now(), "modified": now(),
     }
     return _addon_view(cluster_name, addons[name])
 
@@ -161,9 +188,14 @@ def _addon(self, cluster_name, name):
     return addon
 
 
-def update_addon(self, cluster_name, name, version, configuration):
+def update_addon(self, cluster_name, name, version, configuration, role=None, resolve=None):
     addon = _addon(self, cluster_name, name)
     params = []
+    if role:
+        addon["role"] = role
+        params.append(("ServiceAccountRoleArn", role))
+    if resolve:
+        params.append(("ResolveConflicts", resolve))
     if version:
         addon["version"] = version
         params.append(("AddonVersion", version))
@@ -204,6 +236,7 @@ def _r_create_addon(self):
     addon = self.eks_backend.create_addon(
         self._get_param("name"), self._get_param("addonName"), self._get_param("addonVersion"),
         self._get_param("configurationValues"), self._get_param("tags"),
+        self._get_param("serviceAccountRoleArn"), self._get_param("resolveConflicts"),
     )
     return ActionResult({"addon": addon})
 
@@ -224,6 +257,7 @@ def _r_update_addon(self):
     update = self.eks_backend.update_addon(
         self._get_param("name"), self._get_param("addonName"), self._get_param("addonVersion"),
         self._get_param("configurationValues"),
+        self._get_param("serviceAccountRoleArn"), self._get_param("resolveConflicts"),
     )
     return ActionResult({"update": update})
 
