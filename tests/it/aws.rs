@@ -126,6 +126,15 @@ fn sagemaker_yaml(endpoints: &[(&str, &str, f32)]) -> String {
     out
 }
 
+/// A change's fields as `field: before -> after`.
+fn field_lines(change: &ferry::aws::Change) -> Vec<String> {
+    change
+        .fields
+        .iter()
+        .map(|f| format!("{}: {} -> {}", f.field, f.before, f.after))
+        .collect()
+}
+
 fn parse(text: &str) -> Result<Option<platform::Platform>, Vec<platform::PlatformError>> {
     platform::parse("platform.yaml", text).map(Some)
 }
@@ -199,11 +208,7 @@ async fn nodegroup_and_addon_changes_are_planned_then_applied() {
             ("eks/ml/addon/vpc-cni", Action::Create)
         ]
     );
-    let fields: Vec<String> = plan.changes[0]
-        .fields
-        .iter()
-        .map(|f| format!("{}: {} -> {}", f.field, f.before, f.after))
-        .collect();
+    let fields = field_lines(&plan.changes[0]);
     assert!(
         fields.contains(&"scaling: min 1, max 3, desired 1 -> min 1, max 4, desired 2".to_string()),
         "{fields:?}"
@@ -296,11 +301,7 @@ async fn addons_take_over_self_managed_ones_with_their_roles() {
     let plan = aws::plan(&clients, &p, &provenance(1), false)
         .await
         .unwrap();
-    let fields: Vec<String> = plan.changes[0]
-        .fields
-        .iter()
-        .map(|f| format!("{}: {} -> {}", f.field, f.before, f.after))
-        .collect();
+    let fields = field_lines(&plan.changes[0]);
     assert!(
         fields.contains(&format!(
             "service_account_role_arn:  -> {}",
