@@ -66,6 +66,9 @@ module "eks" {
   subnet_ids         = module.network.private_subnet_ids
   kms_key_arn        = aws_kms_key.platform.arn
   nodegroups         = local.nodegroups
+
+  public_access_cidrs = var.public_access_cidrs
+  admin_role_arns     = var.admin_role_arns
 }
 
 module "efs" {

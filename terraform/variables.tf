@@ -38,6 +38,25 @@ variable "availability_zones" {
   }
 }
 
+variable "public_access_cidrs" {
+  description = "CIDRs allowed to reach the EKS API endpoint over the internet (an office, a VPN egress). Empty (the default): the endpoint is private, reached from inside the VPC only (see README, Access)."
+  type        = list(string)
+  default     = []
+  validation {
+    condition     = alltrue([for c in var.public_access_cidrs : can(cidrnetmask(c)) && c != "0.0.0.0/0"])
+    error_message = "public_access_cidrs must be IPv4 CIDRs, and not 0.0.0.0/0 (leave it empty for a private endpoint)."
+  }
+}
+
+variable "admin_role_arns" {
+  description = "IAM role ARNs given cluster admin by EKS access entry: the role people assume, and the CI role that runs terraform apply (its Kubernetes resources and ferry's bootstrap need the API). The creator of the cluster gets nothing implicitly."
+  type        = list(string)
+  validation {
+    condition     = length(var.admin_role_arns) > 0 && alltrue([for a in var.admin_role_arns : can(regex("^arn:aws[a-z-]*:iam::[0-9]{12}:role/.+$", a))])
+    error_message = "admin_role_arns needs at least one IAM role ARN (arn:aws:iam::123456789012:role/NAME): without one nobody can reach the cluster."
+  }
+}
+
 variable "kubernetes_version" {
   description = "EKS Kubernetes version of the control plane and nodegroups."
   type        = string

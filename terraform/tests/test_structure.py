@@ -142,6 +142,43 @@ class Nodegroups(unittest.TestCase):
         self.assertIn("${scaling_config[0].desired_size}", ignored)
 
 
+def variable(name):
+    (body,) = [b[name] for path, b in blocks("variable") if path == "variables.tf" and name in b]
+    return body
+
+
+class Access(unittest.TestCase):
+    def test_the_endpoint_is_public_only_from_the_cidrs_given(self):
+        (_, _, cluster), = list(resources("aws_eks_cluster"))
+        vpc = cluster["vpc_config"][0]
+        self.assertEqual(vpc["endpoint_private_access"], [True])
+        self.assertEqual(vpc["endpoint_public_access"], ["${length(var.public_access_cidrs) > 0}"])
+        self.assertIn("var.public_access_cidrs", vpc["public_access_cidrs"][0])
+        cidrs = variable("public_access_cidrs")
+        self.assertEqual(cidrs["default"], [[]], "private unless CIDRs are given")
+        self.assertIn('c != "0.0.0.0/0"', cidrs["validation"][0]["condition"][0])
+
+    def test_admins_are_named_and_the_creator_gets_nothing_implicitly(self):
+        (_, _, cluster), = list(resources("aws_eks_cluster"))
+        access = cluster["access_config"][0]
+        self.assertEqual(access["authentication_mode"], ["API"])
+        self.assertEqual(access["bootstrap_cluster_creator_admin_permissions"], [False])
+        (_, _, entry), = list(resources("aws_eks_access_entry"))
+        (_, _, association), = list(resources("aws_eks_access_policy_association"))
+        for body in (entry, association):
+            self.assertEqual(body["for_each"], ["${toset(var.admin_role_arns)}"])
+        self.assertTrue(association["policy_arn"][0].endswith("/AmazonEKSClusterAdminPolicy"))
+        admins = variable("admin_role_arns")
+        self.assertNotIn("default", admins, "required: without an admin nobody reaches the cluster")
+        self.assertIn("length(var.admin_role_arns) > 0", admins["validation"][0]["condition"][0])
+        module = [b["eks"] for _, b in blocks("module") if "eks" in b][0]
+        self.assertEqual(module["admin_role_arns"], ["${var.admin_role_arns}"])
+        self.assertEqual(module["public_access_cidrs"], ["${var.public_access_cidrs}"])
+        with open(os.path.join(ROOT, "terraform.tfvars.example")) as f:
+            example = hcl2.load(f)
+        self.assertTrue(example["admin_role_arns"], "the example names its admins")
+
+
 class Documentation(unittest.TestCase):
     def test_every_variable_and_output_is_described(self):
         for kind in ("variable", "output"):

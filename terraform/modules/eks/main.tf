@@ -26,14 +26,19 @@ resource "aws_eks_cluster" "this" {
   version  = var.kubernetes_version
   role_arn = aws_iam_role.cluster.arn
 
+  # Private unless CIDRs are given: then public, but only from those.
   vpc_config {
     subnet_ids              = var.subnet_ids
     endpoint_private_access = true
-    endpoint_public_access  = false
+    endpoint_public_access  = length(var.public_access_cidrs) > 0
+    public_access_cidrs     = length(var.public_access_cidrs) > 0 ? var.public_access_cidrs : null
   }
 
+  # Who may reach the API is written below (access entries), not implied:
+  # the principal that happens to run the first apply gets nothing of its own.
   access_config {
-    authentication_mode = "API"
+    authentication_mode                         = "API"
+    bootstrap_cluster_creator_admin_permissions = false
   }
 
   encryption_config {
@@ -46,6 +51,29 @@ resource "aws_eks_cluster" "this" {
   enabled_cluster_log_types = ["api", "audit", "authenticator", "controllerManager", "scheduler"]
 
   depends_on = [aws_iam_role_policy_attachment.cluster]
+}
+
+# Cluster administrators (people's role, and the CI role that runs
+# Terraform: its Kubernetes resources and ferry's bootstrap need the API).
+# ferry needs no entry: it talks to the API server with its ServiceAccount
+# token and the RBAC deploy/ grants; an entry for its IAM role would be a
+# second, broader way in.
+resource "aws_eks_access_entry" "admin" {
+  for_each      = toset(var.admin_role_arns)
+  cluster_name  = aws_eks_cluster.this.name
+  principal_arn = each.value
+  type          = "STANDARD"
+}
+
+resource "aws_eks_access_policy_association" "admin" {
+  for_each      = toset(var.admin_role_arns)
+  cluster_name  = aws_eks_cluster.this.name
+  principal_arn = each.value
+  policy_arn    = "arn:aws:eks::aws:cluster-access-policy/AmazonEKSClusterAdminPolicy"
+  access_scope {
+    type = "cluster"
+  }
+  depends_on = [aws_eks_access_entry.admin]
 }
 
 # IRSA: pods assume IAM roles through the cluster's OIDC issuer.

@@ -34,3 +34,13 @@ variable "nodegroups" {
     }))
   }))
 }
+
+variable "public_access_cidrs" {
+  description = "CIDRs that may reach the API endpoint over the internet; empty keeps the endpoint private."
+  type        = list(string)
+}
+
+variable "admin_role_arns" {
+  description = "IAM roles given cluster admin by access entry (people's role, the CI role running Terraform)."
+  type        = list(string)
+}
