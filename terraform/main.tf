@@ -52,11 +52,14 @@ resource "aws_kms_alias" "platform" {
 }
 
 module "network" {
-  source      = "./modules/network"
-  name        = var.name
-  cidr        = var.vpc_cidr
-  zones       = var.availability_zones
-  kms_key_arn = aws_kms_key.platform.arn
+  source             = "./modules/network"
+  name               = var.name
+  cidr               = var.vpc_cidr
+  zones              = var.availability_zones
+  kms_key_arn        = aws_kms_key.platform.arn
+  single_nat_gateway = var.single_nat_gateway
+
+  interface_endpoints = var.vpc_interface_endpoints
 }
 
 module "eks" {
@@ -67,8 +70,10 @@ module "eks" {
   kms_key_arn        = aws_kms_key.platform.arn
   nodegroups         = local.nodegroups
 
-  public_access_cidrs = var.public_access_cidrs
-  admin_role_arns     = var.admin_role_arns
+  public_access_cidrs  = var.public_access_cidrs
+  admin_role_arns      = var.admin_role_arns
+  log_retention_days   = var.log_retention_days
+  node_root_volume_gib = var.node_root_volume_gib
 }
 
 module "efs" {

@@ -57,6 +57,38 @@ variable "admin_role_arns" {
   }
 }
 
+variable "single_nat_gateway" {
+  description = "One NAT gateway for all zones instead of one per zone: cheaper, for non-production; a zone outage then cuts every private subnet off the internet (the VPC endpoints still serve ECR, S3, STS, logs and SageMaker runtime)."
+  type        = bool
+  default     = false
+}
+
+variable "vpc_interface_endpoints" {
+  description = "AWS services the private subnets reach by interface VPC endpoint rather than through NAT: image pulls (ecr.api, ecr.dkr; layers come from S3, which has a free gateway endpoint), IRSA (sts), logs, model invocations (sagemaker.runtime), the EFS CSI driver (elasticfilesystem). Each costs an hourly fee per zone; trim for a small setup."
+  type        = list(string)
+  default     = ["ecr.api", "ecr.dkr", "sts", "logs", "sagemaker.runtime", "elasticfilesystem"]
+}
+
+variable "log_retention_days" {
+  description = "Days the EKS control plane's logs (api, audit, authenticator, controllerManager, scheduler) are kept, encrypted with the platform key."
+  type        = number
+  default     = 365
+  validation {
+    condition     = contains([1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922, 3288, 3653], var.log_retention_days)
+    error_message = "log_retention_days must be one CloudWatch Logs accepts (1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922, 3288 or 3653)."
+  }
+}
+
+variable "node_root_volume_gib" {
+  description = "Size of each node's encrypted gp3 root volume in GiB (EKS's default, 20, is tight for the Airflow, MLflow and notebook images)."
+  type        = number
+  default     = 80
+  validation {
+    condition     = var.node_root_volume_gib >= 30 && var.node_root_volume_gib <= 1000
+    error_message = "node_root_volume_gib must be 30 to 1000."
+  }
+}
+
 variable "kubernetes_version" {
   description = "EKS Kubernetes version of the control plane and nodegroups."
   type        = string

@@ -179,6 +179,39 @@ class Access(unittest.TestCase):
         self.assertTrue(example["admin_role_arns"], "the example names its admins")
 
 
+class NodesAndNetwork(unittest.TestCase):
+    def test_nodes_use_imdsv2_and_an_encrypted_root_volume(self):
+        (_, _, template), = list(resources("aws_launch_template"))
+        metadata = template["metadata_options"][0]
+        self.assertEqual(metadata["http_tokens"], ["required"])
+        self.assertEqual(metadata["http_put_response_hop_limit"], [1], "pods must not reach the node role")
+        ebs = template["block_device_mappings"][0]["ebs"][0]
+        self.assertEqual(ebs["encrypted"], [True])
+        self.assertEqual(ebs["volume_type"], ["gp3"])
+        self.assertEqual(ebs["volume_size"], ["${var.node_root_volume_gib}"])
+        self.assertGreaterEqual(variable("node_root_volume_gib")["default"][0], 50)
+        (_, _, group), = list(resources("aws_eks_node_group"))
+        self.assertEqual(group["launch_template"][0]["id"], ["${aws_launch_template.node.id}"])
+
+    def test_the_control_plane_logs_into_a_group_with_retention_and_the_key(self):
+        groups = {name: body for _, name, body in resources("aws_cloudwatch_log_group")}
+        cluster = groups["cluster"]
+        self.assertEqual(cluster["name"], ["/aws/eks/${var.name}/cluster"])
+        self.assertEqual(cluster["kms_key_id"], ["${var.kms_key_arn}"])
+        (_, _, eks), = list(resources("aws_eks_cluster"))
+        self.assertIn("${aws_cloudwatch_log_group.cluster}", eks["depends_on"][0])
+
+    def test_private_subnets_reach_aws_by_endpoints_and_nat_can_be_single(self):
+        endpoints = {name: body for _, name, body in resources("aws_vpc_endpoint")}
+        self.assertEqual(endpoints["s3"]["vpc_endpoint_type"], ["Gateway"])
+        self.assertEqual(endpoints["interface"]["private_dns_enabled"], [True])
+        wanted = set(variable("vpc_interface_endpoints")["default"][0])
+        self.assertTrue({"ecr.api", "ecr.dkr", "sts", "logs", "sagemaker.runtime"} <= wanted, wanted)
+        (_, _, nat), = list(resources("aws_nat_gateway"))
+        self.assertEqual(nat["count"], ["${local.nat_count}"])
+        self.assertEqual(variable("single_nat_gateway")["default"], [False], "one per zone unless asked")
+
+
 class Documentation(unittest.TestCase):
     def test_every_variable_and_output_is_described(self):
         for kind in ("variable", "output"):

@@ -44,3 +44,13 @@ variable "admin_role_arns" {
   description = "IAM roles given cluster admin by access entry (people's role, the CI role running Terraform)."
   type        = list(string)
 }
+
+variable "log_retention_days" {
+  description = "Days the control plane's logs are kept."
+  type        = number
+}
+
+variable "node_root_volume_gib" {
+  description = "Size of each node's root volume (GiB)."
+  type        = number
+}

@@ -1,5 +1,8 @@
 # A VPC with one public and one private subnet per zone; nodes, EFS and RDS
-# live in the private subnets and reach out through one NAT gateway per zone.
+# live in the private subnets and reach out through one NAT gateway per zone
+# (or one for all, `single_nat_gateway`); what they pull most (images from
+# ECR, objects from S3) and the AWS APIs they call go through VPC endpoints
+# instead, never through NAT.
 resource "aws_vpc" "this" {
   cidr_block           = var.cidr
   enable_dns_hostnames = true
@@ -35,14 +38,18 @@ resource "aws_subnet" "private" {
   }
 }
 
+locals {
+  nat_count = var.single_nat_gateway ? 1 : length(var.zones)
+}
+
 resource "aws_eip" "nat" {
-  count  = length(var.zones)
+  count  = local.nat_count
   domain = "vpc"
   tags   = { Name = "${var.name}-nat-${var.zones[count.index]}" }
 }
 
 resource "aws_nat_gateway" "this" {
-  count         = length(var.zones)
+  count         = local.nat_count
   allocation_id = aws_eip.nat[count.index].id
   subnet_id     = aws_subnet.public[count.index].id
   tags          = { Name = "${var.name}-${var.zones[count.index]}" }
@@ -69,7 +76,7 @@ resource "aws_route_table" "private" {
   vpc_id = aws_vpc.this.id
   route {
     cidr_block     = "0.0.0.0/0"
-    nat_gateway_id = aws_nat_gateway.this[count.index].id
+    nat_gateway_id = aws_nat_gateway.this[var.single_nat_gateway ? 0 : count.index].id
   }
   tags = { Name = "${var.name}-private-${var.zones[count.index]}" }
 }
@@ -78,6 +85,45 @@ resource "aws_route_table_association" "private" {
   count          = length(var.zones)
   subnet_id      = aws_subnet.private[count.index].id
   route_table_id = aws_route_table.private[count.index].id
+}
+
+data "aws_region" "current" {}
+
+# S3 (images' layers live there too, for ECR) by gateway: free, in the
+# private route tables.
+resource "aws_vpc_endpoint" "s3" {
+  vpc_id            = aws_vpc.this.id
+  service_name      = "com.amazonaws.${data.aws_region.current.region}.s3"
+  vpc_endpoint_type = "Gateway"
+  route_table_ids   = aws_route_table.private[*].id
+  tags              = { Name = "${var.name}-s3" }
+}
+
+# The APIs nodes and pods call, by interface endpoint with private DNS: image
+# pulls, IRSA's token exchange, log shipping, model invocations.
+resource "aws_vpc_endpoint" "interface" {
+  for_each            = toset(var.interface_endpoints)
+  vpc_id              = aws_vpc.this.id
+  service_name        = "com.amazonaws.${data.aws_region.current.region}.${each.value}"
+  vpc_endpoint_type   = "Interface"
+  subnet_ids          = aws_subnet.private[*].id
+  security_group_ids  = [aws_security_group.endpoints.id]
+  private_dns_enabled = true
+  tags                = { Name = "${var.name}-${each.value}" }
+}
+
+resource "aws_security_group" "endpoints" {
+  name        = "${var.name}-vpc-endpoints"
+  description = "HTTPS to the VPC endpoints from inside the VPC"
+  vpc_id      = aws_vpc.this.id
+
+  ingress {
+    description = "HTTPS from the VPC"
+    from_port   = 443
+    to_port     = 443
+    protocol    = "tcp"
+    cidr_blocks = [var.cidr]
+  }
 }
 
 # Deny everything by default in the VPC's default security group.

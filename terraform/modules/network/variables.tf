@@ -17,3 +17,13 @@ variable "kms_key_arn" {
   description = "KMS key that encrypts the flow log group."
   type        = string
 }
+
+variable "single_nat_gateway" {
+  description = "One NAT gateway shared by every zone (non-production) instead of one per zone."
+  type        = bool
+}
+
+variable "interface_endpoints" {
+  description = "AWS services reached through interface VPC endpoints (com.amazonaws.<region>.<service>)."
+  type        = list(string)
+}
