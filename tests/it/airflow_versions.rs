@@ -31,14 +31,8 @@ fn airflow_bin(name: &str) -> PathBuf {
 
 /// The ConfigMaps of the template's `manifests/airflow/<file>`, by name.
 fn template_config_map(file: &str, name: &str) -> Value {
-    let text = std::fs::read_to_string(
-        root()
-            .join("platform-repo-template/manifests/airflow")
-            .join(file),
-    )
-    .unwrap();
-    serde_yaml_ng::Deserializer::from_str(&text)
-        .map(|d| <Value as serde::Deserialize>::deserialize(d).unwrap())
+    airflow_template(file)
+        .into_iter()
         .find(|d| d["kind"] == "ConfigMap" && d["metadata"]["name"] == name)
         .unwrap_or_else(|| panic!("no ConfigMap {name} in {file}"))
 }

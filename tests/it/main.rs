@@ -7,6 +7,7 @@ mod support;
 
 mod admin;
 mod airflow;
+mod airflow_db;
 mod airflow_versions;
 mod aws;
 mod cli;

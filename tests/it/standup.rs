@@ -591,9 +591,21 @@ fn squatter(node: &str, cpu: i64) -> Pod {
     .unwrap()
 }
 
+/// Running and ready; or, for a Job's pod (Airflow's database migration),
+/// done: Succeeded.
 fn is_running_and_ready(pod: &Pod) -> bool {
     let status = pod.status.as_ref();
-    status.and_then(|s| s.phase.as_deref()) == Some("Running")
+    let phase = status.and_then(|s| s.phase.as_deref());
+    let of_job = pod
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .any(|o| o.kind == "Job");
+    if of_job {
+        return phase == Some("Succeeded");
+    }
+    phase == Some("Running")
         && status
             .and_then(|s| s.conditions.as_ref())
             .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))

@@ -10,6 +10,7 @@ pub mod cluster;
 pub mod github;
 pub mod moto;
 pub mod outage;
+pub mod postgres;
 pub mod process;
 
 pub use process::{Owned, spawn_owned};
@@ -1304,6 +1305,21 @@ pub fn oci_registry_with(dir: &Path, login: Option<(&str, &str)>) -> Server {
         port,
         log: dir.join("registry.log"),
     }
+}
+
+/// The documents of a file of the platform template's Airflow manifests
+/// (`platform-repo-template/manifests/airflow/<file>`).
+pub fn airflow_template(file: &str) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("platform-repo-template/manifests/airflow")
+            .join(file),
+    )
+    .unwrap();
+    serde_yaml_ng::Deserializer::from_str(&text)
+        .map(|d| <serde_json::Value as serde::Deserialize>::deserialize(d).unwrap())
+        .filter(|d| !d.is_null())
+        .collect()
 }
 
 /// deploy/bootstrap.sh, as terraform/bootstrap.tf runs it, against the
