@@ -155,7 +155,12 @@ pub fn platform_summary(layout: &Layout) -> anyhow::Result<Vec<String>> {
         for ng in p.eks.iter().flat_map(|e| e.nodegroups.iter()) {
             lines.push(format!(
                 "aws     EKS nodegroup {} (scaling {}..{}, desired {})",
-                ng.name, ng.scaling.min, ng.scaling.max, ng.scaling.desired
+                ng.name,
+                ng.scaling.min,
+                ng.scaling.max,
+                ng.scaling
+                    .desired
+                    .map_or("by the autoscaler".to_string(), |d| d.to_string())
             ));
         }
         for e in p.sagemaker.iter().flat_map(|s| s.endpoints.iter()) {

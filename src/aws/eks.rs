@@ -181,13 +181,23 @@ fn plan_nodegroup(
         )
     });
     let want = ng.scaling;
-    let scaling = (live_tuple != Some((want.min, want.max, want.desired))).then_some(want);
+    let (live_min, live_max, live_desired) = live_tuple.unwrap_or_default();
+    // Without a desired size of git's, the autoscaler's stands, unless new
+    // bounds leave it outside them (EKS would refuse them with it).
+    let desired = want.desired.or_else(|| {
+        (!(want.min..=want.max).contains(&live_desired))
+            .then_some(live_desired.clamp(want.min, want.max))
+    });
+    let scaling = (live_tuple.is_none()
+        || (live_min, live_max) != (want.min, want.max)
+        || desired.is_some_and(|d| d != live_desired))
+    .then_some(Scaling { desired, ..want });
     if let Some(s) = scaling {
-        let (min, max, desired) = live_tuple.unwrap_or_default();
+        let shown = |d: Option<i32>| d.map_or("(the autoscaler's)".to_string(), |d| d.to_string());
         fields.push(field(
             "scaling",
-            &format!("min {min}, max {max}, desired {desired}"),
-            &format!("min {}, max {}, desired {}", s.min, s.max, s.desired),
+            &format!("min {live_min}, max {live_max}, desired {live_desired}"),
+            &format!("min {}, max {}, desired {}", s.min, s.max, shown(s.desired)),
         ));
     }
     let live_labels: BTreeMap<String, String> = live
@@ -351,7 +361,7 @@ pub async fn apply(
                     NodegroupScalingConfig::builder()
                         .min_size(s.min)
                         .max_size(s.max)
-                        .desired_size(s.desired)
+                        .set_desired_size(s.desired)
                         .build(),
                 );
             }

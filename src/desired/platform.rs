@@ -83,7 +83,11 @@ pub struct Nodegroup {
 pub struct Scaling {
     pub min: i32,
     pub max: i32,
-    pub desired: i32,
+    /// None: an autoscaler (Cluster Autoscaler, Karpenter) owns the size
+    /// between `min` and `max`, and ferry never changes it (but to bring it
+    /// inside new bounds).
+    #[serde(default)]
+    pub desired: Option<i32>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq, PartialOrd, Ord)]
@@ -287,12 +291,14 @@ fn validate(p: &Platform, problem: &mut dyn FnMut(String, String)) {
                         s.min, s.max
                     ),
                 );
-            } else if s.desired < s.min || s.desired > s.max {
+            } else if let Some(desired) = s.desired
+                && (desired < s.min || desired > s.max)
+            {
                 problem(
                     key("scaling.desired"),
                     format!(
-                        "desired {} is outside min {} .. max {}",
-                        s.desired, s.min, s.max
+                        "desired {desired} is outside min {} .. max {} (leave it out to let an autoscaler size the group)",
+                        s.min, s.max
                     ),
                 );
             }
@@ -626,7 +632,7 @@ sagemaker:
     #[test]
     fn the_example_parses() {
         let p = parse("platform.yaml", GOOD).unwrap();
-        assert_eq!(p.eks.unwrap().nodegroups[0].scaling.desired, 2);
+        assert_eq!(p.eks.unwrap().nodegroups[0].scaling.desired, Some(2));
         assert_eq!(p.sagemaker.unwrap().endpoints[0].variants[0].weight, 1.0);
     }
 
@@ -657,7 +663,7 @@ sagemaker:
         assert_eq!(text.len(), 3, "{text:#?}");
         assert_eq!(
             text[0],
-            "platform.yaml:9: eks.nodegroups[0].scaling.desired: desired 7 is outside min 1 .. max 3"
+            "platform.yaml:9: eks.nodegroups[0].scaling.desired: desired 7 is outside min 1 .. max 3 (leave it out to let an autoscaler size the group)"
         );
         assert!(
             text[1].starts_with("platform.yaml:19: sagemaker.endpoints[0].execution_role_arn: "),

@@ -400,6 +400,69 @@ async fn addons_take_over_self_managed_ones_with_their_roles() {
     );
 }
 
+/// A nodegroup whose `desired` git leaves out is the autoscaler's to size:
+/// ferry sets its bounds and never its size, but to bring the size inside
+/// new bounds (which EKS would refuse otherwise).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_autoscaled_nodegroup_keeps_the_size_the_autoscaler_chose() {
+    let _moto = moto().lock().await;
+    terraform_cluster().await;
+    let config = target_config(&moto().url, false);
+    let mut target = AwsTarget::new("platform", "acme/platform", config.clone());
+    let sizes = || async {
+        let live = live_nodegroup().await;
+        let s = live.scaling_config().unwrap();
+        (
+            s.min_size().unwrap(),
+            s.max_size().unwrap(),
+            s.desired_size().unwrap(),
+        )
+    };
+    let autoscaled = |bounds: &str| eks_yaml(bounds, "");
+
+    apply_ok(&mut target, 1, parse(&autoscaled("{min: 1, max: 4}"))).await;
+    assert_eq!(sizes().await, (1, 4, 1), "the size stays the group's");
+
+    // The autoscaler scales up; the next plan of the same commit leaves it.
+    eks_client()
+        .await
+        .update_nodegroup_config()
+        .cluster_name("ml")
+        .nodegroup_name("system")
+        .scaling_config(
+            aws_sdk_eks::types::NodegroupScalingConfig::builder()
+                .desired_size(3)
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let p = parse(&autoscaled("{min: 1, max: 4}")).unwrap().unwrap();
+    let clients = aws::clients(&p, &config).await;
+    let plan = aws::plan(&clients, &p, &provenance(2), false)
+        .await
+        .unwrap();
+    let nodegroup_changes: Vec<_> = plan
+        .changes
+        .iter()
+        .filter(|c| c.resource.contains("/nodegroup/"))
+        .collect();
+    assert!(nodegroup_changes.is_empty(), "{nodegroup_changes:?}");
+
+    // New bounds below the autoscaler's size: brought inside them.
+    let p = parse(&autoscaled("{min: 0, max: 2}")).unwrap().unwrap();
+    let plan = aws::plan(&clients, &p, &provenance(3), false)
+        .await
+        .unwrap();
+    let fields = field_lines(&plan.changes[0]);
+    assert!(
+        fields.contains(&"scaling: min 1, max 4, desired 3 -> min 0, max 2, desired 2".to_string()),
+        "{fields:?}"
+    );
+    apply_ok(&mut target, 3, parse(&autoscaled("{min: 0, max: 2}"))).await;
+    assert_eq!(sizes().await, (0, 2, 2));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_scaling_is_refused_before_any_aws_call() {
     let _moto = moto().lock().await;
@@ -419,7 +482,7 @@ async fn invalid_scaling_is_refused_before_any_aws_call() {
     assert_eq!(err.reason, Reason::Invalid);
     assert_eq!(
         err.problems[0].to_string(),
-        "platform.yaml:7: eks.nodegroups[0].scaling.desired: desired 5 is outside min 1 .. max 3"
+        "platform.yaml:7: eks.nodegroups[0].scaling.desired: desired 5 is outside min 1 .. max 3 (leave it out to let an autoscaler size the group)"
     );
     assert!(listener.accept().is_err(), "an AWS call was made");
 }

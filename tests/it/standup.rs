@@ -624,7 +624,9 @@ async fn the_platform_template_and_ferry_stand_up_on_the_nodes_the_platform_decl
     // The machines: every nodegroup at its desired size; EKS's own pods.
     let platform_yaml =
         std::fs::read_to_string(root().join("platform-repo-template/platform.yaml")).unwrap();
-    let nodes = nodes_from_platform(&platform_yaml, |g| g.scaling.desired.max(0) as usize);
+    let nodes = nodes_from_platform(&platform_yaml, |g| {
+        g.scaling.desired.unwrap_or(g.scaling.min).max(0) as usize
+    });
     create_nodes(&admin, &nodes).await;
     apply(
         &admin_kc,
@@ -907,7 +909,11 @@ async fn the_platform_template_and_ferry_stand_up_on_the_nodes_the_platform_decl
     let extra = cluster::node(
         &training,
         "eu-west-1",
-        training.scaling.desired.max(0) as usize,
+        training
+            .scaling
+            .desired
+            .unwrap_or(training.scaling.min)
+            .max(0) as usize,
     );
     tokio::time::sleep(Duration::from_secs(2)).await;
     for (ns, name) in [
