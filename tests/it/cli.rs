@@ -375,7 +375,7 @@ fn quickstart_applies_the_platform_template_to_a_reachable_cluster() {
     let objects = platform["kubernetes"]["last_apply"]["objects"]
         .as_array()
         .unwrap();
-    assert_eq!(objects.len(), 40, "{platform}");
+    assert_eq!(objects.len(), 41, "{platform}");
     assert!(objects.iter().all(|o| o["error"].is_null()), "{platform}");
 }
 
@@ -403,7 +403,7 @@ fn quickstart_once_publishes_the_template_and_is_rerunnable() {
     // was compared with a cluster or AWS), and not a source at all without
     // a cluster, so nothing claims to have succeeded for it.
     assert!(
-        stdout.contains("The platform repo declares 43 object(s) and AWS resource(s) (a listing: no cluster given"),
+        stdout.contains("The platform repo declares 44 object(s) and AWS resource(s) (a listing: no cluster given"),
         "{stdout}"
     );
     assert!(
