@@ -18,7 +18,7 @@ module "ferry_role" {
   oidc_provider_arn = module.eks.oidc_provider_arn
   oidc_issuer       = module.eks.oidc_issuer
   namespace         = "ferry"
-  service_account   = "ferry"
+  service_accounts  = ["ferry"]
   policy_json = jsonencode({
     Version = "2012-10-17"
     Statement = [
@@ -85,7 +85,8 @@ module "airflow_role" {
   oidc_provider_arn = module.eks.oidc_provider_arn
   oidc_issuer       = module.eks.oidc_issuer
   namespace         = "airflow"
-  service_account   = "airflow-worker"
+  # The components read task logs (api-server), task pods write them.
+  service_accounts = ["airflow", "airflow-worker"]
   policy_json = jsonencode({
     Version = "2012-10-17"
     Statement = [
@@ -112,7 +113,7 @@ module "mlflow_role" {
   oidc_provider_arn = module.eks.oidc_provider_arn
   oidc_issuer       = module.eks.oidc_issuer
   namespace         = "mlflow"
-  service_account   = "mlflow"
+  service_accounts  = ["mlflow"]
   policy_json = jsonencode({
     Version = "2012-10-17"
     Statement = [

@@ -179,6 +179,60 @@ class Access(unittest.TestCase):
         self.assertTrue(example["admin_role_arns"], "the example names its admins")
 
 
+def irsa_roles():
+    """(role name suffix, namespace, service accounts) of every IRSA module call."""
+    for path, block in blocks("module"):
+        for name, body in block.items():
+            if name.startswith("__") or not body["source"][0].endswith("irsa"):
+                continue
+            role = body["name"][0]
+            yield role.split("}-", 1)[-1], body["namespace"][0], body["service_accounts"][0]
+
+
+def annotated_service_accounts():
+    """(namespace, name, role name) of every ServiceAccount with an IRSA role
+    in the platform template and deploy/."""
+    import yaml
+
+    repo = os.path.dirname(ROOT)
+    files = glob.glob(os.path.join(repo, "platform-repo-template", "manifests", "**", "*.yaml"), recursive=True)
+    files += glob.glob(os.path.join(repo, "deploy", "base", "*.yaml"))
+    for path in files:
+        with open(path) as f:
+            for doc in yaml.safe_load_all(f):
+                if not doc or doc.get("kind") != "ServiceAccount":
+                    continue
+                meta = doc["metadata"]
+                arn = (meta.get("annotations") or {}).get("eks.amazonaws.com/role-arn")
+                if arn:
+                    # deploy/base's namespace comes from its kustomization.
+                    yield meta.get("namespace", "ferry"), meta["name"], arn.rsplit("/", 1)[-1]
+
+
+# Service accounts the EKS add-ons make, not the platform's manifests.
+ADDON_SERVICE_ACCOUNTS = {("kube-system", "ebs-csi-controller-sa"), ("kube-system", "efs-csi-controller-sa")}
+
+
+class Irsa(unittest.TestCase):
+    def test_every_annotated_service_account_may_assume_its_role(self):
+        roles = {suffix: (ns, sas) for suffix, ns, sas in irsa_roles()}
+        found = list(annotated_service_accounts())
+        self.assertGreaterEqual(len(found), 4, found)
+        for ns, name, role in found:
+            suffix = role.split("ml-platform-", 1)[-1]
+            self.assertIn(suffix, roles, f"{ns}/{name} names role {role}, which terraform/ does not make")
+            trust_ns, trusted = roles[suffix]
+            self.assertEqual(trust_ns, ns, f"{ns}/{name}: role {role} trusts namespace {trust_ns}")
+            self.assertIn(name, trusted, f"{ns}/{name} is annotated with {role}, whose trust names only {trusted}")
+
+    def test_every_trusted_service_account_exists(self):
+        annotated = {(ns, name) for ns, name, _ in annotated_service_accounts()}
+        for suffix, ns, sas in irsa_roles():
+            for sa in sas:
+                self.assertIn((ns, sa), annotated | ADDON_SERVICE_ACCOUNTS,
+                              f"role {suffix} trusts {ns}/{sa}, which nothing declares")
+
+
 class NodesAndNetwork(unittest.TestCase):
     def test_nodes_use_imdsv2_and_an_encrypted_root_volume(self):
         (_, _, template), = list(resources("aws_launch_template"))

@@ -8,7 +8,7 @@ module "role" {
   oidc_provider_arn = var.oidc_provider_arn
   oidc_issuer       = var.oidc_issuer
   namespace         = "kube-system"
-  service_account   = "ebs-csi-controller-sa"
+  service_accounts  = ["ebs-csi-controller-sa"]
   # AWS maintains the EC2 permissions the driver needs; what is added here
   # is the platform CMK, which gp3 volumes are encrypted with.
   managed_policy_arns = ["arn:${var.partition}:iam::aws:policy/service-role/AmazonEBSCSIDriverPolicy"]

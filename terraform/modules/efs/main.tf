@@ -64,7 +64,7 @@ module "csi_role" {
   oidc_provider_arn = var.oidc_provider_arn
   oidc_issuer       = var.oidc_issuer
   namespace         = "kube-system"
-  service_account   = "efs-csi-controller-sa"
+  service_accounts  = ["efs-csi-controller-sa"]
   policy_json = jsonencode({
     Version = "2012-10-17"
     Statement = [

@@ -1,5 +1,5 @@
-# An IAM role one Kubernetes service account assumes (IRSA), with an inline
-# policy given by the caller.
+# An IAM role the named Kubernetes service accounts of one namespace assume
+# (IRSA), with an inline policy given by the caller.
 data "aws_iam_policy_document" "assume" {
   statement {
     actions = ["sts:AssumeRoleWithWebIdentity"]
@@ -10,7 +10,7 @@ data "aws_iam_policy_document" "assume" {
     condition {
       test     = "StringEquals"
       variable = "${var.oidc_issuer}:sub"
-      values   = ["system:serviceaccount:${var.namespace}:${var.service_account}"]
+      values   = [for sa in var.service_accounts : "system:serviceaccount:${var.namespace}:${sa}"]
     }
     condition {
       test     = "StringEquals"

@@ -18,9 +18,9 @@ variable "namespace" {
   type        = string
 }
 
-variable "service_account" {
-  description = "Name of the service account allowed to assume the role."
-  type        = string
+variable "service_accounts" {
+  description = "Names of the service accounts (in namespace) allowed to assume the role: exactly those annotated with it."
+  type        = list(string)
 }
 
 variable "policy_json" {
