@@ -233,6 +233,39 @@ class Irsa(unittest.TestCase):
                               f"role {suffix} trusts {ns}/{sa}, which nothing declares")
 
 
+class BucketNames(unittest.TestCase):
+    def test_every_bucket_the_templates_name_is_one_terraform_makes(self):
+        import re
+
+        made = next(b["bucket"] for _, b in blocks("module") if "bucket" in b)
+        names = {f"ml-platform-{b}" for b in ast.literal_eval(made["for_each"][0][len("${toset("):-2])}
+        repo = os.path.dirname(ROOT)
+        named = {}
+        for path in glob.glob(os.path.join(repo, "platform-repo-template", "**", "*.yaml"), recursive=True):
+            with open(path) as f:
+                for bucket in re.findall(r"s3://([a-z0-9.-]+)", f.read()):
+                    named.setdefault(bucket, os.path.relpath(path, repo))
+        self.assertGreaterEqual(len(named), 3, named)
+        for bucket, path in named.items():
+            self.assertIn(bucket, names, f"{path} names s3://{bucket}, which terraform/ does not make")
+
+    def test_sagemaker_reads_the_bucket_models_are_promoted_to(self):
+        import re
+
+        repo = os.path.dirname(ROOT)
+        with open(os.path.join(repo, "platform-repo-template", "platform.yaml")) as f:
+            served = set(re.findall(r"model_data: s3://([a-z0-9.-]+)/", f.read()))
+        with open(os.path.join(repo, "platform-repo-template", "manifests", "airflow", "config.yaml")) as f:
+            promoted = set(re.findall(r"name: MODEL_ARTIFACT_BUCKET, value: ([a-z0-9.-]+)", f.read()))
+        self.assertEqual(served, promoted, "platform.yaml serves from the bucket the training DAG writes to")
+        with open(os.path.join(ROOT, "iam.tf")) as f:
+            iam = f.read()
+        read = iam[iam.index('Sid      = "ReadModels"'):]
+        read = read[: read.index("}")]
+        self.assertIn('module.bucket["models"].arn', read)
+        self.assertEqual(promoted, {"ml-platform-models"})
+
+
 class NodesAndNetwork(unittest.TestCase):
     def test_nodes_use_imdsv2_and_an_encrypted_root_volume(self):
         (_, _, template), = list(resources("aws_launch_template"))

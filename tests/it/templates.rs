@@ -97,12 +97,32 @@ fn the_training_dag_registers_a_model_and_opens_one_promotion_pr() {
     let mlflow = mlflow_server(tmp.path());
     let platform =
         std::fs::read_to_string(root().join("platform-repo-template/platform.yaml")).unwrap();
+    // The promotion settings as the worker pod template sets them.
+    let pod_template = airflow_template("config.yaml")
+        .into_iter()
+        .find(|d| d["metadata"]["name"] == "airflow-pod-template")
+        .unwrap();
+    let pod: serde_json::Value =
+        serde_yaml_ng::from_str(pod_template["data"]["pod_template.yaml"].as_str().unwrap())
+            .unwrap();
+    let env = |name: &str| -> String {
+        pod["spec"]["containers"][0]["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == name)
+            .unwrap_or_else(|| panic!("the worker pod template sets no {name}"))["value"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let (repo, bucket) = (env("PLATFORM_REPO"), env("MODEL_ARTIFACT_BUCKET"));
     let base_commit = "b".repeat(40);
     let fake = FakeGithub::start(FakeState {
         token: Some("ghp_dags".into()),
-        repos: ["acme/platform".to_string()].into(),
+        repos: [repo.clone()].into(),
         branches: [(
-            ("acme/platform".to_string(), "main".to_string()),
+            (repo.clone(), "main".to_string()),
             (
                 base_commit,
                 [("platform.yaml".to_string(), platform.clone())].into(),
@@ -125,8 +145,8 @@ fn the_training_dag_registers_a_model_and_opens_one_promotion_pr() {
                 .env("MLFLOW_TRACKING_URI", &mlflow.url)
                 .env("GITHUB_TOKEN", "ghp_dags")
                 .env("GITHUB_API_URL", fake.url())
-                .env("PLATFORM_REPO", "acme/platform")
-                .env("MODEL_ARTIFACT_BUCKET", "ml-platform-models"),
+                .env("PLATFORM_REPO", &repo)
+                .env("MODEL_ARTIFACT_BUCKET", &bucket),
         )
     };
     let (ok, text) = airflow(Command::new(venv("airflow-venv", "airflow")).args(["db", "migrate"]));
@@ -165,11 +185,10 @@ fn the_training_dag_registers_a_model_and_opens_one_promotion_pr() {
     let pr = &opened[0];
     assert_eq!(
         (pr.repo.as_str(), pr.base.as_str(), pr.head.as_str()),
-        ("acme/platform", "main", "promote/diagnosis-classifier-v1")
+        (repo.as_str(), "main", "promote/diagnosis-classifier-v1")
     );
-    let head = fake.with(|f| {
-        f.branches[&("acme/platform".to_string(), pr.head.clone())].1["platform.yaml"].clone()
-    });
+    let head =
+        fake.with(|f| f.branches[&(repo.clone(), pr.head.clone())].1["platform.yaml"].clone());
     let changed: Vec<(&str, &str)> = platform
         .lines()
         .zip(head.lines())
@@ -178,10 +197,12 @@ fn the_training_dag_registers_a_model_and_opens_one_promotion_pr() {
     assert_eq!(
         changed,
         [(
-            "          model_data: s3://ml-platform-mlflow-artifacts/models/diagnosis-classifier/3/model.tar.gz",
+            "          model_data: s3://ml-platform-models/models/diagnosis-classifier/3/model.tar.gz",
             "          model_data: s3://ml-platform-models/models/diagnosis-classifier/1/model.tar.gz"
-        )]
+        )],
+        "one bucket: the template's, the DAG's and terraform's"
     );
+    assert_eq!(bucket, "ml-platform-models");
     assert_eq!(platform.lines().count(), head.lines().count());
     ferry::desired::platform::parse("platform.yaml", &head)
         .expect("the promoted platform.yaml is valid");
