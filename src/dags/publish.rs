@@ -151,9 +151,10 @@ impl Publisher {
         fs::create_dir_all(&revisions).map_err(io_err(&revisions))?;
         dirmode::set_dir_mode_if_masked(&revisions).map_err(io_err(&revisions))?;
         let turns = Turns::join(&revisions)?;
-        let turn = turns.take()?;
+        // One turn for all the clearing up: each is a lock round trip on EFS.
+        let held = turns.clone();
+        let turn = held.take()?;
         let store = Store::open(&revisions.join(TREES), &turns)?;
-        drop(turn);
         let publisher = Publisher {
             dest: dest.to_path_buf(),
             link: link.to_string(),
@@ -164,6 +165,7 @@ impl Publisher {
             last_keys: Arc::default(),
         };
         publisher.remove_leftovers()?;
+        drop(turn);
         let link_path = publisher.link_path();
         if let Ok(meta) = fs::symlink_metadata(&link_path)
             && !meta.file_type().is_symlink()
@@ -194,8 +196,8 @@ impl Publisher {
     }
 
     /// Removes what interrupted publishers left: what no live one owns.
+    /// The caller has the turn.
     fn remove_leftovers(&self) -> Result<(), PublishError> {
-        let _turn = self.turns.take()?;
         let revisions = self.revisions_dir();
         for entry in fs::read_dir(&revisions).map_err(io_err(&revisions))? {
             let entry = entry.map_err(io_err(&revisions))?;

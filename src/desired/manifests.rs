@@ -112,6 +112,13 @@ impl HookPhase {
     }
 }
 
+/// As Helm names it, in `ferry plan --output json`.
+impl serde::Serialize for HookPhase {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.helm_names())
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct ManifestError {
     pub origin: Origin,

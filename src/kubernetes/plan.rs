@@ -96,11 +96,9 @@ pub struct PlannedHook {
     pub id: ObjectRef,
     pub origin: Origin,
     pub release: String,
-    /// `pre-install/pre-upgrade` or `post-install/post-upgrade`.
-    pub phase: &'static str,
+    /// Serialized as `pre-install/pre-upgrade` or `post-install/post-upgrade`.
+    pub phase: HookPhase,
     pub weight: i32,
-    #[serde(skip)]
-    pub(crate) when: HookPhase,
 }
 
 impl PlannedHook {
@@ -108,7 +106,10 @@ impl PlannedHook {
     pub fn title(&self) -> String {
         format!(
             "{}, {} hook of {}  ({})",
-            self.id, self.phase, self.release, self.origin
+            self.id,
+            self.phase.helm_names(),
+            self.release,
+            self.origin
         )
     }
 }
@@ -372,7 +373,7 @@ impl Plan {
         for hook in &self.hooks {
             sections.push(Section {
                 title: format!("▶ {}", hook.title()),
-                lines: vec![match hook.when {
+                lines: vec![match hook.phase {
                     HookPhase::Pre => format!(
                         "runs before the release's other objects (weight {}), awaited to completion; if it fails, nothing after it is applied",
                         hook.weight
@@ -483,9 +484,8 @@ fn planned_hooks(
                 id: m.id.clone(),
                 origin: m.origin.clone(),
                 release: m.release.clone()?,
-                phase: hook.phase.helm_names(),
+                phase: hook.phase,
                 weight: hook.weight,
-                when: hook.phase,
             })
         })
         .collect()

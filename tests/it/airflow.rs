@@ -243,22 +243,9 @@ print(json.dumps({
     serde_json::from_str(line).unwrap()
 }
 
-/// `ferry publish-dags` of `bare`'s head into `dest`, which must succeed.
+/// `ferry publish-dags` of `bare`'s main into `dest`, which must succeed.
 fn publish_dags(bare: &Path, dest: &Path, cache: &Path) {
-    let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
-        .args(["publish-dags", "--repo"])
-        .arg(bare)
-        .arg("--dest")
-        .arg(dest)
-        .arg("--cache-dir")
-        .arg(cache)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run(&mut publish_dags_command(bare, "main", "dags", dest, cache));
 }
 
 const BROKEN: &str = "from airflow.sdk import DAG  # a dag\nimport ";

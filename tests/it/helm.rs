@@ -812,7 +812,7 @@ async fn hook_jobs_run_in_their_phase_and_a_failed_one_applies_nothing_after_it(
     let hooks_of = |plan: &Plan| -> Vec<String> {
         plan.hooks
             .iter()
-            .map(|h| format!("{} {}", h.phase, h.id))
+            .map(|h| format!("{} {}", h.phase.helm_names(), h.id))
             .collect()
     };
     let manifests = gate(&mirror, r1, &config).unwrap();

@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -606,14 +606,8 @@ fn kill_9_at_random_points_always_leaves_a_complete_revision() {
         tips.push(oid);
     }
     let publish = |branch: &str| {
-        Command::new(env!("CARGO_BIN_EXE_ferry"))
-            // The whole repository: these trees have no dags/ folder.
-            .args(["publish-dags", "--subdir", "", "--repo"])
-            .arg(&bare)
-            .args(["--ref", branch, "--dest"])
-            .arg(&dest)
-            .arg("--cache-dir")
-            .arg(&cache)
+        // The whole repository: these trees have no dags/ folder.
+        publish_dags_command(&bare, branch, "", &dest, &cache)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -730,19 +724,6 @@ fn fastrand_f64(run: usize) -> f64 {
     (x as f64) / ((1u64 << 53) as f64)
 }
 
-/// `ferry publish-dags --subdir ""` of `branch` into `dest`, its own mirror
-/// in `cache`.
-fn publish_dags_cmd(bare: &Path, branch: &str, dest: &Path, cache: &Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferry"));
-    cmd.args(["publish-dags", "--subdir", "", "--repo"])
-        .arg(bare)
-        .args(["--ref", branch, "--dest"])
-        .arg(dest)
-        .arg("--cache-dir")
-        .arg(cache);
-    cmd
-}
-
 /// Every revision under `dest` holds exactly the files of its commit.
 fn assert_revisions_complete(dest: &Path, trees: &HashMap<String, Vec<(String, String)>>) {
     for entry in std::fs::read_dir(dest.join(".ferry")).unwrap() {
@@ -816,7 +797,7 @@ fn a_publisher_in_another_process_keeps_what_a_live_one_staged() {
     }
     // The validation hook runs while this publisher's revision is staged:
     // there, another process publishes `other` (and prunes and collects).
-    let hook = publish_dags_cmd(&bare, "other", &dest, &tmp.path().join("cache"));
+    let hook = publish_dags_command(&bare, "other", "", &dest, &tmp.path().join("cache"));
     let argv: Vec<String> = std::iter::once(hook.get_program())
         .chain(hook.get_args())
         .map(|a| a.to_string_lossy().into_owned())
@@ -884,7 +865,7 @@ fn publishers_in_many_processes_take_turns() {
                     let branch = branches[(w + round) % branches.len()];
                     // Retention's default: old revisions pruned and
                     // collected while others publish.
-                    run(&mut publish_dags_cmd(&bare, branch, &dest, &cache));
+                    run(&mut publish_dags_command(&bare, branch, "", &dest, &cache));
                 }
             })
         })

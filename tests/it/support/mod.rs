@@ -1307,6 +1307,32 @@ pub fn oci_registry_with(dir: &Path, login: Option<(&str, &str)>) -> Server {
     }
 }
 
+/// `ferry publish-dags` of `reference`'s `subdir` (`""`: the whole repo)
+/// from `bare` into `dest`, its mirror in `cache`.
+pub fn publish_dags_command(
+    bare: &Path,
+    reference: &str,
+    subdir: &str,
+    dest: &Path,
+    cache: &Path,
+) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferry"));
+    cmd.args([
+        "publish-dags",
+        "--subdir",
+        subdir,
+        "--ref",
+        reference,
+        "--repo",
+    ])
+    .arg(bare)
+    .arg("--dest")
+    .arg(dest)
+    .arg("--cache-dir")
+    .arg(cache);
+    cmd
+}
+
 /// The documents of a file of the platform template's Airflow manifests
 /// (`platform-repo-template/manifests/airflow/<file>`).
 pub fn airflow_template(file: &str) -> Vec<serde_json::Value> {
