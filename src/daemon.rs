@@ -59,18 +59,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // Leadership before anything touches the DAGs volume, the cluster or
     // GitHub: even opening the DAGs target cleans up staging directories.
     let site = Arc::new(crate::pages::Site::from_config(&config));
+    let listener = server::Listener::bind(config.server.listen, "server.listen").await?;
     let holding = match &config.leader_election {
         Some(leader) => {
-            match stand_by(
-                leader,
-                config.server.listen,
-                &status,
-                &metrics,
-                &site,
-                &shutdown,
-            )
-            .await?
-            {
+            match stand_by(leader, &listener, &status, &metrics, &site, &shutdown).await? {
                 Some(holding) => Some(holding),
                 None => return Ok(()),
             }
@@ -135,9 +127,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     let webhook = webhook_receiver(&config, &agent)?;
     let sources = config.sources.len();
-    serve_and_run(agent, reporter, &config, webhook, shutdown, |addr| {
-        tracing::info!(%addr, sources, "ferry running");
-    })
+    serve_and_run(
+        agent,
+        reporter,
+        &config,
+        webhook,
+        listener,
+        shutdown,
+        |addr| {
+            tracing::info!(%addr, sources, "ferry running");
+        },
+    )
     .await?;
     if let Some(holding) = holding {
         let _ = holding.release.send(());
@@ -158,7 +158,7 @@ struct Holding {
 /// lost Lease ends the process (exit 1) so nothing syncs without it.
 async fn stand_by(
     config: &crate::config::LeaderElectionConfig,
-    listen: SocketAddr,
+    listener: &server::Listener,
     status: &StatusStore,
     metrics: &Arc<Metrics>,
     site: &Arc<crate::pages::Site>,
@@ -174,7 +174,7 @@ async fn stand_by(
         webhook: None,
         site: site.clone(),
     };
-    let (addr, server) = server::serve(listen, state, server_stop).await?;
+    let (addr, server) = server::serve(listener, state, server_stop)?;
     tracing::info!(%addr, identity = elector.identity(), lease = %lease, "standing by for the leader Lease");
     let acquired = elector
         .acquire(&mut shutdown.clone(), |holder| {
@@ -201,13 +201,15 @@ async fn stand_by(
     Ok(Some(Holding { release, task }))
 }
 
-/// Serves HTTP and runs the agent until SIGTERM or Ctrl-C; `listening` is
-/// told the bound address first.
+/// Serves HTTP on `listener` (bound by the caller, see
+/// [`server::Listener`]) and runs the agent until SIGTERM or Ctrl-C;
+/// `listening` is told the bound address first.
 pub async fn serve_and_run(
     agent: Agent,
     reporter: Option<crate::report::Reporter>,
     config: &Config,
     webhook: Option<Arc<crate::webhook::Receiver>>,
+    listener: server::Listener,
     shutdown: watch::Receiver<bool>,
     listening: impl FnOnce(SocketAddr),
 ) -> anyhow::Result<()> {
@@ -218,7 +220,7 @@ pub async fn serve_and_run(
         webhook,
         site: Arc::new(crate::pages::Site::from_config(config)),
     };
-    let (addr, server) = server::serve(config.server.listen, state, shutdown.clone()).await?;
+    let (addr, server) = server::serve(&listener, state, shutdown.clone())?;
     let admin_server = match &config.server.admin {
         Some(admin) => {
             let state = crate::admin::AdminState {

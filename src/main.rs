@@ -582,11 +582,13 @@ async fn quickstart_cmd(
     }
     let repo = layout.dags_repo.display().to_string();
     let work = layout.dir.join("dags-work").display().to_string();
+    let listener = server::Listener::bind(config.server.listen, "server.listen").await?;
     ferry::daemon::serve_and_run(
         agent,
         None,
         &config,
         None,
+        listener,
         ferry::daemon::shutdown_signal(),
         |addr| {
             println!(

@@ -160,32 +160,74 @@ async fn status_revision(
         .into_response()
 }
 
-/// Binds `addr` and serves until `shutdown` turns true. Binding happens
-/// before this returns, so a taken port is an immediate, clear error.
-pub async fn serve(
-    addr: SocketAddr,
+/// A bound listening socket that outlives the servers on it. Standing by
+/// for the Lease and then syncing serve one socket in turn, so a kubelet
+/// probe that arrives in between waits in the backlog instead of being
+/// refused (a closed port fails liveness; the stand-up test once caught it).
+pub struct Listener {
+    socket: std::net::TcpListener,
+    key: &'static str,
+}
+
+impl Listener {
+    /// Binds `addr` (the config key `key` names it in the error), so a
+    /// taken port is an immediate, clear error.
+    pub async fn bind(addr: SocketAddr, key: &'static str) -> anyhow::Result<Self> {
+        use anyhow::Context;
+        // tokio's bind sets SO_REUSEADDR, as a restart on the same port needs.
+        let socket = tokio::net::TcpListener::bind(addr)
+            .await
+            .and_then(|l| l.into_std())
+            .with_context(|| format!("cannot listen on {addr} ({key})"))?;
+        Ok(Self { socket, key })
+    }
+
+    pub fn local_addr(&self) -> anyhow::Result<SocketAddr> {
+        use anyhow::Context;
+        self.socket
+            .local_addr()
+            .context("listener has no local address")
+    }
+}
+
+/// Serves ferry's routes on `listener` until `shutdown` turns true; the
+/// socket stays open for the next server after this one stops.
+pub fn serve(
+    listener: &Listener,
     state: AppState,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
-    serve_app(addr, router(state), shutdown, "server.listen").await
+    serve_on(listener, router(state), shutdown)
 }
 
-/// Serves `app` on `addr` (the config key `key` names) until `shutdown`.
+/// Binds `addr` (the config key `key` names) and serves `app` until
+/// `shutdown`.
 pub async fn serve_app(
     addr: SocketAddr,
     app: Router,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
     key: &'static str,
 ) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    serve_on(&Listener::bind(addr, key).await?, app, shutdown)
+}
+
+fn serve_on(
+    listener: &Listener,
+    app: Router,
+    mut shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     use anyhow::Context;
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen on {addr} ({key})"))?;
-    let local = listener
-        .local_addr()
-        .context("listener has no local address")?;
+    let key = listener.key;
+    let local = listener.local_addr()?;
+    // A second descriptor of the one socket: the server closes its own when
+    // it stops, and the socket lives on in `listener`.
+    let socket = listener
+        .socket
+        .try_clone()
+        .and_then(tokio::net::TcpListener::from_std)
+        .with_context(|| format!("cannot serve on {local} ({key})"))?;
     let handle = tokio::spawn(async move {
-        let result = axum::serve(listener, app)
+        let result = axum::serve(socket, app)
             .with_graceful_shutdown(async move {
                 let _ = shutdown.wait_for(|stop| *stop).await;
             })

@@ -424,6 +424,24 @@ async fn one_leader_publishes_and_a_standby_takes_over() {
         Some("ferry-a")
     );
 
+    // From standing by to syncing, b keeps one socket open: a kubelet
+    // probe in between waits for an answer and is never refused.
+    let probing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let prober = std::thread::spawn({
+        let probing = probing.clone();
+        move || {
+            let (mut probes, mut refused) = (0u32, 0u32);
+            while probing.load(std::sync::atomic::Ordering::Relaxed) {
+                probes += 1;
+                if std::net::TcpStream::connect(addr(pb)).is_err() {
+                    refused += 1;
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            (probes, refused)
+        }
+    });
+
     // A clean stop releases the Lease: right after a exits nobody holds it
     // (or b already does), where an unreleased one would still name a.
     stop_ferry(a);
@@ -436,6 +454,12 @@ async fn one_leader_publishes_and_a_standby_takes_over() {
     eventually(Duration::from_secs(10), "b ready", || {
         (http_get(addr(pb), "/readyz").0 == 200).then_some(())
     });
+    probing.store(false, std::sync::atomic::Ordering::Relaxed);
+    let (probes, refused) = prober.join().unwrap();
+    assert_eq!(
+        refused, 0,
+        "{refused} of {probes} connections refused while b took over"
+    );
 
     // kill -9 of the holder: the standby takes over once the Lease expires.
     let second = repo.commit(&[("dags/b.py", Some("b = 2\n"))], "second");

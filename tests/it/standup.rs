@@ -267,9 +267,31 @@ fn tail(log: &Path) -> String {
 
 /// Waits until ferry reports `head` applied and healthy, and returns its
 /// status; fails with what was not healthy if ferry reports a failure.
-async fn wait_applied(addr: std::net::SocketAddr, head: &str, log: &Path) -> Value {
+async fn wait_applied(
+    ferry: &mut Owned,
+    addr: std::net::SocketAddr,
+    head: &str,
+    log: &Path,
+) -> Value {
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
+        if let Ok(Some(exit)) = ferry.try_wait() {
+            panic!(
+                "ferry exited ({exit}) before applying {head}; log tail:\n{}",
+                tail(log)
+            );
+        }
+        // A process that is exiting refuses connections a moment before
+        // try_wait sees it go: ask again rather than lose its log.
+        if std::net::TcpStream::connect(addr).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "ferry stopped listening on {addr}; log tail:\n{}",
+                tail(log)
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        }
         let (_, body) = http_get(addr, "/api/v1/status/platform");
         let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
         if v["kubernetes"]["applied_revision"] == head {
@@ -702,14 +724,14 @@ async fn the_platform_template_and_ferry_stand_up_on_the_nodes_the_platform_decl
     let port = free_port();
     let config = ferry_config(tmp.path(), &repo.bare, port, &ferry_kc);
     let log = tmp.path().join("ferry.log");
-    let ferry = spawn_ferry(
+    let mut ferry = spawn_ferry(
         &config,
         &log,
         port,
         &[("POD_NAME", Path::new("ferry-standup"))],
     );
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let status = wait_applied(addr, &head, &log).await;
+    let status = wait_applied(&mut ferry, addr, &head, &log).await;
     let applied = status["kubernetes"]["last_apply"]["objects"]
         .as_array()
         .unwrap()
@@ -828,7 +850,7 @@ async fn the_platform_template_and_ferry_stand_up_on_the_nodes_the_platform_decl
     // Day two: a commit that rolls every workload at once (an image bump
     // would) must roll out too: surged pods need room on the nodes.
     let head2 = commit(&repo, &rolled(&files), "roll every workload");
-    wait_applied(addr, &head2, &log).await;
+    wait_applied(&mut ferry, addr, &head2, &log).await;
 
     // ferry holds its Lease, taken with the service-account token.
     let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
