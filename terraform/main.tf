@@ -92,7 +92,7 @@ module "rds" {
   source                 = "./modules/rds"
   name                   = "${var.name}-metadata"
   vpc_id                 = module.network.vpc_id
-  subnet_ids             = module.network.private_subnet_ids
+  subnet_ids             = var.database_subnets ? module.network.database_subnet_ids : module.network.private_subnet_ids
   node_security_group_id = module.eks.cluster_security_group_id
   instance_class         = var.db_instance_class
   kms_key_arn            = aws_kms_key.platform.arn

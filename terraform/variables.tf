@@ -63,6 +63,12 @@ variable "single_nat_gateway" {
   default     = false
 }
 
+variable "database_subnets" {
+  description = "Put RDS in the database subnets, which have no route out of the VPC. An instance created before they existed cannot move subnets in place: set false to keep it in the private subnets (or snapshot and restore it into the new ones)."
+  type        = bool
+  default     = true
+}
+
 variable "vpc_interface_endpoints" {
   description = "AWS services the private subnets reach by interface VPC endpoint rather than through NAT: image pulls (ecr.api, ecr.dkr; layers come from S3, which has a free gateway endpoint), IRSA (sts), logs, model invocations (sagemaker.runtime), the EFS CSI driver (elasticfilesystem). Each costs an hourly fee per zone; trim for a small setup."
   type        = list(string)
@@ -100,7 +106,7 @@ variable "kubernetes_version" {
 }
 
 variable "nodegroups" {
-  description = "Managed nodegroups. ferry manages desired_size afterwards (platform.yaml); Terraform sets it only at creation."
+  description = "Managed nodegroups. desired_size is the size at creation only: afterwards the Cluster Autoscaler (addons.tf) sizes each group within the bounds ferry keeps from platform.yaml."
   type = map(object({
     instance_types = list(string)
     min_size       = number
@@ -148,6 +154,16 @@ variable "gpu_nodegroup" {
   description = "Add a tainted GPU nodegroup (g5.xlarge, 0..4) for training."
   type        = bool
   default     = false
+}
+
+variable "cluster_autoscaler_version" {
+  description = "Cluster Autoscaler image tag (registry.k8s.io/autoscaling/cluster-autoscaler); its minor version must be the cluster's, as the autoscaler's releases are cut per Kubernetes minor."
+  type        = string
+  default     = "v1.33.0"
+  validation {
+    condition     = can(regex("^v${replace(var.kubernetes_version, ".", "\\.")}\\.[0-9]+$", var.cluster_autoscaler_version))
+    error_message = "cluster_autoscaler_version must be v<kubernetes_version>.<patch>, e.g. v1.33.0 for 1.33."
+  }
 }
 
 variable "db_instance_class" {

@@ -327,8 +327,12 @@ impl Applier<'_> {
             )
         };
         let Some(resource) = catalog.api_resource(&m.api_version, &m.id.kind) else {
+            let why = catalog
+                .unavailable(&m.id.group)
+                .map(|why| format!(" now: {why}"))
+                .unwrap_or_default();
             return fail(format!(
-                "the cluster does not serve {} {}",
+                "the cluster does not serve {} {}{why}",
                 m.api_version, m.id.kind
             ));
         };
@@ -524,6 +528,13 @@ impl Applier<'_> {
             health: None,
         };
         let Some(resource) = catalog.api_resource(&entry.api_version, &entry.id.kind) else {
+            if let Some(why) = catalog.unavailable(&entry.id.group) {
+                // Unknown is not gone: keep the entry and try again.
+                return outcome(
+                    Status::Failed,
+                    Some(format!("the API server cannot serve it now: {why}")),
+                );
+            }
             // The kind is gone (its CRD was removed): so are its objects.
             return outcome(Status::Pruned, None);
         };

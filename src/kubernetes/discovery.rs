@@ -1,10 +1,18 @@
 //! What the cluster serves: for each (group, kind), its plural and scope.
 //! Feeds the desired-state resolver (scope) and every dynamic API call.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
-use kube::Client;
-use kube::discovery::{ApiResource, Discovery, Scope as KubeScope};
+use std::time::Duration;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::APIResourceList;
+use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::APIService;
+use kube::api::ListParams;
+use kube::core::Status;
+use kube::discovery::ApiResource;
+use kube::{Api, Client};
+
+use super::client::describe;
 
 use crate::desired::manifests::Manifest;
 use crate::desired::resolve::{self, Scope};
@@ -17,46 +25,161 @@ struct Served {
     status: bool,
 }
 
+/// How long one group's discovery may take. kube's client retries a 503
+/// for minutes inside one request; a group's list answers in milliseconds
+/// when its server is up.
+const GROUP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The group versions (`v1beta1` of `metrics.k8s.io`: `metrics.k8s.io/v1beta1`)
+/// whose APIService is not Available, with the API server's reason. Empty
+/// when APIServices cannot be read (no RBAC to list them): discovery then
+/// relies on [`GROUP_TIMEOUT`] alone.
+async fn unavailable_apiservices(client: &Client) -> BTreeMap<String, String> {
+    let api: Api<APIService> = Api::all(client.clone());
+    let Ok(list) = api.list(&ListParams::default()).await else {
+        return BTreeMap::new();
+    };
+    list.items
+        .into_iter()
+        .filter_map(|service| {
+            let spec = service.spec?;
+            let group_version = format!("{}/{}", spec.group?, spec.version?);
+            let available = service
+                .status
+                .and_then(|s| s.conditions)
+                .unwrap_or_default()
+                .into_iter()
+                .find(|c| c.type_ == "Available")?;
+            (available.status != "True").then(|| {
+                (
+                    group_version,
+                    format!(
+                        "APIService {} is not available: {}",
+                        service.metadata.name.unwrap_or_default(),
+                        available
+                            .message
+                            .unwrap_or_else(|| available.reason.unwrap_or_default())
+                    ),
+                )
+            })
+        })
+        .collect()
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct Catalog {
     served: HashMap<(String, String), Served>,
     /// Kinds that CRDs in the revision define but the cluster does not serve yet.
     pending: HashMap<(String, String), Served>,
+    /// Groups the API server lists but cannot describe now, with why: an
+    /// aggregated API (metrics.k8s.io) whose pods are down answers 503.
+    unavailable: BTreeMap<String, String>,
 }
 
 impl Catalog {
-    /// Asks the API server what it serves.
+    /// Asks the API server what it serves. A group whose server does not
+    /// answer is recorded as unavailable rather than failing discovery:
+    /// one broken APIService (metrics-server restarting, say) must not stop
+    /// every apply, as it does not stop kubectl. Only a revision that uses
+    /// such a group waits for it ([`Catalog::require`]).
     pub async fn discover(client: &Client) -> Result<Catalog, kube::Error> {
-        let discovery = Discovery::new(client.clone()).run().await?;
-        let mut served = HashMap::new();
-        for group in discovery.groups() {
-            for (resource, caps) in group.recommended_resources() {
-                // Subresources (pods/status) are not objects one declares.
-                if resource.plural.contains('/') {
-                    continue;
+        let mut catalog = Catalog::default();
+        let down = unavailable_apiservices(client).await;
+        for version in client.list_core_api_versions().await?.versions {
+            let list = client.list_core_api_resources(&version).await?;
+            catalog.add("", &list);
+        }
+        for group in client.list_api_groups().await?.groups {
+            // The preferred version first: its kinds and plurals win.
+            let mut versions: Vec<String> = group
+                .preferred_version
+                .iter()
+                .map(|v| v.group_version.clone())
+                .collect();
+            for v in &group.versions {
+                if !versions.contains(&v.group_version) {
+                    versions.push(v.group_version.clone());
                 }
-                let scope = match caps.scope {
-                    KubeScope::Cluster => Scope::Cluster,
-                    KubeScope::Namespaced => Scope::Namespaced,
+            }
+            for group_version in versions {
+                // Asking a group whose APIService is down would only be
+                // answered 503, after the client's own retries (minutes).
+                let answer = match down.get(&group_version) {
+                    Some(why) => Err(why.clone()),
+                    None => tokio::time::timeout(
+                        GROUP_TIMEOUT,
+                        client.list_api_group_resources(&group_version),
+                    )
+                    .await
+                    .map_err(|_| format!("no answer in {}s", GROUP_TIMEOUT.as_secs()))
+                    .and_then(|r| r.map_err(|e| describe(&e))),
                 };
-                let status = caps
-                    .subresources
-                    .iter()
-                    .any(|(sub, _)| sub.plural == "status");
-                served.insert(
-                    (resource.group.clone(), resource.kind.clone()),
-                    Served {
-                        plural: resource.plural.clone(),
-                        scope,
-                        status,
-                    },
-                );
+                match answer {
+                    Ok(list) => catalog.add(&group.name, &list),
+                    Err(why) => {
+                        catalog
+                            .unavailable
+                            .entry(group.name.clone())
+                            .or_insert_with(|| format!("{group_version}: {why}"));
+                    }
+                }
             }
         }
-        Ok(Catalog {
-            served,
-            pending: HashMap::new(),
-        })
+        if !catalog.unavailable.is_empty() {
+            tracing::debug!(groups = ?catalog.unavailable, "API groups the server cannot describe now");
+        }
+        Ok(catalog)
+    }
+
+    fn add(&mut self, group: &str, list: &APIResourceList) {
+        for resource in &list.resources {
+            // Subresources (pods/status) are not objects one declares.
+            if resource.name.contains('/') {
+                continue;
+            }
+            let status_name = format!("{}/status", resource.name);
+            self.served
+                .entry((group.to_string(), resource.kind.clone()))
+                .or_insert_with(|| Served {
+                    plural: resource.name.clone(),
+                    scope: if resource.namespaced {
+                        Scope::Namespaced
+                    } else {
+                        Scope::Cluster
+                    },
+                    status: list.resources.iter().any(|r| r.name == status_name),
+                });
+        }
+    }
+
+    /// Why `group` cannot be used now, when the server lists it but does
+    /// not describe it.
+    pub fn unavailable(&self, group: &str) -> Option<&str> {
+        self.unavailable.get(group).map(String::as_str)
+    }
+
+    /// Fails, as a transient cluster error (503, retried with backoff and
+    /// never held against the commit), when one of `groups` is
+    /// unavailable: its kinds, scopes and live objects are unknown, and an
+    /// entry of it could otherwise pass for pruned.
+    pub fn require<'a>(
+        &self,
+        groups: impl IntoIterator<Item = &'a str>,
+    ) -> Result<(), kube::Error> {
+        for group in groups {
+            if let Some(why) = self.unavailable(group) {
+                let message = format!(
+                    "the API server cannot serve the group `{group}` now ({why}), and this revision declares or prunes objects of it: \
+                     ferry retries; `kubectl get apiservices` shows which server is down"
+                );
+                return Err(kube::Error::Api(
+                    Status::failure(&message, "ServiceUnavailable")
+                        .with_code(503)
+                        .boxed(),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Adds the kinds that CRDs in `manifests` define and the cluster does

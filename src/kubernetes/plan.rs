@@ -177,6 +177,9 @@ pub async fn plan(
         basis: None,
     };
     let catalog = Catalog::discover(client).await?.with_crds_from(manifests);
+    // Before resolving: a kind of a group the server cannot describe now
+    // would otherwise read as unknown and refuse the commit itself.
+    catalog.require(manifests.iter().map(|m| m.id.group.as_str()))?;
     let policy = Policy {
         default_namespace: config.default_namespace.clone(),
         allowed_namespaces: config.allowed_namespaces.clone(),
@@ -211,6 +214,9 @@ pub async fn plan(
             inventory::load(client, ns, target, &config.owner).await?
         }
     };
+    if config.prune {
+        catalog.require(previous.iter().map(|e| e.id.group.as_str()))?;
+    }
     let untouched = match last {
         Some(l) => l.untouched(client, &catalog, &resolved).await,
         None => HashSet::new(),

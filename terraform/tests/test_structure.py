@@ -127,10 +127,14 @@ class Nodegroups(unittest.TestCase):
             g = declared[name]
             self.assertEqual(ng["instance_types"], g["instance_types"], name)
             self.assertEqual(
-                (ng["min_size"], ng["max_size"], ng["desired_size"]),
-                (g["scaling"]["min"], g["scaling"]["max"], g["scaling"]["desired"]),
+                (ng["min_size"], ng["max_size"]),
+                (g["scaling"]["min"], g["scaling"]["max"]),
                 name,
             )
+            # The autoscaler sizes each group: a `desired` in platform.yaml
+            # would have ferry undo it at every sync.
+            self.assertNotIn("desired", g["scaling"], name)
+            self.assertEqual(ng["desired_size"], ng["min_size"], f"{name} starts at its minimum")
             self.assertEqual(ng["labels"], g.get("labels", {}), name)
             taints = [{k: t.get(k, "") for k in ("key", "value", "effect")} for t in g.get("taints", [])]
             self.assertEqual(ng["taints"], taints, name)
@@ -209,6 +213,47 @@ def annotated_service_accounts():
                     yield meta.get("namespace", "ferry"), meta["name"], arn.rsplit("/", 1)[-1]
 
 
+def addon_documents():
+    """The documents of templates/cluster-addons.yaml.tftpl, as addons.tf
+    splits them, with each `${var}` left in place."""
+    import yaml
+
+    with open(os.path.join(ROOT, "templates", "cluster-addons.yaml.tftpl")) as f:
+        return [yaml.safe_load(text) for text in f.read().split("\n---\n")]
+
+
+def addon_template_arguments():
+    """templatefile's arguments in addons.tf: variable -> expression."""
+    import re
+
+    with open(os.path.join(ROOT, "addons.tf")) as f:
+        text = f.read()
+    call = text[text.index("templatefile("):]
+    call = call[: call.index("})") + 2]
+    return dict(re.findall(r"(\w+)\s*=\s*([^\s,}]+)", call.split("{", 1)[1]))
+
+
+def addon_service_accounts():
+    """(namespace, name, role name) of the add-on ServiceAccounts with an
+    IRSA role: the annotation's variable resolved through addons.tf to the
+    module that makes the role."""
+    import re
+
+    args = addon_template_arguments()
+    modules = {name: body for _, block in blocks("module") for name, body in block.items()}
+    for doc in addon_documents():
+        if doc.get("kind") != "ServiceAccount":
+            continue
+        meta = doc["metadata"]
+        arn = (meta.get("annotations") or {}).get("eks.amazonaws.com/role-arn")
+        if not arn:
+            continue
+        (var,) = re.fullmatch(r"\$\{(\w+)\}", arn).groups()
+        (module,) = re.fullmatch(r"module\.(\w+)\.arn", args[var]).groups()
+        role = modules[module]["name"][0].replace("${var.name}", "ml-platform")
+        yield meta["namespace"], meta["name"], role
+
+
 # Service accounts the EKS add-ons make, not the platform's manifests.
 ADDON_SERVICE_ACCOUNTS = {("kube-system", "ebs-csi-controller-sa"), ("kube-system", "efs-csi-controller-sa")}
 
@@ -216,7 +261,7 @@ ADDON_SERVICE_ACCOUNTS = {("kube-system", "ebs-csi-controller-sa"), ("kube-syste
 class Irsa(unittest.TestCase):
     def test_every_annotated_service_account_may_assume_its_role(self):
         roles = {suffix: (ns, sas) for suffix, ns, sas in irsa_roles()}
-        found = list(annotated_service_accounts())
+        found = list(annotated_service_accounts()) + list(addon_service_accounts())
         self.assertGreaterEqual(len(found), 4, found)
         for ns, name, role in found:
             suffix = role.split("ml-platform-", 1)[-1]
@@ -227,10 +272,55 @@ class Irsa(unittest.TestCase):
 
     def test_every_trusted_service_account_exists(self):
         annotated = {(ns, name) for ns, name, _ in annotated_service_accounts()}
+        annotated |= {(ns, name) for ns, name, _ in addon_service_accounts()}
         for suffix, ns, sas in irsa_roles():
             for sa in sas:
                 self.assertIn((ns, sa), annotated | ADDON_SERVICE_ACCOUNTS,
                               f"role {suffix} trusts {ns}/{sa}, which nothing declares")
+
+
+class ClusterAddons(unittest.TestCase):
+    def test_the_autoscaler_scales_this_clusters_groups_only(self):
+        args = addon_template_arguments()
+        self.assertEqual(args["cluster_name"], "module.eks.name")
+        (deployment,) = [d for d in addon_documents() if d["kind"] == "Deployment" and d["metadata"]["name"] == "cluster-autoscaler"]
+        command = deployment["spec"]["template"]["spec"]["containers"][0]["command"]
+        self.assertIn(
+            "--node-group-auto-discovery=asg:tag=k8s.io/cluster-autoscaler/enabled,k8s.io/cluster-autoscaler/${cluster_name}",
+            command,
+        )
+        module = [b["cluster_autoscaler_role"] for _, b in blocks("module") if "cluster_autoscaler_role" in b][0]
+        policy = ast.literal_eval(module["policy_json"][0][len("${jsonencode("):-2])
+        writes = [st for st in policy["Statement"] if any(not a.split(":")[1].startswith(("Describe", "Get")) for a in st["Action"])]
+        self.assertEqual(len(writes), 1, writes)
+        self.assertEqual(
+            writes[0]["Condition"]["StringEquals"],
+            {"aws:ResourceTag/k8s.io/cluster-autoscaler/${var.name}": "owned"},
+            "the autoscaler may resize only the groups EKS tagged as this cluster's",
+        )
+
+    def test_the_autoscaler_release_matches_the_cluster_minor(self):
+        version = variable("cluster_autoscaler_version")["default"]
+        version = version[0] if isinstance(version, list) else version
+        cluster = variable("kubernetes_version")["default"]
+        cluster = cluster[0] if isinstance(cluster, list) else cluster
+        self.assertTrue(version.startswith(f"v{cluster}."), (version, cluster))
+
+    def test_the_device_plugin_runs_on_the_gpu_group_and_tolerates_its_taint(self):
+        (ds,) = [d for d in addon_documents() if d["kind"] == "DaemonSet"]
+        spec = ds["spec"]["template"]["spec"]
+        with open(os.path.join(ROOT, "main.tf")) as f:
+            gpu = hcl2.load(f)["locals"][0]["gpu"]
+        gpu = str(gpu).replace("'", "\"")
+        self.assertIn('"labels": {"role": "gpu-training"}', gpu)
+        self.assertIn('"key": "nvidia.com/gpu", "value": "true", "effect": "NO_SCHEDULE"', gpu)
+        self.assertEqual(spec["nodeSelector"], {"role": "gpu-training"})
+        self.assertIn({"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}, spec["tolerations"])
+
+    def test_every_addon_pod_of_the_control_plane_side_runs_on_system_nodes(self):
+        for doc in addon_documents():
+            if doc["kind"] == "Deployment":
+                self.assertEqual(doc["spec"]["template"]["spec"]["nodeSelector"], {"role": "system"}, doc["metadata"]["name"])
 
 
 class BucketNames(unittest.TestCase):
@@ -297,6 +387,33 @@ class NodesAndNetwork(unittest.TestCase):
         (_, _, nat), = list(resources("aws_nat_gateway"))
         self.assertEqual(nat["count"], ["${local.nat_count}"])
         self.assertEqual(variable("single_nat_gateway")["default"], [False], "one per zone unless asked")
+
+    def test_the_database_has_subnets_of_its_own_with_no_route_out(self):
+        import ipaddress
+
+        tables = {name: body for _, name, body in resources("aws_route_table")}
+        self.assertNotIn("route", tables["database"], "database subnets reach nothing outside the VPC")
+        subnets = {name: body for _, name, body in resources("aws_subnet")}
+        self.assertEqual(set(subnets), {"public", "private", "database"})
+        # Every zone's subnets, as cidrsubnet would carve a /16 for 3 zones.
+        import re
+
+        def cidrs(body):
+            newbits, index = re.fullmatch(r"\$\{cidrsubnet\(var\.cidr, ?(\d+), ?(.+)\)\}", body["cidr_block"][0]).groups()
+            offset = sum(int(x) for x in re.findall(r"\d+", index))
+            net = ipaddress.ip_network("10.0.0.0/16")
+            return [list(net.subnets(new_prefix=16 + int(newbits)))[offset + i] for i in range(3)]
+
+        carved = [c for body in subnets.values() for c in cidrs(body)]
+        for i, a in enumerate(carved):
+            for b in carved[i + 1:]:
+                self.assertFalse(a.overlaps(b), (a, b))
+        (rds,) = [b["rds"] for _, b in blocks("module") if "rds" in b]
+        self.assertEqual(
+            rds["subnet_ids"],
+            ["${var.database_subnets ? module.network.database_subnet_ids : module.network.private_subnet_ids}"],
+        )
+        self.assertEqual(variable("database_subnets")["default"], [True])
 
 
 class Documentation(unittest.TestCase):

@@ -1320,3 +1320,160 @@ async fn a_lease_lost_mid_apply_is_completed_by_the_next_leader() {
     eprintln!("lease taken after {at_exit} of 1000 objects; the standby completed the revision");
     stop_ferry(b);
 }
+
+/// An aggregated API whose server is down (metrics.k8s.io while
+/// metrics-server restarts: the API server lists the group and answers 503
+/// for it) holds back only what uses it. Before, discovery failed as a
+/// whole and ferry applied nothing at all until the APIService recovered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unavailable_aggregated_api_holds_back_only_what_uses_it() {
+    use ferry::kubernetes::inventory::{self, Entry};
+    use ferry::kubernetes::plan::{self, Depth};
+    use k8s_openapi::api::core::v1::{ConfigMap, Service};
+    use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::APIService;
+    use kube::api::{Api, Patch, PatchParams};
+
+    let cp = PrivateControlPlane::start(false);
+    let client = ferry::kubernetes::client::connect(Some(&cp.admin()))
+        .await
+        .unwrap();
+    let setup = PatchParams::apply("test-setup");
+    // metrics-server's APIService, with a Service no pod backs.
+    let service: Service = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "metrics-server", "namespace": "kube-system"},
+        "spec": {"selector": {"k8s-app": "metrics-server"}, "ports": [{"port": 443, "targetPort": 10250}]},
+    }))
+    .unwrap();
+    Api::<Service>::namespaced(client.clone(), "kube-system")
+        .patch("metrics-server", &setup, &Patch::Apply(&service))
+        .await
+        .unwrap();
+    let apiservice: APIService = serde_json::from_value(serde_json::json!({
+        "apiVersion": "apiregistration.k8s.io/v1", "kind": "APIService",
+        "metadata": {"name": "v1beta1.metrics.k8s.io"},
+        "spec": {
+            "group": "metrics.k8s.io", "version": "v1beta1",
+            "service": {"name": "metrics-server", "namespace": "kube-system", "port": 443},
+            "insecureSkipTLSVerify": true, "groupPriorityMinimum": 100, "versionPriority": 100,
+        },
+    }))
+    .unwrap();
+    Api::<APIService>::all(client.clone())
+        .patch("v1beta1.metrics.k8s.io", &setup, &Patch::Apply(&apiservice))
+        .await
+        .unwrap();
+    // The API server marks it unavailable (no endpoints) and answers 503
+    // for the group from then on.
+    let apiservices: Api<APIService> = Api::all(client.clone());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let service = apiservices.get("v1beta1.metrics.k8s.io").await.unwrap();
+        let down = service
+            .status
+            .and_then(|s| s.conditions)
+            .unwrap_or_default()
+            .iter()
+            .any(|c| c.type_ == "Available" && c.status == "False");
+        if down {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the APIService never became unavailable"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // A revision that uses nothing of it applies.
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = Repo::new(tmp.path(), "platform");
+    let ns = "aggregated";
+    let config = kube_target(ns, false);
+    let first = repo.commit(
+        &[
+            (
+                "manifests/ns.yaml",
+                Some(&format!(
+                    "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {ns}\n"
+                )),
+            ),
+            ("manifests/a.yaml", Some(&configmaps("a", 0..3, 10))),
+        ],
+        "first",
+    );
+    let first = Oid::from_str(&first).unwrap();
+    let mut last = None;
+    gate_and_apply_ok(&client, &repo.bare, first, &config, &mut last).await;
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
+    assert!(cms.get_opt("a-000").await.unwrap().is_some());
+
+    // One that declares an object of it waits, as a cluster error (retried,
+    // never held against the commit), and says which group and why.
+    let second = repo.commit(
+        &[(
+            "manifests/metrics.yaml",
+            Some("apiVersion: metrics.k8s.io/v1beta1\nkind: NodeMetrics\nmetadata:\n  name: n1\n"),
+        )],
+        "second",
+    );
+    let second = Oid::from_str(&second).unwrap();
+    let manifests = gate(&repo.bare, second, &config).unwrap();
+    let err = plan::plan(
+        &client,
+        "platform",
+        &second.to_string(),
+        &config,
+        &manifests,
+        last.as_ref(),
+        Depth::Apply,
+    )
+    .await
+    .expect_err("a revision using an unavailable group is not planned");
+    let message = ferry::kubernetes::client::describe(&err);
+    assert!(
+        message.contains("`metrics.k8s.io`") && message.contains("503"),
+        "{message}"
+    );
+
+    // An inventory entry of it is not taken for pruned: the plan waits and
+    // the inventory keeps listing it.
+    let metrics_entry: Entry = serde_json::from_value(serde_json::json!({
+        "api_version": "metrics.k8s.io/v1beta1", "group": "metrics.k8s.io",
+        "kind": "NodeMetrics", "namespace": null, "name": "n0",
+    }))
+    .unwrap();
+    let mut entries = inventory::load(&client, ns, "platform", &config.owner)
+        .await
+        .unwrap();
+    entries.push(metrics_entry.clone());
+    inventory::save(
+        &client,
+        ns,
+        "platform",
+        &config.owner,
+        &first.to_string(),
+        &entries,
+    )
+    .await
+    .unwrap();
+    let manifests = gate(&repo.bare, first, &config).unwrap();
+    let err = plan::plan(
+        &client,
+        "platform",
+        &first.to_string(),
+        &config,
+        &manifests,
+        None,
+        Depth::Apply,
+    )
+    .await
+    .expect_err("pruning an unavailable group's object waits");
+    let message = ferry::kubernetes::client::describe(&err);
+    assert!(message.contains("`metrics.k8s.io`"), "{message}");
+    let kept = inventory::load(&client, ns, "platform", &config.owner)
+        .await
+        .unwrap();
+    assert!(kept.iter().any(|e| e.id == metrics_entry.id), "{kept:?}");
+    assert!(cms.get_opt("a-000").await.unwrap().is_some());
+}

@@ -21,7 +21,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::support::cluster::{self, create_nodes, nodes_from_platform, spawn_provisioners};
@@ -34,30 +34,6 @@ use serde_json::{Value, json};
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// Runs `cmd` with `stdin` as its input; its stdout, or a panic with
-/// everything it said.
-fn piped(cmd: &mut Command, stdin: &str) -> String {
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    {
-        use std::io::Write;
-        let mut input = child.stdin.take().unwrap();
-        input.write_all(stdin.as_bytes()).unwrap();
-    }
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 fn kubectl(kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> String {
@@ -77,27 +53,13 @@ fn apply(kubeconfig: &Path, manager: &str, from: &[&str], stdin: Option<&str>) {
 /// The objects terraform/cluster.tf applies, rendered by Terraform's own
 /// `templatefile` from the one template, with made-up AWS ids.
 fn render_prerequisites(efs: &str, access_point: &str) -> String {
-    let template = root().join("terraform/templates/cluster-prerequisites.yaml.tftpl");
-    let expr = format!(
-        "templatefile(\"{}\", {{name = \"ml-platform\", kms_key_arn = \"arn:aws:kms:eu-west-1:123456789012:key/test\", \
-         efs_file_system_id = \"{efs}\", efs_access_point_id = \"{access_point}\"}})\n",
-        template.display()
-    );
-    let terraform = std::env::var("FERRY_TERRAFORM").unwrap_or_else(|_| "terraform".into());
-    let empty = tempfile::tempdir().unwrap();
-    let text = piped(
-        Command::new(&terraform)
-            .arg("console")
-            .current_dir(empty.path()),
-        &expr,
-    );
-    // A multi-line string prints as a heredoc.
-    let body = text
-        .trim()
-        .strip_prefix("<<EOT")
-        .and_then(|t| t.strip_suffix("EOT"))
-        .unwrap_or_else(|| panic!("unexpected terraform console output:\n{text}"));
-    body.trim_start_matches('\n').to_string()
+    render_terraform_template(
+        "cluster-prerequisites.yaml.tftpl",
+        &format!(
+            "name = \"ml-platform\", kms_key_arn = \"arn:aws:kms:eu-west-1:123456789012:key/test\", \
+             efs_file_system_id = \"{efs}\", efs_access_point_id = \"{access_point}\""
+        ),
+    )
 }
 
 /// EKS's own pods with the requests its default add-ons ask for (CoreDNS
@@ -662,6 +624,12 @@ async fn the_platform_template_and_ferry_stand_up_on_the_nodes_the_platform_decl
     let (efs, access_point) = ("fs-0123456789abcdef0", "fsap-0123456789abcdef0");
     let prerequisites = render_prerequisites(efs, access_point);
     apply(&admin_kc, "terraform", &["-f", "-"], Some(&prerequisites));
+    apply(
+        &admin_kc,
+        "terraform",
+        &["-f", "-"],
+        Some(&render_cluster_addons()),
+    );
 
     // Step 5 of terraform/README: the namespaces and Secrets the platform
     // references, as its README lists them, and ferry's own.
@@ -737,6 +705,29 @@ async fn the_platform_template_and_ferry_stand_up_on_the_nodes_the_platform_decl
         .unwrap()
         .len();
     let stood_up = started.elapsed();
+
+    // metrics-server's API is registered and, with no real server behind
+    // simulated pods, unavailable (as while metrics-server restarts):
+    // ferry stood the platform up regardless.
+    // (Asking the group itself would only be answered 503 after the
+    // client's minutes of retries.)
+    let metrics =
+        Api::<k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::APIService>::all(
+            admin.clone(),
+        )
+        .get("v1beta1.metrics.k8s.io")
+        .await
+        .unwrap();
+    let available = metrics
+        .status
+        .and_then(|s| s.conditions)
+        .unwrap_or_default()
+        .into_iter()
+        .find(|c| c.type_ == "Available");
+    assert!(
+        available.as_ref().is_some_and(|c| c.status == "False"),
+        "metrics.k8s.io is not marked unavailable: {available:?}"
+    );
 
     // The cluster agrees: nothing Pending, nothing refused, every claim
     // bound, the DAGs claims on ferry's access point. Every problem is

@@ -48,7 +48,7 @@ fn terraform_structure_tests_pass() {
     let (ok, text) = run(Command::new(lint_tool("python"))
         .args(["-m", "unittest", "discover", "-v", "-s", "terraform/tests"])
         .current_dir(root()));
-    assert!(ok && text.contains("Ran 17 tests"), "{text}");
+    assert!(ok && text.contains("Ran 22 tests"), "{text}");
 }
 
 fn checkov(args: &[&str], dir: &Path) -> String {
@@ -93,6 +93,31 @@ fn checkov_passes_on_the_rendered_deploy() {
         );
         assert!(text.contains("Failed checks: 0"), "{variant}: {text}");
     }
+}
+
+#[test]
+fn checkov_passes_on_the_rendered_cluster_addons() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(
+        tmp.path().join("addons.yaml"),
+        crate::support::render_cluster_addons(),
+    )
+    .unwrap();
+    let config = root().join("terraform/templates/.checkov.yaml");
+    let text = checkov(
+        &[
+            "-f",
+            "addons.yaml",
+            "--config-file",
+            config.to_str().unwrap(),
+        ],
+        tmp.path(),
+    );
+    // Every document was read: the device plugin's own skips show.
+    assert!(
+        text.contains("Failed checks: 0") && text.contains("Skipped checks: 4"),
+        "{text}"
+    );
 }
 
 #[test]

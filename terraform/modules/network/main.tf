@@ -1,5 +1,6 @@
-# A VPC with one public and one private subnet per zone; nodes, EFS and RDS
-# live in the private subnets and reach out through one NAT gateway per zone
+# A VPC with one public, one private and one database subnet per zone;
+# nodes and EFS live in the private subnets and reach out through one NAT
+# gateway per zone
 # (or one for all, `single_nat_gateway`); what they pull most (images from
 # ECR, objects from S3) and the AWS APIs they call go through VPC endpoints
 # instead, never through NAT.
@@ -36,6 +37,29 @@ resource "aws_subnet" "private" {
     Name                              = "${var.name}-private-${var.zones[count.index]}"
     "kubernetes.io/role/internal-elb" = "1"
   }
+}
+
+# The database's own subnets: no route out of the VPC at all (RDS manages
+# its password rotation and monitoring without one), so a database reaches
+# nothing but the VPC, whatever its security group says. /24s carved from
+# the /20 between the public and private ranges.
+resource "aws_subnet" "database" {
+  count             = length(var.zones)
+  vpc_id            = aws_vpc.this.id
+  availability_zone = var.zones[count.index]
+  cidr_block        = cidrsubnet(var.cidr, 8, 64 + count.index)
+  tags              = { Name = "${var.name}-database-${var.zones[count.index]}" }
+}
+
+resource "aws_route_table" "database" {
+  vpc_id = aws_vpc.this.id
+  tags   = { Name = "${var.name}-database" }
+}
+
+resource "aws_route_table_association" "database" {
+  count          = length(var.zones)
+  subnet_id      = aws_subnet.database[count.index].id
+  route_table_id = aws_route_table.database.id
 }
 
 locals {

@@ -9,11 +9,16 @@ output "vpc_cidr" {
 }
 
 output "private_subnet_ids" {
-  description = "Private subnets (nodes, EFS, RDS)."
+  description = "Private subnets (nodes, EFS)."
   value       = aws_subnet.private[*].id
 }
 
 output "public_subnet_ids" {
   description = "Public subnets (load balancers, NAT)."
   value       = aws_subnet.public[*].id
+}
+
+output "database_subnet_ids" {
+  description = "Database subnets (RDS): no route out of the VPC."
+  value       = aws_subnet.database[*].id
 }

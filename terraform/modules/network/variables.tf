@@ -9,7 +9,7 @@ variable "cidr" {
 }
 
 variable "zones" {
-  description = "Availability zones, one public and one private subnet each."
+  description = "Availability zones, one public, one private and one database subnet each."
   type        = list(string)
 }
 

@@ -1426,3 +1426,62 @@ pub fn timed_worktree(bare: &Path, wt: &Path, commit: &str, check: impl FnOnce(&
     git(&["worktree", "remove", "--force", wt_str]);
     took
 }
+
+/// Runs `cmd` with `stdin` as its input; its stdout, or a panic with
+/// everything it said.
+pub fn piped(cmd: &mut Command, stdin: &str) -> String {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    {
+        use std::io::Write;
+        let mut input = child.stdin.take().unwrap();
+        input.write_all(stdin.as_bytes()).unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The add-ons terraform/addons.tf applies (Cluster Autoscaler, NVIDIA
+/// device plugin, metrics-server), rendered the same way.
+pub fn render_cluster_addons() -> String {
+    render_terraform_template(
+        "cluster-addons.yaml.tftpl",
+        "cluster_name = \"ml-platform\", region = \"eu-west-1\", \
+         cluster_autoscaler_role_arn = \"arn:aws:iam::123456789012:role/ml-platform-cluster-autoscaler\", \
+         cluster_autoscaler_version = \"v1.33.0\"",
+    )
+}
+
+/// `templatefile` of terraform/templates/`file` with `vars` (HCL object
+/// attributes), by `terraform console`.
+pub fn render_terraform_template(file: &str, vars: &str) -> String {
+    let template = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("terraform/templates")
+        .join(file);
+    let expr = format!("templatefile(\"{}\", {{{vars}}})\n", template.display());
+    let terraform = std::env::var("FERRY_TERRAFORM").unwrap_or_else(|_| "terraform".into());
+    let empty = tempfile::tempdir().unwrap();
+    let text = piped(
+        Command::new(&terraform)
+            .arg("console")
+            .current_dir(empty.path()),
+        &expr,
+    );
+    // A multi-line string prints as a heredoc.
+    let body = text
+        .trim()
+        .strip_prefix("<<EOT")
+        .and_then(|t| t.strip_suffix("EOT"))
+        .unwrap_or_else(|| panic!("unexpected terraform console output:\n{text}"));
+    body.trim_start_matches('\n').to_string()
+}
