@@ -36,8 +36,12 @@ const GROUP_TIMEOUT: Duration = Duration::from_secs(5);
 /// relies on [`GROUP_TIMEOUT`] alone.
 async fn unavailable_apiservices(client: &Client) -> BTreeMap<String, String> {
     let api: Api<APIService> = Api::all(client.clone());
-    let Ok(list) = api.list(&ListParams::default()).await else {
-        return BTreeMap::new();
+    let list = match api.list(&ListParams::default()).await {
+        Ok(list) => list,
+        Err(err) => {
+            tracing::debug!(error = %describe(&err), "cannot read APIServices; discovery asks every group");
+            return BTreeMap::new();
+        }
     };
     list.items
         .into_iter()

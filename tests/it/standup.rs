@@ -28,6 +28,7 @@ use crate::support::cluster::{self, create_nodes, nodes_from_platform, spawn_pro
 use crate::support::*;
 use ferry::kubernetes::client;
 use k8s_openapi::api::core::v1::{Event, PersistentVolume, PersistentVolumeClaim, Pod};
+use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::APIService;
 use kube::Api;
 use kube::api::{ListParams, PostParams};
 use serde_json::{Value, json};
@@ -711,10 +712,7 @@ async fn the_platform_template_and_ferry_stand_up_on_the_nodes_the_platform_decl
     // ferry stood the platform up regardless.
     // (Asking the group itself would only be answered 503 after the
     // client's minutes of retries.)
-    let metrics =
-        Api::<k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::APIService>::all(
-            admin.clone(),
-        )
+    let metrics = Api::<APIService>::all(admin.clone())
         .get("v1beta1.metrics.k8s.io")
         .await
         .unwrap();
