@@ -11,7 +11,8 @@ locals {
 }
 
 # ferry: EKS nodegroups and addons of its one cluster; SageMaker resources it
-# tags as managed; PassRole for the SageMaker execution role only.
+# tags as managed, their smoke tests and variant autoscaling; PassRole for the
+# SageMaker execution role only.
 module "ferry_role" {
   source            = "./modules/irsa"
   name              = "${var.name}-ferry"
@@ -65,6 +66,59 @@ module "ferry_role" {
         Condition = {
           StringEquals = { "aws:ResourceTag/ferry.dev/managed" = "true" }
         }
+      },
+      {
+        # The smoke test of platform.yaml's `smoke_test`: only endpoints
+        # ferry manages.
+        Sid       = "SageMakerSmokeTestManaged"
+        Effect    = "Allow"
+        Action    = ["sagemaker:InvokeEndpoint"]
+        Resource  = ["${local.sagemaker_prefix}:endpoint/*"]
+        Condition = { StringEquals = { "aws:ResourceTag/ferry.dev/managed" = "true" } }
+      },
+      {
+        # A variant's `autoscaling` block: Application Auto Scaling targets
+        # and target-tracking policies. Its actions take no resource ARN
+        # before the target exists, so the namespace and dimension are the scope.
+        Sid    = "SageMakerVariantAutoscaling"
+        Effect = "Allow"
+        Action = [
+          "application-autoscaling:RegisterScalableTarget", "application-autoscaling:DeregisterScalableTarget",
+          "application-autoscaling:PutScalingPolicy", "application-autoscaling:DeleteScalingPolicy",
+        ]
+        Resource = "*"
+        Condition = {
+          StringEquals = {
+            "application-autoscaling:service-namespace"  = "sagemaker"
+            "application-autoscaling:scalable-dimension" = "sagemaker:variant:DesiredInstanceCount"
+          }
+        }
+      },
+      {
+        Sid    = "AutoscalingRead"
+        Effect = "Allow"
+        Action = [
+          "application-autoscaling:DescribeScalableTargets", "application-autoscaling:DescribeScalingPolicies",
+          "cloudwatch:DescribeAlarms",
+        ]
+        Resource = "*"
+      },
+      {
+        # A target-tracking policy is carried out by CloudWatch alarms that
+        # Application Auto Scaling names TargetTracking-endpoint/<endpoint>/...
+        Sid      = "TargetTrackingAlarms"
+        Effect   = "Allow"
+        Action   = ["cloudwatch:PutMetricAlarm", "cloudwatch:DeleteAlarms"]
+        Resource = ["arn:${local.partition}:cloudwatch:${var.region}:${local.account}:alarm:TargetTracking-endpoint/*"]
+      },
+      {
+        # The first target registered in an account creates the role
+        # Application Auto Scaling scales SageMaker variants with.
+        Sid       = "AutoscalingServiceLinkedRole"
+        Effect    = "Allow"
+        Action    = "iam:CreateServiceLinkedRole"
+        Resource  = "arn:${local.partition}:iam::${local.account}:role/aws-service-role/sagemaker.application-autoscaling.amazonaws.com/AWSServiceRoleForApplicationAutoScaling_SageMakerEndpoint"
+        Condition = { StringLike = { "iam:AWSServiceName" = "sagemaker.application-autoscaling.amazonaws.com" } }
       },
       {
         Sid      = "PassTheExecutionRoleToSageMaker"

@@ -1,5 +1,6 @@
-"""Daily batch scoring with the champion model: loads the registered
-champion from MLflow and records its accuracy on today's batch."""
+"""Daily batch scoring with the champion model (the version the endpoint
+serves): loads the registered champion from MLflow and records its
+accuracy on today's batch; skipped until a first version is deployed."""
 
 from datetime import datetime, timedelta
 
@@ -23,10 +24,14 @@ def diagnosis_scoring():
     @task
     def score() -> dict:
         import mlflow
+        from airflow.sdk.exceptions import AirflowSkipException
         from sklearn.metrics import accuracy_score
 
         from mlplatform import data, registry
 
+        if registry.alias(MODEL_NAME, registry.CHAMPION) is None:
+            # Before the first deployment: nothing serves, nothing to score.
+            raise AirflowSkipException(f"{MODEL_NAME} has no champion yet (none deployed)")
         ds = data.load()
         model = mlflow.sklearn.load_model(f"models:/{MODEL_NAME}@{registry.CHAMPION}")
         accuracy = float(accuracy_score(ds.y_test, model.predict(ds.x_test)))

@@ -1,5 +1,7 @@
-"""Train, tune and register the diagnosis classifier; promote it through a
-platform-repo pull request when it beats the registered champion."""
+"""Train, tune and register the diagnosis classifier; when it beats the
+registered champion, package it for SageMaker, make it `challenger` and
+propose it through a platform-repo pull request (diagnosis_champion crowns
+it once deployed)."""
 
 from datetime import datetime, timedelta
 
@@ -42,30 +44,46 @@ def diagnosis_training():
         return training.better(candidate["metrics"], current)
 
     @task
-    def promote(candidate: dict) -> str:
+    def package(candidate: dict) -> dict:
+        from mlplatform import packaging, promotion
+
+        packaged = packaging.package(MODEL_NAME, candidate["version"], promotion.settings()["bucket"])
+        print(("wrote" if packaged["written"] else "already there:"), packaged["model_data"])
+        return packaged
+
+    @task
+    def promote(candidate: dict, packaged: dict) -> str:
         from mlplatform import promotion, registry
 
-        registry.crown(MODEL_NAME, candidate["version"])
         s = promotion.settings()
         version = candidate["version"]
-        model_data = f"s3://{s['bucket']}/models/{MODEL_NAME}/{version}/model.tar.gz"
+        model_data = packaged["model_data"]
+        # Under review: it becomes champion once ferry has deployed it
+        # (diagnosis_champion), not before.
+        registry.nominate(MODEL_NAME, version)
         pr = promotion.open_pull_request(
             promotion.GitHub(s["token"], s["api"]),
             s["repo"],
             s["base"],
             "platform.yaml",
-            branch=f"promote/{MODEL_NAME}-v{version}",
+            branch=promotion.promotion_branch(MODEL_NAME, version),
             title=f"Promote {MODEL_NAME} v{version} to the {ENDPOINT} endpoint",
             body=(
                 f"Registered version {version} beat the champion: {candidate['metrics']}.\n"
-                f"MLflow run `{candidate['run_id']}`. ferry will comment the plan; merge to deploy."
+                f"MLflow run `{candidate['run_id']}`; it is `challenger` in the registry. "
+                "ferry will comment the plan; merge to deploy. It becomes `champion` once "
+                "ferry has deployed it; closing this PR unmerged withdraws it."
             ),
             edit=lambda text: promotion.point_endpoint(text, ENDPOINT, MODEL_NAME, model_data),
         )
         return pr["html_url"] if pr else "platform.yaml already serves this version"
 
     candidate = train_and_register(validate_data())
-    beats_champion(candidate) >> promote(candidate)
+    # The artifact exists before the PR that names it: a merge can never
+    # point the endpoint at a missing object.
+    packaged = package(candidate)
+    beats_champion(candidate) >> packaged
+    promote(candidate, packaged)
 
 
 diagnosis_training()

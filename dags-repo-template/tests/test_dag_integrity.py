@@ -22,7 +22,7 @@ class DagIntegrity(unittest.TestCase):
         self.assertEqual(self.bag.import_errors, {})
 
     def test_the_expected_dags_exist(self):
-        self.assertEqual(sorted(self.bag.dag_ids), ["diagnosis_scoring", "diagnosis_training"])
+        self.assertEqual(sorted(self.bag.dag_ids), ["diagnosis_champion", "diagnosis_scoring", "diagnosis_training"])
 
     def test_owner_retries_and_tags(self):
         for dag_id, dag in self.bag.dags.items():
@@ -35,9 +35,16 @@ class DagIntegrity(unittest.TestCase):
     def test_training_flow(self):
         dag = self.bag.dags["diagnosis_training"]
         promote = dag.get_task("promote")
+        self.assertEqual({t.task_id for t in promote.upstream_list}, {"package", "train_and_register"})
+        package = dag.get_task("package")
         self.assertEqual(
-            {t.task_id for t in promote.upstream_list}, {"beats_champion", "train_and_register"}
+            {t.task_id for t in package.upstream_list}, {"beats_champion", "train_and_register"}
         )
+
+    def test_the_champion_follows_deployments_one_run_at_a_time(self):
+        dag = self.bag.dags["diagnosis_champion"]
+        self.assertEqual(dag.max_active_runs, 1)
+        self.assertEqual([t.task_id for t in dag.tasks], ["follow_deployment"])
 
 
 if __name__ == "__main__":

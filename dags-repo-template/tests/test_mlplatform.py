@@ -7,7 +7,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "dags"))
 
-from mlplatform import data, promotion, training  # noqa: E402
+from mlplatform import data, packaging, promotion, training  # noqa: E402
 
 PLATFORM = """\
 sagemaker:
@@ -83,6 +83,69 @@ class Promotion(unittest.TestCase):
         text = template.read_text()
         new = promotion.point_endpoint(text, "diagnosis", "diagnosis-classifier", "s3://m/9/model.tar.gz")
         self.assertEqual(sum(a != b for a, b in zip(text.splitlines(), new.splitlines())), 1)
+
+
+class FakeGitHub:
+    """The few GitHub answers `deployed_commit` reads, newest first."""
+
+    def __init__(self, deployments):
+        self.deployments = deployments  # [(id, sha, [latest status first])]
+        self.calls = []
+
+    def call(self, method, path, body=None):
+        self.calls.append(path)
+        if "/statuses" in path:
+            (d,) = [d for d in self.deployments if f"/deployments/{d[0]}/" in path]
+            return [{"state": st} for st in d[2]][:1]
+        return [{"id": i, "sha": sha} for i, sha, _ in self.deployments]
+
+
+class Deployed(unittest.TestCase):
+    def test_the_served_version_is_read_from_model_data(self):
+        text = PLATFORM.replace("s3://models/diagnosis-classifier/1/", "s3://bucket/models/diagnosis-classifier/12/", 1)
+        self.assertEqual(promotion.served_versions(text, "diagnosis", "diagnosis-classifier"), {"12"})
+        self.assertEqual(promotion.served_versions(text, "fraud", "diagnosis-classifier"), set())
+        self.assertEqual(
+            promotion.served_versions(
+                promotion.point_endpoint(text, "diagnosis", "diagnosis-classifier", promotion.model_data_url("b", "diagnosis-classifier", "13")),
+                "diagnosis",
+                "diagnosis-classifier",
+            ),
+            {"13"},
+        )
+
+    def test_the_newest_success_is_what_serves(self):
+        gh = FakeGitHub([(3, "c3", ["in_progress"]), (2, "c2", ["failure"]), (1, "c1", ["success"])])
+        self.assertEqual(promotion.deployed_commit(gh, "o/p", "production"), "c1")
+        self.assertIn("/repos/o/p/deployments?environment=production&per_page=30", gh.calls)
+        gh = FakeGitHub([(2, "c2", ["success"]), (1, "c1", ["inactive"])])
+        self.assertEqual(promotion.deployed_commit(gh, "o/p", "production"), "c2")
+        self.assertIsNone(promotion.deployed_commit(FakeGitHub([(1, "c1", ["failure"])]), "o/p", "production"))
+        self.assertIsNone(promotion.deployed_commit(FakeGitHub([]), "o/p", "production"))
+
+
+class Packaging(unittest.TestCase):
+    def test_the_archive_has_mlmodel_at_its_root_and_is_the_same_every_time(self):
+        import gzip
+        import io
+        import os
+        import tarfile
+        import tempfile
+        import time
+
+        with tempfile.TemporaryDirectory() as tmp:
+            model = Path(tmp)
+            (model / "MLmodel").write_text("flavors: {}\n")
+            (model / "sub").mkdir()
+            (model / "sub" / "weights.bin").write_bytes(b"\x00\x01")
+            first = packaging.archive(model)
+            os.utime(model / "MLmodel", (time.time() + 100, time.time() + 100))
+            self.assertEqual(packaging.archive(model), first, "a retry writes the same bytes")
+            with tarfile.open(fileobj=io.BytesIO(gzip.decompress(first))) as tar:
+                self.assertEqual(tar.getnames(), ["MLmodel", "sub", "sub/weights.bin"])
+            (model / "MLmodel").unlink()
+            with self.assertRaisesRegex(packaging.PackagingError, "no MLmodel"):
+                packaging.archive(model)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@
 
 pub mod eks;
 pub mod sagemaker;
+pub mod scaling;
 pub mod target;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -57,6 +58,7 @@ pub struct Change {
 pub(crate) enum Op {
     Eks(eks::EksOp),
     SageMaker(sagemaker::SageMakerOp),
+    Scaling(scaling::ScalingOp),
 }
 
 /// What applying a revision would change.
@@ -222,7 +224,16 @@ pub struct Provenance {
 #[derive(Debug, Clone)]
 pub struct Clients {
     pub eks: Option<aws_sdk_eks::Client>,
-    pub sagemaker: Option<aws_sdk_sagemaker::Client>,
+    pub sagemaker: Option<SageMakerClients>,
+}
+
+/// What serving an endpoint takes: the control plane, invocations (smoke
+/// tests) and Application Auto Scaling, in one region.
+#[derive(Debug, Clone)]
+pub struct SageMakerClients {
+    pub control: aws_sdk_sagemaker::Client,
+    pub runtime: aws_sdk_sagemakerruntime::Client,
+    pub scaling: aws_sdk_applicationautoscaling::Client,
 }
 
 /// Settings the effectors share.
@@ -306,14 +317,17 @@ pub async fn clients(platform: &Platform, config: &AwsTargetConfig) -> Clients {
                 .clone()
                 .or(eks_region)
                 .or_else(|| config.region.clone());
-            Some(aws_sdk_sagemaker::Client::new(
-                &sdk_config(
-                    region.as_deref(),
-                    config.endpoint_url.as_deref(),
-                    config.static_credentials.as_ref(),
-                )
-                .await,
-            ))
+            let sdk = sdk_config(
+                region.as_deref(),
+                config.endpoint_url.as_deref(),
+                config.static_credentials.as_ref(),
+            )
+            .await;
+            Some(SageMakerClients {
+                control: aws_sdk_sagemaker::Client::new(&sdk),
+                runtime: aws_sdk_sagemakerruntime::Client::new(&sdk),
+                scaling: aws_sdk_applicationautoscaling::Client::new(&sdk),
+            })
         }
         None => None,
     };
@@ -335,13 +349,13 @@ pub async fn plan(
     if let (Some(eks), Some(client)) = (&platform.eks, &clients.eks) {
         eks::plan(client, eks, &mut plan).await?;
     }
-    if let Some(client) = &clients.sagemaker {
+    if let Some(clients) = &clients.sagemaker {
         let declared = platform
             .sagemaker
             .as_ref()
             .map(|s| s.endpoints.as_slice())
             .unwrap_or_default();
-        sagemaker::plan(client, declared, provenance, prune, &mut plan).await?;
+        sagemaker::plan(clients, declared, provenance, prune, &mut plan).await?;
     }
     Ok(plan)
 }
@@ -373,9 +387,18 @@ pub async fn apply(
         let started = Instant::now();
         let result = match (&change.op, &clients.eks, &clients.sagemaker) {
             (Op::Eks(op), Some(client), _) => eks::apply(client, op, limits, cancel).await,
-            (Op::SageMaker(op), _, Some(client)) => {
-                sagemaker::apply(client, op, provenance, limits, cancel, &mut outcome.cleaned).await
+            (Op::SageMaker(op), _, Some(clients)) => {
+                sagemaker::apply(
+                    clients,
+                    op,
+                    provenance,
+                    limits,
+                    cancel,
+                    &mut outcome.cleaned,
+                )
+                .await
             }
+            (Op::Scaling(op), _, Some(clients)) => scaling::apply(&clients.scaling, op).await,
             _ => Err("no client for this service".to_string()),
         };
         match &result {

@@ -14,13 +14,18 @@ use std::sync::atomic::AtomicBool;
 use aws_sdk_sagemaker::Client;
 use aws_sdk_sagemaker::types::{
     CaptureMode, CaptureOption, ContainerDefinition, DataCaptureConfig, DesiredWeightAndCapacity,
-    EndpointStatus, ProductionVariant, ProductionVariantInstanceType, Tag,
+    EndpointStatus, ProductionVariant, ProductionVariantInstanceType, Tag, VariantProperty,
+    VariantPropertyType,
 };
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use super::{Action, AwsError, AwsPlan, Change, FieldChange, Limits, Op, Provenance, describe};
-use crate::desired::platform::{Endpoint, reserved_tag_key};
+use super::scaling::{self, LiveScaling, ScalingOp};
+use super::{
+    Action, AwsError, AwsPlan, Change, FieldChange, Limits, Op, Provenance, SageMakerClients,
+    describe,
+};
+use crate::desired::platform::{Endpoint, SmokeTest, reserved_tag_key};
 
 pub const MANAGED_TAG: &str = "ferry.dev/managed";
 
@@ -36,7 +41,8 @@ pub struct ModelSpec {
 #[derive(Debug, Clone)]
 pub enum SageMakerOp {
     Deploy {
-        endpoint: Endpoint,
+        // Boxed: an endpoint with its smoke payload dwarfs every other op.
+        endpoint: Box<Endpoint>,
         models: Vec<ModelSpec>,
         /// Variant name -> model resource name.
         variant_models: BTreeMap<String, String>,
@@ -44,13 +50,20 @@ pub enum SageMakerOp {
         create: bool,
         /// Tag edits on the live endpoint (empty when creating it).
         tags: TagSync,
+        /// Autoscaled variants whose instance type changes or that go:
+        /// SageMaker refuses the update until they are deregistered.
+        unscale_first: Vec<String>,
+        /// Some variant stays autoscaled through the update: keep the
+        /// instance counts the autoscaler chose (weights come from git).
+        retain_counts: bool,
     },
     /// Same config: new weights or counts, new tags, or both.
     Update {
         endpoint: String,
         arn: String,
-        /// (variant, weight, count); `None` when they already match.
-        weights: Option<Vec<(String, f32, i32)>>,
+        /// (variant, weight, count); `None` when they already match. The
+        /// count is `None` for an autoscaled variant: the autoscaler's.
+        weights: Option<Vec<(String, f32, Option<i32>)>>,
         tags: TagSync,
     },
     Delete {
@@ -173,12 +186,13 @@ fn field(name: &str, before: &str, after: &str) -> FieldChange {
 }
 
 pub async fn plan(
-    client: &Client,
+    clients: &SageMakerClients,
     declared: &[Endpoint],
     provenance: &Provenance,
     prune: bool,
     plan: &mut AwsPlan,
 ) -> Result<(), AwsError> {
+    let client = &clients.control;
     for endpoint in declared {
         let resource = format!("sagemaker/endpoint/{}", endpoint.name);
         let (models, variant_models, config_name) = names(endpoint);
@@ -216,14 +230,17 @@ pub async fn plan(
                         action: Action::Create,
                         fields,
                         op: Op::SageMaker(SageMakerOp::Deploy {
-                            endpoint: endpoint.clone(),
+                            endpoint: Box::new(endpoint.clone()),
                             models,
                             variant_models,
                             config_name,
                             create: true,
                             tags: TagSync::default(),
+                            unscale_first: Vec::new(),
+                            retain_counts: false,
                         }),
                     });
+                    plan_scaling(endpoint, &BTreeMap::new(), &[], plan);
                     continue;
                 }
                 return Err(AwsError::Api(format!(
@@ -235,6 +252,34 @@ pub async fn plan(
         let live_tags = tags_of(client, &arn).await?;
         let tags = TagSync::between(&endpoint.tags, &live_tags);
         let live_config = live.endpoint_config_name().unwrap_or_default().to_string();
+        let variant_names: BTreeSet<&str> = endpoint
+            .variants
+            .iter()
+            .map(|v| v.name.as_str())
+            .chain(
+                live.production_variants()
+                    .iter()
+                    .filter_map(|v| v.variant_name()),
+            )
+            .collect();
+        let live_scaling = scaling::live(
+            &clients.scaling,
+            &endpoint.name,
+            &variant_names.into_iter().collect::<Vec<_>>(),
+        )
+        .await?;
+        // Whose the instance count is: the autoscaler's while git declares
+        // autoscaling or someone else's target is on the variant; ferry's
+        // again in the plan that removes ferry's own target.
+        let declared_scaling = |variant: &str| {
+            endpoint
+                .variants
+                .iter()
+                .any(|v| v.name == variant && v.autoscaling.is_some())
+        };
+        let autoscaled = |variant: &str| {
+            declared_scaling(variant) || live_scaling.get(variant).is_some_and(|l| !l.ours())
+        };
         // Our config already deploying (started by a ferry that was killed
         // or restarted mid-way): not a change, but not done either; the
         // Deploy op follows it without starting another. Another config:
@@ -252,19 +297,37 @@ pub async fn plan(
             _ => None,
         };
         if let Some(fields) = fields {
+            // SageMaker lets a model change under autoscaling, not a new
+            // instance type or a removed variant.
+            let unscale_first: Vec<String> = live_scaling
+                .keys()
+                .filter(|v| {
+                    fields.iter().any(|f| {
+                        f.field == format!("variants.{v}.instance_type")
+                            || (f.field == format!("variants.{v}") && f.after.is_empty())
+                    })
+                })
+                .cloned()
+                .collect();
+            let retain_counts = live_scaling
+                .keys()
+                .any(|v| !unscale_first.contains(v) && autoscaled(v));
             plan.changes.push(Change {
                 resource,
                 action: Action::Update,
                 fields,
                 op: Op::SageMaker(SageMakerOp::Deploy {
-                    endpoint: endpoint.clone(),
+                    endpoint: Box::new(endpoint.clone()),
                     models,
                     variant_models,
                     config_name,
                     create: false,
                     tags,
+                    unscale_first: unscale_first.clone(),
+                    retain_counts,
                 }),
             });
+            plan_scaling(endpoint, &live_scaling, &unscale_first, plan);
             continue;
         }
         let live_variants: BTreeMap<String, (Option<f32>, Option<i32>)> = live
@@ -290,7 +353,7 @@ pub async fn plan(
                     &v.weight.to_string(),
                 ));
             }
-            if count.is_some_and(|c| c != v.initial_instance_count) {
+            if !autoscaled(&v.name) && count.is_some_and(|c| c != v.initial_instance_count) {
                 fields.push(field(
                     &format!("variants.{}.instance_count", v.name),
                     &fmt_opt(count),
@@ -302,7 +365,10 @@ pub async fn plan(
             endpoint
                 .variants
                 .iter()
-                .map(|v| (v.name.clone(), v.weight, v.initial_instance_count))
+                .map(|v| {
+                    let count = (!autoscaled(&v.name)).then_some(v.initial_instance_count);
+                    (v.name.clone(), v.weight, count)
+                })
                 .collect()
         });
         fields.extend(tags.fields(&live_tags));
@@ -316,6 +382,7 @@ pub async fn plan(
                 tags,
             }),
         );
+        plan_scaling(endpoint, &live_scaling, &[], plan);
     }
     // Endpoints ferry made for this source that git no longer declares.
     let declared_names: BTreeSet<&str> = declared.iter().map(|e| e.name.as_str()).collect();
@@ -345,6 +412,76 @@ pub async fn plan(
         }
     }
     Ok(())
+}
+
+/// The autoscaling changes of `endpoint`'s variants, after the endpoint's
+/// own change (a new endpoint's variants exist only once it does).
+/// `unscaled`: variants the endpoint's deploy deregisters first.
+fn plan_scaling(
+    endpoint: &Endpoint,
+    live: &BTreeMap<String, LiveScaling>,
+    unscaled: &[String],
+    plan: &mut AwsPlan,
+) {
+    let resource = |v: &str| {
+        format!(
+            "sagemaker/endpoint/{}/variant/{v}/autoscaling",
+            endpoint.name
+        )
+    };
+    let live_of = |v: &str| live.get(v).filter(|_| !unscaled.iter().any(|u| u == v));
+    for v in &endpoint.variants {
+        let Some(spec) = &v.autoscaling else {
+            continue;
+        };
+        let now = live_of(&v.name);
+        let fields = scaling::fields(spec, now);
+        if fields.is_empty() {
+            plan.unchanged += 1;
+            continue;
+        }
+        plan.changes.push(Change {
+            resource: resource(&v.name),
+            action: if now.is_some() {
+                Action::Update
+            } else {
+                Action::Create
+            },
+            fields,
+            op: Op::Scaling(ScalingOp::Set {
+                endpoint: endpoint.name.clone(),
+                variant: v.name.clone(),
+                spec: spec.clone(),
+            }),
+        });
+    }
+    for (name, now) in live {
+        let declared = endpoint
+            .variants
+            .iter()
+            .any(|v| &v.name == name && v.autoscaling.is_some());
+        if declared || unscaled.contains(name) {
+            continue;
+        }
+        if now.ours() {
+            plan.changes.push(Change {
+                resource: resource(name),
+                action: Action::Delete,
+                fields: scaling::removed_fields(now),
+                op: Op::Scaling(ScalingOp::Remove {
+                    endpoint: endpoint.name.clone(),
+                    variant: name.clone(),
+                }),
+            });
+        } else {
+            plan.drift.push(format!(
+                "{}: autoscaled ({}..{} instances) by something other than ferry; ferry leaves its instance count to that autoscaler. Declare `autoscaling` on the variant to own it",
+                resource(name),
+                now.min,
+                now.max
+            ));
+        }
+    }
 }
 
 fn fmt_opt<T: ToString>(v: Option<T>) -> String {
@@ -478,7 +615,7 @@ fn tags(provenance: &Provenance, endpoint: &Endpoint) -> Vec<Tag> {
 }
 
 pub async fn apply(
-    client: &Client,
+    clients: &SageMakerClients,
     op: &SageMakerOp,
     provenance: &Provenance,
     limits: &Limits,
@@ -493,7 +630,10 @@ pub async fn apply(
             config_name,
             create,
             tags: tag_sync,
+            unscale_first,
+            retain_counts,
         } => {
+            let client = &clients.control;
             let tags = tags(provenance, endpoint);
             for model in models {
                 if client
@@ -573,6 +713,9 @@ pub async fn apply(
                     .await
                     .map_err(|e| format!("CreateEndpointConfig {config_name}: {}", describe(&e)))?;
             }
+            // The config serving before this deploy: where a failed smoke
+            // test goes back to.
+            let mut previous = None;
             if *create {
                 client
                     .create_endpoint()
@@ -594,13 +737,11 @@ pub async fn apply(
                 let ours = deploying_to(&live, config_name)
                     || live.endpoint_config_name() == Some(config_name.as_str());
                 if !ours {
-                    client
-                        .update_endpoint()
-                        .endpoint_name(&endpoint.name)
-                        .endpoint_config_name(config_name)
-                        .send()
-                        .await
-                        .map_err(|e| format!("UpdateEndpoint: {}", describe(&e)))?;
+                    previous = live.endpoint_config_name().map(str::to_string);
+                    for variant in unscale_first {
+                        scaling::remove(&clients.scaling, &endpoint.name, variant).await?;
+                    }
+                    update_endpoint(client, &endpoint.name, config_name, *retain_counts).await?;
                 }
             }
             let settled = wait_in_service(client, &endpoint.name, limits, cancel).await?;
@@ -609,6 +750,40 @@ pub async fn apply(
                 return Err(format!(
                     "deployment of {config_name} failed ({}); {serving} keeps serving",
                     settled.failure_reason().unwrap_or("no reason given")
+                ));
+            }
+            if let Some(test) = &endpoint.smoke_test
+                && let Err(why) = smoke(&clients.runtime, endpoint, test).await
+            {
+                let undone = match (*create, previous) {
+                    (true, _) => {
+                        // Nothing served before it: a model that does not
+                        // answer is not left serving, and the next attempt
+                        // creates it again (and tests it again).
+                        client
+                            .delete_endpoint()
+                            .endpoint_name(&endpoint.name)
+                            .send()
+                            .await
+                            .map_err(|e| format!("smoke test failed: {why}; DeleteEndpoint: {}", describe(&e)))?;
+                        "the new endpoint is deleted (nothing served before it)".to_string()
+                    }
+                    (false, Some(previous)) => {
+                        update_endpoint(client, &endpoint.name, &previous, *retain_counts)
+                            .await
+                            .map_err(|e| format!("smoke test failed: {why}; rolling back: {e}"))?;
+                        let back = wait_in_service(client, &endpoint.name, limits, cancel)
+                            .await
+                            .map_err(|e| format!("smoke test failed: {why}; rolling back: {e}"))?;
+                        format!(
+                            "rolled back: {} serves again",
+                            back.endpoint_config_name().unwrap_or(&previous)
+                        )
+                    }
+                    (false, None) => "no earlier config is known to go back to (the deployment was started before ferry restarted)".to_string(),
+                };
+                return Err(format!(
+                    "smoke test of {config_name} failed: {why}; {undone}"
                 ));
             }
             let keep: BTreeSet<String> = models
@@ -626,6 +801,7 @@ pub async fn apply(
             weights,
             tags,
         } => {
+            let client = &clients.control;
             if let Some(variants) = weights {
                 let mut call = client
                     .update_endpoint_weights_and_capacities()
@@ -635,7 +811,7 @@ pub async fn apply(
                         DesiredWeightAndCapacity::builder()
                             .variant_name(name)
                             .desired_weight(*weight)
-                            .desired_instance_count(*count)
+                            .set_desired_instance_count(*count)
                             .build(),
                     );
                 }
@@ -647,6 +823,7 @@ pub async fn apply(
             sync_tags(client, arn, tags).await
         }
         SageMakerOp::Delete { endpoint } => {
+            let client = &clients.control;
             client
                 .delete_endpoint()
                 .endpoint_name(endpoint)
@@ -656,6 +833,89 @@ pub async fn apply(
             clean(client, endpoint, &BTreeSet::new(), cleaned).await;
             Ok(())
         }
+    }
+}
+
+/// UpdateEndpoint to `config`. With `retain_counts`, same-named variants
+/// keep their live instance counts (the autoscaler's) and take weights and
+/// data capture from the new config.
+async fn update_endpoint(
+    client: &Client,
+    endpoint: &str,
+    config: &str,
+    retain_counts: bool,
+) -> Result<(), String> {
+    let mut call = client
+        .update_endpoint()
+        .endpoint_name(endpoint)
+        .endpoint_config_name(config);
+    if retain_counts {
+        call = call.retain_all_variant_properties(true);
+        for kind in [
+            VariantPropertyType::DesiredWeight,
+            VariantPropertyType::DataCaptureConfig,
+        ] {
+            call = call.exclude_retained_variant_properties(
+                VariantProperty::builder()
+                    .variant_property_type(kind)
+                    .build(),
+            );
+        }
+    }
+    call.send()
+        .await
+        .map(|_| ())
+        .map_err(|e| format!("UpdateEndpoint: {}", describe(&e)))
+}
+
+/// Invokes each variant of the endpoint (`TargetVariant`) with the test's
+/// payload: every variant of the new config must answer, not only the one
+/// the weights happen to pick.
+async fn smoke(
+    runtime: &aws_sdk_sagemakerruntime::Client,
+    endpoint: &Endpoint,
+    test: &SmokeTest,
+) -> Result<(), String> {
+    for variant in &endpoint.variants {
+        let out = runtime
+            .invoke_endpoint()
+            .endpoint_name(&endpoint.name)
+            .target_variant(&variant.name)
+            .content_type(&test.content_type)
+            .body(aws_sdk_sagemakerruntime::primitives::Blob::new(
+                test.body.clone(),
+            ))
+            .send()
+            .await
+            .map_err(|e| {
+                format!(
+                    "variant {} did not answer: InvokeEndpoint: {}",
+                    variant.name,
+                    describe(&e)
+                )
+            })?;
+        let body = out
+            .body()
+            .map(|b| String::from_utf8_lossy(b.as_ref()).into_owned())
+            .unwrap_or_default();
+        if !body.contains(&test.expect_contains) {
+            return Err(format!(
+                "variant {} answered without `{}`: {}",
+                variant.name,
+                test.expect_contains,
+                excerpt(&body)
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The start of an answer, for a commit status (which GitHub caps).
+fn excerpt(body: &str) -> String {
+    const MAX: usize = 300;
+    match body.char_indices().nth(MAX) {
+        Some((at, _)) => format!("{}…", &body[..at]),
+        None => body.to_string(),
     }
 }
 
@@ -876,9 +1136,11 @@ mod tests {
                 instance_type: "ml.m5.large".into(),
                 initial_instance_count: 1,
                 weight,
+                autoscaling: None,
             }],
             data_capture: DataCapture::default(),
             tags: BTreeMap::new(),
+            smoke_test: None,
         }
     }
 

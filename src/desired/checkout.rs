@@ -140,7 +140,17 @@ pub fn validate(
     let platform_path = dir.join(platform);
     if platform_path.exists() {
         let text = std::fs::read_to_string(&platform_path).map_err(read_err(&platform_path))?;
-        match super::platform::parse(platform, &text) {
+        let read_file = |path: &str| -> Result<Option<Vec<u8>>, String> {
+            match std::fs::read(dir.join(path)) {
+                Ok(bytes) => Ok(Some(bytes)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(e.to_string()),
+            }
+        };
+        let parsed = super::platform::parse(platform, &text).and_then(|mut p| {
+            super::platform::load_smoke_payloads(&mut p, platform, &text, &read_file).map(|()| p)
+        });
+        match parsed {
             Ok(p) => {
                 report.platform = format!(
                     "{} nodegroup(s), {} addon(s), {} endpoint(s)",

@@ -171,6 +171,53 @@ pub struct Endpoint {
     pub data_capture: DataCapture,
     #[serde(default)]
     pub tags: BTreeMap<String, String>,
+    /// Invoked after each deployment of a new config; an answer without
+    /// the expected text rolls the endpoint back.
+    pub smoke_test: Option<SmokeTest>,
+}
+
+/// A request the deployed model must answer before ferry calls its
+/// deployment a success.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SmokeTest {
+    /// A file of the platform repo (path from its root): the request body.
+    pub payload: String,
+    #[serde(default = "json")]
+    pub content_type: String,
+    /// Text the answer's body must contain.
+    pub expect_contains: String,
+    /// The payload's bytes, read from the same commit as platform.yaml.
+    #[serde(skip)]
+    pub body: Vec<u8>,
+}
+
+fn json() -> String {
+    "application/json".into()
+}
+
+/// SageMaker's limit for a real-time invocation's body.
+pub const MAX_SMOKE_PAYLOAD: usize = 6 * 1024 * 1024;
+
+/// Target tracking on invocations per instance (Application Auto Scaling).
+/// While it is declared, the autoscaler owns the variant's instance count.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Autoscaling {
+    pub min: i32,
+    pub max: i32,
+    pub target_invocations_per_instance: f64,
+    /// Seconds.
+    #[serde(default = "cooldown")]
+    pub scale_in_cooldown: i32,
+    /// Seconds.
+    #[serde(default = "cooldown")]
+    pub scale_out_cooldown: i32,
+}
+
+/// Application Auto Scaling's default for SageMaker variants.
+fn cooldown() -> i32 {
+    300
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
@@ -201,6 +248,7 @@ pub struct Variant {
     pub initial_instance_count: i32,
     #[serde(default = "one_f")]
     pub weight: f32,
+    pub autoscaling: Option<Autoscaling>,
 }
 
 fn one() -> i32 {
@@ -221,6 +269,27 @@ pub struct PlatformError {
     pub message: String,
 }
 
+impl PlatformError {
+    /// A problem at `key` of `file`, on the line of `text` that holds it.
+    fn at(file: &str, text: &str, key: String, message: String) -> PlatformError {
+        PlatformError {
+            file: file.to_string(),
+            line: yaml::line_of(text, &key),
+            key,
+            message,
+        }
+    }
+}
+
+/// Every problem, or none.
+fn found(problems: Vec<PlatformError>) -> Result<(), Vec<PlatformError>> {
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems)
+    }
+}
+
 /// Parses and validates; every error found, not only the first.
 pub fn parse(file: &str, text: &str) -> Result<Platform, Vec<PlatformError>> {
     let as_problem = |e: yaml::YamlError| PlatformError {
@@ -234,18 +303,9 @@ pub fn parse(file: &str, text: &str) -> Result<Platform, Vec<PlatformError>> {
         .map_err(|errors| errors.into_iter().map(as_problem).collect::<Vec<_>>())?;
     let mut problems: Vec<PlatformError> = unknown.into_iter().map(as_problem).collect();
     validate(&platform, &mut |key: String, message: String| {
-        problems.push(PlatformError {
-            file: file.to_string(),
-            line: yaml::line_of(text, &key),
-            key,
-            message,
-        })
+        problems.push(PlatformError::at(file, text, key, message))
     });
-    if problems.is_empty() {
-        Ok(platform)
-    } else {
-        Err(problems)
-    }
+    found(problems).map(|()| platform)
 }
 
 fn validate(p: &Platform, problem: &mut dyn FnMut(String, String)) {
@@ -441,9 +501,90 @@ fn validate(p: &Platform, problem: &mut dyn FnMut(String, String)) {
                 if !(v.weight >= 0.0 && v.weight.is_finite()) {
                     problem(key("weight"), "must be a number >= 0".into());
                 }
+                if let Some(a) = &v.autoscaling {
+                    let key = |k: &str| key(&format!("autoscaling.{k}"));
+                    if a.min < 1 {
+                        problem(key("min"), "must be at least 1".into());
+                    }
+                    if a.max < a.min {
+                        problem(key("max"), format!("{} is below min ({})", a.max, a.min));
+                    }
+                    if !(a.target_invocations_per_instance > 0.0
+                        && a.target_invocations_per_instance.is_finite())
+                    {
+                        problem(
+                            key("target_invocations_per_instance"),
+                            "must be a number > 0 (invocations per instance per minute)".into(),
+                        );
+                    }
+                    for (k, c) in [
+                        ("scale_in_cooldown", a.scale_in_cooldown),
+                        ("scale_out_cooldown", a.scale_out_cooldown),
+                    ] {
+                        if !(0..=86_400).contains(&c) {
+                            problem(key(k), "seconds, 0..=86400".into());
+                        }
+                    }
+                    if a.min <= a.max && !(a.min..=a.max).contains(&v.initial_instance_count) {
+                        problem(
+                            format!(
+                                "sagemaker.endpoints[{i}].variants[{j}].initial_instance_count"
+                            ),
+                            format!(
+                                "{} is outside autoscaling's min..max ({}..{}): the endpoint would start at a size the autoscaler then changes",
+                                v.initial_instance_count, a.min, a.max
+                            ),
+                        );
+                    }
+                }
             }
         }
     }
+}
+
+/// A file of the repo by path: its bytes, None when absent.
+pub type ReadFile<'a> = dyn Fn(&str) -> Result<Option<Vec<u8>>, String> + 'a;
+
+/// Reads each endpoint's smoke-test payload with `read` (a path of the
+/// repo -> its bytes, None when absent), so the plan carries the bytes of
+/// the same commit; every problem names the key and its line in `text`.
+pub fn load_smoke_payloads(
+    platform: &mut Platform,
+    file: &str,
+    text: &str,
+    read: &ReadFile<'_>,
+) -> Result<(), Vec<PlatformError>> {
+    let mut problems = Vec::new();
+    let endpoints = platform
+        .sagemaker
+        .as_mut()
+        .map(|s| s.endpoints.as_mut_slice())
+        .unwrap_or_default();
+    for (i, endpoint) in endpoints.iter_mut().enumerate() {
+        let Some(smoke) = endpoint.smoke_test.as_mut() else {
+            continue;
+        };
+        let key = format!("sagemaker.endpoints[{i}].smoke_test.payload");
+        let path = smoke.payload.trim_start_matches("./");
+        let message = match read(path) {
+            Ok(Some(bytes)) if bytes.len() > MAX_SMOKE_PAYLOAD => Some(format!(
+                "`{path}` is {} bytes; SageMaker takes at most {MAX_SMOKE_PAYLOAD} in one invocation",
+                bytes.len()
+            )),
+            Ok(Some(bytes)) => {
+                smoke.body = bytes;
+                None
+            }
+            Ok(None) => Some(format!(
+                "`{path}` is not a file of this commit (give its path from the repository root)"
+            )),
+            Err(e) => Some(format!("`{path}`: {e}")),
+        };
+        if let Some(message) = message {
+            problems.push(PlatformError::at(file, text, key, message));
+        }
+    }
+    found(problems)
 }
 
 /// SageMaker's 50 tags per resource, less the 5 provenance tags ferry adds.
@@ -595,7 +736,19 @@ pub fn read(
             message: crate::yaml::NOT_UTF8.into(),
         }]
     })?;
-    parse(file, text).map(Some)
+    let mut platform = parse(file, text)?;
+    let read_blob = |path: &str| -> Result<Option<Vec<u8>>, String> {
+        match tree.get_path(std::path::Path::new(path)) {
+            Ok(entry) => match entry.to_object(repo).map(|o| o.into_blob()) {
+                Ok(Ok(blob)) => Ok(Some(blob.content().to_vec())),
+                _ => Err("not a file".into()),
+            },
+            Err(e) if e.code() == git2::ErrorCode::NotFound => Ok(None),
+            Err(e) => Err(e.message().to_string()),
+        }
+    };
+    load_smoke_payloads(&mut platform, file, text, &read_blob)?;
+    Ok(Some(platform))
 }
 
 #[cfg(test)]
@@ -710,6 +863,84 @@ sagemaker:
         let dup = GOOD.replace("  addons:\n", "  addons:\n    - name: vpc-cni\n");
         let err = &parse("platform.yaml", &dup).unwrap_err()[0];
         assert_eq!(err.key, "eks.addons[1].name", "{err}");
+    }
+
+    #[test]
+    fn autoscaling_and_smoke_tests_are_checked_with_their_lines() {
+        let scaled = GOOD.replace(
+            "          instance_type: ml.m5.large\n",
+            "          instance_type: ml.m5.large\n          initial_instance_count: 5\n          autoscaling: {min: 2, max: 1, target_invocations_per_instance: 0, scale_in_cooldown: 90000}\n",
+        );
+        let errors = parse("platform.yaml", &scaled).unwrap_err();
+        let text: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+        assert_eq!(text.len(), 3, "{text:#?}");
+        assert!(
+            text[0].starts_with(
+                "platform.yaml:27: sagemaker.endpoints[0].variants[0].autoscaling.max: 1 is below min (2)"
+            ),
+            "{text:#?}"
+        );
+        assert!(
+            text[1].contains("autoscaling.target_invocations_per_instance: must be a number > 0")
+        );
+        assert!(text[2].contains("autoscaling.scale_in_cooldown: seconds, 0..=86400"));
+        let outside = scaled.replace(
+            "{min: 2, max: 1, target_invocations_per_instance: 0, scale_in_cooldown: 90000}",
+            "{min: 1, max: 4, target_invocations_per_instance: 70}",
+        );
+        let err = &parse("platform.yaml", &outside).unwrap_err()[0];
+        assert_eq!(
+            (err.key.as_str(), err.line),
+            (
+                "sagemaker.endpoints[0].variants[0].initial_instance_count",
+                Some(26)
+            ),
+            "{err}"
+        );
+        let fine = outside.replace("initial_instance_count: 5", "initial_instance_count: 2");
+        let p = parse("platform.yaml", &fine).unwrap();
+        let a = p.sagemaker.unwrap().endpoints[0].variants[0]
+            .autoscaling
+            .clone()
+            .unwrap();
+        assert_eq!(
+            (a.min, a.max, a.scale_in_cooldown, a.scale_out_cooldown),
+            (1, 4, 300, 300)
+        );
+
+        let smoked = GOOD.replace(
+            "    - name: churn\n",
+            "    - name: churn\n      smoke_test: {payload: smoke/churn.json, expect_contains: '['}\n",
+        );
+        let mut p = parse("platform.yaml", &smoked).unwrap();
+        let missing =
+            load_smoke_payloads(&mut p, "platform.yaml", &smoked, &|_| Ok(None)).unwrap_err();
+        assert_eq!(
+            missing[0].to_string(),
+            "platform.yaml:19: sagemaker.endpoints[0].smoke_test.payload: `smoke/churn.json` is not a file of this commit (give its path from the repository root)"
+        );
+        let huge = load_smoke_payloads(&mut p, "platform.yaml", &smoked, &|_| {
+            Ok(Some(vec![b'x'; MAX_SMOKE_PAYLOAD + 1]))
+        })
+        .unwrap_err();
+        assert!(
+            huge[0].message.contains("SageMaker takes at most"),
+            "{}",
+            huge[0]
+        );
+        load_smoke_payloads(&mut p, "platform.yaml", &smoked, &|path| {
+            assert_eq!(path, "smoke/churn.json");
+            Ok(Some(b"[[1,2]]".to_vec()))
+        })
+        .unwrap();
+        let smoke = p.sagemaker.unwrap().endpoints[0]
+            .smoke_test
+            .clone()
+            .unwrap();
+        assert_eq!(
+            (smoke.body.as_slice(), smoke.content_type.as_str()),
+            (&b"[[1,2]]"[..], "application/json")
+        );
     }
 
     #[test]

@@ -114,6 +114,7 @@ fn airflow_parses_published_dags_and_never_sees_a_blocked_commit() {
     // 1. The template is published and Airflow sees exactly its DAGs.
     status(&|v| v["published_revision"] == first.as_str());
     let expected = vec![
+        "diagnosis_champion".to_string(),
         "diagnosis_scoring".to_string(),
         "diagnosis_training".to_string(),
     ];
@@ -191,7 +192,12 @@ fn airflow_parses_published_dags_and_never_sees_a_blocked_commit() {
     let (ids, errors) = airflow_sees(&python, &airflow_home, &folder);
     assert_eq!(
         ids,
-        vec!["diagnosis_scoring", "diagnosis_training", "third"]
+        vec![
+            "diagnosis_champion",
+            "diagnosis_scoring",
+            "diagnosis_training",
+            "third"
+        ]
     );
     assert!(errors.is_empty());
     assert_eq!(
@@ -366,7 +372,11 @@ fn airflow_reads_the_published_template_exactly_as_the_checkout() {
     let ids: Vec<&String> = checkout["dags"].as_object().unwrap().keys().collect();
     assert_eq!(
         ids,
-        ["diagnosis_scoring", "diagnosis_training"],
+        [
+            "diagnosis_champion",
+            "diagnosis_scoring",
+            "diagnosis_training"
+        ],
         "{checkout}"
     );
     assert_eq!(checkout["errors"], serde_json::json!([]), "{checkout}");

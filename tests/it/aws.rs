@@ -144,6 +144,23 @@ fn oid(n: u8) -> git2::Oid {
 }
 
 /// Applies revision `n` and asserts every change succeeded.
+/// The target of source `platform` (repo acme/platform) on moto.
+fn platform_target(prune: bool) -> AwsTarget {
+    AwsTarget::new(
+        "platform",
+        "acme/platform",
+        target_config(&moto().url, prune),
+    )
+}
+
+/// Each change of the plan: (resource, action).
+fn resources(plan: &aws::AwsPlan) -> Vec<(&str, Action)> {
+    plan.changes
+        .iter()
+        .map(|c| (c.resource.as_str(), c.action))
+        .collect()
+}
+
 async fn apply_ok(
     target: &mut AwsTarget,
     n: u8,
@@ -196,13 +213,8 @@ async fn nodegroup_and_addon_changes_are_planned_then_applied() {
         .await
         .unwrap();
     assert!(plan.errors.is_empty(), "{:?}", plan.errors);
-    let resources: Vec<(&str, Action)> = plan
-        .changes
-        .iter()
-        .map(|c| (c.resource.as_str(), c.action))
-        .collect();
     assert_eq!(
-        resources,
+        resources(&plan),
         [
             ("eks/ml/nodegroup/system", Action::Update),
             ("eks/ml/addon/vpc-cni", Action::Create)
@@ -495,11 +507,7 @@ async fn a_nodegroup_missing_in_aws_is_an_error_and_nothing_is_applied() {
         "  addons:",
         "    - name: gpu\n      scaling: {min: 0, max: 2, desired: 0}\n  addons:",
     );
-    let mut target = AwsTarget::new(
-        "platform",
-        "acme/platform",
-        target_config(&moto().url, false),
-    );
+    let mut target = platform_target(false);
     let err = revise(&mut target, oid(1), parse(&text), &AtomicBool::new(false))
         .await
         .unwrap_err();
@@ -605,11 +613,7 @@ async fn names(kind: &str) -> Vec<String> {
 async fn sagemaker_endpoints_deploy_update_reweight_fail_safely_and_prune() {
     let _moto = moto().lock().await;
     let no = AtomicBool::new(false);
-    let mut target = AwsTarget::new(
-        "platform",
-        "acme/platform",
-        target_config(&moto().url, false),
-    );
+    let mut target = platform_target(false);
 
     // Create: hashed model and config, tagged with repo and commit.
     apply_ok(
@@ -723,25 +727,12 @@ async fn sagemaker_endpoints_deploy_update_reweight_fail_safely_and_prune() {
                 .any(|d| d.contains("sagemaker/endpoint/fraud") && d.contains("prune")),
         "{plan:?}"
     );
-    let mut pruning = AwsTarget::new(
-        "platform",
-        "acme/platform",
-        target_config(&moto().url, true),
-    );
+    let mut pruning = platform_target(true);
     let outcome = revise(&mut pruning, oid(5), Ok(Some(only_churn)), &no)
         .await
         .unwrap();
     assert!(outcome.succeeded(), "{:?}", outcome.results);
-    let endpoints: Vec<String> = sm
-        .list_endpoints()
-        .send()
-        .await
-        .unwrap()
-        .endpoints()
-        .iter()
-        .map(|e| e.endpoint_name().unwrap().to_string())
-        .collect();
-    assert_eq!(endpoints, ["churn"]);
+    assert_eq!(endpoint_names().await, ["churn"]);
     assert!(
         names("model")
             .await
@@ -755,11 +746,7 @@ async fn sagemaker_endpoints_deploy_update_reweight_fail_safely_and_prune() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn endpoint_tags_follow_git_and_the_serving_config_stays() {
     let _moto = moto().lock().await;
-    let mut target = AwsTarget::new(
-        "platform",
-        "acme/platform",
-        target_config(&moto().url, false),
-    );
+    let mut target = platform_target(false);
     let yaml = sagemaker_yaml(&[("churn", "1", 1.0)]);
     apply_ok(&mut target, 1, parse(&yaml)).await;
     let (config, image) = serving("churn").await;
@@ -1267,11 +1254,7 @@ async fn prune_deletes_only_what_this_source_made() {
     )
     .await;
     // Made by this source.
-    let mut ours = AwsTarget::new(
-        "platform",
-        "acme/platform",
-        target_config(&moto().url, true),
-    );
+    let mut ours = platform_target(true);
     apply_ok(
         &mut ours,
         1,
@@ -1481,4 +1464,336 @@ async fn an_invalid_platform_yaml_applies_nothing_of_the_same_commit() {
     assert_eq!(problem["file"], "platform.yaml", "{status}");
     assert_eq!(problem["line"], 7, "{status}");
     stop_ferry(ferry);
+}
+
+async fn scaling_client() -> aws_sdk_applicationautoscaling::Client {
+    aws_sdk_applicationautoscaling::Client::new(
+        &aws::sdk_config(Some(REGION), Some(&moto().url), Some(&test_credentials())).await,
+    )
+}
+
+/// The live scalable target of `endpoint`'s `primary` variant: (min, max)
+/// and ferry's policy (target, scale-in, scale-out), if registered.
+async fn live_scaling(endpoint: &str) -> Option<((i32, i32), Option<(f64, i32, i32)>)> {
+    use aws_sdk_applicationautoscaling::types::{ScalableDimension, ServiceNamespace};
+    let client = scaling_client().await;
+    let id = format!("endpoint/{endpoint}/variant/primary");
+    let targets = client
+        .describe_scalable_targets()
+        .service_namespace(ServiceNamespace::Sagemaker)
+        .resource_ids(&id)
+        .send()
+        .await
+        .unwrap();
+    let target = targets.scalable_targets().first()?;
+    let policies = client
+        .describe_scaling_policies()
+        .service_namespace(ServiceNamespace::Sagemaker)
+        .resource_id(&id)
+        .scalable_dimension(ScalableDimension::SageMakerVariantDesiredInstanceCount)
+        .send()
+        .await
+        .unwrap();
+    let policy = policies.scaling_policies().first().map(|p| {
+        assert_eq!(p.policy_name(), aws::scaling::POLICY);
+        let c = p.target_tracking_scaling_policy_configuration().unwrap();
+        assert_eq!(
+            c.predefined_metric_specification()
+                .unwrap()
+                .predefined_metric_type()
+                .as_str(),
+            "SageMakerVariantInvocationsPerInstance"
+        );
+        (
+            c.target_value(),
+            c.scale_in_cooldown().unwrap(),
+            c.scale_out_cooldown().unwrap(),
+        )
+    });
+    Some(((target.min_capacity(), target.max_capacity()), policy))
+}
+
+/// What an autoscaler does: sets the variant's instance count.
+async fn autoscaler_sets_count(endpoint: &str, count: i32) {
+    sagemaker_client()
+        .await
+        .update_endpoint_weights_and_capacities()
+        .endpoint_name(endpoint)
+        .desired_weights_and_capacities(
+            aws_sdk_sagemaker::types::DesiredWeightAndCapacity::builder()
+                .variant_name("primary")
+                .desired_instance_count(count)
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+}
+
+async fn live_count(endpoint: &str) -> Option<i32> {
+    sagemaker_client()
+        .await
+        .describe_endpoint()
+        .endpoint_name(endpoint)
+        .send()
+        .await
+        .unwrap()
+        .production_variants()[0]
+        .desired_instance_count()
+}
+
+/// One endpoint `churn`, variant `primary` with `image`, `instance_type`
+/// and `extra` lines under the variant (e.g. its autoscaling block).
+fn scaled_yaml(image: &str, instance_type: &str, extra: &str) -> String {
+    format!(
+        "apiVersion: ferry.dev/v1alpha1\nkind: Platform\nsagemaker:\n  endpoints:\n    - name: churn\n      execution_role_arn: {ROLE}\n      variants:\n        - name: primary\n          model_name: churn\n          image: 123456789012.dkr.ecr.{REGION}.amazonaws.com/churn:{image}\n          model_data: s3://ml-models/churn/{image}/model.tar.gz\n          instance_type: {instance_type}\n{extra}"
+    )
+}
+
+const SCALING: &str = "          autoscaling: {min: 1, max: 4, target_invocations_per_instance: 70, scale_out_cooldown: 60}\n";
+
+/// Issue 17, autoscaling: the target and ferry's policy are created with the
+/// endpoint, changed in place, re-registered around an instance type change
+/// (which SageMaker refuses while the variant is registered) and removed with
+/// the block; the count the autoscaler chose is never drift and survives a
+/// new model; a target someone else made is reported and left alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_autoscaled_variant_keeps_the_autoscalers_count_and_follows_git() {
+    let _moto = moto().lock().await;
+    let no = AtomicBool::new(false);
+    let mut target = platform_target(false);
+    let plan_of = |text: &str, n: u8| {
+        let p = parse(text).unwrap().unwrap();
+        let config = target_config(&moto().url, false);
+        async move {
+            let clients = aws::clients(&p, &config).await;
+            aws::plan(&clients, &p, &provenance(n), false)
+                .await
+                .unwrap()
+        }
+    };
+
+    // Created after the endpoint, in the same revision.
+    let v1 = scaled_yaml("1", "ml.m5.large", SCALING);
+    let plan = plan_of(&v1, 1).await;
+    assert_eq!(
+        resources(&plan),
+        [
+            ("sagemaker/endpoint/churn", Action::Create),
+            (
+                "sagemaker/endpoint/churn/variant/primary/autoscaling",
+                Action::Create
+            ),
+        ]
+    );
+    apply_ok(&mut target, 1, parse(&v1)).await;
+    assert_eq!(
+        live_scaling("churn").await,
+        Some(((1, 4), Some((70.0, 300, 60))))
+    );
+
+    // The autoscaler scales out: not drift, nothing to apply.
+    autoscaler_sets_count("churn", 3).await;
+    let plan = plan_of(&v1, 2).await;
+    assert!(
+        plan.changes.is_empty() && plan.drift.is_empty(),
+        "{}",
+        plan.render_text()
+    );
+
+    // New bounds and target: one in-place change of the policy and target.
+    let v3 = scaled_yaml(
+        "1",
+        "ml.m5.large",
+        "          autoscaling: {min: 1, max: 6, target_invocations_per_instance: 50, scale_out_cooldown: 60}\n",
+    );
+    let plan = plan_of(&v3, 3).await;
+    assert_eq!(plan.changes.len(), 1, "{}", plan.render_text());
+    assert_eq!(plan.changes[0].action, Action::Update);
+    assert_eq!(
+        field_lines(&plan.changes[0]),
+        [
+            "autoscaling.max: 4 -> 6",
+            "autoscaling.target_invocations_per_instance: 70 -> 50"
+        ]
+    );
+    apply_ok(&mut target, 3, parse(&v3)).await;
+    assert_eq!(
+        live_scaling("churn").await,
+        Some(((1, 6), Some((50.0, 300, 60))))
+    );
+
+    // A new model: deployed under autoscaling, keeping the count it chose.
+    let v4 = scaled_yaml("2", "ml.m5.large", &SCALING.replace("max: 4", "max: 6"));
+    apply_ok(&mut target, 4, parse(&v4)).await;
+    assert!(serving("churn").await.1.ends_with("churn:2"));
+    assert_eq!(live_count("churn").await, Some(3), "the autoscaler's count");
+    assert_eq!(live_scaling("churn").await.unwrap().0, (1, 6));
+
+    // A new instance type: deregistered first (or UpdateEndpoint is
+    // refused), registered again once the endpoint serves.
+    let v5 = scaled_yaml("2", "ml.m5.xlarge", &SCALING.replace("max: 4", "max: 6"));
+    let plan = plan_of(&v5, 5).await;
+    assert_eq!(
+        resources(&plan),
+        [
+            ("sagemaker/endpoint/churn", Action::Update),
+            (
+                "sagemaker/endpoint/churn/variant/primary/autoscaling",
+                Action::Create
+            ),
+        ],
+        "{}",
+        plan.render_text()
+    );
+    apply_ok(&mut target, 5, parse(&v5)).await;
+    assert_eq!(
+        live_scaling("churn").await,
+        Some(((1, 6), Some((70.0, 300, 60))))
+    );
+
+    // The block removed: ferry's target goes and the count is git's again,
+    // in the same plan.
+    autoscaler_sets_count("churn", 3).await;
+    let v6 = scaled_yaml("2", "ml.m5.xlarge", "");
+    let plan = plan_of(&v6, 6).await;
+    let lines: Vec<(String, Vec<String>)> = plan
+        .changes
+        .iter()
+        .map(|c| (c.resource.clone(), field_lines(c)))
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            (
+                "sagemaker/endpoint/churn".to_string(),
+                vec!["variants.primary.instance_count: 3 -> 1".to_string()]
+            ),
+            (
+                "sagemaker/endpoint/churn/variant/primary/autoscaling".to_string(),
+                vec![
+                    "autoscaling.min: 1 -> ".to_string(),
+                    "autoscaling.max: 6 -> ".to_string()
+                ]
+            ),
+        ]
+    );
+    apply_ok(&mut target, 6, parse(&v6)).await;
+    assert_eq!(live_scaling("churn").await, None);
+    assert_eq!(live_count("churn").await, Some(1));
+
+    // Someone registers the variant by hand: reported, and its count is
+    // left to that autoscaler.
+    use aws_sdk_applicationautoscaling::types::{ScalableDimension, ServiceNamespace};
+    scaling_client()
+        .await
+        .register_scalable_target()
+        .service_namespace(ServiceNamespace::Sagemaker)
+        .scalable_dimension(ScalableDimension::SageMakerVariantDesiredInstanceCount)
+        .resource_id("endpoint/churn/variant/primary")
+        .min_capacity(2)
+        .max_capacity(5)
+        .send()
+        .await
+        .unwrap();
+    autoscaler_sets_count("churn", 2).await;
+    let plan = plan_of(&v6, 7).await;
+    assert!(plan.changes.is_empty(), "{}", plan.render_text());
+    assert!(
+        plan.drift.len() == 1
+            && plan.drift[0].contains("by something other than ferry")
+            && plan.drift[0].contains("2..5"),
+        "{:?}",
+        plan.drift
+    );
+    let outcome = revise(&mut target, oid(7), parse(&v6), &no).await.unwrap();
+    assert!(outcome.succeeded(), "{:?}", outcome.results);
+    assert_eq!(live_scaling("churn").await, Some(((2, 5), None)));
+    assert_eq!(live_count("churn").await, Some(2));
+}
+
+/// Queues answers for moto's sagemaker-runtime: each new (endpoint,
+/// request) takes the next one.
+fn queue_answers(bodies: &[&str]) {
+    let results: Vec<serde_json::Value> = bodies
+        .iter()
+        .map(|b| serde_json::json!({"Body": b, "ContentType": "application/json"}))
+        .collect();
+    let body = serde_json::json!({"region": REGION, "results": results}).to_string();
+    let (code, text) = http_post(
+        format!("127.0.0.1:{}", moto().port).parse().unwrap(),
+        "/moto-api/static/sagemaker/endpoint-results",
+        &[("Content-Type", "application/json")],
+        body.as_bytes(),
+    );
+    assert_eq!(code, 201, "{text}");
+}
+
+/// platform.yaml declaring `endpoint` with a smoke test, and the payload
+/// the gate reads from the same commit (`n` makes it a request moto has not
+/// answered yet).
+fn smoked(endpoint: &str, image: &str, n: u8) -> Option<platform::Platform> {
+    let text = format!(
+        "{}      smoke_test:\n        payload: smoke/{endpoint}.json\n        expect_contains: '\"predictions\"'\n",
+        sagemaker_yaml(&[(endpoint, image, 1.0)])
+    );
+    let mut p = platform::parse("platform.yaml", &text).unwrap();
+    let path = format!("smoke/{endpoint}.json");
+    let read = |asked: &str| -> Result<Option<Vec<u8>>, String> {
+        Ok((asked == path).then(|| format!("{{\"instances\": [[{n}]]}}").into_bytes()))
+    };
+    platform::load_smoke_payloads(&mut p, "platform.yaml", &text, &read).unwrap();
+    Some(p)
+}
+
+/// Issue 17, smoke check: after InService ferry invokes the endpoint; an
+/// answer without the expected text rolls an update back to the config
+/// that served before (reported with the answer) and deletes an endpoint
+/// it had just created, so nothing that does not answer is left serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deployed_model_that_does_not_answer_is_rolled_back() {
+    let _moto = moto().lock().await;
+    let no = AtomicBool::new(false);
+    let mut target = platform_target(false);
+    queue_answers(&[
+        r#"{"predictions": [0.12]}"#,
+        r#"{"error": "model not loaded: MLmodel missing"}"#,
+        r#"{"error": "no model here either"}"#,
+    ]);
+
+    // Answers: deployed.
+    apply_ok(&mut target, 1, Ok(smoked("scoring", "1", 1))).await;
+    let (config1, image1) = serving("scoring").await;
+
+    // A new model whose answer lacks the text: back to the first config.
+    let outcome = revise(&mut target, oid(2), Ok(smoked("scoring", "2", 2)), &no)
+        .await
+        .unwrap();
+    let failure = outcome.failures().join("\n");
+    assert!(!outcome.succeeded());
+    assert!(
+        failure.contains("smoke test of scoring-")
+            && failure.contains("answered without `\"predictions\"`")
+            && failure.contains("model not loaded: MLmodel missing")
+            && failure.contains(&format!("rolled back: {config1} serves again")),
+        "{failure}"
+    );
+    assert_eq!(serving("scoring").await, (config1.clone(), image1));
+    assert_ne!(target.applied(), Some(oid(2)));
+    assert!(
+        names("config").await.contains(&config1),
+        "the serving config is not cleaned up"
+    );
+
+    // A new endpoint that does not answer is deleted again.
+    let outcome = revise(&mut target, oid(3), Ok(smoked("fresh", "1", 3)), &no)
+        .await
+        .unwrap();
+    let failure = outcome.failures().join("\n");
+    assert!(
+        failure.contains("no model here either") && failure.contains("the new endpoint is deleted"),
+        "{failure}"
+    );
+    let endpoints = endpoint_names().await;
+    assert!(!endpoints.contains(&"fresh".to_string()), "{endpoints:?}");
 }

@@ -438,10 +438,12 @@ fn quickstart_once_publishes_the_template_and_is_rerunnable() {
         names,
         vec![
             ".airflowignore",
+            "diagnosis_champion.py",
             "diagnosis_scoring.py",
             "diagnosis_training.py",
             "mlplatform/__init__.py",
             "mlplatform/data.py",
+            "mlplatform/packaging.py",
             "mlplatform/promotion.py",
             "mlplatform/registry.py",
             "mlplatform/training.py",
@@ -451,7 +453,7 @@ fn quickstart_once_publishes_the_template_and_is_rerunnable() {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("dags-repo-template/dags/diagnosis_training.py"),
     )
     .unwrap();
-    assert_eq!(published[2].1, template);
+    assert_eq!(published[3].1, template);
     let out = ferry(&["check-config", dir.join("ferry.yaml").to_str().unwrap()]);
     assert!(out.status.success(), "quickstart writes a valid config");
 

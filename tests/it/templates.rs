@@ -48,7 +48,7 @@ fn the_dags_template_passes_its_own_tests_in_real_airflow() {
     );
     assert!(ok, "{text}");
     assert!(
-        text.contains("Ran 11 tests") && text.contains("OK"),
+        text.contains("Ran 15 tests") && text.contains("OK"),
         "{text}"
     );
 }
@@ -92,7 +92,7 @@ fn mlflow_server(dir: &Path) -> Mlflow {
 }
 
 #[test]
-fn the_training_dag_registers_a_model_and_opens_one_promotion_pr() {
+fn a_trained_model_is_proposed_by_pr_and_becomes_champion_once_deployed() {
     let tmp = tempfile::tempdir().unwrap();
     let mlflow = mlflow_server(tmp.path());
     let platform =
@@ -131,11 +131,37 @@ fn the_training_dag_registers_a_model_and_opens_one_promotion_pr() {
         .into(),
         ..FakeState::default()
     });
+    // S3 as moto serves it, holding the bucket Terraform creates.
+    let s3_port = free_port();
+    let _s3 = spawn_owned(
+        Command::new(venv("moto-venv", "moto_server"))
+            .args(["-H", "127.0.0.1", "-p", &s3_port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(tmp.path().join("moto.log")).unwrap()),
+    )
+    .unwrap();
+    wait_for_port(s3_port, Duration::from_secs(30));
+    let s3_addr: std::net::SocketAddr = format!("127.0.0.1:{s3_port}").parse().unwrap();
+    let (code, body) = http_request(s3_addr, "PUT", &format!("/{bucket}"), &[], &[]);
+    assert_eq!(code, 200, "CreateBucket: {body}");
+    // An IP endpoint has no bucket subdomains.
+    let aws_config = tmp.path().join("aws-config");
+    std::fs::write(
+        &aws_config,
+        "[default]\ns3 =\n    addressing_style = path\n",
+    )
+    .unwrap();
+
     let home = tmp.path().join("airflow");
     let python = venv("airflow-venv", "python");
     let airflow = |cmd: &mut Command| -> (bool, String) {
         output(
-            cmd.env("AIRFLOW_HOME", &home)
+            cmd.env("AWS_ENDPOINT_URL", format!("http://{s3_addr}"))
+                .env("AWS_CONFIG_FILE", &aws_config)
+                .env("AWS_ACCESS_KEY_ID", "testing")
+                .env("AWS_SECRET_ACCESS_KEY", "testing")
+                .env("AWS_DEFAULT_REGION", "eu-west-1")
+                .env("AIRFLOW_HOME", &home)
                 .env("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
                 .env(
                     "AIRFLOW__CORE__DAGS_FOLDER",
@@ -151,33 +177,106 @@ fn the_training_dag_registers_a_model_and_opens_one_promotion_pr() {
     };
     let (ok, text) = airflow(Command::new(venv("airflow-venv", "airflow")).args(["db", "migrate"]));
     assert!(ok, "airflow db migrate: {text}");
-    let script = "import sys\n\
-        from pathlib import Path\n\
-        from airflow.dag_processing.dagbag import BundleDagBag\n\
-        folder = Path(sys.argv[1])\n\
-        bag = BundleDagBag(dag_folder=str(folder), bundle_path=folder)\n\
-        assert not bag.import_errors, bag.import_errors\n\
-        dag = bag.get_dag('diagnosis_training')\n\
-        for t in dag.tasks: t.retries = 0  # fail fast: dag.test() waits out retry_delay\n\
-        run = dag.test()\n\
-        print('DAG RUN STATE', run.state)\n\
-        sys.exit(0 if str(run.state) == 'success' else 1)\n";
-    let (ok, text) = airflow(
-        Command::new(&python)
-            .args(["-c", script])
-            .arg(root().join("dags-repo-template/dags")),
-    );
-    assert!(ok, "dag.test() of diagnosis_training:\n{text}");
+    // Runs one DAG of the template with dag.test(), as Airflow would parse it.
+    let run_dag = |dag_id: &str| {
+        let script = "import sys\n\
+            from pathlib import Path\n\
+            from airflow.dag_processing.dagbag import BundleDagBag\n\
+            folder = Path(sys.argv[1])\n\
+            bag = BundleDagBag(dag_folder=str(folder), bundle_path=folder)\n\
+            assert not bag.import_errors, bag.import_errors\n\
+            dag = bag.get_dag(sys.argv[2])\n\
+            for t in dag.tasks: t.retries = 0  # fail fast: dag.test() waits out retry_delay\n\
+            run = dag.test()\n\
+            print('DAG RUN STATE', run.state)\n\
+            sys.exit(0 if str(run.state) == 'success' else 1)\n";
+        let (ok, text) = airflow(
+            Command::new(&python)
+                .args(["-c", script])
+                .arg(root().join("dags-repo-template/dags"))
+                .arg(dag_id),
+        );
+        assert!(ok, "dag.test() of {dag_id}:\n{text}");
+        text
+    };
+    run_dag("diagnosis_training");
 
-    // The model version is in the registry, and it is the champion.
+    // The model version is in the registry, under review: `challenger`,
+    // and not `champion` while the endpoint does not serve it.
     let addr: std::net::SocketAddr = mlflow.url.trim_start_matches("http://").parse().unwrap();
-    let (code, body) = http_get(
-        addr,
-        "/api/2.0/mlflow/registered-models/alias?name=diagnosis-classifier&alias=champion",
+    let alias = |name: &str| -> Option<String> {
+        let (code, body) = http_get(
+            addr,
+            &format!(
+                "/api/2.0/mlflow/registered-models/alias?name=diagnosis-classifier&alias={name}"
+            ),
+        );
+        if code == 200 {
+            let version: serde_json::Value = serde_json::from_str(&body).unwrap();
+            return Some(
+                version["model_version"]["version"]
+                    .as_str()
+                    .unwrap()
+                    .to_string(),
+            );
+        }
+        assert!(
+            body.contains("RESOURCE_DOES_NOT_EXIST") || body.contains("not found"),
+            "{code} {body}"
+        );
+        None
+    };
+    assert_eq!(
+        (alias("challenger"), alias("champion")),
+        (Some("1".into()), None)
     );
-    assert_eq!(code, 200, "{body}");
-    let version: serde_json::Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(version["model_version"]["version"], "1", "{body}");
+
+    // The artifact the PR names exists, as MLflow's SageMaker container
+    // unpacks it: MLmodel at the root of model.tar.gz.
+    let read_artifact = "import boto3, io, json, sys, tarfile\n\
+        o = boto3.client('s3').get_object(Bucket=sys.argv[1], Key=sys.argv[2])\n\
+        names = tarfile.open(fileobj=io.BytesIO(o['Body'].read())).getnames()\n\
+        print(json.dumps({'names': names, 'meta': o['Metadata'], 'etag': o['ETag']}))\n";
+    let artifact = |version: &str| -> serde_json::Value {
+        let key = format!("models/diagnosis-classifier/{version}/model.tar.gz");
+        let (ok, text) = airflow(
+            Command::new(&python)
+                .args(["-c", read_artifact, &bucket])
+                .arg(&key),
+        );
+        assert!(ok, "s3://{bucket}/{key}: {text}");
+        serde_json::from_str(text.lines().next().unwrap()).unwrap()
+    };
+    let v1 = artifact("1");
+    let names: Vec<&str> = v1["names"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n.as_str().unwrap())
+        .collect();
+    assert!(
+        names.contains(&"MLmodel")
+            && names
+                .iter()
+                .all(|n| !n.starts_with('/') && !n.starts_with("model/")),
+        "{names:?}"
+    );
+    assert!(
+        names.iter().any(|n| n.ends_with(".skops")),
+        "the model itself: {names:?}"
+    );
+    assert_eq!(v1["meta"]["mlflow-model-version"], "diagnosis-classifier/1");
+    // A retry of the task finds it there and writes nothing.
+    let (ok, text) = airflow(Command::new(&python).args([
+        "-c",
+        "import sys; sys.path.insert(0, sys.argv[2])\n\
+         from mlplatform import packaging\n\
+         print(packaging.package('diagnosis-classifier', '1', sys.argv[1]))",
+        &bucket,
+        root().join("dags-repo-template/dags").to_str().unwrap(),
+    ]));
+    assert!(ok && text.contains("'written': False"), "{text}");
+    assert_eq!(artifact("1")["etag"], v1["etag"]);
 
     // Exactly one PR, whose diff points the endpoint at that version.
     let opened = fake.with(|f| f.opened.clone());
@@ -206,6 +305,79 @@ fn the_training_dag_registers_a_model_and_opens_one_promotion_pr() {
     assert_eq!(platform.lines().count(), head.lines().count());
     ferry::desired::platform::parse("platform.yaml", &head)
         .expect("the promoted platform.yaml is valid");
+
+    // Nothing deployed yet: the follower changes nothing.
+    let text = run_dag("diagnosis_champion");
+    assert!(
+        text.contains("no successful deployment to `production` yet"),
+        "{text}"
+    );
+    assert_eq!(
+        (alias("challenger"), alias("champion")),
+        (Some("1".into()), None)
+    );
+
+    // A reviewer rejects the PR: its challenger is withdrawn.
+    fake.with(|f| f.opened[0].state = "closed".into());
+    run_dag("diagnosis_champion");
+    assert_eq!((alias("challenger"), alias("champion")), (None, None));
+
+    // The next training run proposes version 2, which is merged...
+    run_dag("diagnosis_training");
+    assert_eq!(
+        (alias("challenger"), alias("champion")),
+        (Some("2".into()), None)
+    );
+    let (pr2, head2) = fake.with(|f| {
+        let pr = f.opened.last().unwrap().clone();
+        let files = f.branches[&(repo.clone(), pr.head.clone())].1.clone();
+        (pr, files)
+    });
+    assert_eq!(pr2.head, "promote/diagnosis-classifier-v2");
+    assert_eq!(
+        artifact("2")["meta"]["mlflow-model-version"],
+        "diagnosis-classifier/2"
+    );
+    let merge = "a".repeat(40);
+    fake.with(|f| {
+        let p = f.opened.last_mut().unwrap();
+        (p.state, p.merged) = ("closed".into(), true);
+        f.branches.insert(
+            (repo.clone(), "main".into()),
+            (merge.clone(), head2.clone()),
+        );
+    });
+    // ... and ferry's deployment of the merge fails (the smoke test rolled
+    // the endpoint back): version 2 serves nowhere, so nothing moves.
+    fake.with(|f| f.deployed(&repo, &merge, "production", &["in_progress", "failure"]));
+    run_dag("diagnosis_champion");
+    assert_eq!(
+        (alias("challenger"), alias("champion")),
+        (Some("2".into()), None)
+    );
+
+    // The retry succeeds: version 2 is champion, and no longer challenger.
+    // The merge commit is gone from every branch by then; its files are
+    // still read at that commit, not at the branch's head.
+    fake.with(|f| {
+        f.deployed(&repo, &merge, "production", &["in_progress", "success"]);
+        let next = "c".repeat(40);
+        f.commits
+            .insert((repo.clone(), merge.clone()), head2.clone());
+        f.branches.insert(
+            (repo.clone(), "main".into()),
+            (
+                next,
+                [("platform.yaml".to_string(), platform.clone())].into(),
+            ),
+        );
+    });
+    let text = run_dag("diagnosis_champion");
+    assert!(text.contains("champion: v2 (the first)"), "{text}");
+    assert_eq!(
+        (alias("challenger"), alias("champion")),
+        (None, Some("2".into()))
+    );
     fake.assert_nothing_rejected();
 }
 

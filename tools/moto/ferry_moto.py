@@ -21,6 +21,11 @@ SageMaker UpdateEndpoint; endpoints report `Creating`/`Updating` on the
          while it deploys. While an update deploys, `EndpointConfigName`
          stays the serving config and `PendingDeploymentSummary` names the
          one being deployed; the switch happens when it settles.
+         `RetainAllVariantProperties` keeps same-named variants' live
+         instance counts (and weights and data capture, unless listed in
+         `ExcludeRetainedVariantProperties`). As SageMaker does, an update
+         that changes the instance type of a variant registered with
+         Application Auto Scaling, or removes such a variant, is refused.
 
 Two test conveniences, documented here because they are not AWS behaviour:
 - A container image whose tag is `:broken` makes the deployment fail: a new
@@ -309,7 +314,24 @@ def create_endpoint(self, endpoint_name, endpoint_config_name, tags):
     return endpoint
 
 
-def update_endpoint(self, endpoint_name, endpoint_config_name, retain_variant_properties=False):
+def _autoscaled(backend, endpoint_name):
+    """Variants of the endpoint registered as scalable targets."""
+    from moto.applicationautoscaling.models import applicationautoscaling_backends
+    scaling = applicationautoscaling_backends[backend.account_id][backend.region_name]
+    targets = scaling.targets.get("sagemaker:variant:DesiredInstanceCount", {})
+    prefix = f"endpoint/{endpoint_name}/variant/"
+    return {r[len(prefix):] for r in targets if r.startswith(prefix)}
+
+
+def _instance_types(backend, config_name):
+    return {
+        v["VariantName"]: v.get("InstanceType")
+        for v in backend.endpoint_configs[config_name].production_variants
+    }
+
+
+def update_endpoint(self, endpoint_name, endpoint_config_name, retain_variant_properties=False,
+                    exclude_retained=()):
     endpoint = self.endpoints.get(endpoint_name)
     if endpoint is None:
         raise ValidationError(message=f"Could not find endpoint '{FakeEndpoint.arn_formatter(endpoint_name, self.account_id, self.region_name)}'.")
@@ -317,7 +339,19 @@ def update_endpoint(self, endpoint_name, endpoint_config_name, retain_variant_pr
         raise ValidationError(message=f"Cannot update in-progress endpoint '{endpoint.arn}'.")
     if endpoint_config_name not in self.endpoint_configs:
         raise ValidationError(message=f"Could not find endpoint configuration '{endpoint_config_name}'.")
+    old = _instance_types(self, endpoint.endpoint_config_name)
+    new = _instance_types(self, endpoint_config_name)
+    for variant in sorted(_autoscaled(self, endpoint_name)):
+        if variant in old and new.get(variant) != old[variant]:
+            raise ValidationError(message=(
+                f"The variant {variant} of endpoint {endpoint_name} is registered with Application Auto Scaling: "
+                "deregister it before changing its instance type or removing it."
+            ))
     reason = _broken(self, endpoint_config_name)
+    endpoint.ferry_retain = (
+        set() if not retain_variant_properties
+        else {"DesiredInstanceCount", "DesiredWeight", "DataCaptureConfig"} - set(exclude_retained)
+    )
     endpoint.last_modified_time = now()
     # The old config serves until the new one settles; a failed update
     # rolls back to it.
@@ -334,9 +368,25 @@ def _switch(backend, endpoint):
     if pending is None:
         return
     config = backend.endpoint_configs[pending[0]]
+    retain = getattr(endpoint, "ferry_retain", set())
+    before = {v["VariantName"]: v for v in endpoint.production_variants}
     endpoint.endpoint_config_name = pending[0]
-    endpoint.production_variants = endpoint._process_production_variants(config.production_variants)
-    endpoint.data_capture_config = config.data_capture_config
+    variants = endpoint._process_production_variants(config.production_variants)
+    for variant in variants:
+        live = before.get(variant["VariantName"])
+        if live is None:
+            continue
+        if "DesiredInstanceCount" in retain:
+            for key in ("CurrentInstanceCount", "DesiredInstanceCount"):
+                if key in live:
+                    variant[key] = live[key]
+        if "DesiredWeight" in retain:
+            for key in ("CurrentWeight", "DesiredWeight"):
+                if key in live:
+                    variant[key] = live[key]
+    endpoint.production_variants = variants
+    if "DataCaptureConfig" not in retain:
+        endpoint.data_capture_config = config.data_capture_config
     endpoint.failure_reason = None
 
 
@@ -380,6 +430,7 @@ def _r_update_endpoint(self):
     endpoint = self.sagemaker_backend.update_endpoint(
         self._get_param("EndpointName"), self._get_param("EndpointConfigName"),
         self._get_param("RetainAllVariantProperties", False),
+        [p.get("VariantPropertyType") for p in self._get_param("ExcludeRetainedVariantProperties", [])],
     )
     return ActionResult({"EndpointArn": endpoint.arn})
 

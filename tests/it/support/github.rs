@@ -54,6 +54,9 @@ pub struct OpenedPull {
     pub head: String,
     pub base: String,
     pub body: String,
+    /// `open`, or `closed` by the test; `merged` when closed by a merge.
+    pub state: String,
+    pub merged: bool,
 }
 
 /// Git's blob id of `text`, as the contents API reports it.
@@ -92,6 +95,10 @@ pub struct FakeState {
         (String, String),
         (String, std::collections::BTreeMap<String, String>),
     >,
+    /// Files of commits no branch points at any more (what a merge left
+    /// behind): (repo, sha) -> path -> file text.
+    pub commits:
+        std::collections::BTreeMap<(String, String), std::collections::BTreeMap<String, String>>,
     /// Pull requests opened through the API.
     pub opened: Vec<OpenedPull>,
     /// Answers to give instead of handling the next requests, in order:
@@ -209,7 +216,39 @@ fn handle(
     response
 }
 
+/// The query's pairs, refusing a parameter GitHub's endpoint does not take
+/// (a typo the real API would silently ignore).
+fn known_query(uri: &Uri, known: &[&str]) -> Result<Vec<(String, String)>, String> {
+    let pairs: Vec<(String, String)> = uri
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    match pairs.iter().find(|(k, _)| !known.contains(&k.as_str())) {
+        Some((k, _)) => Err(format!("unknown query parameter `{k}`")),
+        None => Ok(pairs),
+    }
+}
+
 impl FakeState {
+    /// A deployment ferry would have made for `sha`, with these statuses
+    /// (oldest first).
+    pub fn deployed(&mut self, repo: &str, sha: &str, environment: &str, statuses: &[&str]) {
+        let id = self.next_id();
+        self.deployments.push(Deployment {
+            id,
+            repo: repo.to_string(),
+            sha: sha.to_string(),
+            environment: environment.to_string(),
+            statuses: statuses
+                .iter()
+                .map(|s| (s.to_string(), String::new()))
+                .collect(),
+        });
+    }
+
     fn next_id(&mut self) -> u64 {
         self.next_id += 1;
         1000 + self.next_id
@@ -474,6 +513,68 @@ fn answer(
             d.statuses.push((state.clone(), log_url));
             (201, json!({"id": d.statuses.len(), "state": state}))
         }
+        (Method::GET, ["repos", owner, name, "deployments"]) => {
+            let repo = repo_of(owner, name);
+            let query = match known_query(
+                uri,
+                &["sha", "ref", "task", "environment", "per_page", "page"],
+            ) {
+                Ok(q) => q,
+                Err(e) => return unprocessable(e),
+            };
+            let get = |k: &str| {
+                query
+                    .iter()
+                    .find(|(key, _)| key == k)
+                    .map(|(_, v)| v.as_str())
+            };
+            let per_page: usize = get("per_page").and_then(|p| p.parse().ok()).unwrap_or(30);
+            if per_page == 0 || per_page > 100 {
+                return unprocessable("per_page must be 1..=100".into());
+            }
+            if get("page").and_then(|p| p.parse::<u32>().ok()).unwrap_or(1) > 1 {
+                return (200, json!([]));
+            }
+            // Newest first, as GitHub lists them.
+            let list: Vec<Value> = s
+                .deployments
+                .iter()
+                .rev()
+                .filter(|d| d.repo == repo)
+                .filter(|d| get("environment").is_none_or(|e| e == d.environment))
+                .filter(|d| get("sha").is_none_or(|sha| sha == d.sha))
+                .take(per_page)
+                .map(|d| json!({"id": d.id, "sha": d.sha, "ref": d.sha, "environment": d.environment}))
+                .collect();
+            (200, Value::Array(list))
+        }
+        (Method::GET, ["repos", owner, name, "deployments", id, "statuses"]) => {
+            let repo = repo_of(owner, name);
+            let query = match known_query(uri, &["per_page", "page"]) {
+                Ok(q) => q,
+                Err(e) => return unprocessable(e),
+            };
+            let per_page: usize = query
+                .iter()
+                .find(|(k, _)| k == "per_page")
+                .and_then(|(_, v)| v.parse().ok())
+                .unwrap_or(30);
+            let Some(d) = s
+                .deployments
+                .iter()
+                .find(|d| d.repo == repo && id.parse() == Ok(d.id))
+            else {
+                return (404, json!({"message": "Not Found"}));
+            };
+            let list: Vec<Value> = d
+                .statuses
+                .iter()
+                .rev()
+                .take(per_page)
+                .map(|(state, log_url)| json!({"state": state, "log_url": log_url}))
+                .collect();
+            (200, Value::Array(list))
+        }
         (Method::GET, ["repos", owner, name, "git", "ref", "heads", branch @ ..]) => {
             let repo = repo_of(owner, name);
             let branch = branch.join("/");
@@ -492,11 +593,19 @@ fn answer(
             let Some(branch) = query.split('&').find_map(|kv| kv.strip_prefix("ref=")) else {
                 return unprocessable("ferry's callers always pass ?ref=".into());
             };
-            match s
+            // `ref` is a branch or a commit, as on GitHub.
+            let files = s
                 .branches
-                .get(&(repo, branch.to_string()))
-                .and_then(|(_, files)| files.get(&path))
-            {
+                .get(&(repo.clone(), branch.to_string()))
+                .map(|(_, files)| files)
+                .or_else(|| {
+                    s.branches
+                        .iter()
+                        .find(|((r, _), (sha, _))| *r == repo && sha == branch)
+                        .map(|(_, (_, files))| files)
+                })
+                .or_else(|| s.commits.get(&(repo.clone(), branch.to_string())));
+            match files.and_then(|files| files.get(&path)) {
                 Some(text) => {
                     use base64::Engine;
                     let encoded = base64::engine::general_purpose::STANDARD.encode(text.as_bytes());
@@ -626,6 +735,8 @@ fn answer(
                 head: head.clone(),
                 base: base.clone(),
                 body: json_body["body"].as_str().unwrap_or("").to_string(),
+                state: "open".into(),
+                merged: false,
             });
             (
                 201,
@@ -667,12 +778,38 @@ fn answer(
             if get("page").and_then(|p| p.parse::<u32>().ok()).unwrap_or(1) > 1 {
                 return (200, json!([]));
             }
-            let list: Vec<Value> = s
+            let state = get("state").unwrap_or("open");
+            let mut list: Vec<Value> = s
                 .pulls
                 .iter()
                 .filter(|(r, _, _, base)| *r == repo && get("base").is_none_or(|b| b == base))
+                .filter(|_| state != "closed" && get("head").is_none())
                 .map(|(_, n, sha, base)| json!({"number": n, "state": "open", "head": {"sha": sha}, "base": {"ref": base}}))
                 .collect();
+            // Those opened through the API, newest first; `head` is
+            // `owner:branch`.
+            let owner_prefix = format!("{owner}:");
+            list.extend(
+                s.opened
+                    .iter()
+                    .rev()
+                    .filter(|p| p.repo == repo && get("base").is_none_or(|b| b == p.base))
+                    .filter(|p| state == "all" || state == p.state)
+                    .filter(|p| {
+                        get("head").is_none_or(|h| h.strip_prefix(&owner_prefix) == Some(p.head.as_str()))
+                    })
+                    .map(|p| {
+                        let sha = s.branches.get(&(repo.clone(), p.head.clone())).map(|b| b.0.clone());
+                        json!({
+                            "number": p.number,
+                            "state": p.state,
+                            "merged_at": if p.merged { json!("2026-12-01T00:00:00Z") } else { Value::Null },
+                            "html_url": format!("https://github.com/{repo}/pull/{}", p.number),
+                            "head": {"ref": p.head, "sha": sha},
+                            "base": {"ref": p.base},
+                        })
+                    }),
+            );
             (200, Value::Array(list))
         }
         (Method::GET, ["repos", owner, name, "issues", number, "comments"]) => {
