@@ -384,6 +384,23 @@ pub async fn apply(
             });
             continue;
         }
+        // A variant's autoscaling follows its endpoint's deployment: with
+        // that failed, its target would scale what does not serve (or a
+        // deleted endpoint).
+        if let Some(parent) = outcome.results.iter().find(|r| {
+            r.error.is_some()
+                && change
+                    .resource
+                    .strip_prefix(r.resource.as_str())
+                    .is_some_and(|rest| rest.starts_with('/'))
+        }) {
+            outcome.results.push(ChangeResult {
+                resource: change.resource.clone(),
+                action: change.action,
+                error: Some(format!("not applied: {} failed", parent.resource)),
+            });
+            continue;
+        }
         let started = Instant::now();
         let result = match (&change.op, &clients.eks, &clients.sagemaker) {
             (Op::Eks(op), Some(client), _) => eks::apply(client, op, limits, cancel).await,

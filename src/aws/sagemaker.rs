@@ -48,6 +48,9 @@ pub enum SageMakerOp {
         variant_models: BTreeMap<String, String>,
         config_name: String,
         create: bool,
+        /// With `create`: a live endpoint that serves nothing (Failed, or
+        /// Deleting) is deleted and waited out first.
+        replace: bool,
         /// Tag edits on the live endpoint (empty when creating it).
         tags: TagSync,
         /// Autoscaled variants whose instance type changes or that go:
@@ -185,6 +188,54 @@ fn field(name: &str, before: &str, after: &str) -> FieldChange {
     }
 }
 
+/// A new endpoint for `endpoint`; `replacing` is the status of a live one
+/// that serves nothing (a failed creation), deleted first.
+fn create_change(
+    resource: String,
+    endpoint: &Endpoint,
+    models: Vec<ModelSpec>,
+    variant_models: BTreeMap<String, String>,
+    config_name: String,
+    replacing: Option<String>,
+) -> Change {
+    let mut fields: Vec<FieldChange> = replacing
+        .iter()
+        .map(|was| field("status", was, "InService"))
+        .collect();
+    fields.extend(endpoint.variants.iter().map(|v| {
+        field(
+            &format!("variants.{}", v.name),
+            "",
+            &format!(
+                "{} ({}, {}) on {} x{} weight {}",
+                v.model_name,
+                v.image,
+                v.model_data,
+                v.instance_type,
+                v.initial_instance_count,
+                v.weight
+            ),
+        )
+    }));
+    fields.push(field("endpoint_config", "", &config_name));
+    Change {
+        resource,
+        action: Action::Create,
+        fields,
+        op: Op::SageMaker(SageMakerOp::Deploy {
+            endpoint: Box::new(endpoint.clone()),
+            models,
+            variant_models,
+            config_name,
+            create: true,
+            replace: replacing.is_some(),
+            tags: TagSync::default(),
+            unscale_first: Vec::new(),
+            retain_counts: false,
+        }),
+    }
+}
+
 pub async fn plan(
     clients: &SageMakerClients,
     declared: &[Endpoint],
@@ -206,40 +257,14 @@ pub async fn plan(
             Err(e) => {
                 let text = describe(&e);
                 if not_found(super::code(&e).as_deref(), &text) {
-                    let fields = endpoint
-                        .variants
-                        .iter()
-                        .map(|v| {
-                            field(
-                                &format!("variants.{}", v.name),
-                                "",
-                                &format!(
-                                    "{} ({}) on {} x{} weight {}",
-                                    v.model_name,
-                                    v.image,
-                                    v.instance_type,
-                                    v.initial_instance_count,
-                                    v.weight
-                                ),
-                            )
-                        })
-                        .chain(std::iter::once(field("endpoint_config", "", &config_name)))
-                        .collect();
-                    plan.changes.push(Change {
+                    plan.changes.push(create_change(
                         resource,
-                        action: Action::Create,
-                        fields,
-                        op: Op::SageMaker(SageMakerOp::Deploy {
-                            endpoint: Box::new(endpoint.clone()),
-                            models,
-                            variant_models,
-                            config_name,
-                            create: true,
-                            tags: TagSync::default(),
-                            unscale_first: Vec::new(),
-                            retain_counts: false,
-                        }),
-                    });
+                        endpoint,
+                        models,
+                        variant_models,
+                        config_name,
+                        None,
+                    ));
                     plan_scaling(endpoint, &BTreeMap::new(), &[], plan);
                     continue;
                 }
@@ -248,6 +273,27 @@ pub async fn plan(
                 )));
             }
         };
+        // A creation that failed leaves an endpoint serving nothing, which
+        // SageMaker will not update; one being deleted is on its way out.
+        // Either way: (wait for it to go and) create it again.
+        if let Some(status @ (EndpointStatus::Failed | EndpointStatus::Deleting)) =
+            live.endpoint_status()
+        {
+            let was = match live.failure_reason() {
+                Some(reason) => format!("{} ({reason})", status.as_str()),
+                None => status.as_str().to_string(),
+            };
+            plan.changes.push(create_change(
+                resource,
+                endpoint,
+                models,
+                variant_models,
+                config_name,
+                Some(was),
+            ));
+            plan_scaling(endpoint, &BTreeMap::new(), &[], plan);
+            continue;
+        }
         let arn = live.endpoint_arn().unwrap_or_default().to_string();
         let live_tags = tags_of(client, &arn).await?;
         let tags = TagSync::between(&endpoint.tags, &live_tags);
@@ -322,6 +368,7 @@ pub async fn plan(
                     variant_models,
                     config_name,
                     create: false,
+                    replace: false,
                     tags,
                     unscale_first: unscale_first.clone(),
                     retain_counts,
@@ -629,6 +676,7 @@ pub async fn apply(
             variant_models,
             config_name,
             create,
+            replace,
             tags: tag_sync,
             unscale_first,
             retain_counts,
@@ -716,6 +764,9 @@ pub async fn apply(
             // The config serving before this deploy: where a failed smoke
             // test goes back to.
             let mut previous = None;
+            if *replace {
+                remove_endpoint(client, &endpoint.name, limits, cancel).await?;
+            }
             if *create {
                 client
                     .create_endpoint()
@@ -744,7 +795,23 @@ pub async fn apply(
                     update_endpoint(client, &endpoint.name, config_name, *retain_counts).await?;
                 }
             }
-            let settled = wait_in_service(client, &endpoint.name, limits, cancel).await?;
+            let settled = match wait_in_service(client, &endpoint.name, limits, cancel).await {
+                Ok(settled) => settled,
+                // A new endpoint that failed serves nothing: delete it, so
+                // the next attempt creates it again rather than finding it
+                // Failed (SageMaker updates no Failed endpoint).
+                Err(why) if *create => {
+                    return Err(
+                        match remove_endpoint(client, &endpoint.name, limits, cancel).await {
+                            Ok(()) => format!(
+                                "{why}; the new endpoint is deleted (nothing served before it)"
+                            ),
+                            Err(e) => format!("{why}; deleting it: {e}"),
+                        },
+                    );
+                }
+                Err(why) => return Err(why),
+            };
             let serving = settled.endpoint_config_name().unwrap_or_default();
             if serving != config_name {
                 return Err(format!(
@@ -760,12 +827,9 @@ pub async fn apply(
                         // Nothing served before it: a model that does not
                         // answer is not left serving, and the next attempt
                         // creates it again (and tests it again).
-                        client
-                            .delete_endpoint()
-                            .endpoint_name(&endpoint.name)
-                            .send()
+                        remove_endpoint(client, &endpoint.name, limits, cancel)
                             .await
-                            .map_err(|e| format!("smoke test failed: {why}; DeleteEndpoint: {}", describe(&e)))?;
+                            .map_err(|e| format!("smoke test failed: {why}; {e}"))?;
                         "the new endpoint is deleted (nothing served before it)".to_string()
                     }
                     (false, Some(previous)) => {
@@ -1003,6 +1067,28 @@ async fn wait_in_service(
                 out.failure_reason().unwrap_or("no reason given")
             )),
             _ => Ok(None),
+        }
+    })
+    .await
+}
+
+/// Deletes endpoint `name` (if it is still there) and follows it until
+/// SageMaker no longer knows it, so that it can be created again.
+async fn remove_endpoint(
+    client: &Client,
+    name: &str,
+    limits: &Limits,
+    cancel: &AtomicBool,
+) -> Result<(), String> {
+    super::follow(&format!("endpoint {name}"), limits, cancel, || async {
+        match client.describe_endpoint().endpoint_name(name).send().await {
+            Ok(out) if out.endpoint_status() == Some(&EndpointStatus::Deleting) => Ok(None),
+            Ok(_) => match client.delete_endpoint().endpoint_name(name).send().await {
+                Ok(_) => Ok(None),
+                Err(e) => Err(format!("DeleteEndpoint: {}", describe(&e))),
+            },
+            Err(e) if not_found(super::code(&e).as_deref(), &describe(&e)) => Ok(Some(())),
+            Err(e) => Err(format!("DescribeEndpoint: {}", describe(&e))),
         }
     })
     .await

@@ -16,9 +16,9 @@ use ferry::config::AwsTargetConfig;
 use ferry::desired::platform;
 use ferry::verdict::{Failure, Reason};
 
-const REGION: &str = "eu-west-1";
+pub(crate) const REGION: &str = "eu-west-1";
 /// Credentials for `ferry run` against moto (any value passes).
-fn aws_env() -> [(&'static str, &'static std::path::Path); 2] {
+pub(crate) fn aws_env() -> [(&'static str, &'static std::path::Path); 2] {
     let testing = std::path::Path::new("testing");
     [
         ("AWS_ACCESS_KEY_ID", testing),
@@ -144,6 +144,36 @@ fn oid(n: u8) -> git2::Oid {
 }
 
 /// Applies revision `n` and asserts every change succeeded.
+/// ferry.yaml (under `dir`) for `ferry run` on `port`: source `platform`
+/// from `git daemon` on `daemon_port`, GitHub repository `repo` on the fake
+/// GitHub at `api` (token `token`), platform.yaml applied to moto.
+pub(crate) fn reporting_config(
+    dir: &std::path::Path,
+    port: u16,
+    daemon_port: u16,
+    api: &str,
+    repo: &str,
+    token: &str,
+) -> std::path::PathBuf {
+    let token_file = dir.join("token");
+    std::fs::write(&token_file, token).unwrap();
+    let config = dir.join("ferry.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "cache_dir: {cache}\nserver:\n  listen: 127.0.0.1:{port}\n\
+             github:\n  api_url: {api}\n  token_file: {token}\n\
+             sources:\n  - name: platform\n    url: git://127.0.0.1:{daemon_port}/platform.git\n    github_repo: {repo}\n    interval: 1s\n\
+             targets:\n  aws:\n    source: platform\n    region: {REGION}\n    endpoint_url: {url}\n    poll_interval: 50ms\n",
+            cache = dir.join("cache").display(),
+            token = token_file.display(),
+            url = moto().url,
+        ),
+    )
+    .unwrap();
+    config
+}
+
 /// The target of source `platform` (repo acme/platform) on moto.
 fn platform_target(prune: bool) -> AwsTarget {
     AwsTarget::new(
@@ -524,7 +554,7 @@ async fn a_nodegroup_missing_in_aws_is_an_error_and_nothing_is_applied() {
     );
 }
 
-async fn serving(name: &str) -> (String, String) {
+pub(crate) async fn serving(name: &str) -> (String, String) {
     let sm = sagemaker_client().await;
     let endpoint = sm
         .describe_endpoint()
@@ -920,7 +950,6 @@ async fn a_promotion_pull_request_is_previewed_against_aws_without_changing_it()
         ..Default::default()
     });
     let tmp = tempfile::tempdir().unwrap();
-    std::fs::write(tmp.path().join("token"), "t0ken").unwrap();
     let repo = Repo::new(tmp.path(), "platform");
     let main = repo.commit(
         &[(
@@ -931,22 +960,14 @@ async fn a_promotion_pull_request_is_previewed_against_aws_without_changing_it()
     );
     let daemon = git_daemon(tmp.path(), free_port());
     let port = free_port();
-    let config = tmp.path().join("ferry.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "cache_dir: {cache}\nserver:\n  listen: 127.0.0.1:{port}\n\
-             github:\n  api_url: {api}\n  token_file: {token}\n\
-             sources:\n  - name: platform\n    url: git://127.0.0.1:{dp}/platform.git\n    github_repo: acme/platform\n    interval: 1s\n\
-             targets:\n  aws:\n    source: platform\n    region: {REGION}\n    endpoint_url: {url}\n    poll_interval: 50ms\n",
-            cache = tmp.path().join("cache").display(),
-            api = fake.url(),
-            token = tmp.path().join("token").display(),
-            dp = daemon.port,
-            url = moto.url,
-        ),
-    )
-    .unwrap();
+    let config = reporting_config(
+        tmp.path(),
+        port,
+        daemon.port,
+        &fake.url(),
+        "acme/platform",
+        "t0ken",
+    );
     let ferry = spawn_ferry(&config, &tmp.path().join("ferry.log"), port, &aws_env());
     eventually(Duration::from_secs(30), "main applied and reported", || {
         (fake.states(&main, "ferry/platform") == ["pending", "success"]).then_some(())
@@ -1191,11 +1212,46 @@ async fn endpoint_names() -> Vec<String> {
 /// and one carrying `ferry.dev/managed=true` but no source all survive the
 /// revision that drops every endpoint of this source, models and configs
 /// included; the one this source made and git dropped is deleted.
+/// An endpoint someone made without ferry: model, config and endpoint all
+/// named `name`, serving `image`.
+async fn endpoint_by_hand(name: &str, image: &str, tags: Vec<aws_sdk_sagemaker::types::Tag>) {
+    use aws_sdk_sagemaker::types::{
+        ContainerDefinition, ProductionVariant, ProductionVariantInstanceType,
+    };
+    let sm = sagemaker_client().await;
+    sm.create_model()
+        .model_name(name)
+        .execution_role_arn(ROLE)
+        .primary_container(ContainerDefinition::builder().image(image).build())
+        .send()
+        .await
+        .unwrap();
+    sm.create_endpoint_config()
+        .endpoint_config_name(name)
+        .production_variants(
+            ProductionVariant::builder()
+                .variant_name("primary")
+                .model_name(name)
+                .instance_type(ProductionVariantInstanceType::MlM5Large)
+                .initial_instance_count(1)
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    sm.create_endpoint()
+        .endpoint_name(name)
+        .endpoint_config_name(name)
+        .set_tags(Some(tags))
+        .send()
+        .await
+        .unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prune_deletes_only_what_this_source_made() {
-    use aws_sdk_sagemaker::types::{ContainerDefinition, ProductionVariant, Tag};
+    use aws_sdk_sagemaker::types::Tag;
     let _moto = moto().lock().await;
-    let sm = sagemaker_client().await;
     // Made by hand, and one half-tagged (managed, but no source).
     for (name, tags) in [
         ("hand-made", vec![]),
@@ -1209,41 +1265,12 @@ async fn prune_deletes_only_what_this_source_made() {
             ],
         ),
     ] {
-        sm.create_model()
-            .model_name(name)
-            .execution_role_arn(ROLE)
-            .primary_container(
-                ContainerDefinition::builder()
-                    .image(format!(
-                        "123456789012.dkr.ecr.{REGION}.amazonaws.com/{name}:1"
-                    ))
-                    .build(),
-            )
-            .send()
-            .await
-            .unwrap();
-        sm.create_endpoint_config()
-            .endpoint_config_name(name)
-            .production_variants(
-                ProductionVariant::builder()
-                    .variant_name("primary")
-                    .model_name(name)
-                    .instance_type(
-                        aws_sdk_sagemaker::types::ProductionVariantInstanceType::MlM5Large,
-                    )
-                    .initial_instance_count(1)
-                    .build(),
-            )
-            .send()
-            .await
-            .unwrap();
-        sm.create_endpoint()
-            .endpoint_name(name)
-            .endpoint_config_name(name)
-            .set_tags(Some(tags))
-            .send()
-            .await
-            .unwrap();
+        endpoint_by_hand(
+            name,
+            &format!("123456789012.dkr.ecr.{REGION}.amazonaws.com/{name}:1"),
+            tags,
+        )
+        .await;
     }
     // Made by ferry for another source.
     let mut other = AwsTarget::new("other", "acme/other", target_config(&moto().url, true));
@@ -1796,4 +1823,86 @@ async fn a_deployed_model_that_does_not_answer_is_rolled_back() {
     );
     let endpoints = endpoint_names().await;
     assert!(!endpoints.contains(&"fresh".to_string()), "{endpoints:?}");
+}
+
+/// A creation that fails leaves an endpoint serving nothing, and SageMaker
+/// updates no `Failed` endpoint: ferry deletes the one it just created (so
+/// the next attempt creates it again), and a `Failed` one it finds is
+/// planned as a new endpoint, deleted and created.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_new_endpoint_is_deleted_and_a_failed_one_is_created_again() {
+    let _moto = moto().lock().await;
+    let no = AtomicBool::new(false);
+    let mut target = platform_target(false);
+    let scaled = format!("{}{SCALING}", sagemaker_yaml(&[("fresh", "broken", 1.0)]));
+    let outcome = revise(&mut target, oid(1), parse(&scaled), &no)
+        .await
+        .unwrap();
+    let failure = outcome.failures().join("\n");
+    assert!(
+        failure.contains("did not pass the ping health check")
+            && failure.contains("the new endpoint is deleted"),
+        "{failure}"
+    );
+    assert!(endpoint_names().await.is_empty());
+    // Nothing autoscales an endpoint that is not there.
+    let scaling = outcome
+        .results
+        .iter()
+        .find(|r| r.resource == "sagemaker/endpoint/fresh/variant/primary/autoscaling")
+        .unwrap();
+    assert_eq!(
+        scaling.error.as_deref(),
+        Some("not applied: sagemaker/endpoint/fresh failed")
+    );
+    assert_eq!(live_scaling("fresh").await, None);
+
+    // Someone's failed creation (or a ferry stopped before it cleaned up).
+    endpoint_by_hand(
+        "fresh",
+        &format!("123456789012.dkr.ecr.{REGION}.amazonaws.com/fresh:broken"),
+        vec![],
+    )
+    .await;
+    let sm = sagemaker_client().await;
+    let status = |out: &aws_sdk_sagemaker::operation::describe_endpoint::DescribeEndpointOutput| {
+        out.endpoint_status().map(|s| s.as_str().to_string())
+    };
+    for _ in 0..2 {
+        sm.describe_endpoint()
+            .endpoint_name("fresh")
+            .send()
+            .await
+            .unwrap();
+    }
+    let live = sm
+        .describe_endpoint()
+        .endpoint_name("fresh")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(status(&live).as_deref(), Some("Failed"));
+
+    let good = parse(&sagemaker_yaml(&[("fresh", "1", 1.0)]))
+        .unwrap()
+        .unwrap();
+    let clients = aws::clients(&good, &target_config(&moto().url, false)).await;
+    let plan = aws::plan(&clients, &good, &provenance(2), false)
+        .await
+        .unwrap();
+    assert_eq!(
+        resources(&plan),
+        [("sagemaker/endpoint/fresh", Action::Create)]
+    );
+    let lines = field_lines(&plan.changes[0]);
+    assert!(
+        lines[0].starts_with("status: Failed (") && lines[0].ends_with("-> InService"),
+        "{lines:?}"
+    );
+    apply_ok(&mut target, 2, Ok(Some(good))).await;
+    let (config, image) = serving("fresh").await;
+    assert!(
+        config.starts_with("fresh-") && image.ends_with("fresh:1"),
+        "{config} {image}"
+    );
 }

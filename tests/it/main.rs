@@ -24,6 +24,7 @@ mod kube_plan;
 mod kustomize;
 mod notify;
 mod pages;
+mod promotion;
 mod publish;
 mod signatures;
 mod standup;

@@ -27,7 +27,7 @@ SageMaker UpdateEndpoint; endpoints report `Creating`/`Updating` on the
          that changes the instance type of a variant registered with
          Application Auto Scaling, or removes such a variant, is refused.
 
-Two test conveniences, documented here because they are not AWS behaviour:
+Test conveniences, documented here because they are not AWS behaviour:
 - A container image whose tag is `:broken` makes the deployment fail: a new
   endpoint ends `Failed`, an updated one rolls back to its previous config
   (`InService`, old config) with a `FailureReason`, as SageMaker does.
@@ -39,6 +39,8 @@ Two test conveniences, documented here because they are not AWS behaviour:
   to interrupt the caller mid-way).
 - `GET /ferry-test/calls` counts the JSON-protocol calls by `X-Amz-Target`
   (`SageMaker.UpdateEndpoint`: N) since the last reset.
+- `POST /ferry-test/serve` with `{"python": PATH}`: endpoints serve their
+  MLflow models for real (see "model serving" below).
 """
 
 import argparse
@@ -300,7 +302,130 @@ def _broken(backend, config_name):
         image = (model.primary_container or {}).get("Image", "") if model else ""
         if image.endswith(":broken"):
             return f"The primary container for production variant {variant['VariantName']} did not pass the ping health check ({image})."
+        if SERVE["python"]:
+            try:
+                _unpacked(backend.account_id, (model.primary_container or {}).get("ModelDataUrl", ""))
+            except _ArtifactError as e:
+                return f"{e} (production variant {variant['VariantName']})"
     return None
+
+
+# ------------------------------------------------------ model serving ----
+# With `POST /ferry-test/serve` ({"python": PATH}), endpoints serve their
+# models for real: a deployment needs each variant's ModelDataUrl in moto's
+# S3 as a model.tar.gz with MLmodel at its root (SageMaker fails the
+# deployment otherwise, as MLflow's serving container would not start), and
+# InvokeEndpoint answers through MLflow's own scoring code
+# (mlflow.pyfunc.scoring_server.invocations, what the serving container runs)
+# in PATH's Python, with the model unpacked from that archive. Off after
+# /moto-api/reset.
+
+SERVE = {"python": None}
+
+_SCORE = """
+import sys
+import mlflow.pyfunc
+from mlflow.pyfunc import scoring_server
+model = mlflow.pyfunc.load_model(sys.argv[1])
+r = scoring_server.invocations(sys.stdin.read(), sys.argv[2], model, None)
+sys.stdout.write(r.response)
+sys.exit(0 if r.status == 200 else 3)
+"""
+
+
+class _ArtifactError(Exception):
+    pass
+
+
+_UNPACKED = {}
+
+
+def _unpacked(account_id, url):
+    """The directory `url`'s model.tar.gz unpacks to (cached by its ETag)."""
+    import io
+    import tarfile
+    import tempfile
+    from moto.s3.models import s3_backends
+
+    if not url.startswith("s3://") or "/" not in url[5:]:
+        raise _ArtifactError(f"Could not find model data at {url!r}.")
+    bucket, key = url[5:].split("/", 1)
+    try:
+        obj = s3_backends[account_id]["aws"].get_object(bucket, key)
+    except Exception:  # noqa: BLE001 - moto raises a bucket or key error
+        obj = None
+    if obj is None:
+        raise _ArtifactError(
+            f"Failed to download model data(bucket: {bucket}, key: {key}). Please ensure that there is an "
+            "object located at the URL and that the role passed to CreateModel has permissions to download the object."
+        )
+    cached = _UNPACKED.get((url, obj.etag))
+    if cached:
+        return cached
+    target = tempfile.mkdtemp(prefix="ferry-moto-model-")
+    try:
+        with tarfile.open(fileobj=io.BytesIO(obj.value), mode="r:gz") as tar:
+            tar.extractall(target, filter="data")
+    except (tarfile.TarError, OSError, EOFError) as e:
+        raise _ArtifactError(f"Failed to extract model data archive from URL {url}: {e}") from None
+    if not os.path.isfile(os.path.join(target, "MLmodel")):
+        raise _ArtifactError(f"{url} holds no MLmodel at its root: the serving container cannot load it")
+    _UNPACKED[(url, obj.etag)] = target
+    return target
+
+
+def _error(status, kind, message, **extra):
+    # moto takes a handler's status from its headers.
+    headers = {"status": status, "Content-Type": "application/json", "x-amzn-ErrorType": kind}
+    return status, headers, json.dumps({"message": message, **extra})
+
+
+def _model_error(message):
+    return _error(424, "ModelError", message, ErrorCode="CLIENT_ERROR_FROM_MODEL", OriginalStatusCode=400)
+
+
+from moto.sagemaker.models import sagemaker_backends  # noqa: E402
+from moto.sagemakerruntime.responses import SageMakerRuntimeResponse  # noqa: E402
+
+_original_invoke_endpoint = SageMakerRuntimeResponse.invoke_endpoint
+
+
+def _invoke_endpoint(self):
+    if not SERVE["python"]:
+        return _original_invoke_endpoint(self)
+    import subprocess
+
+    from urllib.parse import unquote
+
+    name = unquote(self.path.split("/")[2])  # /endpoints/{EndpointName}/invocations
+    backend = sagemaker_backends[self.current_account][self.region]
+    endpoint = backend.endpoints.get(name)
+    if endpoint is None or endpoint.endpoint_status == "Creating":
+        return _error(400, "ValidationError", f"Endpoint {name} of account {self.current_account} not found.")
+    variants = backend.endpoint_configs[endpoint.endpoint_config_name].production_variants
+    wanted = self.headers.get("X-Amzn-SageMaker-Target-Variant")
+    variant = next((v for v in variants if v["VariantName"] == wanted), None) if wanted else variants[0]
+    if variant is None:
+        return _error(400, "ValidationError", f"Variant {wanted} not found for endpoint {name}.")
+    model = backend._models[variant["ModelName"]]
+    try:
+        directory = _unpacked(self.current_account, (model.primary_container or {}).get("ModelDataUrl", ""))
+    except _ArtifactError as e:
+        return _model_error(str(e))
+    content_type = self.headers.get("Content-Type", "application/json")
+    run = subprocess.run(
+        [SERVE["python"], "-c", _SCORE, directory, content_type],
+        input=self.body if isinstance(self.body, str) else self.body.decode(),
+        capture_output=True, text=True, timeout=300,
+    )
+    if run.returncode != 0:
+        detail = (run.stdout or run.stderr).strip()[-600:]
+        return _model_error(f"Received client error (400) from {variant['VariantName']} with message \"{detail}\".")
+    headers = {"Content-Type": "application/json", "x-Amzn-Invoked-Production-Variant": variant["VariantName"]}
+    return 200, headers, run.stdout
+
+
+SageMakerRuntimeResponse.invoke_endpoint = _invoke_endpoint
 
 
 _original_create_endpoint = SageMakerModelBackend.create_endpoint
@@ -455,6 +580,10 @@ class Throttle:
             with self.lock:
                 self.calls = {}
             HOLD["on"] = False
+            SERVE["python"] = None
+        if request.path == "/ferry-test/serve":
+            SERVE["python"] = json.loads(request.get_data() or b"{}").get("python")
+            return Response(json.dumps(SERVE), mimetype="application/json")(environ, start_response)
         if request.path == "/ferry-test/hold":
             HOLD["on"] = request.args.get("on", "1") == "1"
             return Response(json.dumps(HOLD), mimetype="application/json")(environ, start_response)

@@ -8,6 +8,7 @@
 pub mod browser;
 pub mod cluster;
 pub mod github;
+pub mod ml;
 pub mod moto;
 pub mod outage;
 pub mod postgres;
