@@ -243,3 +243,65 @@ resource "aws_iam_role_policy" "sagemaker_execution" {
     ]
   })
 }
+
+# GitHub Actions of the platform repository (images.yml) push the images the
+# platform runs, with GitHub OIDC rather than stored keys: only workflows of
+# `main` of var.platform_repository, only the platform's image repositories.
+resource "aws_iam_openid_connect_provider" "github" {
+  count          = var.platform_repository != "" && var.github_oidc_provider_arn == "" ? 1 : 0
+  url            = "https://token.actions.githubusercontent.com"
+  client_id_list = ["sts.amazonaws.com"]
+  tags           = var.tags
+}
+
+locals {
+  github_oidc_provider_arn = var.github_oidc_provider_arn != "" ? var.github_oidc_provider_arn : try(aws_iam_openid_connect_provider.github[0].arn, "")
+}
+
+resource "aws_iam_role" "images" {
+  count = var.platform_repository != "" ? 1 : 0
+  name  = "${var.name}-images"
+  assume_role_policy = jsonencode({
+    Version = "2012-10-17"
+    Statement = [{
+      Effect    = "Allow"
+      Action    = "sts:AssumeRoleWithWebIdentity"
+      Principal = { Federated = local.github_oidc_provider_arn }
+      Condition = {
+        StringEquals = {
+          "token.actions.githubusercontent.com:aud" = "sts.amazonaws.com"
+          "token.actions.githubusercontent.com:sub" = "repo:${var.platform_repository}:ref:refs/heads/main"
+        }
+      }
+    }]
+  })
+  tags = var.tags
+}
+
+resource "aws_iam_role_policy" "images" {
+  count = var.platform_repository != "" ? 1 : 0
+  name  = "push-platform-images"
+  role  = aws_iam_role.images[0].id
+  policy = jsonencode({
+    Version = "2012-10-17"
+    Statement = [
+      {
+        Sid    = "PushPlatformImages"
+        Effect = "Allow"
+        Action = [
+          "ecr:BatchCheckLayerAvailability", "ecr:InitiateLayerUpload", "ecr:UploadLayerPart",
+          "ecr:CompleteLayerUpload", "ecr:PutImage", "ecr:BatchGetImage", "ecr:DescribeImages",
+          "ecr:GetDownloadUrlForLayer",
+        ]
+        Resource = [module.ecr.arns["mlflow-pyfunc"], module.ecr.arns["airflow-ml"]]
+      },
+      {
+        # Registry-wide by AWS's design: it scopes nothing.
+        Sid      = "RegistryLogin"
+        Effect   = "Allow"
+        Action   = "ecr:GetAuthorizationToken"
+        Resource = "*"
+      },
+    ]
+  })
+}

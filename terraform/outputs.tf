@@ -57,3 +57,8 @@ output "dags_persistent_volumes" {
   description = "The static PVs of the DAGs volume, one per claim (the claims' volumeName), all on one EFS access point."
   value       = sort([for key, doc in local.cluster_prerequisite_objects : doc.metadata.name if doc.kind == "PersistentVolume"])
 }
+
+output "images_role_arn" {
+  description = "Role the platform repository's images workflow assumes (repository variable IMAGES_ROLE_ARN); null without platform_repository."
+  value       = try(aws_iam_role.images[0].arn, null)
+}

@@ -193,3 +193,19 @@ variable "tags" {
   type        = map(string)
   default     = {}
 }
+
+variable "platform_repository" {
+  description = "GitHub owner/name of your fork of platform-repo-template: its main branch may push the platform's images (mlflow-pyfunc, airflow-ml) to ECR through GitHub OIDC (output images_role_arn). Empty: no such role."
+  type        = string
+  default     = ""
+  validation {
+    condition     = var.platform_repository == "" || can(regex("^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$", var.platform_repository))
+    error_message = "platform_repository must be owner/name."
+  }
+}
+
+variable "github_oidc_provider_arn" {
+  description = "The account's existing IAM OIDC provider for token.actions.githubusercontent.com (an account holds one); empty: terraform creates it."
+  type        = string
+  default     = ""
+}

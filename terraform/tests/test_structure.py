@@ -356,6 +356,53 @@ class BucketNames(unittest.TestCase):
         self.assertEqual(promoted, {"ml-platform-models"})
 
 
+class Images(unittest.TestCase):
+    def test_the_serving_image_is_terraforms_repository_at_the_training_mlflow_version(self):
+        import re
+
+        repo = os.path.dirname(ROOT)
+        with open(os.path.join(repo, "platform-repo-template", "platform.yaml")) as f:
+            images = set(re.findall(r"image: \S+\.amazonaws\.com/([a-z0-9/_-]+):(\S+)", f.read()))
+        made = next(b["ecr"] for _, b in blocks("module") if "ecr" in b)
+        repositories = {f"ml-platform/{r}" for r in made["repositories"][0]}
+        for name, _ in images:
+            self.assertIn(name, repositories, f"platform.yaml runs {name}, which terraform/ does not make")
+
+        def pin(path, package):
+            with open(os.path.join(repo, path)) as f:
+                (version,) = re.findall(rf"^{package}==(\S+)$", f.read(), re.M)
+            return version
+
+        training = pin("dags-repo-template/requirements.txt", "mlflow-skinny")
+        serving = pin("platform-repo-template/images/mlflow-pyfunc/requirements.txt", "mlflow")
+        self.assertEqual(serving, training, "one MLflow version trains and serves")
+        self.assertEqual(images, {("ml-platform/mlflow-pyfunc", serving)}, "platform.yaml runs the image images.yml pushes")
+        with open(os.path.join(repo, "platform-repo-template", ".github", "workflows", "images.yml")) as f:
+            self.assertIn("REPOSITORY: ml-platform/mlflow-pyfunc", f.read())
+
+    def test_only_main_of_the_platform_repository_may_push_and_only_platform_images(self):
+        def document(value):
+            (text,) = value
+            return ast.literal_eval(text[len("${jsonencode("):-2])
+
+        ((_, _, role),) = [r for r in resources("aws_iam_role") if r[1] == "images"]
+        (statement,) = document(role["assume_role_policy"])["Statement"]
+        self.assertEqual(statement["Action"], "sts:AssumeRoleWithWebIdentity")
+        self.assertEqual(
+            statement["Condition"]["StringEquals"],
+            {
+                "token.actions.githubusercontent.com:aud": "sts.amazonaws.com",
+                "token.actions.githubusercontent.com:sub": "repo:${var.platform_repository}:ref:refs/heads/main",
+            },
+        )
+        ((_, _, policy),) = [r for r in resources("aws_iam_role_policy") if r[1] == "images"]
+        doc = document(policy["policy"])
+        push = next(st for st in doc["Statement"] if st["Sid"] == "PushPlatformImages")
+        self.assertEqual(
+            push["Resource"], ['${module.ecr.arns["mlflow-pyfunc"]}', '${module.ecr.arns["airflow-ml"]}']
+        )
+
+
 class NodesAndNetwork(unittest.TestCase):
     def test_nodes_use_imdsv2_and_an_encrypted_root_volume(self):
         (_, _, template), = list(resources("aws_launch_template"))

@@ -449,6 +449,8 @@ fn workflows_pass_actionlint_and_ask_for_minimal_permissions() {
                     match (file.file_name().unwrap().to_str().unwrap(), name.as_str()) {
                         ("image.yml", "build") => &["packages"],
                         ("release.yml", "binary") => &["contents"],
+                        // GitHub OIDC for the push to ECR (no stored keys).
+                        ("images.yml", "mlflow-pyfunc") => &["id-token"],
                         _ => &[],
                     };
                 assert!(
