@@ -71,7 +71,8 @@ module "eks" {
   nodegroups         = local.nodegroups
 
   public_access_cidrs  = var.public_access_cidrs
-  admin_role_arns      = var.admin_role_arns
+  admin_role_arns      = concat(var.admin_role_arns, local.ci_apply_role_arns)
+  viewer_role_arns     = local.ci_plan_role_arns
   log_retention_days   = var.log_retention_days
   node_root_volume_gib = var.node_root_volume_gib
 }

@@ -60,5 +60,10 @@ output "dags_persistent_volumes" {
 
 output "images_role_arn" {
   description = "Role the platform repository's images workflow assumes (repository variable IMAGES_ROLE_ARN); null without platform_repository."
-  value       = try(aws_iam_role.images[0].arn, null)
+  value       = try(aws_iam_role.github["images"].arn, null)
+}
+
+output "terraform_role_arns" {
+  description = "Roles of the infra repository's workflow (its PLAN_ROLE_ARN and APPLY_ROLE_ARN); empty without infra_repository."
+  value       = { for k, r in aws_iam_role.github : k => r.arn if k != "images" }
 }

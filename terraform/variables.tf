@@ -49,7 +49,7 @@ variable "public_access_cidrs" {
 }
 
 variable "admin_role_arns" {
-  description = "IAM role ARNs given cluster admin by EKS access entry: the role people assume, and the CI role that runs terraform apply (its Kubernetes resources and ferry's bootstrap need the API). The creator of the cluster gets nothing implicitly."
+  description = "IAM role ARNs given cluster admin by EKS access entry: the role people assume (and a CI role of your own, if not the one infra_repository makes, which is added by itself: its Kubernetes resources and ferry's bootstrap need the API). The creator of the cluster gets nothing implicitly."
   type        = list(string)
   validation {
     condition     = length(var.admin_role_arns) > 0 && alltrue([for a in var.admin_role_arns : can(regex("^arn:aws[a-z-]*:iam::[0-9]{12}:role/.+$", a))])
@@ -182,6 +182,12 @@ variable "ferry_image" {
   default     = "ghcr.io/ferry-dev/ferry:0.1.0"
 }
 
+variable "ferry_deploy_dir" {
+  description = "The deploy/ directory of the ferry release you run, relative to this directory: ../deploy inside ferry's own repository; in an infrastructure repository of its own, a vendored copy of that release's deploy/ (README \"An infrastructure repository\")."
+  type        = string
+  default     = "../deploy"
+}
+
 variable "bootstrap_ferry" {
   description = "Apply deploy/ (ferry itself) once the cluster exists; ferry then takes over the platform."
   type        = bool
@@ -208,4 +214,26 @@ variable "github_oidc_provider_arn" {
   description = "The account's existing IAM OIDC provider for token.actions.githubusercontent.com (an account holds one); empty: terraform creates it."
   type        = string
   default     = ""
+}
+
+variable "infra_repository" {
+  description = "GitHub owner/name of the repository this directory is the root of: its PRs may plan (role <name>-terraform-plan, read-only, cluster view) and its main branch, in the GitHub environment `production`, may apply (role <name>-terraform-apply, cluster admin). Empty: no CI roles."
+  type        = string
+  default     = ""
+  validation {
+    condition     = var.infra_repository == "" || can(regex("^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$", var.infra_repository))
+    error_message = "infra_repository must be owner/name."
+  }
+}
+
+variable "state_bucket" {
+  description = "The S3 bucket of backend.tf (the plan role may take its lock file)."
+  type        = string
+  default     = "acme-terraform-state"
+}
+
+variable "state_key" {
+  description = "The state's key in state_bucket (backend.tf's `key`)."
+  type        = string
+  default     = "ml-platform/terraform.tfstate"
 }

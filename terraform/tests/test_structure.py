@@ -167,16 +167,23 @@ class Access(unittest.TestCase):
         access = cluster["access_config"][0]
         self.assertEqual(access["authentication_mode"], ["API"])
         self.assertEqual(access["bootstrap_cluster_creator_admin_permissions"], [False])
-        (_, _, entry), = list(resources("aws_eks_access_entry"))
-        (_, _, association), = list(resources("aws_eks_access_policy_association"))
-        for body in (entry, association):
-            self.assertEqual(body["for_each"], ["${toset(var.admin_role_arns)}"])
-        self.assertTrue(association["policy_arn"][0].endswith("/AmazonEKSClusterAdminPolicy"))
+        entries = {name: body for _, name, body in resources("aws_eks_access_entry")}
+        associations = {name: body for _, name, body in resources("aws_eks_access_policy_association")}
+        self.assertEqual(sorted(entries), ["admin", "viewer"])
+        self.assertEqual(sorted(associations), ["admin", "viewer"])
+        for kind in ("admin", "viewer"):
+            for body in (entries[kind], associations[kind]):
+                self.assertEqual(body["for_each"], [f"${{toset(var.{kind}_role_arns)}}"])
+        self.assertTrue(associations["admin"]["policy_arn"][0].endswith("/AmazonEKSClusterAdminPolicy"))
+        self.assertTrue(associations["viewer"]["policy_arn"][0].endswith("/AmazonEKSAdminViewPolicy"))
         admins = variable("admin_role_arns")
         self.assertNotIn("default", admins, "required: without an admin nobody reaches the cluster")
         self.assertIn("length(var.admin_role_arns) > 0", admins["validation"][0]["condition"][0])
         module = [b["eks"] for _, b in blocks("module") if "eks" in b][0]
-        self.assertEqual(module["admin_role_arns"], ["${var.admin_role_arns}"])
+        # People's roles, and the CI role that applies; the one that plans
+        # only views.
+        self.assertEqual(module["admin_role_arns"], ["${concat(var.admin_role_arns,local.ci_apply_role_arns)}"])
+        self.assertEqual(module["viewer_role_arns"], ["${local.ci_plan_role_arns}"])
         self.assertEqual(module["public_access_cidrs"], ["${var.public_access_cidrs}"])
         with open(os.path.join(ROOT, "terraform.tfvars.example")) as f:
             example = hcl2.load(f)
@@ -381,26 +388,58 @@ class Images(unittest.TestCase):
             self.assertIn("REPOSITORY: ml-platform/mlflow-pyfunc", f.read())
 
     def test_only_main_of_the_platform_repository_may_push_and_only_platform_images(self):
-        def document(value):
-            (text,) = value
-            return ast.literal_eval(text[len("${jsonencode("):-2])
-
-        ((_, _, role),) = [r for r in resources("aws_iam_role") if r[1] == "images"]
-        (statement,) = document(role["assume_role_policy"])["Statement"]
-        self.assertEqual(statement["Action"], "sts:AssumeRoleWithWebIdentity")
-        self.assertEqual(
-            statement["Condition"]["StringEquals"],
-            {
-                "token.actions.githubusercontent.com:aud": "sts.amazonaws.com",
-                "token.actions.githubusercontent.com:sub": "repo:${var.platform_repository}:ref:refs/heads/main",
-            },
-        )
+        with open(os.path.join(ROOT, "github.tf")) as f:
+            github = f.read()
+        self.assertIn('sub = "repo:${var.platform_repository}:ref:refs/heads/main"', github)
         ((_, _, policy),) = [r for r in resources("aws_iam_role_policy") if r[1] == "images"]
-        doc = document(policy["policy"])
+        (text,) = policy["policy"]
+        doc = ast.literal_eval(text[len("${jsonencode("):-2])
         push = next(st for st in doc["Statement"] if st["Sid"] == "PushPlatformImages")
         self.assertEqual(
             push["Resource"], ['${module.ecr.arns["mlflow-pyfunc"]}', '${module.ecr.arns["airflow-ml"]}']
         )
+        self.assertEqual(policy["role"], ['${aws_iam_role.github["images"].id}'])
+
+
+class InfraCi(unittest.TestCase):
+    def test_every_github_role_trusts_one_repository_and_one_kind_of_run(self):
+        ((_, _, role),) = [r for r in resources("aws_iam_role") if r[1] == "github"]
+        self.assertEqual(role["for_each"], ["${local.github_roles}"])
+        (text,) = role["assume_role_policy"]
+        (statement,) = ast.literal_eval(text[len("${jsonencode("):-2])["Statement"]
+        self.assertEqual(statement["Action"], "sts:AssumeRoleWithWebIdentity")
+        self.assertEqual(
+            statement["Condition"]["StringEquals"],
+            {"token.actions.githubusercontent.com:aud": "sts.amazonaws.com", "token.actions.githubusercontent.com:sub": "${each.value.sub}"},
+        )
+        with open(os.path.join(ROOT, "github.tf")) as f:
+            github = f.read()
+        self.assertIn('sub = "repo:${var.infra_repository}:pull_request"', github)
+        self.assertIn('sub = "repo:${var.infra_repository}:environment:production"', github)
+        attached = {name: body for _, name, body in resources("aws_iam_role_policy_attachment") if name.startswith("terraform_")}
+        self.assertTrue(attached["terraform_plan_read"]["policy_arn"][0].endswith(":policy/ReadOnlyAccess"), attached)
+        self.assertEqual(attached["terraform_plan_read"]["role"], ['${aws_iam_role.github["plan"].name}'])
+        self.assertEqual(attached["terraform_apply_admin"]["role"], ['${aws_iam_role.github["apply"].name}'])
+
+    def test_the_bootstrap_takes_ferrys_deploy_from_a_variable(self):
+        with open(os.path.join(ROOT, "bootstrap.tf")) as f:
+            bootstrap = f.read()
+        self.assertNotIn("../deploy", bootstrap, "an infra repository holds no ferry source tree")
+        self.assertIn("var.ferry_deploy_dir", bootstrap)
+
+    def test_the_workflow_plans_prs_and_applies_main_behind_the_environment(self):
+        import yaml
+
+        with open(os.path.join(ROOT, ".github", "workflows", "terraform.yml")) as f:
+            wf = yaml.safe_load(f)
+        jobs = wf["jobs"]
+        self.assertEqual(jobs["apply"]["environment"], "production")
+        self.assertIn("push", jobs["apply"]["if"])
+        self.assertIn("pull_request", jobs["plan"]["if"])
+        self.assertEqual(jobs["validate"].get("permissions", wf["permissions"]), {"contents": "read"}, "validate needs no AWS")
+        steps = " ".join(str(s.get("run", "")) for s in jobs["validate"]["steps"])
+        self.assertIn("terraform init -backend=false", steps)
+        self.assertIn("terraform validate", steps)
 
 
 class NodesAndNetwork(unittest.TestCase):

@@ -394,6 +394,7 @@ fn workflows() -> Vec<PathBuf> {
         ".github/workflows",
         "platform-repo-template/.github/workflows",
         "dags-repo-template/.github/workflows",
+        "terraform/.github/workflows",
     ] {
         for entry in std::fs::read_dir(root().join(dir)).unwrap() {
             files.push(entry.unwrap().path());
@@ -451,6 +452,10 @@ fn workflows_pass_actionlint_and_ask_for_minimal_permissions() {
                         ("release.yml", "binary") => &["contents"],
                         // GitHub OIDC for the push to ECR (no stored keys).
                         ("images.yml", "mlflow-pyfunc") => &["id-token"],
+                        // plan comments on its PR; apply runs behind the
+                        // `production` environment.
+                        ("terraform.yml", "plan") => &["id-token", "pull-requests"],
+                        ("terraform.yml", "apply") => &["id-token"],
                         _ => &[],
                     };
                 assert!(

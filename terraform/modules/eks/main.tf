@@ -84,6 +84,29 @@ resource "aws_eks_access_policy_association" "admin" {
   depends_on = [aws_eks_access_entry.admin]
 }
 
+# Read-only: the CI role that plans (the Kubernetes provider refreshes the
+# objects Terraform applies; AdminView reads them all but changes nothing).
+# Resources of their own rather than one map with the admins': merging
+# would re-address the admin entries of existing clusters, and replacing an
+# access entry cuts that admin off until it is recreated.
+resource "aws_eks_access_entry" "viewer" {
+  for_each      = toset(var.viewer_role_arns)
+  cluster_name  = aws_eks_cluster.this.name
+  principal_arn = each.value
+  type          = "STANDARD"
+}
+
+resource "aws_eks_access_policy_association" "viewer" {
+  for_each      = toset(var.viewer_role_arns)
+  cluster_name  = aws_eks_cluster.this.name
+  principal_arn = each.value
+  policy_arn    = "arn:aws:eks::aws:cluster-access-policy/AmazonEKSAdminViewPolicy"
+  access_scope {
+    type = "cluster"
+  }
+  depends_on = [aws_eks_access_entry.viewer]
+}
+
 # IRSA: pods assume IAM roles through the cluster's OIDC issuer.
 data "tls_certificate" "oidc" {
   url = aws_eks_cluster.this.identity[0].oidc[0].issuer

@@ -45,6 +45,12 @@ variable "admin_role_arns" {
   type        = list(string)
 }
 
+variable "viewer_role_arns" {
+  description = "IAM roles given read-only cluster access by access entry (the CI role that plans)."
+  type        = list(string)
+  default     = []
+}
+
 variable "log_retention_days" {
   description = "Days the control plane's logs are kept."
   type        = number
