@@ -317,14 +317,8 @@ pub async fn plan(
         // Whose the instance count is: the autoscaler's while git declares
         // autoscaling or someone else's target is on the variant; ferry's
         // again in the plan that removes ferry's own target.
-        let declared_scaling = |variant: &str| {
-            endpoint
-                .variants
-                .iter()
-                .any(|v| v.name == variant && v.autoscaling.is_some())
-        };
         let autoscaled = |variant: &str| {
-            declared_scaling(variant) || live_scaling.get(variant).is_some_and(|l| !l.ours())
+            endpoint.autoscales(variant) || live_scaling.get(variant).is_some_and(|l| !l.ours())
         };
         // Our config already deploying (started by a ferry that was killed
         // or restarted mid-way): not a change, but not done either; the
@@ -344,9 +338,13 @@ pub async fn plan(
         };
         if let Some(fields) = fields {
             // SageMaker lets a model change under autoscaling, not a new
-            // instance type or a removed variant.
+            // instance type or a removed variant. Only ferry's targets, and
+            // those git declares (set again after), are taken off: someone
+            // else's stays, and SageMaker's refusal says why.
             let unscale_first: Vec<String> = live_scaling
-                .keys()
+                .iter()
+                .filter(|(v, now)| now.ours() || endpoint.autoscales(v))
+                .map(|(v, _)| v)
                 .filter(|v| {
                     fields.iter().any(|f| {
                         f.field == format!("variants.{v}.instance_type")
@@ -446,6 +444,21 @@ pub async fn plan(
         }
         let resource = format!("sagemaker/endpoint/{name}");
         if prune {
+            // Application Auto Scaling keeps a target after its endpoint
+            // is gone: ferry's go first.
+            let live = describe_endpoint(client, &name)
+                .await
+                .map_err(|e| AwsError::Api(format!("{resource}: {e}")))?;
+            let variants: Vec<&str> = live
+                .production_variants()
+                .iter()
+                .filter_map(|v| v.variant_name())
+                .collect();
+            for (variant, now) in scaling::live(&clients.scaling, &name, &variants).await? {
+                if now.ours() {
+                    plan.changes.push(scaling_removal(&name, &variant, &now));
+                }
+            }
             plan.changes.push(Change {
                 resource,
                 action: Action::Delete,
@@ -470,12 +483,7 @@ fn plan_scaling(
     unscaled: &[String],
     plan: &mut AwsPlan,
 ) {
-    let resource = |v: &str| {
-        format!(
-            "sagemaker/endpoint/{}/variant/{v}/autoscaling",
-            endpoint.name
-        )
-    };
+    let resource = |v: &str| scaling_resource(&endpoint.name, v);
     let live_of = |v: &str| live.get(v).filter(|_| !unscaled.iter().any(|u| u == v));
     for v in &endpoint.variants {
         let Some(spec) = &v.autoscaling else {
@@ -503,23 +511,12 @@ fn plan_scaling(
         });
     }
     for (name, now) in live {
-        let declared = endpoint
-            .variants
-            .iter()
-            .any(|v| &v.name == name && v.autoscaling.is_some());
-        if declared || unscaled.contains(name) {
+        if endpoint.autoscales(name) || unscaled.contains(name) {
             continue;
         }
         if now.ours() {
-            plan.changes.push(Change {
-                resource: resource(name),
-                action: Action::Delete,
-                fields: scaling::removed_fields(now),
-                op: Op::Scaling(ScalingOp::Remove {
-                    endpoint: endpoint.name.clone(),
-                    variant: name.clone(),
-                }),
-            });
+            plan.changes
+                .push(scaling_removal(&endpoint.name, name, now));
         } else {
             plan.drift.push(format!(
                 "{}: autoscaled ({}..{} instances) by something other than ferry; ferry leaves its instance count to that autoscaler. Declare `autoscaling` on the variant to own it",
@@ -529,6 +526,23 @@ fn plan_scaling(
             ));
         }
     }
+}
+
+/// Removing ferry's target and policy from a variant.
+fn scaling_removal(endpoint: &str, variant: &str, now: &LiveScaling) -> Change {
+    Change {
+        resource: scaling_resource(endpoint, variant),
+        action: Action::Delete,
+        fields: scaling::removed_fields(now),
+        op: Op::Scaling(ScalingOp::Remove {
+            endpoint: endpoint.to_string(),
+            variant: variant.to_string(),
+        }),
+    }
+}
+
+fn scaling_resource(endpoint: &str, variant: &str) -> String {
+    format!("sagemaker/endpoint/{endpoint}/variant/{variant}/autoscaling")
 }
 
 fn fmt_opt<T: ToString>(v: Option<T>) -> String {

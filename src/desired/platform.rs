@@ -176,6 +176,15 @@ pub struct Endpoint {
     pub smoke_test: Option<SmokeTest>,
 }
 
+impl Endpoint {
+    /// Whether git declares autoscaling on `variant`.
+    pub fn autoscales(&self, variant: &str) -> bool {
+        self.variants
+            .iter()
+            .any(|v| v.name == variant && v.autoscaling.is_some())
+    }
+}
+
 /// A request the deployed model must answer before ferry calls its
 /// deployment a success.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -566,7 +575,8 @@ pub fn load_smoke_payloads(
         };
         let key = format!("sagemaker.endpoints[{i}].smoke_test.payload");
         let path = smoke.payload.trim_start_matches("./");
-        let message = match read(path) {
+        let inside = !path.starts_with('/') && !path.split('/').any(|part| part == "..");
+        let message = match if inside { read(path) } else { Ok(None) } {
             Ok(Some(bytes)) if bytes.len() > MAX_SMOKE_PAYLOAD => Some(format!(
                 "`{path}` is {} bytes; SageMaker takes at most {MAX_SMOKE_PAYLOAD} in one invocation",
                 bytes.len()
@@ -913,6 +923,18 @@ sagemaker:
             "    - name: churn\n      smoke_test: {payload: smoke/churn.json, expect_contains: '['}\n",
         );
         let mut p = parse("platform.yaml", &smoked).unwrap();
+        // Outside the repository is never read, from a checkout either.
+        let outside = smoked.replace("smoke/churn.json", "../../etc/passwd");
+        let mut q = parse("platform.yaml", &outside).unwrap();
+        let refused = load_smoke_payloads(&mut q, "platform.yaml", &outside, &|path| {
+            panic!("read {path}")
+        })
+        .unwrap_err();
+        assert!(
+            refused[0].message.contains("is not a file of this commit"),
+            "{}",
+            refused[0]
+        );
         let missing =
             load_smoke_payloads(&mut p, "platform.yaml", &smoked, &|_| Ok(None)).unwrap_err();
         assert_eq!(

@@ -1737,6 +1737,51 @@ async fn an_autoscaled_variant_keeps_the_autoscalers_count_and_follows_git() {
     assert!(outcome.succeeded(), "{:?}", outcome.results);
     assert_eq!(live_scaling("churn").await, Some(((2, 5), None)));
     assert_eq!(live_count("churn").await, Some(2));
+
+    // A new instance type under that autoscaler: ferry does not take the
+    // target off (it is not ferry's); SageMaker refuses, and says why.
+    let xl2 = scaled_yaml("2", "ml.m5.2xlarge", "");
+    let outcome = revise(&mut target, oid(10), parse(&xl2), &no)
+        .await
+        .unwrap();
+    let failure = outcome.failures().join("\n");
+    assert!(
+        failure.contains("registered with Application Auto Scaling"),
+        "{failure}"
+    );
+    assert_eq!(live_scaling("churn").await, Some(((2, 5), None)));
+
+    // Declared again (ferry's from then on), then pruned: Application Auto
+    // Scaling would keep the target of a deleted endpoint, so ferry's goes
+    // first.
+    let v8 = scaled_yaml("2", "ml.m5.xlarge", SCALING);
+    apply_ok(&mut target, 8, parse(&v8)).await;
+    assert_eq!(
+        live_scaling("churn").await,
+        Some(((1, 4), Some((70.0, 300, 60))))
+    );
+    let gone =
+        parse("apiVersion: ferry.dev/v1alpha1\nkind: Platform\nsagemaker:\n  endpoints: []\n")
+            .unwrap()
+            .unwrap();
+    let clients = aws::clients(&gone, &target_config(&moto().url, true)).await;
+    let plan = aws::plan(&clients, &gone, &provenance(9), true)
+        .await
+        .unwrap();
+    assert_eq!(
+        resources(&plan),
+        [
+            (
+                "sagemaker/endpoint/churn/variant/primary/autoscaling",
+                Action::Delete
+            ),
+            ("sagemaker/endpoint/churn", Action::Delete),
+        ]
+    );
+    let mut pruning = platform_target(true);
+    apply_ok(&mut pruning, 9, Ok(Some(gone))).await;
+    assert_eq!(live_scaling("churn").await, None);
+    assert!(endpoint_names().await.is_empty());
 }
 
 /// Queues answers for moto's sagemaker-runtime: each new (endpoint,
