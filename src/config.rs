@@ -555,6 +555,9 @@ pub struct KubernetesTargetConfig {
     /// How kustomization directories under `path` are built.
     #[serde(default)]
     pub kustomize: KustomizeConfig,
+    /// Where Secrets annotated `ferry.dev/secrets-manager` get their
+    /// values; absent: such Secrets are refused.
+    pub secrets_manager: Option<SecretsManagerConfig>,
     /// Where fetched chart archives are kept: the config's `cache_dir`.
     #[serde(skip)]
     pub cache_dir: PathBuf,
@@ -670,6 +673,24 @@ impl Default for HelmConfig {
 
 fn default_helm_binary() -> PathBuf {
     PathBuf::from("helm")
+}
+
+/// AWS Secrets Manager, as the Kubernetes target reads it, or a local
+/// directory standing in for it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretsManagerConfig {
+    /// Instead of AWS: each secret's value is the file `<directory>/<secret
+    /// id>` (local runs, `ferry quickstart`).
+    pub directory: Option<PathBuf>,
+    /// Region of the secrets (else the default AWS chain's).
+    pub region: Option<String>,
+    /// API endpoint override (tests, VPC endpoints).
+    pub endpoint_url: Option<String>,
+    /// As the AWS target's: fixed keys from callers that hold them, never
+    /// from ferry.yaml.
+    #[serde(skip)]
+    pub static_credentials: Option<StaticCredentials>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -1329,6 +1350,25 @@ impl Config {
                     format!("targets.kubernetes.ignore[{i}].{key}"),
                     message,
                 ));
+            }
+            if let Some(sm) = &kube.secrets_manager {
+                match &sm.directory {
+                    Some(_) if sm.region.is_some() || sm.endpoint_url.is_some() => {
+                        return Err(invalid(
+                            "targets.kubernetes.secrets_manager.directory".into(),
+                            "a directory stands in for AWS: give it or region/endpoint_url, not both"
+                                .into(),
+                        ));
+                    }
+                    None if !cfg!(feature = "aws") => {
+                        return Err(invalid(
+                            "targets.kubernetes.secrets_manager".into(),
+                            "this ferry was built without the `aws` feature: use a default build, or `directory`"
+                                .into(),
+                        ));
+                    }
+                    _ => {}
+                }
             }
             if !(1..=100).contains(&kube.prune_limit_percent) {
                 return Err(invalid(

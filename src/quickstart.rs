@@ -23,6 +23,8 @@ pub struct Layout {
     pub dags_repo: PathBuf,
     pub platform_repo: PathBuf,
     pub dags_dest: PathBuf,
+    /// Stands in for Secrets Manager: the platform's Secret values.
+    pub secrets_dir: PathBuf,
     pub link: String,
 }
 
@@ -34,6 +36,7 @@ impl Layout {
             dags_repo: dir.join("repos").join("dags.git"),
             platform_repo: dir.join("repos").join("platform.git"),
             dags_dest: dir.join("airflow").join("dags"),
+            secrets_dir: dir.join("secrets"),
             link: "current".into(),
         }
     }
@@ -79,6 +82,9 @@ pub fn prepare(
     // workloads: their images, secrets and volumes are the real platform's).
     // Without one the platform repo has no target, so it is no source
     // either: a source that "succeeds" while feeding nothing would mislead.
+    if kubeconfig.is_some() {
+        seed_secrets(&layout)?;
+    }
     let (platform_source, kubernetes) = match kubeconfig {
         Some(kc) => (
             format!(
@@ -87,12 +93,14 @@ pub fn prepare(
             ),
             format!(
                 "  kubernetes:\n    source: platform\n    default_namespace: default\n    \
-                 allowed_namespaces: [default, airflow, mlflow, jupyterhub, monitoring]\n    \
-                 health_timeout: 0s\n    kubeconfig: {}\n",
+                 allowed_namespaces: [default, airflow, mlflow, jupyterhub, monitoring, platform-db]\n    \
+                 health_timeout: 0s\n    kubeconfig: {}\n    \
+                 secrets_manager:\n      directory: {}\n",
                 yaml_str(
                     &kc.canonicalize()
                         .with_context(|| format!("kubeconfig {}", kc.display()))?
-                )
+                ),
+                yaml_str(&layout.secrets_dir)
             ),
         ),
         None => (String::new(), String::new()),
@@ -172,6 +180,70 @@ pub fn platform_summary(layout: &Layout) -> anyhow::Result<Vec<String>> {
         }
     }
     Ok(lines)
+}
+
+/// Local values for the platform's Secrets that name their members, where
+/// none are yet (edits survive a second run): random, never the same twice,
+/// so a quickstart holds no shared default password.
+fn seed_secrets(layout: &Layout) -> anyhow::Result<()> {
+    use crate::kubernetes::secret_values::{FROM, KEY, KEYS};
+    use std::io::Read;
+    let repo = Repository::open_bare(&layout.platform_repo)
+        .with_context(|| format!("cannot open {}", layout.platform_repo.display()))?;
+    let commit = repo.refname_to_id("refs/heads/main")?;
+    let Ok(manifests) = crate::desired::manifests::read(&repo, commit, "manifests") else {
+        // The first sync says what is wrong with them, with file and line.
+        return Ok(());
+    };
+    let mut random = std::fs::File::open("/dev/urandom").context("cannot read /dev/urandom")?;
+    let mut token = || -> anyhow::Result<String> {
+        let mut bytes = [0u8; 24];
+        random.read_exact(&mut bytes)?;
+        Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+    };
+    for m in manifests.iter().filter(|m| m.id.kind == "Secret") {
+        let annotations = &m.object["metadata"]["annotations"];
+        let Some(id) = annotations[FROM].as_str() else {
+            continue;
+        };
+        let value = if annotations[KEY].is_string() {
+            token()?
+        } else if let Some(keys) = annotations[KEYS].as_str() {
+            let mut members = serde_json::Map::new();
+            for key in keys.split(',').map(str::trim).filter(|k| !k.is_empty()) {
+                members.insert(key.to_string(), token()?.into());
+            }
+            serde_json::Value::Object(members).to_string()
+        } else {
+            continue;
+        };
+        let Some(path) = crate::kubernetes::secret_values::file_of(&layout.secrets_dir, id) else {
+            continue;
+        };
+        if path.exists() {
+            continue;
+        }
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("cannot create {}", parent.display()))?;
+        }
+        write_private(&path, &value)?;
+    }
+    Ok(())
+}
+
+/// A file only its owner reads.
+fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    file.write_all(text.as_bytes())
+        .with_context(|| format!("cannot write {}", path.display()))
 }
 
 fn yaml_str(path: &Path) -> String {

@@ -234,9 +234,15 @@ impl Target {
         }
     }
 
-    /// Heals drift by applying the drift plan (Kubernetes `self_heal`).
-    pub fn heals(&self) -> bool {
-        matches!(self, Target::Kubernetes(t) if t.config.self_heal)
+    /// Heals drift by applying the drift plan: Kubernetes `self_heal`, or
+    /// drift that is only new values of Secrets kept in Secrets Manager.
+    pub fn heals(&self, plan: &Plan) -> bool {
+        match (self, plan) {
+            (Target::Kubernetes(t), Plan::Kubernetes(p)) => {
+                t.config.self_heal || p.drift_is_only_new_secret_values()
+            }
+            _ => false,
+        }
     }
 
     /// Plans this target's part of `desired`. Reads only (a DAGs plan

@@ -11,8 +11,8 @@ locals {
 }
 
 # ferry: EKS nodegroups and addons of its one cluster; SageMaker resources it
-# tags as managed, their smoke tests and variant autoscaling; PassRole for the
-# SageMaker execution role only.
+# tags as managed, their smoke tests and variant autoscaling; the platform's
+# Secret values; PassRole for the SageMaker execution role only.
 module "ferry_role" {
   source            = "./modules/irsa"
   name              = "${var.name}-ferry"
@@ -119,6 +119,25 @@ module "ferry_role" {
         Action    = "iam:CreateServiceLinkedRole"
         Resource  = "arn:${local.partition}:iam::${local.account}:role/aws-service-role/sagemaker.application-autoscaling.amazonaws.com/AWSServiceRoleForApplicationAutoScaling_SageMakerEndpoint"
         Condition = { StringLike = { "iam:AWSServiceName" = "sagemaker.application-autoscaling.amazonaws.com" } }
+      },
+      {
+        # The values of the platform's Secrets (secrets.tf) and the
+        # database's master credentials, which RDS keeps and rotates.
+        Sid    = "PlatformSecretsRead"
+        Effect = "Allow"
+        Action = "secretsmanager:GetSecretValue"
+        Resource = concat(
+          [for s in aws_secretsmanager_secret.generated : s.arn],
+          [for s in aws_secretsmanager_secret.issued : s.arn],
+          [module.rds.master_user_secret_arn],
+        )
+      },
+      {
+        Sid       = "DecryptThroughSecretsManagerOnly"
+        Effect    = "Allow"
+        Action    = "kms:Decrypt"
+        Resource  = aws_kms_key.platform.arn
+        Condition = { StringEquals = { "kms:ViaService" = "secretsmanager.${var.region}.amazonaws.com" } }
       },
       {
         Sid      = "PassTheExecutionRoleToSageMaker"

@@ -10,6 +10,10 @@ terraform {
       source  = "hashicorp/kubernetes"
       version = "~> 2.36"
     }
+    random = {
+      source  = "hashicorp/random"
+      version = "~> 3.6"
+    }
     tls = {
       source  = "hashicorp/tls"
       version = "~> 4.0"

@@ -637,7 +637,7 @@ impl Worker {
                 }
             };
             let drifted = plan.drifted();
-            let healed = if heal && target.heals() && !drifted.is_empty() {
+            let healed = if heal && target.heals(&plan) && !drifted.is_empty() {
                 match target.apply(plan, cancel).await {
                     Ok(outcome) => Some(outcome),
                     Err(failure) => {

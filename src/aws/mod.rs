@@ -9,6 +9,7 @@
 pub mod eks;
 pub mod sagemaker;
 pub mod scaling;
+pub mod secrets_manager;
 pub mod target;
 
 use std::sync::atomic::{AtomicBool, Ordering};

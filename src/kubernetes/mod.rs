@@ -15,4 +15,5 @@ pub mod inventory;
 pub mod last_applied;
 pub mod ownership;
 pub mod plan;
+pub mod secret_values;
 pub mod target;

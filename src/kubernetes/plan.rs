@@ -324,6 +324,32 @@ impl Plan {
             .collect()
     }
 
+    /// Whether all the drift is Secrets whose values Secrets Manager now
+    /// holds differently (a rotation, or a hand edit of a value): applied
+    /// at a drift check even without `self_heal`, as the store, not the
+    /// cluster, is where those values are kept. Any other drift, or a
+    /// refusal, leaves the plan to `self_heal`.
+    pub fn drift_is_only_new_secret_values(&self) -> bool {
+        let Some(basis) = &self.basis else {
+            return false;
+        };
+        let filled: HashSet<&ObjectRef> = basis
+            .resolved
+            .iter()
+            .filter(|m| super::secret_values::is_filled(&m.object))
+            .map(|m| &m.id)
+            .collect();
+        let mut drifted = self
+            .objects
+            .iter()
+            .filter(|o| o.action != Action::Unchanged || o.error.is_some())
+            .peekable();
+        drifted.peek().is_some()
+            && self.errors.is_empty()
+            && drifted
+                .all(|o| o.action == Action::Update && o.error.is_none() && filled.contains(&o.id))
+    }
+
     /// The first thing a reviewer must see: a revision error or a refusal.
     pub fn first_problem(&self) -> Option<String> {
         self.errors.first().map(|e| e.to_string()).or_else(|| {

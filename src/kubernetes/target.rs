@@ -12,6 +12,7 @@ use super::apply::{Applier, ApplyError, ApplyOutcome};
 use super::client::{self, describe};
 use super::last_applied::LastApplied;
 use super::plan::{self, Depth, Plan};
+use super::secret_values::{self, FillError, Store};
 use crate::config::KubernetesTargetConfig;
 use crate::desired::manifests::Manifest;
 use crate::verdict::{Failure, Reason};
@@ -20,6 +21,8 @@ pub struct KubeTarget {
     pub config: KubernetesTargetConfig,
     name: String,
     client: Option<Client>,
+    /// Secrets Manager, once a revision asked for a value from it.
+    store: Option<Store>,
     last: Option<LastApplied>,
     /// Last revision applied with every object applied and healthy.
     applied: Option<Oid>,
@@ -43,6 +46,7 @@ impl KubeTarget {
             config,
             name: name.to_string(),
             client: None,
+            store: None,
             last: None,
             applied: None,
             last_drift_check: None,
@@ -101,8 +105,21 @@ impl KubeTarget {
         self.capabilities.clone()
     }
 
-    /// Plans `manifests` of `commit`. Reads only; objects untouched since
-    /// the last good apply are not dry-run again.
+    /// The store Secrets are filled from, when ferry.yaml names one;
+    /// connected the first time a revision asks for a value.
+    async fn store(&mut self, asked: bool) -> Option<&Store> {
+        if asked
+            && self.store.is_none()
+            && let Some(config) = &self.config.secrets_manager
+        {
+            self.store = Store::connect(config).await;
+        }
+        self.store.as_ref()
+    }
+
+    /// Plans `manifests` of `commit`, Secrets filled from Secrets Manager
+    /// as they are now. Reads only; objects untouched since the last good
+    /// apply are not dry-run again.
     pub async fn plan(
         &mut self,
         commit: Oid,
@@ -110,12 +127,24 @@ impl KubeTarget {
         depth: Depth,
     ) -> Result<Plan, Failure> {
         let client = self.client().await?;
+        let asked = manifests
+            .iter()
+            .any(|m| secret_values::is_filled(&m.object));
+        let filled = match secret_values::fill(manifests, self.store(asked).await).await {
+            Ok(filled) => filled,
+            Err(FillError::Refused(errors)) => {
+                return Ok(Plan::refused(&self.name, &commit.to_string(), errors));
+            }
+            Err(FillError::Unavailable(message)) => {
+                return Err(Failure::new(Reason::AwsUnavailable, message));
+            }
+        };
         plan::plan(
             &client,
             &self.name,
             &commit.to_string(),
             &self.config,
-            manifests,
+            &filled,
             self.last.as_ref(),
             depth,
         )

@@ -502,6 +502,105 @@ class NodesAndNetwork(unittest.TestCase):
         self.assertEqual(variable("database_subnets")["default"], [True])
 
 
+class PlatformSecrets(unittest.TestCase):
+    """terraform/secrets.tf writes what the template's Secrets name, with
+    every key their pods read, and ferry may read exactly those."""
+
+    def terraform_secrets(self):
+        (local,) = [b for _, b in blocks("locals") if "generated_secrets" in b]
+        generated = {k: set(v) for k, v in local["generated_secrets"][0].items()}
+        issued = {k: set(v) for k, v in local["issued_secrets"][0].items()}
+        self.assertFalse(set(generated) & set(issued))
+        return generated, issued
+
+    def template(self):
+        """Secrets the template fills ((ns, name) -> id) and the keys its
+        documents read of each Secret ((ns, name) -> keys)."""
+        import yaml
+
+        def key_refs(value, out):
+            if isinstance(value, dict):
+                ref = value.get("secretKeyRef")
+                if isinstance(ref, dict):
+                    out.add((ref["name"], ref["key"]))
+                for v in value.values():
+                    key_refs(v, out)
+            elif isinstance(value, list):
+                for v in value:
+                    key_refs(v, out)
+            elif isinstance(value, str) and "secretKeyRef" in value:
+                # A pod template kept in a ConfigMap (Airflow's task pods).
+                key_refs(yaml.safe_load(value), out)
+
+        repo = os.path.dirname(ROOT)
+        filled, read = {}, {}
+        pattern = os.path.join(repo, "platform-repo-template", "manifests", "**", "*.yaml")
+        for path in glob.glob(pattern, recursive=True):
+            with open(path) as f:
+                for doc in yaml.safe_load_all(f):
+                    if not doc:
+                        continue
+                    ns = doc["metadata"].get("namespace", "airflow")
+                    if doc["kind"] == "Secret":
+                        annotations = doc["metadata"].get("annotations") or {}
+                        self.assertIn("ferry.dev/secrets-manager", annotations,
+                                      f"{path}: Secret {ns}/{doc['metadata']['name']} holds values in git")
+                        keys = annotations.get("ferry.dev/secrets-manager-keys", "")
+                        filled[(ns, doc["metadata"]["name"])] = (
+                            annotations["ferry.dev/secrets-manager"],
+                            {k.strip() for k in keys.split(",") if k.strip()},
+                        )
+                    refs = set()
+                    key_refs(doc, refs)
+                    for name, key in refs:
+                        read.setdefault((ns, name), set()).add(key)
+        return filled, read
+
+    def test_every_secret_the_template_fills_is_written_with_every_key_its_pods_read(self):
+        generated, issued = self.terraform_secrets()
+        made = {**generated, **issued}
+        filled, read = self.template()
+        self.assertGreaterEqual(len(filled), 9, filled)
+        for (ns, name), (id_, taken) in filled.items():
+            # ferry copies the members it names, and refuses a value without one.
+            missing = read.get((ns, name), set()) - taken
+            self.assertFalse(missing, f"pods read keys {missing} of {ns}/{name}, which its annotation does not take")
+            if ":secret:rds!" in id_:
+                # RDS's own master secret (output postgres_master_secret_arn):
+                # it holds these two keys.
+                self.assertEqual((ns, name), ("platform-db", "master"))
+                self.assertEqual(taken, {"username", "password"})
+                continue
+            self.assertEqual(id_, f"ml-platform/{ns}/{name}", f"Secret {ns}/{name} names {id_}")
+            self.assertIn(f"{ns}/{name}", made, f"Secret {ns}/{name} names {id_}, which terraform/ does not make")
+            self.assertEqual(taken, made[f"{ns}/{name}"], f"{ns}/{name}: the keys it takes are those terraform/ writes")
+        for (ns, name) in read:
+            if ns != "ferry":
+                self.assertIn((ns, name), filled, f"a pod reads Secret {ns}/{name}, which the template does not declare")
+        for secret in made:
+            self.assertIn(tuple(secret.split("/")), filled, f"terraform/ writes {secret}, which no template Secret names")
+
+    def test_ferry_reads_exactly_these_secrets_and_decrypts_only_through_secrets_manager(self):
+        (ferry,) = [b["ferry_role"] for _, b in blocks("module") if "ferry_role" in b]
+        policy = ast.literal_eval(ferry["policy_json"][0][len("${jsonencode("):-2])
+        (read,) = [st for st in policy["Statement"] if "secretsmanager:GetSecretValue" in as_list(st["Action"])]
+        readable = str(read["Resource"])
+        for expected in ("aws_secretsmanager_secret.generated", "aws_secretsmanager_secret.issued",
+                         "module.rds.master_user_secret_arn"):
+            self.assertIn(expected, readable)
+        self.assertNotIn("*", readable)
+        self.assertEqual(as_list(read["Action"]), ["secretsmanager:GetSecretValue"])
+        (decrypt,) = [st for st in policy["Statement"] if st.get("Sid") == "DecryptThroughSecretsManagerOnly"]
+        self.assertEqual(decrypt["Condition"]["StringEquals"]["kms:ViaService"],
+                         "secretsmanager.${var.region}.amazonaws.com")
+        secrets = list(resources("aws_secretsmanager_secret"))
+        self.assertEqual(len(secrets), 2)
+        for _, name, body in secrets:
+            self.assertEqual(as_list(body["kms_key_id"])[0], "${aws_kms_key.platform.arn}", name)
+        (db,) = [b for _, _, b in resources("aws_db_instance")]
+        self.assertEqual(as_list(db["master_user_secret_kms_key_id"])[0], "${var.kms_key_arn}")
+
+
 class Documentation(unittest.TestCase):
     def test_every_variable_and_output_is_described(self):
         for kind in ("variable", "output"):

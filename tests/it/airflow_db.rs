@@ -60,6 +60,13 @@ fn environment(
         "{container}"
     );
     let mut env = config.clone();
+    env.extend(declared_env(container, secrets));
+    env
+}
+
+/// A container's `env` entries, Secrets resolved from `secrets` (`name/key`).
+fn declared_env(container: &Value, secrets: &BTreeMap<&str, String>) -> BTreeMap<String, String> {
+    let mut env = BTreeMap::new();
     for e in container["env"].as_array().into_iter().flatten() {
         let name = e["name"].as_str().unwrap().to_string();
         let value = match e["valueFrom"]["secretKeyRef"].as_object() {
@@ -233,5 +240,139 @@ fn airflow_starts_on_an_empty_postgres_database_as_the_template_runs_it() {
         "healthy",
         "{health}\n{}",
         std::fs::read_to_string(&log).unwrap_or_default()
+    );
+}
+
+/// The template's database bootstrap (manifests/platform-db/), its Job's
+/// command and script as declared, on a PostgreSQL that checks passwords,
+/// run as a master user that is no superuser (as RDS's is not): each
+/// application gets its own user and database, nobody else may connect to
+/// it, a second run changes a password Secrets Manager changed and nothing
+/// else.
+#[test]
+fn the_database_bootstrap_gives_each_application_its_own_user_and_database() {
+    let pg = Postgres::start_with_passwords("superuser-pass");
+    // What RDS makes: the master user (CREATEROLE, CREATEDB, no
+    // superuser) and its database `platform`.
+    pg.sql(
+        "postgres",
+        "CREATE ROLE platform_admin LOGIN CREATEROLE CREATEDB PASSWORD 'master-pass'",
+    );
+    pg.sql("postgres", "CREATE DATABASE platform OWNER platform_admin");
+
+    let docs = template_manifests("platform-db/database-users.yaml");
+    let job = named(&docs, "Job", "database-users");
+    let script = named(&docs, "ConfigMap", "database-users");
+    let pod = &job["spec"]["template"]["spec"];
+    let container = &pod["containers"][0];
+    // The ConfigMap where the Job mounts it.
+    let mount = container["volumeMounts"][0]["mountPath"].as_str().unwrap();
+    assert_eq!(
+        pod["volumes"][0]["configMap"]["name"],
+        script["metadata"]["name"]
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("sql");
+    std::fs::create_dir_all(&dir).unwrap();
+    for (name, text) in script["data"].as_object().unwrap() {
+        std::fs::write(dir.join(name), text.as_str().unwrap()).unwrap();
+    }
+    let command: Vec<String> = container["command"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().replace(mount, &dir.to_string_lossy()))
+        .collect();
+    assert_eq!(command[0], "psql");
+
+    let bootstrap = |airflow_pw: &str, mlflow_pw: &str| {
+        let secrets = BTreeMap::from([
+            ("app-users/host", "127.0.0.1".to_string()),
+            ("app-users/airflow", airflow_pw.to_string()),
+            ("app-users/mlflow", mlflow_pw.to_string()),
+            ("master/username", "platform_admin".to_string()),
+            ("master/password", "master-pass".to_string()),
+        ]);
+        let mut env = declared_env(container, &secrets);
+        assert_eq!(env["PGSSLMODE"], "require", "RDS forces TLS");
+        // This server listens on a port of the test's and has no
+        // certificate: the only two values that differ from the cluster.
+        env.insert("PGPORT".into(), pg.port.to_string());
+        env.insert("PGSSLMODE".into(), "disable".into());
+        let out = pg
+            .psql()
+            .args(&command[1..])
+            .env_clear()
+            .envs(&env)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "the bootstrap failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            !said.contains(airflow_pw) && !said.contains(mlflow_pw),
+            "the bootstrap printed a password: {said}"
+        );
+    };
+    let connects = |user: &str, password: &str, db: &str| {
+        pg.psql()
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &pg.port.to_string(),
+                "-U",
+                user,
+                "-d",
+                db,
+            ])
+            .args([
+                "-At",
+                "-c",
+                "CREATE TABLE IF NOT EXISTS t (x int); SELECT current_user",
+            ])
+            .env("PGPASSWORD", password)
+            .output()
+            .unwrap()
+            .status
+            .success()
+    };
+
+    bootstrap("airflow-pass-1", "mlflow-pass-1");
+    // Each owns its database and may create its tables there (Airflow's
+    // and MLflow's migrations do), and nobody else's.
+    assert!(connects("airflow", "airflow-pass-1", "airflow"));
+    assert!(connects("mlflow", "mlflow-pass-1", "mlflow"));
+    assert!(!connects("airflow", "airflow-pass-1", "mlflow"));
+    assert!(!connects("mlflow", "mlflow-pass-1", "airflow"));
+    assert!(!connects("airflow", "wrong", "airflow"));
+    assert_eq!(
+        pg.sql(
+            "postgres",
+            "SELECT datdba::regrole FROM pg_database WHERE datname = 'mlflow'"
+        ),
+        "mlflow"
+    );
+
+    // Again, MLflow's password changed in Secrets Manager: it takes the
+    // new one, the databases and their tables stay.
+    bootstrap("airflow-pass-1", "mlflow-pass-2");
+    assert!(connects("mlflow", "mlflow-pass-2", "mlflow"));
+    assert!(!connects("mlflow", "mlflow-pass-1", "mlflow"));
+    assert!(connects("airflow", "airflow-pass-1", "airflow"));
+    assert_eq!(
+        pg.sql(
+            "airflow",
+            "SELECT count(*) FROM pg_tables WHERE tablename = 't'"
+        ),
+        "1"
     );
 }

@@ -375,8 +375,33 @@ fn quickstart_applies_the_platform_template_to_a_reachable_cluster() {
     let objects = platform["kubernetes"]["last_apply"]["objects"]
         .as_array()
         .unwrap();
-    assert_eq!(objects.len(), 41, "{platform}");
+    assert_eq!(objects.len(), 53, "{platform}");
     assert!(objects.iter().all(|o| o["error"].is_null()), "{platform}");
+    // The Secrets hold the values quickstart wrote for them, readable by
+    // their owner only.
+    use std::os::unix::fs::PermissionsExt;
+    let file = dir.join("secrets/ml-platform/airflow/airflow-db");
+    assert_eq!(
+        std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let written: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    let live = tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let admin = ferry::kubernetes::client::connect(Some(&cp.admin))
+            .await
+            .unwrap();
+        kube::Api::<k8s_openapi::api::core::v1::Secret>::namespaced(admin, "airflow")
+            .get("airflow-db")
+            .await
+            .unwrap()
+    });
+    let data = live.data.unwrap();
+    assert_eq!(data.len(), 1);
+    assert_eq!(
+        String::from_utf8(data["sql_alchemy_conn"].0.clone()).unwrap(),
+        written["sql_alchemy_conn"].as_str().unwrap()
+    );
 }
 
 #[test]
@@ -403,7 +428,7 @@ fn quickstart_once_publishes_the_template_and_is_rerunnable() {
     // was compared with a cluster or AWS), and not a source at all without
     // a cluster, so nothing claims to have succeeded for it.
     assert!(
-        stdout.contains("The platform repo declares 44 object(s) and AWS resource(s) (a listing: no cluster given"),
+        stdout.contains("The platform repo declares 56 object(s) and AWS resource(s) (a listing: no cluster given"),
         "{stdout}"
     );
     assert!(

@@ -26,6 +26,7 @@ mod notify;
 mod pages;
 mod promotion;
 mod publish;
+mod secrets;
 mod signatures;
 mod standup;
 mod templates;

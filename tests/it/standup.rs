@@ -2,9 +2,10 @@
 //! kwok nodes made from `platform.yaml`'s nodegroups with EKS's allocatable
 //! capacity, EKS's own kube-system pods), the prerequisites Terraform
 //! applies (rendered from the same template, by Terraform itself), ferry's
-//! `deploy/` as Terraform's bootstrap applies it, the Secrets the template's
-//! README says to create, and then `ferry run` with ferry's own
-//! service-account token applying the whole platform template. It passes
+//! `deploy/` as Terraform's bootstrap applies it, the values of the
+//! template's Secrets in Secrets Manager (a moto of its own), and then
+//! `ferry run` with ferry's own service-account token and config applying
+//! the whole platform template, its Secrets filled from there. It passes
 //! only when ferry reports the commit healthy and the cluster agrees: every
 //! workload available, every claim bound (the DAGs claims to one EFS
 //! access point), nothing Pending, nothing refused, every Secret and
@@ -18,6 +19,7 @@
 //! run, so a wrong command or a missing Python package is not caught here
 //! (the component tests run those); mounts are not checked by a kubelet,
 //! which is why this test checks every reference itself.
+#![cfg(feature = "aws")]
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -99,40 +101,73 @@ spec:
           resources: {requests: {cpu: 100m, memory: 70Mi}, limits: {memory: 170Mi}}
 ";
 
-/// The Secrets the platform template's README tells a team to create:
-/// each `` `namespace/name` (`key`, `key`) `` it lists.
-fn secrets_the_readme_lists() -> Vec<(String, String, Vec<String>)> {
-    let readme = std::fs::read_to_string(root().join("platform-repo-template/README.md")).unwrap();
-    let text = readme.replace('\n', " ");
-    let mut found = Vec::new();
-    let mut rest = text.as_str();
-    while let Some(start) = rest.find('`') {
-        rest = &rest[start + 1..];
-        let Some(end) = rest.find('`') else { break };
-        let item = &rest[..end];
-        rest = &rest[end + 1..];
-        let Some((ns, name)) = item.split_once('/') else {
-            continue;
-        };
-        let is_name =
-            |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_lowercase() || c == '-');
-        if !is_name(ns) || !is_name(name) {
-            continue;
+/// The template's Secrets that take their values from Secrets Manager, as
+/// (namespace, name, secret id, the members each takes), each taking at
+/// least the keys its pods read: what Terraform must write there (its
+/// structure tests check it does).
+fn secrets_the_template_fills() -> Vec<(String, String, String, BTreeSet<String>)> {
+    fn key_refs(v: &Value, out: &mut BTreeSet<(String, String)>) {
+        match v {
+            Value::Object(o) => {
+                if let (Some(name), Some(key)) = (
+                    o.get("secretKeyRef").and_then(|r| r["name"].as_str()),
+                    o.get("secretKeyRef").and_then(|r| r["key"].as_str()),
+                ) {
+                    out.insert((name.to_string(), key.to_string()));
+                }
+                o.values().for_each(|v| key_refs(v, out));
+            }
+            Value::Array(a) => a.iter().for_each(|v| key_refs(v, out)),
+            // A pod template kept in a ConfigMap (Airflow's task pods).
+            Value::String(s) if s.contains("secretKeyRef") => {
+                key_refs(&serde_yaml_ng::from_str(s).unwrap(), out)
+            }
+            _ => {}
         }
-        let Some(keys) = rest.trim_start().strip_prefix('(') else {
-            continue;
-        };
-        let Some(close) = keys.find(')') else {
-            continue;
-        };
-        let keys: Vec<String> = keys[..close]
-            .split(',')
-            .map(|k| k.trim().trim_matches('`').to_string())
-            .filter(|k| !k.is_empty())
-            .collect();
-        found.push((ns.to_string(), name.to_string(), keys));
     }
-    found
+    let docs: Vec<Value> = template_files()
+        .into_iter()
+        .filter(|(path, _)| path.starts_with("manifests/") && path.ends_with(".yaml"))
+        .flat_map(|(_, text)| {
+            serde_yaml_ng::Deserializer::from_str(&text)
+                .map(|d| <Value as serde::Deserialize>::deserialize(d).unwrap())
+                .collect::<Vec<_>>()
+        })
+        .filter(|d| !d.is_null())
+        .collect();
+    let mut refs = BTreeSet::new();
+    for d in &docs {
+        let mut found = BTreeSet::new();
+        key_refs(d, &mut found);
+        let ns = d["metadata"]["namespace"].as_str().unwrap_or("airflow");
+        refs.extend(found.into_iter().map(|(n, k)| (ns.to_string(), n, k)));
+    }
+    docs.iter()
+        .filter(|d| d["kind"] == "Secret")
+        .filter_map(|d| {
+            let id = d["metadata"]["annotations"]["ferry.dev/secrets-manager"].as_str()?;
+            let ns = d["metadata"]["namespace"].as_str().unwrap().to_string();
+            let name = d["metadata"]["name"].as_str().unwrap().to_string();
+            let read: BTreeSet<String> = refs
+                .iter()
+                .filter(|(n, s, _)| *n == ns && *s == name)
+                .map(|(_, _, k)| k.clone())
+                .collect();
+            let taken: BTreeSet<String> =
+                d["metadata"]["annotations"]["ferry.dev/secrets-manager-keys"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .split(',')
+                    .map(|k| k.trim().to_string())
+                    .filter(|k| !k.is_empty())
+                    .collect();
+            assert!(
+                read.is_subset(&taken),
+                "{ns}/{name}: pods read {read:?}, its annotation takes {taken:?}"
+            );
+            Some((ns, name, id.to_string(), taken))
+        })
+        .collect()
 }
 
 fn secret_yaml(ns: &str, name: &str, keys: &[String]) -> String {
@@ -161,7 +196,13 @@ fn token_kubeconfig(admin: &Path, token: &str, out: &Path) {
 /// deploy/base's ferry.yaml, made to run here: the platform source only
 /// (a local repo, polled every 2 s), its Kubernetes target exactly as shipped plus this
 /// cluster's kubeconfig and a health timeout, the leader Lease as shipped.
-fn ferry_config(tmp: &Path, platform: &Path, port: u16, kubeconfig: &Path) -> PathBuf {
+fn ferry_config(
+    tmp: &Path,
+    platform: &Path,
+    port: u16,
+    kubeconfig: &Path,
+    secrets_manager: &str,
+) -> PathBuf {
     let deploy: Value = serde_yaml_ng::from_str(
         &std::fs::read_to_string(root().join("deploy/base/config.yaml")).unwrap(),
     )
@@ -182,6 +223,8 @@ fn ferry_config(tmp: &Path, platform: &Path, port: u16, kubeconfig: &Path) -> Pa
     let mut kubernetes = config["targets"]["kubernetes"].clone();
     kubernetes["kubeconfig"] = json!(kubeconfig);
     kubernetes["health_timeout"] = json!("180s");
+    // The shipped Secrets Manager settings, at the test's moto.
+    kubernetes["secrets_manager"]["endpoint_url"] = json!(secrets_manager);
     config["targets"] = json!({"kubernetes": kubernetes});
     let path = tmp.join("ferry.yaml");
     std::fs::write(&path, serde_yaml_ng::to_string(&config).unwrap()).unwrap();
@@ -632,38 +675,62 @@ async fn the_platform_template_and_ferry_stand_up_on_the_nodes_the_platform_decl
         Some(&render_cluster_addons()),
     );
 
-    // Step 5 of terraform/README: the namespaces and Secrets the platform
-    // references, as its README lists them, and ferry's own.
-    let listed = secrets_the_readme_lists();
+    // What terraform/secrets.tf writes (and step 5 of its README puts):
+    // every key the pods read of every Secret the template fills.
+    let filled = secrets_the_template_fills();
     assert!(
-        listed.len() >= 5,
-        "the template README lists the Secrets to create: {listed:?}"
+        filled.len() >= 9 && filled.iter().all(|(_, _, _, keys)| !keys.is_empty()),
+        "the template's Secrets and the members they take: {filled:?}"
     );
-    let mut secrets = String::new();
-    for ns in listed
-        .iter()
-        .map(|(ns, _, _)| ns.as_str())
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .chain(["ferry"])
-    {
-        secrets.push_str(&format!(
-            "---\napiVersion: v1\nkind: Namespace\nmetadata: {{name: {ns}}}\n"
-        ));
+    let moto = crate::support::moto::private();
+    let sm = aws_sdk_secretsmanager::Client::new(
+        &ferry::aws::sdk_config(
+            Some("eu-west-1"),
+            Some(&moto.url),
+            Some(&ferry::config::StaticCredentials {
+                access_key_id: "testing".into(),
+                secret_access_key: ferry::secret::Secret::new("testing"),
+            }),
+        )
+        .await,
+    );
+    // RDS names its master secret itself: the template names it by ARN,
+    // which a team replaces with Terraform's output (as this test does).
+    let mut replace = Vec::new();
+    for (_, _, id, keys) in &filled {
+        // And one member no Secret takes, as RDS's secret has (engine, ...).
+        let value: BTreeMap<&str, String> = keys
+            .iter()
+            .map(|k| (k.as_str(), format!("standup-{k}")))
+            .chain([("not-taken", "x".to_string())])
+            .collect();
+        let name = if id.starts_with("arn:") {
+            "rds-db-standup"
+        } else {
+            id
+        };
+        let made = sm
+            .create_secret()
+            .name(name)
+            .secret_string(serde_json::to_string(&value).unwrap())
+            .send()
+            .await
+            .unwrap();
+        if id.starts_with("arn:") {
+            replace.push((id.clone(), made.arn().unwrap().to_string()));
+        }
     }
-    for (ns, name, keys) in &listed {
-        secrets.push_str(&format!("---\n{}\n", secret_yaml(ns, name, keys)));
-    }
-    let ferry_keys = vec![
+    // ferry's own Secret is the one made by hand (terraform/README, step 5).
+    let ferry_keys = [
         "token".to_string(),
         "webhook-secret".to_string(),
         "airflow-password".to_string(),
         "admin-token".to_string(),
     ];
-    secrets.push_str(&format!(
-        "---\n{}\n",
+    let secrets = format!(
+        "---\napiVersion: v1\nkind: Namespace\nmetadata: {{name: ferry}}\n---\n{}\n",
         secret_yaml("ferry", "ferry-github", &ferry_keys)
-    ));
+    );
     apply(&admin_kc, "test-setup", &["-f", "-"], Some(&secrets));
 
     // ferry's bootstrap, as terraform/bootstrap.tf runs it: deploy/base on
@@ -688,19 +755,49 @@ async fn the_platform_template_and_ferry_stand_up_on_the_nodes_the_platform_decl
     let ferry_kc = tmp.path().join("ferry.kubeconfig");
     token_kubeconfig(&admin_kc, token.trim(), &ferry_kc);
     let repo = Repo::new(tmp.path(), "platform");
-    let files = template_files();
+    let files: Vec<(String, String)> = template_files()
+        .into_iter()
+        .map(|(path, mut text)| {
+            for (from, to) in &replace {
+                text = text.replace(from.as_str(), to);
+            }
+            (path, text)
+        })
+        .collect();
     let head = commit(&repo, &files, "the platform template");
     let port = free_port();
-    let config = ferry_config(tmp.path(), &repo.bare, port, &ferry_kc);
+    let config = ferry_config(tmp.path(), &repo.bare, port, &ferry_kc, &moto.url);
     let log = tmp.path().join("ferry.log");
     let mut ferry = spawn_ferry(
         &config,
         &log,
         port,
-        &[("POD_NAME", Path::new("ferry-standup"))],
+        &[
+            ("POD_NAME", Path::new("ferry-standup")),
+            ("AWS_ACCESS_KEY_ID", Path::new("testing")),
+            ("AWS_SECRET_ACCESS_KEY", Path::new("testing")),
+        ],
     );
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let status = wait_applied(&mut ferry, addr, &head, &log).await;
+    // Every Secret holds what Secrets Manager holds, of the members it takes.
+    for (ns, name, _, keys) in &filled {
+        let live = Api::<k8s_openapi::api::core::v1::Secret>::namespaced(admin.clone(), ns)
+            .get(name)
+            .await
+            .unwrap();
+        let data: BTreeMap<String, String> = live
+            .data
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| (k, String::from_utf8(v.0).unwrap()))
+            .collect();
+        let expected: BTreeMap<String, String> = keys
+            .iter()
+            .map(|k| (k.clone(), format!("standup-{k}")))
+            .collect();
+        assert_eq!(data, expected, "Secret {ns}/{name}");
+    }
     let applied = status["kubernetes"]["last_apply"]["objects"]
         .as_array()
         .unwrap()

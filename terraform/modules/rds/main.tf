@@ -32,6 +32,9 @@ resource "aws_db_parameter_group" "this" {
   }
 }
 
+# The master secret is encrypted with the platform key (not the account's
+# default one), which ferry may decrypt through Secrets Manager: it fills
+# the database bootstrap's Secret from it.
 resource "aws_db_instance" "this" {
   identifier                          = var.name
   engine                              = "postgres"
@@ -45,6 +48,7 @@ resource "aws_db_instance" "this" {
   db_name                             = "platform"
   username                            = "platform_admin"
   manage_master_user_password         = true
+  master_user_secret_kms_key_id       = var.kms_key_arn
   db_subnet_group_name                = aws_db_subnet_group.this.name
   vpc_security_group_ids              = [aws_security_group.db.id]
   parameter_group_name                = aws_db_parameter_group.this.name

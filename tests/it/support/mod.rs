@@ -802,6 +802,7 @@ pub fn kube_target(ns: &str, force: bool) -> ferry::config::KubernetesTargetConf
         ignore: Vec::new(),
         owner: String::new(),
         releases_path: "releases".into(),
+        secrets_manager: None,
         helm: ferry::config::HelmConfig {
             binary: helm_binary(),
             kube_version: Some("1.37".into()),
@@ -1337,9 +1338,14 @@ pub fn publish_dags_command(
 /// The documents of a file of the platform template's Airflow manifests
 /// (`platform-repo-template/manifests/airflow/<file>`).
 pub fn airflow_template(file: &str) -> Vec<serde_json::Value> {
+    template_manifests(&format!("airflow/{file}"))
+}
+
+/// The documents of `platform-repo-template/manifests/<file>`.
+pub fn template_manifests(file: &str) -> Vec<serde_json::Value> {
     let text = std::fs::read_to_string(
         Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("platform-repo-template/manifests/airflow")
+            .join("platform-repo-template/manifests")
             .join(file),
     )
     .unwrap();

@@ -17,34 +17,51 @@ pub struct Moto {
 
 pub fn moto() -> &'static Moto {
     static MOTO: OnceLock<Moto> = OnceLock::new();
-    MOTO.get_or_init(|| {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let python = root.join(".cache/moto-venv/bin/python");
-        assert!(
-            python.exists(),
-            "{} is missing: run .ci/setup (it installs moto from tools/moto/requirements.txt)",
-            python.display()
-        );
-        let port = super::free_port();
-        let log = std::env::temp_dir().join(format!("ferry-moto-{port}.log"));
-        let child = Command::new(python)
-            .arg(root.join("tools/moto/ferry_moto.py"))
-            .args(["--port", &port.to_string()])
-            // Static, so never dropped: the server watches this process instead.
-            .args(["--owner-pid", &std::process::id().to_string()])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("cannot start moto");
-        super::wait_for_port(port, Duration::from_secs(30));
-        Moto {
-            url: format!("http://127.0.0.1:{port}"),
-            port,
-            _child: Mutex::new(child),
-            serial: tokio::sync::Mutex::new(()),
+    MOTO.get_or_init(start)
+}
+
+/// A server of the caller's own, stopped when dropped: for a long test
+/// whose state another test's reset must not wipe.
+pub fn private() -> Moto {
+    start()
+}
+
+fn start() -> Moto {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let python = root.join(".cache/moto-venv/bin/python");
+    assert!(
+        python.exists(),
+        "{} is missing: run .ci/setup (it installs moto from tools/moto/requirements.txt)",
+        python.display()
+    );
+    let port = super::free_port();
+    let log = std::env::temp_dir().join(format!("ferry-moto-{port}.log"));
+    let child = Command::new(python)
+        .arg(root.join("tools/moto/ferry_moto.py"))
+        .args(["--port", &port.to_string()])
+        // The server also watches this process, for the static one (never dropped).
+        .args(["--owner-pid", &std::process::id().to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("cannot start moto");
+    super::wait_for_port(port, Duration::from_secs(30));
+    Moto {
+        url: format!("http://127.0.0.1:{port}"),
+        port,
+        _child: Mutex::new(child),
+        serial: tokio::sync::Mutex::new(()),
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        if let Ok(child) = self._child.get_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
         }
-    })
+    }
 }
 
 impl Moto {

@@ -15,6 +15,8 @@ pub struct Postgres {
     _child: Owned,
     pub port: u16,
     bin: PathBuf,
+    /// The superuser's, when the server checks passwords.
+    password: Option<String>,
     /// Kept for the server's life: its data and socket directory.
     _dir: tempfile::TempDir,
 }
@@ -50,26 +52,43 @@ fn as_owner(bin: &Path, program: &str) -> Command {
 }
 
 impl Postgres {
+    /// The server's `psql`.
+    pub fn psql(&self) -> Command {
+        Command::new(self.bin.join("psql"))
+    }
+
     /// initdb and a server on a free port, trusting local connections.
     pub fn start() -> Postgres {
+        Postgres::start_with(None)
+    }
+
+    /// A server that checks passwords (scram-sha-256, as RDS), its
+    /// superuser's being `password`.
+    pub fn start_with_passwords(password: &str) -> Postgres {
+        Postgres::start_with(Some(password))
+    }
+
+    fn start_with(password: Option<&str>) -> Postgres {
         let bin = bin_dir();
         let dir = tempfile::tempdir().unwrap();
         // The server's user must reach its directory.
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
         let data = dir.path().join("data");
         let log = dir.path().join("postgres.log");
-        run(as_owner(&bin, "initdb")
-            .args([
-                "-A",
-                "trust",
-                "-U",
-                "postgres",
-                "--no-sync",
-                "-E",
-                "UTF8",
-                "-D",
-            ])
-            .arg(&data));
+        let mut initdb = as_owner(&bin, "initdb");
+        initdb.args(["-U", "postgres", "--no-sync", "-E", "UTF8"]);
+        match password {
+            None => initdb.args(["-A", "trust"]),
+            Some(pw) => {
+                let file = dir.path().join("pwfile");
+                std::fs::write(&file, pw).unwrap();
+                std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+                initdb
+                    .args(["--auth-host=scram-sha-256", "--auth-local=trust"])
+                    .arg(format!("--pwfile={}", file.display()))
+            }
+        };
+        run(initdb.arg("-D").arg(&data));
         let port = free_port();
         std::fs::File::create(&log).unwrap();
         std::fs::set_permissions(&log, std::fs::Permissions::from_mode(0o666)).unwrap();
@@ -91,6 +110,7 @@ impl Postgres {
             _child: child,
             port,
             bin,
+            password: password.map(str::to_string),
             _dir: dir,
         }
     }
@@ -99,7 +119,11 @@ impl Postgres {
     /// (unaligned, tuples only).
     pub fn sql(&self, db: &str, sql: &str) -> String {
         let port = self.port.to_string();
-        run(Command::new(self.bin.join("psql"))
+        let mut psql = Command::new(self.bin.join("psql"));
+        if let Some(pw) = &self.password {
+            psql.env("PGPASSWORD", pw);
+        }
+        run(psql
             .args(["-h", "127.0.0.1", "-p", &port, "-U", "postgres", "-d", db])
             .args(["-v", "ON_ERROR_STOP=1", "-At", "-c", sql]))
         .trim()
