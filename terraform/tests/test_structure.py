@@ -384,8 +384,27 @@ class Images(unittest.TestCase):
         serving = pin("platform-repo-template/images/mlflow-pyfunc/requirements.txt", "mlflow")
         self.assertEqual(serving, training, "one MLflow version trains and serves")
         self.assertEqual(images, {("ml-platform/mlflow-pyfunc", serving)}, "platform.yaml runs the image images.yml pushes")
+        tracking = pin("platform-repo-template/images/mlflow-server/requirements.txt", "mlflow")
+        self.assertEqual(tracking, training, "one MLflow version tracks, trains and serves")
+
+    def test_every_ecr_image_the_template_runs_is_built_pushed_and_made(self):
+        import re
+
+        repo = os.path.dirname(ROOT)
+        texts = [os.path.join(repo, "platform-repo-template", "platform.yaml")]
+        texts += glob.glob(os.path.join(repo, "platform-repo-template", "manifests", "**", "*.yaml"), recursive=True)
+        run = set()
+        for path in texts:
+            with open(path) as f:
+                run |= set(re.findall(r"\.amazonaws\.com/ml-platform/([a-z0-9_-]+):(\S+)", f.read()))
+        made = next(b["ecr"] for _, b in blocks("module") if "ecr" in b)["repositories"][0]
         with open(os.path.join(repo, "platform-repo-template", ".github", "workflows", "images.yml")) as f:
-            self.assertIn("REPOSITORY: ml-platform/mlflow-pyfunc", f.read())
+            pushed = set(re.findall(r"push-to-ecr\.sh \S+ ml-platform/([a-z0-9_-]+) ", f.read()))
+        self.assertGreaterEqual({name for name, _ in run}, {"mlflow-pyfunc", "mlflow-server"})
+        for name, tag in run:
+            self.assertIn(name, made, f"the template runs ml-platform/{name}, which terraform/ does not make")
+            self.assertIn(name, pushed, f"the template runs ml-platform/{name}, which images.yml never pushes")
+            self.assertTrue(os.path.exists(os.path.join(repo, "platform-repo-template", "images", name)))
 
     def test_only_main_of_the_platform_repository_may_push_and_only_platform_images(self):
         with open(os.path.join(ROOT, "github.tf")) as f:
@@ -396,7 +415,8 @@ class Images(unittest.TestCase):
         doc = ast.literal_eval(text[len("${jsonencode("):-2])
         push = next(st for st in doc["Statement"] if st["Sid"] == "PushPlatformImages")
         self.assertEqual(
-            push["Resource"], ['${module.ecr.arns["mlflow-pyfunc"]}', '${module.ecr.arns["airflow-ml"]}']
+            push["Resource"],
+            ['${module.ecr.arns["mlflow-pyfunc"]}', '${module.ecr.arns["mlflow-server"]}', '${module.ecr.arns["airflow-ml"]}'],
         )
         self.assertEqual(policy["role"], ['${aws_iam_role.github["images"].id}'])
 
@@ -579,6 +599,21 @@ class PlatformSecrets(unittest.TestCase):
                 self.assertIn((ns, name), filled, f"a pod reads Secret {ns}/{name}, which the template does not declare")
         for secret in made:
             self.assertIn(tuple(secret.split("/")), filled, f"terraform/ writes {secret}, which no template Secret names")
+
+    def test_database_urls_name_the_driver_the_images_install(self):
+        # SQLAlchemy 2.1 reads a bare postgresql:// as psycopg 3, which
+        # neither the Airflow nor the MLflow server image has.
+        generated, _ = self.terraform_secrets()
+        (local,) = [b for _, b in blocks("locals") if "generated_secrets" in b]
+        secrets = local["generated_secrets"][0]
+        urls = [secrets["airflow/airflow-db"]["sql_alchemy_conn"], secrets["mlflow/mlflow-db"]["uri"]]
+        for url in urls:
+            self.assertIn("postgresql+psycopg2://", url)
+            self.assertIn("sslmode=require", url)
+        repo = os.path.dirname(ROOT)
+        for path in ("platform-repo-template/images/mlflow-server/requirements.txt", "tools/airflow-extras.txt"):
+            with open(os.path.join(repo, path)) as f:
+                self.assertIn("psycopg2-binary==", f.read(), path)
 
     def test_ferry_reads_exactly_these_secrets_and_decrypts_only_through_secrets_manager(self):
         (ferry,) = [b["ferry_role"] for _, b in blocks("module") if "ferry_role" in b]

@@ -22,6 +22,7 @@ mod kube_apply;
 mod kube_health;
 mod kube_plan;
 mod kustomize;
+mod mlflow_server;
 mod notify;
 mod pages;
 mod promotion;

@@ -4,7 +4,7 @@ variable "name" {
 }
 
 variable "repositories" {
-  description = "Repository names (ferry, airflow-ml, mlflow-pyfunc)."
+  description = "Repository names (ferry, airflow-ml, mlflow-pyfunc, mlflow-server)."
   type        = list(string)
 }
 
