@@ -398,13 +398,56 @@ class Images(unittest.TestCase):
             with open(path) as f:
                 run |= set(re.findall(r"\.amazonaws\.com/ml-platform/([a-z0-9_-]+):(\S+)", f.read()))
         made = next(b["ecr"] for _, b in blocks("module") if "ecr" in b)["repositories"][0]
+        import yaml
+
         with open(os.path.join(repo, "platform-repo-template", ".github", "workflows", "images.yml")) as f:
-            pushed = set(re.findall(r"push-to-ecr\.sh \S+ ml-platform/([a-z0-9_-]+) ", f.read()))
+            text = f.read()
+        pushed = set(re.findall(r"push-to-ecr\.sh \S+ ml-platform/([a-z0-9_-]+) ", text))
+        image_job = yaml.safe_load(text)["jobs"]["image"]
+        self.assertIn('.github/push-to-ecr.sh "$IMAGE" "ml-platform/$IMAGE" "$TAG"', str(image_job["steps"]))
+        pushed |= set(image_job["strategy"]["matrix"]["image"])
         self.assertGreaterEqual({name for name, _ in run}, {"mlflow-pyfunc", "mlflow-server"})
         for name, tag in run:
             self.assertIn(name, made, f"the template runs ml-platform/{name}, which terraform/ does not make")
             self.assertIn(name, pushed, f"the template runs ml-platform/{name}, which images.yml never pushes")
             self.assertTrue(os.path.exists(os.path.join(repo, "platform-repo-template", "images", name)))
+
+    def test_every_image_the_template_builds_is_run_by_the_tag_of_what_it_builds(self):
+        import re
+        import subprocess
+
+        repo = os.path.dirname(ROOT)
+        template = os.path.join(repo, "platform-repo-template")
+        run = set()
+        for path in glob.glob(os.path.join(template, "manifests", "**", "*.yaml"), recursive=True):
+            with open(path) as f:
+                run |= set(re.findall(r"\.amazonaws\.com/ml-platform/([a-z0-9_-]+):([^\s\"']+)", f.read()))
+        built = [n for n in ("airflow-ml", "mlflow-server") if os.path.exists(os.path.join(template, "images", n, "Dockerfile"))]
+        self.assertEqual(built, ["airflow-ml", "mlflow-server"])
+        for name in built:
+            want = subprocess.run(["bash", ".github/image-tag.sh", f"images/{name}"], cwd=template,
+                                  capture_output=True, text=True, check=True).stdout.strip()
+            tags = {tag for n, tag in run if n == name}
+            self.assertEqual(tags, {want}, f"the manifests run ml-platform/{name} at {tags}; images.yml pushes {want}")
+
+    def test_the_airflow_image_installs_the_dags_repos_pins_and_the_airflow_the_manifests_name(self):
+        import re
+
+        repo = os.path.dirname(ROOT)
+
+        def pins(path):
+            with open(os.path.join(repo, path)) as f:
+                return dict(re.findall(r"^([A-Za-z0-9_.-]+)==(\S+)$", f.read(), re.M))
+
+        dags = pins("dags-repo-template/requirements.txt")
+        image = pins("platform-repo-template/images/airflow-ml/requirements.txt")
+        self.assertGreaterEqual(len(dags), 4)
+        for package, version in dags.items():
+            self.assertEqual(image.get(package), version, f"the DAGs pin {package}=={version}; the Airflow image installs {image.get(package)}")
+        with open(os.path.join(repo, "platform-repo-template", "images", "airflow-ml", "Dockerfile")) as f:
+            (version,) = re.findall(r"^ARG VERSION=(\S+)$", f.read(), re.M)
+        self.assertEqual(pins("tools/airflow-constraints.txt")["apache-airflow"], version,
+                         "ferry's tests run the Airflow the image is built on")
 
     def test_only_main_of_the_platform_repository_may_push_and_only_platform_images(self):
         with open(os.path.join(ROOT, "github.tf")) as f:
@@ -611,7 +654,7 @@ class PlatformSecrets(unittest.TestCase):
             self.assertIn("postgresql+psycopg2://", url)
             self.assertIn("sslmode=require", url)
         repo = os.path.dirname(ROOT)
-        for path in ("platform-repo-template/images/mlflow-server/requirements.txt", "tools/airflow-extras.txt"):
+        for path in ("platform-repo-template/images/mlflow-server/requirements.txt", "platform-repo-template/images/airflow-ml/requirements.txt"):
             with open(os.path.join(repo, path)) as f:
                 self.assertIn("psycopg2-binary==", f.read(), path)
 

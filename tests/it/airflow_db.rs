@@ -105,10 +105,14 @@ fn airflow_starts_on_an_empty_postgres_database_as_the_template_runs_it() {
     // One Airflow: the Job and the init container run the components' image.
     assert_eq!(migrate["image"], server["image"]);
     assert_eq!(wait["image"], server["image"]);
+    // Tagged <Airflow version>-<digest of the image's files>.
     let version = server["image"]
         .as_str()
         .unwrap()
         .rsplit(':')
+        .next()
+        .unwrap()
+        .split('-')
         .next()
         .unwrap();
     assert_eq!(

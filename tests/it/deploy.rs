@@ -451,7 +451,7 @@ fn workflows_pass_actionlint_and_ask_for_minimal_permissions() {
                         ("image.yml", "build") => &["packages"],
                         ("release.yml", "binary") => &["contents"],
                         // GitHub OIDC for the push to ECR (no stored keys).
-                        ("images.yml", "mlflow-pyfunc" | "mlflow-server") => &["id-token"],
+                        ("images.yml", "mlflow-pyfunc" | "image") => &["id-token"],
                         // plan comments on its PR; apply runs behind the
                         // `production` environment.
                         ("terraform.yml", "plan") => &["id-token", "pull-requests"],

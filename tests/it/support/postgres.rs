@@ -106,6 +106,21 @@ impl Postgres {
         )
         .expect("cannot start postgres");
         wait_listening(&mut child, port, &log, Duration::from_secs(30));
+        // Listening is not accepting: until recovery ends it answers "the
+        // database system is starting up".
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !Command::new(bin.join("pg_isready"))
+            .args(["-q", "-h", "127.0.0.1", "-p", &port.to_string()])
+            .status()
+            .is_ok_and(|s| s.success())
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "PostgreSQL does not accept connections after 30 s:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
         Postgres {
             _child: child,
             port,
