@@ -23,6 +23,7 @@ mod kube_health;
 mod kube_plan;
 mod kustomize;
 mod mlflow_server;
+mod monitoring;
 mod notify;
 mod pages;
 mod promotion;
