@@ -1,6 +1,7 @@
 //! Connecting to the cluster.
 
 use std::path::Path;
+use std::time::Duration;
 
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
@@ -33,7 +34,84 @@ pub async fn connect(kubeconfig: Option<&Path>) -> Result<Client, ClientError> {
             .await
             .map_err(|e| ClientError::Infer(e.to_string()))?,
     };
-    Client::try_from(config).map_err(|e| ClientError::Build(e.to_string()))
+    client_for(config)
+}
+
+/// What a request the API server answers 429, 503 or 504 gets: a few more
+/// tries within seconds (its `Retry-After` honoured), then the error, so
+/// ferry's own backoff decides. kube's default layer tries 15 times with
+/// delays doubling towards 1000 s: a busy or restarting API server would
+/// hold one request of an apply (and its cancellation) for minutes.
+fn retry_policy() -> kube::client::retry::RetryPolicy {
+    kube::client::retry::RetryPolicy::new(
+        Duration::from_millis(200),
+        Duration::from_secs(2),
+        RETRIES,
+        true,
+    )
+    .unwrap_or_default()
+}
+
+/// Tries again after the first answer, at most.
+pub const RETRIES: u32 = 4;
+
+fn client_for(mut config: Config) -> Result<Client, ClientError> {
+    config.default_retry = false;
+    let builder = kube::client::ClientBuilder::try_from(config)
+        .map_err(|e| ClientError::Build(e.to_string()))?;
+    Ok(builder
+        .with_layer(&tower::layer::layer_fn(Shared::new))
+        .with_layer(&tower::retry::RetryLayer::new(retry_policy()))
+        .build())
+}
+
+/// The client's boxed service made cloneable, as a retry needs a copy of
+/// the service for each try: one service behind a lock, taken only to start
+/// a request (the response is awaited outside it).
+struct Shared<S>(std::sync::Arc<tokio::sync::Mutex<S>>);
+
+// Not derived: that would ask S to be Clone, which is the point.
+impl<S> Clone for Shared<S> {
+    fn clone(&self) -> Shared<S> {
+        Shared(self.0.clone())
+    }
+}
+
+impl<S> Shared<S> {
+    fn new(service: S) -> Shared<S> {
+        Shared(std::sync::Arc::new(tokio::sync::Mutex::new(service)))
+    }
+}
+
+impl<S, Req> tower::Service<Req> for Shared<S>
+where
+    S: tower::Service<Req> + Send + 'static,
+    S::Future: Send + 'static,
+    Req: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = futures::future::BoxFuture<'static, Result<S::Response, S::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), S::Error>> {
+        // Readiness is the inner service's, asked under the lock in `call`.
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        use tower::ServiceExt;
+        let inner = self.0.clone();
+        Box::pin(async move {
+            let response = {
+                let mut service = inner.lock().await;
+                service.ready().await?.call(req)
+            };
+            response.await
+        })
+    }
 }
 
 /// The API for objects of `resource`, in `namespace` or cluster-wide.

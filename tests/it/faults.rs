@@ -1477,3 +1477,94 @@ async fn an_unavailable_aggregated_api_holds_back_only_what_uses_it() {
     assert!(kept.iter().any(|e| e.id == metrics_entry.id), "{kept:?}");
     assert!(cms.get_opt("a-000").await.unwrap().is_some());
 }
+
+/// An API server that answers 503 (with `Retry-After: 1`, as a kube-apiserver
+/// shedding load does) to its first `busy` requests and `/version` after
+/// that; counts the requests.
+fn busy_apiserver(busy: usize) -> (u16, Arc<AtomicUsize>) {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let seen = Arc::new(AtomicUsize::new(0));
+    let count = seen.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            // One request per connection is all the test needs; read its head.
+            let mut line = String::new();
+            while reader.read_line(&mut line).is_ok_and(|n| n > 0) && line != "\r\n" {
+                line.clear();
+            }
+            let n = count.fetch_add(1, Ordering::SeqCst);
+            let response = if n < busy {
+                let body = r#"{"kind":"Status","apiVersion":"v1","status":"Failure","message":"the server is currently unable to handle the request","reason":"ServiceUnavailable","code":503}"#;
+                format!(
+                    "HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                )
+            } else {
+                let body = r#"{"major":"1","minor":"37","gitVersion":"v1.37.0","gitCommit":"","gitTreeState":"","buildDate":"","goVersion":"","compiler":"","platform":""}"#;
+                format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                )
+            };
+            let _ = stream.write_all(response.as_bytes());
+        }
+    });
+    (port, seen)
+}
+
+fn plain_kubeconfig(dir: &Path, port: u16) -> PathBuf {
+    let path = dir.join("kubeconfig");
+    std::fs::write(
+        &path,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster: {{server: \"http://127.0.0.1:{port}\"}}\n\
+             users:\n- name: u\n  user: {{}}\ncontexts:\n- name: x\n  context: {{cluster: c, user: u}}\ncurrent-context: x\n"
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// A busy API server holds a request for seconds, not minutes: a few tries
+/// (honouring `Retry-After`), then the error goes to ferry's own backoff;
+/// a server that recovers within them answers the request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_apiserver_is_tried_a_few_times_within_seconds_then_reported() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (port, seen) = busy_apiserver(usize::MAX);
+    let client = ferry::kubernetes::client::connect(Some(&plain_kubeconfig(tmp.path(), port)))
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let err = client.apiserver_version().await.unwrap_err();
+    let took = started.elapsed();
+    assert_eq!(
+        seen.load(Ordering::SeqCst),
+        1 + ferry::kubernetes::client::RETRIES as usize,
+        "{err}"
+    );
+    // Retry-After: 1 before each try again, and no more.
+    assert!(
+        took >= Duration::from_secs(ferry::kubernetes::client::RETRIES as u64)
+            && took < Duration::from_secs(15),
+        "{took:?}"
+    );
+    assert!(
+        ferry::kubernetes::client::describe(&err).contains("503"),
+        "{err}"
+    );
+
+    let (port, seen) = busy_apiserver(2);
+    let dir = tmp.path().join("recovers");
+    std::fs::create_dir_all(&dir).unwrap();
+    let client = ferry::kubernetes::client::connect(Some(&plain_kubeconfig(&dir, port)))
+        .await
+        .unwrap();
+    let version = client.apiserver_version().await.unwrap();
+    assert_eq!(version.git_version, "v1.37.0");
+    assert_eq!(seen.load(Ordering::SeqCst), 3);
+}
