@@ -71,7 +71,7 @@ resource "aws_iam_role_policy" "images" {
           "ecr:CompleteLayerUpload", "ecr:PutImage", "ecr:BatchGetImage", "ecr:DescribeImages",
           "ecr:GetDownloadUrlForLayer",
         ]
-        Resource = [module.ecr.arns["mlflow-pyfunc"], module.ecr.arns["mlflow-server"], module.ecr.arns["airflow-ml"]]
+        Resource = [for r in ["mlflow-pyfunc", "mlflow-server", "airflow-ml", "notebook"] : module.ecr.arns[r]]
       },
       {
         # Registry-wide by AWS's design: it scopes nothing.

@@ -159,6 +159,6 @@ module "bucket" {
 module "ecr" {
   source       = "./modules/ecr"
   name         = var.name
-  repositories = ["ferry", "airflow-ml", "mlflow-pyfunc", "mlflow-server"]
+  repositories = ["ferry", "airflow-ml", "mlflow-pyfunc", "mlflow-server", "notebook"]
   kms_key_arn  = aws_kms_key.platform.arn
 }

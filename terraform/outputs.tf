@@ -34,7 +34,7 @@ output "buckets" {
 }
 
 output "ecr_repositories" {
-  description = "ECR repository URLs (ferry, airflow-ml, mlflow-pyfunc, mlflow-server)."
+  description = "ECR repository URLs (ferry, airflow-ml, mlflow-pyfunc, mlflow-server, notebook)."
   value       = module.ecr.urls
 }
 

@@ -21,7 +21,7 @@ resource "random_password" "secret" {
 }
 
 resource "random_id" "secret" {
-  for_each    = toset(["fernet", "proxy-token", "cookie-secret"])
+  for_each    = toset(["fernet", "proxy-token", "cookie-secret", "crypt-key"])
   byte_length = 32
 }
 
@@ -49,6 +49,8 @@ locals {
     "jupyterhub/jupyterhub-secrets" = {
       proxy-token   = random_id.secret["proxy-token"].hex
       cookie-secret = random_id.secret["cookie-secret"].hex
+      # JupyterHub encrypts each user's GitHub token (auth_state) with it.
+      crypt-key = random_id.secret["crypt-key"].hex
     }
     "monitoring/grafana-admin" = {
       password = random_password.secret["grafana-admin"].result

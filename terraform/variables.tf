@@ -201,7 +201,7 @@ variable "tags" {
 }
 
 variable "platform_repository" {
-  description = "GitHub owner/name of your fork of platform-repo-template: its main branch may push the platform's images (mlflow-pyfunc, mlflow-server, airflow-ml) to ECR through GitHub OIDC (output images_role_arn). Empty: no such role."
+  description = "GitHub owner/name of your fork of platform-repo-template: its main branch may push the platform's images (mlflow-pyfunc, mlflow-server, airflow-ml, notebook) to ECR through GitHub OIDC (output images_role_arn). Empty: no such role."
   type        = string
   default     = ""
   validation {

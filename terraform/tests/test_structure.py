@@ -422,8 +422,8 @@ class Images(unittest.TestCase):
         for path in glob.glob(os.path.join(template, "manifests", "**", "*.yaml"), recursive=True):
             with open(path) as f:
                 run |= set(re.findall(r"\.amazonaws\.com/ml-platform/([a-z0-9_-]+):([^\s\"']+)", f.read()))
-        built = [n for n in ("airflow-ml", "mlflow-server") if os.path.exists(os.path.join(template, "images", n, "Dockerfile"))]
-        self.assertEqual(built, ["airflow-ml", "mlflow-server"])
+        built = [n for n in ("airflow-ml", "mlflow-server", "notebook") if os.path.exists(os.path.join(template, "images", n, "Dockerfile"))]
+        self.assertEqual(built, ["airflow-ml", "mlflow-server", "notebook"])
         for name in built:
             want = subprocess.run(["bash", ".github/image-tag.sh", f"images/{name}"], cwd=template,
                                   capture_output=True, text=True, check=True).stdout.strip()
@@ -448,6 +448,9 @@ class Images(unittest.TestCase):
             (version,) = re.findall(r"^ARG VERSION=(\S+)$", f.read(), re.M)
         self.assertEqual(pins("tools/airflow-constraints.txt")["apache-airflow"], version,
                          "ferry's tests run the Airflow the image is built on")
+        # The notebooks: the same Airflow and every package at the same pin.
+        notebook = pins("platform-repo-template/images/notebook/requirements.txt")
+        self.assertEqual(notebook, {**image, "apache-airflow": version})
 
     def test_only_main_of_the_platform_repository_may_push_and_only_platform_images(self):
         with open(os.path.join(ROOT, "github.tf")) as f:
@@ -459,7 +462,7 @@ class Images(unittest.TestCase):
         push = next(st for st in doc["Statement"] if st["Sid"] == "PushPlatformImages")
         self.assertEqual(
             push["Resource"],
-            ['${module.ecr.arns["mlflow-pyfunc"]}', '${module.ecr.arns["mlflow-server"]}', '${module.ecr.arns["airflow-ml"]}'],
+            "${[for r in ['mlflow-pyfunc', 'mlflow-server', 'airflow-ml', 'notebook'] : module.ecr.arns[r]]}",
         )
         self.assertEqual(policy["role"], ['${aws_iam_role.github["images"].id}'])
 

@@ -375,7 +375,7 @@ fn quickstart_applies_the_platform_template_to_a_reachable_cluster() {
     let objects = platform["kubernetes"]["last_apply"]["objects"]
         .as_array()
         .unwrap();
-    assert_eq!(objects.len(), 53, "{platform}");
+    assert_eq!(objects.len(), 55, "{platform}");
     assert!(objects.iter().all(|o| o["error"].is_null()), "{platform}");
     // The Secrets hold the values quickstart wrote for them, readable by
     // their owner only.
@@ -428,7 +428,7 @@ fn quickstart_once_publishes_the_template_and_is_rerunnable() {
     // was compared with a cluster or AWS), and not a source at all without
     // a cluster, so nothing claims to have succeeded for it.
     assert!(
-        stdout.contains("The platform repo declares 56 object(s) and AWS resource(s) (a listing: no cluster given"),
+        stdout.contains("The platform repo declares 58 object(s) and AWS resource(s) (a listing: no cluster given"),
         "{stdout}"
     );
     assert!(

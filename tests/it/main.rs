@@ -17,6 +17,7 @@ mod field_ownership;
 mod git_sources;
 mod github;
 mod helm;
+mod jupyterhub;
 mod kube_agent;
 mod kube_apply;
 mod kube_health;

@@ -463,11 +463,16 @@ async fn notebook(client: &kube::Client) -> (Pod, PersistentVolumeClaim) {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("jupyterhub_config.py");
     std::fs::write(&file, config).unwrap();
-    let recorder = "import json, sys, types\n\
-        class C:\n    def __getattr__(self, name):\n        return self.__dict__.setdefault(name, types.SimpleNamespace())\n\
-        c = C()\nexec(compile(open(sys.argv[1]).read(), 'jupyterhub_config.py', 'exec'), {'c': c, 'get_config': lambda: c})\n\
-        print(json.dumps({k: vars(v) for k, v in c.__dict__.items()}, default=str))\n";
-    let out = run(Command::new("python3").arg("-c").arg(recorder).arg(&file));
+    let recorder = format!(
+        "{HUB_CONFIG_RECORDER}print(json.dumps({{k: vars(v) for k, v in c.__dict__.items()}}, default=str))\n"
+    );
+    // With the hub's environment: its settings ConfigMap (envFrom).
+    let settings = cms.get("hub-settings").await.unwrap().data.unwrap();
+    let out = run(Command::new("python3")
+        .arg("-c")
+        .arg(&recorder)
+        .arg(&file)
+        .envs(&settings));
     let c: Value = serde_json::from_str(&out).unwrap();
     let k = &c["KubeSpawner"];
     let user = "alice";

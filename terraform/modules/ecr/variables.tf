@@ -4,7 +4,7 @@ variable "name" {
 }
 
 variable "repositories" {
-  description = "Repository names (ferry, airflow-ml, mlflow-pyfunc, mlflow-server)."
+  description = "Repository names (ferry, airflow-ml, mlflow-pyfunc, mlflow-server, notebook)."
   type        = list(string)
 }
 

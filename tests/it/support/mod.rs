@@ -1341,6 +1341,13 @@ pub fn airflow_template(file: &str) -> Vec<serde_json::Value> {
     template_manifests(&format!("airflow/{file}"))
 }
 
+/// Python that runs the jupyterhub_config.py at `sys.argv[1]` with a
+/// stand-in `c` recording what it sets (`c.<Class>.<trait>`), as the hub
+/// loads it; a script goes on from there with `c`.
+pub const HUB_CONFIG_RECORDER: &str = "import json, sys, types\n\
+    class C:\n    def __getattr__(self, name):\n        return self.__dict__.setdefault(name, types.SimpleNamespace())\n\
+    c = C()\nexec(compile(open(sys.argv[1]).read(), 'jupyterhub_config.py', 'exec'), {'c': c, 'get_config': lambda: c})\n";
+
 /// The documents of `platform-repo-template/manifests/<file>`.
 pub fn template_manifests(file: &str) -> Vec<serde_json::Value> {
     let text = std::fs::read_to_string(
