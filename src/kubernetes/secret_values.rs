@@ -207,11 +207,12 @@ fn values(
 }
 
 /// Fills every Secret of `manifests` that asks for Secrets Manager values
-/// (each secret read once), leaving the rest as they are. Reads only.
-pub async fn fill(
-    manifests: &[Manifest],
+/// (each secret read once), leaving the rest as they are (and uncopied when
+/// none asks). Reads only.
+pub async fn fill<'a>(
+    manifests: &'a [Manifest],
     store: Option<&Store>,
-) -> Result<Vec<Manifest>, FillError> {
+) -> Result<std::borrow::Cow<'a, [Manifest]>, FillError> {
     let mut errors = Vec::new();
     let mut asks = Vec::new();
     for (i, m) in manifests.iter().enumerate() {
@@ -222,7 +223,7 @@ pub async fn fill(
         }
     }
     if asks.is_empty() && errors.is_empty() {
-        return Ok(manifests.to_vec());
+        return Ok(std::borrow::Cow::Borrowed(manifests));
     }
     let Some(store) = store else {
         let needs = format!(
@@ -279,7 +280,7 @@ pub async fn fill(
         m.object["metadata"]["annotations"][VERSION] = Value::String(version.clone());
     }
     if errors.is_empty() {
-        Ok(filled)
+        Ok(std::borrow::Cow::Owned(filled))
     } else {
         Err(FillError::Refused(errors))
     }
@@ -499,9 +500,8 @@ mod directory {
             )
             .unwrap()
         };
-        let filled = fill(&secret("ml-platform/airflow/airflow-db"), Some(&store))
-            .await
-            .unwrap();
+        let declared = secret("ml-platform/airflow/airflow-db");
+        let filled = fill(&declared, Some(&store)).await.unwrap();
         let data = filled[0].object["data"].as_object().unwrap();
         assert_eq!(data.len(), 1, "{:?}", data.keys());
         let b64 = base64::engine::general_purpose::STANDARD;
