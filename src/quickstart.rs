@@ -186,7 +186,7 @@ pub fn platform_summary(layout: &Layout) -> anyhow::Result<Vec<String>> {
 /// none are yet (edits survive a second run): random, never the same twice,
 /// so a quickstart holds no shared default password.
 fn seed_secrets(layout: &Layout) -> anyhow::Result<()> {
-    use crate::kubernetes::secret_values::{FROM, KEY, KEYS};
+    use crate::kubernetes::secret_values::{self, Request};
     use std::io::Read;
     let repo = Repository::open_bare(&layout.platform_repo)
         .with_context(|| format!("cannot open {}", layout.platform_repo.display()))?;
@@ -201,23 +201,25 @@ fn seed_secrets(layout: &Layout) -> anyhow::Result<()> {
         random.read_exact(&mut bytes)?;
         Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
     };
-    for m in manifests.iter().filter(|m| m.id.kind == "Secret") {
-        let annotations = &m.object["metadata"]["annotations"];
-        let Some(id) = annotations[FROM].as_str() else {
-            continue;
-        };
-        let value = if annotations[KEY].is_string() {
-            token()?
-        } else if let Some(keys) = annotations[KEYS].as_str() {
-            let mut members = serde_json::Map::new();
-            for key in keys.split(',').map(str::trim).filter(|k| !k.is_empty()) {
-                members.insert(key.to_string(), token()?.into());
+    // What each Secret asks for, read as a plan reads it; one it refuses
+    // is the first sync's to report.
+    for Request { id, key, keys } in manifests
+        .iter()
+        .filter_map(|m| secret_values::request(m)?.ok())
+    {
+        let value = match (key, keys) {
+            (Some(_), _) => token()?,
+            (None, Some(keys)) => {
+                let mut members = serde_json::Map::new();
+                for key in keys {
+                    members.insert(key, token()?.into());
+                }
+                serde_json::Value::Object(members).to_string()
             }
-            serde_json::Value::Object(members).to_string()
-        } else {
-            continue;
+            // Every member is taken: which ones, only the pods know.
+            (None, None) => continue,
         };
-        let Some(path) = crate::kubernetes::secret_values::file_of(&layout.secrets_dir, id) else {
+        let Some(path) = secret_values::file_of(&layout.secrets_dir, &id) else {
             continue;
         };
         if path.exists() {

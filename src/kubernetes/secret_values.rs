@@ -22,13 +22,12 @@ pub const FROM: &str = "ferry.dev/secrets-manager";
 /// Set for a plain-text secret: the one key its whole value goes to.
 /// Without it the value must be a JSON object, each member one key.
 pub const KEY: &str = "ferry.dev/secrets-manager-key";
-/// Written by ferry: the Secrets Manager version the values are from, so
-/// a rotation shows in a plan (and on the object) without any value.
-pub const VERSION: &str = "ferry.dev/secrets-manager-version";
-
 /// Set to pick members of a JSON value (`a, b`): only these are copied,
 /// and each must be there. Without it every member is.
 pub const KEYS: &str = "ferry.dev/secrets-manager-keys";
+/// Written by ferry: the Secrets Manager version the values are from, so
+/// a rotation shows in a plan (and on the object) without any value.
+pub const VERSION: &str = "ferry.dev/secrets-manager-version";
 
 /// Where the values come from.
 pub enum Store {
@@ -64,10 +63,13 @@ pub enum FillError {
 
 /// What one Secret asks for.
 #[derive(Debug, PartialEq)]
-struct Request {
-    id: String,
-    key: Option<String>,
-    keys: Option<Vec<String>>,
+pub struct Request {
+    /// The secret's name or ARN.
+    pub id: String,
+    /// The one key a plain-text value goes to.
+    pub key: Option<String>,
+    /// The members of a JSON value taken (None: all).
+    pub keys: Option<Vec<String>>,
 }
 
 /// Whether `object` is a Secret ferry fills from Secrets Manager.
@@ -80,7 +82,7 @@ fn annotation<'a>(object: &'a Value, name: &str) -> Option<&'a str> {
 }
 
 /// Pure: what `m` asks for, if anything, or why it cannot.
-fn request(m: &Manifest) -> Option<Result<Request, ManifestError>> {
+pub fn request(m: &Manifest) -> Option<Result<Request, ManifestError>> {
     let o = &m.object;
     let id = o["metadata"]["annotations"].get(FROM)?;
     let refuse = |message: String| {
@@ -309,8 +311,11 @@ async fn current(store: &Store, id: &str) -> Result<(String, Secret), FillError>
                     dir.display()
                 )));
             };
-            let read = std::fs::read_to_string(&path).and_then(|text| {
-                let modified = std::fs::metadata(&path)?.modified()?;
+            let read = std::fs::File::open(&path).and_then(|mut file| {
+                use std::io::Read;
+                let modified = file.metadata()?.modified()?;
+                let mut text = String::new();
+                file.read_to_string(&mut text)?;
                 Ok((text, modified))
             });
             match read {

@@ -29,7 +29,7 @@ const ROLE: &str = "arn:aws:iam::123456789012:role/sagemaker-exec";
 
 /// moto's keys, given to the SDK directly: no test here touches the
 /// process environment, which every thread of the test binary shares.
-fn test_credentials() -> ferry::config::StaticCredentials {
+pub(crate) fn test_credentials() -> ferry::config::StaticCredentials {
     ferry::config::StaticCredentials {
         access_key_id: "testing".into(),
         secret_access_key: ferry::secret::Secret::new("testing"),

@@ -1,6 +1,7 @@
 //! JupyterHub as the DAGs repo's IDE, as the platform template configures
 //! it: the hub's configuration loads (with its settings ConfigMap as its
-//! environment) and admits one GitHub team, has a callback URL, keeps the
+//! environment) and allows one GitHub team (refusing the others is
+//! OAuthenticator's, not run here), has a callback URL, keeps the
 //! user's token for their git and culls idle servers; the start step of a
 //! user's server (`notebook-start`'s script, run as its postStart hook
 //! runs it) clones the DAGs repo from a smart-HTTP git server with that
@@ -33,7 +34,7 @@ fn config_map<'a>(docs: &'a [Value], name: &str) -> &'a serde_json::Map<String, 
 }
 
 #[test]
-fn the_hub_admits_one_team_keeps_the_token_for_git_and_culls_idle_servers() {
+fn the_hub_config_allows_one_team_keeps_the_token_for_git_and_culls_idle_servers() {
     let docs = hub_docs();
     let settings: BTreeMap<String, String> = config_map(&docs, "hub-settings")
         .iter()

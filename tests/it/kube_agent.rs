@@ -192,7 +192,7 @@ async fn ferry_run_applies_reports_drift_and_self_heals() {
     let ferry = spawn_ferry(&config, &tmp.path().join("ferry-heal.log"), port, &[]);
     eventually(Duration::from_secs(30), "self-heal", || {
         let client_cms = cms.clone();
-        let mode = futures_lite_block(async move {
+        let mode = block_on(async move {
             client_cms
                 .get("settings")
                 .await
@@ -214,11 +214,6 @@ async fn ferry_run_applies_reports_drift_and_self_heals() {
         "{v}"
     );
     stop_ferry(ferry);
-}
-
-/// Runs a future to completion from synchronous polling code.
-fn futures_lite_block<T>(f: impl std::future::Future<Output = T>) -> T {
-    tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(f))
 }
 
 /// The API server unreachable: failures are recorded and retried with

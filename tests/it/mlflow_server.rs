@@ -56,12 +56,9 @@ async fn the_tracking_server_runs_as_declared_on_postgres_and_s3() {
     let _lock = moto.lock().await;
     let moto_addr = format!("127.0.0.1:{}", moto.port).parse().unwrap();
     let pg = Postgres::start_with_passwords("superuser-pass");
-    // What the template's database bootstrap makes (tested in airflow_db.rs).
-    pg.sql(
-        "postgres",
-        "CREATE ROLE mlflow LOGIN PASSWORD 'mlflow-pass'",
-    );
-    pg.sql("postgres", "CREATE DATABASE mlflow OWNER mlflow");
+    // What the template's database bootstrap makes (tested in airflow_db.rs),
+    // and the URL as terraform/secrets.tf writes it.
+    let url = pg.database("mlflow", "mlflow-pass");
 
     let docs = template_manifests("mlflow/mlflow.yaml");
     let deployment = docs
@@ -115,10 +112,7 @@ async fn the_tracking_server_runs_as_declared_on_postgres_and_s3() {
                     (&r["name"], &r["key"]),
                     (&"mlflow-db".into(), &"uri".into())
                 );
-                format!(
-                    "postgresql+psycopg2://mlflow:mlflow-pass@127.0.0.1:{}/mlflow",
-                    pg.port
-                )
+                url.clone()
             }
         };
         env.push((name, value));

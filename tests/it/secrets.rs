@@ -14,17 +14,14 @@ use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::Api;
 use kube::api::{Patch, PatchParams};
 
-use crate::aws::{REGION, aws_env};
+use crate::aws::{REGION, aws_env, test_credentials};
 use crate::support::moto::moto;
 use crate::support::*;
 
-async fn secrets_client() -> aws_sdk_secretsmanager::Client {
-    let credentials = ferry::config::StaticCredentials {
-        access_key_id: "testing".into(),
-        secret_access_key: ferry::secret::Secret::new("testing"),
-    };
+/// Secrets Manager of the moto server at `url`.
+pub(crate) async fn secrets_client(url: &str) -> aws_sdk_secretsmanager::Client {
     aws_sdk_secretsmanager::Client::new(
-        &ferry::aws::sdk_config(Some(REGION), Some(&moto().url), Some(&credentials)).await,
+        &ferry::aws::sdk_config(Some(REGION), Some(url), Some(&test_credentials())).await,
     )
 }
 
@@ -81,7 +78,7 @@ fn config(dir: &Path, port: u16, git_port: u16, ns: &str) -> std::path::PathBuf 
 async fn secrets_manager_values_reach_the_cluster_rotate_and_never_leak() {
     let cp = control_plane();
     let _moto = moto().lock().await;
-    let sm = secrets_client().await;
+    let sm = secrets_client(&moto().url).await;
     let password = "pw-7c1f0a9e-first";
     let rotated = "pw-3b8d2e64-rotated";
     let token = "ghp_5e0c4d2a9b7f-token";
@@ -298,8 +295,4 @@ async fn secrets_manager_values_reach_the_cluster_rotate_and_never_leak() {
         }
     }
     stop_ferry(ferry);
-}
-
-fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
-    tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(f))
 }

@@ -688,17 +688,7 @@ async fn the_platform_template_and_ferry_stand_up_on_the_nodes_the_platform_decl
         "the template's Secrets and the members they take: {filled:?}"
     );
     let moto = crate::support::moto::private();
-    let sm = aws_sdk_secretsmanager::Client::new(
-        &ferry::aws::sdk_config(
-            Some("eu-west-1"),
-            Some(&moto.url),
-            Some(&ferry::config::StaticCredentials {
-                access_key_id: "testing".into(),
-                secret_access_key: ferry::secret::Secret::new("testing"),
-            }),
-        )
-        .await,
-    );
+    let sm = crate::secrets::secrets_client(&moto.url).await;
     // RDS names its master secret itself: the template names it by ARN,
     // which a team replaces with Terraform's output (as this test does).
     let mut replace = Vec::new();

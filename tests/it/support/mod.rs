@@ -1348,6 +1348,12 @@ pub const HUB_CONFIG_RECORDER: &str = "import json, sys, types\n\
     class C:\n    def __getattr__(self, name):\n        return self.__dict__.setdefault(name, types.SimpleNamespace())\n\
     c = C()\nexec(compile(open(sys.argv[1]).read(), 'jupyterhub_config.py', 'exec'), {'c': c, 'get_config': lambda: c})\n";
 
+/// Runs a future to completion from synchronous polling code (an
+/// `eventually` check) inside a multi-threaded tokio test.
+pub fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
+    tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(f))
+}
+
 /// The documents of `platform-repo-template/manifests/<file>`.
 pub fn template_manifests(file: &str) -> Vec<serde_json::Value> {
     let text = std::fs::read_to_string(

@@ -17,16 +17,12 @@ pub struct Moto {
 
 pub fn moto() -> &'static Moto {
     static MOTO: OnceLock<Moto> = OnceLock::new();
-    MOTO.get_or_init(start)
+    MOTO.get_or_init(private)
 }
 
 /// A server of the caller's own, stopped when dropped: for a long test
 /// whose state another test's reset must not wipe.
 pub fn private() -> Moto {
-    start()
-}
-
-fn start() -> Moto {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let python = root.join(".cache/moto-venv/bin/python");
     assert!(
